@@ -1,0 +1,475 @@
+//! The provider contract of pushpool.
+//!
+//! A provider is the piece that knows one kind of serverless infrastructure. It owns its pool type
+//! name, its default base job template, a pure [`Provider::validate`] step that turns the rendered job
+//! configuration into a typed config, and the three calls that touch the outside world:
+//! [`Provider::submit`], [`Provider::status`] and [`Provider::cancel`]. State reporting stays in the
+//! pushpool core: a provider never writes to the store.
+//!
+//! A platform team adds a provider as one small crate under `providers/` that implements
+//! [`Provider`]; the blanket [`DynProvider`] impl lets the registry hold it as a trait object.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// How a provider call failed; the controller picks its reaction from the class.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The rendered job configuration is not usable by this provider (no I/O was attempted).
+    #[error("invalid job configuration at `{field}`: {message}")]
+    InvalidConfig {
+        /// JSON path of the offending field inside the job configuration.
+        field: String,
+        /// What rule the field breaks.
+        message: String,
+    },
+    /// A failure that may go away by itself (throttling, 5xx, timeouts); worth retrying.
+    #[error("transient provider error: {message}")]
+    Transient {
+        /// What failed.
+        message: String,
+        /// How long the provider asked us to wait, when it said so.
+        retry_after: Option<Duration>,
+    },
+    /// A failure that retrying will not fix (access denied, bad parameters, missing function).
+    #[error("{message}")]
+    Permanent {
+        /// What failed and, where known, how to fix it.
+        message: String,
+    },
+    /// The infrastructure the call was about does not exist (any more).
+    #[error("not found: {message}")]
+    NotFound {
+        /// What was looked for.
+        message: String,
+    },
+}
+
+impl ProviderError {
+    /// A short, stable label for metrics (`invalid_config`, `transient`, `permanent`, `not_found`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProviderError::InvalidConfig { .. } => "invalid_config",
+            ProviderError::Transient { .. } => "transient",
+            ProviderError::Permanent { .. } => "permanent",
+            ProviderError::NotFound { .. } => "not_found",
+        }
+    }
+
+    /// True when retrying the same call may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ProviderError::Transient { .. })
+    }
+
+    /// Shorthand for a [`ProviderError::Permanent`].
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProviderError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a [`ProviderError::Transient`] without a retry-after hint.
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProviderError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Shorthand for a [`ProviderError::InvalidConfig`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::InvalidConfig {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output of the job.
+    Stdout,
+    /// Standard error of the job.
+    Stderr,
+    /// A line written by pushpool itself about the job.
+    System,
+}
+
+impl LogStream {
+    /// The lowercase name stored with the line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::System => "system",
+        }
+    }
+}
+
+/// Where a provider sends the job's log lines; the core stores them with the run.
+pub trait LogSink: Send + Sync {
+    /// Records one line (without its trailing newline).
+    fn line(&self, stream: LogStream, line: String);
+}
+
+/// A sink that drops everything (for providers whose logs live elsewhere, and tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardLogs;
+
+impl LogSink for DiscardLogs {
+    fn line(&self, _stream: LogStream, _line: String) {}
+}
+
+/// Everything a provider may need to know about the run it submits.
+#[derive(Clone)]
+pub struct RunSpec {
+    /// The flow run id.
+    pub run_id: Uuid,
+    /// The attempt number (1 for the first); a provider derives deterministic names from run id + attempt.
+    pub attempt: u32,
+    /// Workspace name.
+    pub workspace: String,
+    /// Work pool name.
+    pub work_pool: String,
+    /// Deployment name.
+    pub deployment: String,
+    /// The flow run's parameters.
+    pub parameters: Value,
+    /// Base URL of the pushpool API the job may report to (`PUSHPOOL_API_URL`).
+    pub api_url: String,
+    /// The token scoped to this run (`PUSHPOOL_RUN_TOKEN`).
+    pub run_token: Secret,
+    /// Where the job's output goes.
+    pub logs: Arc<dyn LogSink>,
+}
+
+impl fmt::Debug for RunSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunSpec")
+            .field("run_id", &self.run_id)
+            .field("attempt", &self.attempt)
+            .field("workspace", &self.workspace)
+            .field("work_pool", &self.work_pool)
+            .field("deployment", &self.deployment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunSpec {
+    /// The environment every job receives: `PUSHPOOL_API_URL`, `PUSHPOOL_RUN_ID`, `PUSHPOOL_RUN_TOKEN`.
+    pub fn pushpool_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PUSHPOOL_API_URL".into(), self.api_url.clone()),
+            ("PUSHPOOL_RUN_ID".into(), self.run_id.to_string()),
+            (
+                "PUSHPOOL_RUN_TOKEN".into(),
+                self.run_token.expose().to_string(),
+            ),
+        ]
+    }
+}
+
+/// What the provider knows about a submitted job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStatus {
+    /// Accepted but not started yet.
+    Pending,
+    /// Started.
+    Running,
+    /// Finished successfully; `summary` is a short description of the result, if any.
+    Completed {
+        /// Short result summary kept on the run's final state.
+        summary: Option<String>,
+    },
+    /// Finished unsuccessfully because of the job itself.
+    Failed {
+        /// What went wrong, e.g. "exit code 3".
+        message: String,
+    },
+    /// Ended for a reason outside the job (infrastructure lost, killed).
+    Crashed {
+        /// What happened.
+        message: String,
+    },
+    /// Stopped by a cancellation.
+    Cancelled,
+    /// The provider has no such job; the controller decides what that means.
+    NotFound,
+    /// The provider cannot observe this job; its end comes from the job's own reports or a watchdog.
+    Unobservable,
+}
+
+impl JobStatus {
+    /// True for states after which the job does not change any more.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed { .. }
+                | JobStatus::Failed { .. }
+                | JobStatus::Crashed { .. }
+                | JobStatus::Cancelled
+        )
+    }
+}
+
+/// What a cancel call achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was stopped (or is stopping and will not do more work).
+    Cancelled,
+    /// There was no such job: it already ended or never started.
+    NotFound,
+    /// The provider cannot stop a started job (e.g. a Lambda invocation); it was told through its run API.
+    Unsupported,
+}
+
+/// Whether infrastructure already exists for a run attempt (used when a controller takes over a run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A job for this attempt exists; its infrastructure id.
+    Found(String),
+    /// The provider can prove that no job exists for this attempt.
+    Absent,
+    /// The provider cannot tell (no deterministic names, no lookup API).
+    Unknown,
+}
+
+/// The contract a push-pool provider implements.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The typed job configuration produced by [`Provider::validate`].
+    type JobConfig: Send + Sync + 'static;
+
+    /// Pool type this provider serves, e.g. `process` or `aws-lambda:push`.
+    fn pool_type(&self) -> &'static str;
+
+    /// The default base job template (`{"job_configuration":…, "variables":…}`).
+    fn default_base_job_template(&self) -> Value;
+
+    /// Pure check of a rendered job configuration; no I/O.
+    fn validate(&self, rendered: &Value) -> Result<Self::JobConfig, ProviderError>;
+
+    /// Starts the job and returns its infrastructure id as soon as the provider accepted it.
+    async fn submit(&self, run: &RunSpec, job: &Self::JobConfig) -> Result<String, ProviderError>;
+
+    /// The provider-side status of a submitted job.
+    async fn status(
+        &self,
+        infrastructure_id: &str,
+        job: &Self::JobConfig,
+    ) -> Result<JobStatus, ProviderError>;
+
+    /// Stops the job, giving it `grace` to exit by itself.
+    async fn cancel(
+        &self,
+        infrastructure_id: &str,
+        job: &Self::JobConfig,
+        grace: Duration,
+    ) -> Result<CancelOutcome, ProviderError>;
+
+    /// Removes what the job left behind once the run is terminal.
+    async fn cleanup(
+        &self,
+        _infrastructure_id: &str,
+        _job: &Self::JobConfig,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Looks for a job already created for this run attempt (after a controller takeover).
+    async fn lookup(
+        &self,
+        _run: &RunSpec,
+        _job: &Self::JobConfig,
+    ) -> Result<Lookup, ProviderError> {
+        Ok(Lookup::Unknown)
+    }
+}
+
+/// A validated job configuration with its type erased, produced by [`DynProvider::validate`].
+#[derive(Clone)]
+pub struct ValidatedJob {
+    config: Arc<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for ValidatedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ValidatedJob")
+    }
+}
+
+/// Object-safe face of [`Provider`]; implemented for every provider by a blanket impl.
+#[async_trait]
+pub trait DynProvider: Send + Sync {
+    /// See [`Provider::pool_type`].
+    fn pool_type(&self) -> &'static str;
+    /// See [`Provider::default_base_job_template`].
+    fn default_base_job_template(&self) -> Value;
+    /// See [`Provider::validate`].
+    fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError>;
+    /// See [`Provider::submit`].
+    async fn submit(&self, run: &RunSpec, job: &ValidatedJob) -> Result<String, ProviderError>;
+    /// See [`Provider::status`].
+    async fn status(&self, id: &str, job: &ValidatedJob) -> Result<JobStatus, ProviderError>;
+    /// See [`Provider::cancel`].
+    async fn cancel(
+        &self,
+        id: &str,
+        job: &ValidatedJob,
+        grace: Duration,
+    ) -> Result<CancelOutcome, ProviderError>;
+    /// See [`Provider::cleanup`].
+    async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError>;
+    /// See [`Provider::lookup`].
+    async fn lookup(&self, run: &RunSpec, job: &ValidatedJob) -> Result<Lookup, ProviderError>;
+}
+
+fn typed<'a, C: 'static>(job: &'a ValidatedJob, pool_type: &str) -> Result<&'a C, ProviderError> {
+    job.config.downcast_ref::<C>().ok_or_else(|| {
+        ProviderError::invalid(
+            "",
+            format!("job configuration was validated by another provider than `{pool_type}`"),
+        )
+    })
+}
+
+#[async_trait]
+impl<P: Provider> DynProvider for P {
+    fn pool_type(&self) -> &'static str {
+        Provider::pool_type(self)
+    }
+    fn default_base_job_template(&self) -> Value {
+        Provider::default_base_job_template(self)
+    }
+    fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError> {
+        let config = Provider::validate(self, rendered)?;
+        Ok(ValidatedJob {
+            config: Arc::new(config),
+        })
+    }
+    async fn submit(&self, run: &RunSpec, job: &ValidatedJob) -> Result<String, ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::submit(self, run, config).await
+    }
+    async fn status(&self, id: &str, job: &ValidatedJob) -> Result<JobStatus, ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::status(self, id, config).await
+    }
+    async fn cancel(
+        &self,
+        id: &str,
+        job: &ValidatedJob,
+        grace: Duration,
+    ) -> Result<CancelOutcome, ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::cancel(self, id, config, grace).await
+    }
+    async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::cleanup(self, id, config).await
+    }
+    async fn lookup(&self, run: &RunSpec, job: &ValidatedJob) -> Result<Lookup, ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::lookup(self, run, config).await
+    }
+}
+
+/// Maps pool types to providers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    providers: Vec<Arc<dyn DynProvider>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.pool_types()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the provider for its pool type.
+    pub fn register(&mut self, provider: Arc<dyn DynProvider>) {
+        let pool_type = provider.pool_type();
+        self.providers.retain(|p| p.pool_type() != pool_type);
+        self.providers.push(provider);
+    }
+
+    /// The provider for a pool type.
+    pub fn get(&self, pool_type: &str) -> Option<Arc<dyn DynProvider>> {
+        self.providers
+            .iter()
+            .find(|p| p.pool_type() == pool_type)
+            .cloned()
+    }
+
+    /// All registered pool types, in registration order.
+    pub fn pool_types(&self) -> Vec<&'static str> {
+        self.providers.iter().map(|p| p.pool_type()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_never_printed() {
+        let s = Secret::new("pp_supersecret");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(s.expose(), "pp_supersecret");
+    }
+
+    #[test]
+    fn only_transient_errors_are_retriable() {
+        assert!(ProviderError::transient("503").is_retriable());
+        assert!(!ProviderError::permanent("denied").is_retriable());
+        assert!(!ProviderError::NotFound {
+            message: "x".into()
+        }
+        .is_retriable());
+        assert_eq!(ProviderError::invalid("a", "b").class(), "invalid_config");
+    }
+}

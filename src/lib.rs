@@ -1,0 +1,10 @@
+//! pushpool: runs workflow runs on serverless infrastructure through push work pools.
+//!
+//! The library holds the domain model ([`model`]), the run state machine ([`state`]), the job
+//! template engine ([`template`]) and the durable store ([`store`]); the service (controller, API,
+//! CLI) is built on them.
+
+pub mod model;
+pub mod state;
+pub mod store;
+pub mod template;

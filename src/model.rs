@@ -1,0 +1,218 @@
+//! Domain types: what the store keeps and the API shows.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::state::StateType;
+
+/// Microseconds since the Unix epoch, the store's time unit.
+pub type Micros = i64;
+
+/// Now, in store units.
+pub fn now_micros() -> Micros {
+    Utc::now().timestamp_micros()
+}
+
+/// Store units to a UTC timestamp.
+pub fn from_micros(us: Micros) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// A UTC timestamp to store units.
+pub fn to_micros(t: DateTime<Utc>) -> Micros {
+    t.timestamp_micros()
+}
+
+/// A tenant: every other object belongs to exactly one workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name, used in API paths.
+    pub name: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+}
+
+/// A push work pool: a provider type plus the base job template its runs are rendered from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkPool {
+    /// Id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: Uuid,
+    /// Name, unique in the workspace.
+    pub name: String,
+    /// Provider pool type, e.g. `process`.
+    #[serde(rename = "type")]
+    pub pool_type: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// `{"job_configuration":…, "variables":…}`.
+    pub base_job_template: Value,
+    /// Most runs of this pool in PENDING, RUNNING or CANCELLING at once.
+    pub concurrency_limit: Option<i64>,
+    /// A paused pool's runs are not claimed.
+    pub paused: bool,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+}
+
+/// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkQueue {
+    /// Id.
+    pub id: Uuid,
+    /// Owning pool.
+    pub pool_id: Uuid,
+    /// Name, unique in the pool.
+    pub name: String,
+    /// 1 is the highest priority.
+    pub priority: i64,
+    /// Most active runs of this queue at once.
+    pub concurrency_limit: Option<i64>,
+    /// A paused queue's runs are not claimed.
+    pub paused: bool,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+}
+
+/// A deployment: a pool, a queue, and job-variable and parameter overrides for its runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: Uuid,
+    /// Name, unique in the workspace.
+    pub name: String,
+    /// Pool name.
+    pub work_pool: String,
+    /// Pool id.
+    pub work_pool_id: Uuid,
+    /// Queue name.
+    pub work_queue: String,
+    /// Queue id.
+    pub work_queue_id: Uuid,
+    /// Overrides of the pool template's variables.
+    pub job_variables: Map<String, Value>,
+    /// Default flow parameters of its runs.
+    pub parameters: Map<String, Value>,
+    /// Most active runs of this deployment at once.
+    pub concurrency_limit: Option<i64>,
+    /// A paused deployment's runs are not claimed.
+    pub paused: bool,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+}
+
+/// A run's current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// State type.
+    #[serde(rename = "type")]
+    pub state_type: StateType,
+    /// Sub-state name, e.g. `Late` or `InfrastructurePending`.
+    pub name: String,
+    /// Why (failure message, what to fix).
+    pub message: Option<String>,
+    /// When the state was entered.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// One accepted state transition of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// State type.
+    #[serde(rename = "type")]
+    pub state_type: StateType,
+    /// Sub-state name.
+    pub name: String,
+    /// Message.
+    pub message: Option<String>,
+    /// When it was accepted.
+    pub timestamp: DateTime<Utc>,
+    /// The proposal's idempotency id.
+    pub transition_id: String,
+}
+
+/// A flow run of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRun {
+    /// UUID v7 id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: Uuid,
+    /// Deployment id.
+    pub deployment_id: Uuid,
+    /// Deployment name.
+    pub deployment: String,
+    /// Pool name.
+    pub work_pool: String,
+    /// Pool id.
+    pub work_pool_id: Uuid,
+    /// Queue name.
+    pub work_queue: String,
+    /// Queue id.
+    pub work_queue_id: Uuid,
+    /// Flow parameters.
+    pub parameters: Map<String, Value>,
+    /// Run-level job-variable overrides.
+    pub job_variables: Map<String, Value>,
+    /// When it is due.
+    pub scheduled_time: DateTime<Utc>,
+    /// Current state.
+    pub state: State,
+    /// Attempt number, from 1.
+    pub attempt: i64,
+    /// The provider's id of the job, once submitted.
+    pub infrastructure_id: Option<String>,
+    /// Client-chosen key; a repeated key returns the same run.
+    pub idempotency_key: Option<String>,
+    /// Controller holding the run's lease.
+    pub lease_owner: Option<String>,
+    /// When that lease runs out.
+    pub lease_expires: Option<DateTime<Utc>>,
+    /// Last heartbeat reported by the job.
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+}
+
+/// An audit/event record: one per accepted transition and per mutation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Id (UUID v7, so ids sort by time).
+    pub id: Uuid,
+    /// Workspace.
+    pub workspace_id: Uuid,
+    /// When.
+    pub occurred: DateTime<Utc>,
+    /// Name, e.g. `flow_run.state.running` or `work_pool.created`.
+    pub event: String,
+    /// Id of the object concerned.
+    pub resource_id: String,
+    /// Details.
+    pub payload: Value,
+}
+
+/// One line of a run's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When it was received.
+    pub timestamp: DateTime<Utc>,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    /// The text, without newline.
+    pub line: String,
+}

@@ -1,0 +1,500 @@
+//! The durable store: one implementation over SQLite (embedded default, one file, WAL) and PostgreSQL.
+//!
+//! Both backends run the same SQL through `sqlx`'s `Any` driver: ids are TEXT, times BIGINT
+//! microseconds, JSON TEXT. Where they must differ (transaction start, row locks, advisory locks,
+//! notifications) the code branches on [`Backend`]. Migrations are embedded and applied at connect.
+
+mod objects;
+mod runs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub use objects::{
+    DeploymentPatch, NewApiKey, NewDeployment, NewPool, NewQueue, PoolPatch, StoredApiKey,
+};
+pub use runs::{
+    NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome, ACTIVE_STATES_SQL,
+};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// What can go wrong in the store. API code maps these to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist (in this workspace).
+    #[error("{what} `{key}` not found")]
+    NotFound {
+        /// Kind of object.
+        what: &'static str,
+        /// The name or id asked for.
+        key: String,
+    },
+    /// The change clashes with what is stored (duplicate name, object still in use).
+    #[error("{message}")]
+    Conflict {
+        /// Field at fault, when one is.
+        field: Option<String>,
+        /// What clashes.
+        message: String,
+    },
+    /// The input breaks a rule the store enforces.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Field at fault.
+        field: String,
+        /// The rule.
+        message: String,
+    },
+    /// The database cannot be reached right now.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value could not be read back.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True for errors that retrying later may cure (connection lost, pool exhausted, lock timeout).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Database(e) => is_busy(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let msg = db.message();
+            // SQLite "database is locked"; PostgreSQL serialization / deadlock codes.
+            msg.contains("locked")
+                || matches!(
+                    db.code().as_deref(),
+                    Some("40001") | Some("40P01") | Some("5")
+                )
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                Some("23505") | Some("2067") | Some("1555")
+            ) || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub(crate) type Tx = Transaction<'static, Any>;
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+    /// Wakes in-process controllers when runs become due or change (SQLite and PostgreSQL).
+    changed: Arc<Notify>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`Store::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long to wait for a connection (and for SQLite, for the write lock).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+
+/// Turns a user-given location into a database URL: `postgres://…` stays, `sqlite:…` stays, and a
+/// plain path becomes an SQLite file URL (created if missing).
+pub fn normalize_url(location: &str) -> (Backend, String) {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        (Backend::Postgres, location.to_string())
+    } else if let Some(rest) = location.strip_prefix("sqlite://") {
+        (Backend::Sqlite, with_rwc(&format!("sqlite://{rest}")))
+    } else if let Some(rest) = location.strip_prefix("sqlite:") {
+        (Backend::Sqlite, with_rwc(&format!("sqlite://{rest}")))
+    } else {
+        (Backend::Sqlite, with_rwc(&format!("sqlite://{location}")))
+    }
+}
+
+fn with_rwc(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// The URL with any password replaced by `***`, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Connects with default options and applies migrations.
+    pub async fn connect(location: &str) -> Result<Store> {
+        Self::connect_with(location, ConnectOptions::default()).await
+    }
+
+    /// Connects and applies migrations.
+    pub async fn connect_with(location: &str, options: ConnectOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = normalize_url(location);
+        let busy_ms = options.acquire_timeout.as_millis();
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout);
+        if backend == Backend::Sqlite {
+            pool_options = pool_options.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        format!(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout={busy_ms};"
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options.connect(&url).await?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url,
+                changed: Arc::new(Notify::new()),
+            }),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The connection URL with its password redacted.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+
+    /// A notifier that fires when runs are created, rescheduled or asked to cancel in this process
+    /// (and, once [`Store::listen_for_changes`] runs, in any process on PostgreSQL).
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changed.clone()
+    }
+
+    /// On PostgreSQL, forwards `NOTIFY pushpool_runs` from other processes to [`Store::changes`];
+    /// reconnects after errors. No-op on SQLite (one process owns the file).
+    pub fn listen_for_changes(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.inner.backend != Backend::Postgres {
+            return None;
+        }
+        let url = self.inner.url.clone();
+        let notify = self.inner.changed.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if listener.listen("pushpool_runs").await.is_ok() {
+                            notify.notify_waiters();
+                            while listener.recv().await.is_ok() {
+                                notify.notify_waiters();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for run notifications; retrying")
+                    }
+                }
+                // Missed notifications are covered by the controller's periodic claim.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
+    /// Cheap connectivity probe for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Closes all connections.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    pub(crate) fn db(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Starts a write transaction. SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so two
+    /// writers never deadlock on a lock upgrade.
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        let tx = match self.inner.backend {
+            Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.inner.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// ` FOR UPDATE` on PostgreSQL, nothing on SQLite (whose write transaction already excludes others).
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Signals run changes to this process and, on PostgreSQL, to others when `tx` commits.
+    pub(crate) async fn notify_in(&self, tx: &mut Tx) -> Result<()> {
+        if self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify('pushpool_runs', '')")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn notify_local(&self) {
+        self.inner.changed.notify_waiters();
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if self.inner.backend == Backend::Postgres {
+            // Several controllers may start at once: one migrates, the others wait here.
+            sqlx::query("SELECT pg_advisory_xact_lock(727274, 1)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS pushpool_migrations \
+             (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query("SELECT version FROM pushpool_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+        let applied: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
+        if let Some(newest) = applied.iter().max() {
+            let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+            if *newest > known {
+                return Err(StoreError::Invalid {
+                    field: "database".into(),
+                    message: format!(
+                        "the database schema is version {newest}, newer than this pushpool ({known}); upgrade pushpool"
+                    ),
+                });
+            }
+        }
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in split_statements(sql) {
+                sqlx::query(&statement).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "INSERT INTO pushpool_migrations (version, name, applied) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(crate::model::now_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The schema version in force.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT MAX(version) FROM pushpool_migrations")
+            .fetch_one(self.db())
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
+    /// Reads a server setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(self.db())
+            .await?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    /// Returns the setting, storing `make()` first if it is absent (first writer wins).
+    pub async fn setting_or_init(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<String> {
+        if let Some(v) = self.setting(key).await? {
+            return Ok(v);
+        }
+        let value = make();
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(r) = existing {
+            return Ok(r.get::<String, _>(0));
+        }
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
+            .bind(key)
+            .bind(&value)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+}
+
+fn split_statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `$start, $start+1, …` for `n` values.
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn get_uuid(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_json_map(
+    row: &AnyRow,
+    col: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
+    Ok(row.try_get::<i64, _>(col)? != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized_and_redacted() {
+        assert_eq!(normalize_url("/tmp/x.db").1, "sqlite:///tmp/x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite:a.db").1, "sqlite://a.db?mode=rwc");
+        assert_eq!(normalize_url("postgres://u@h/db").0, Backend::Postgres);
+        assert_eq!(
+            redact_url("postgres://user:secret@host:5432/db"),
+            "postgres://user:***@host:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://user@host/db"),
+            "postgres://user@host/db"
+        );
+    }
+
+    #[test]
+    fn migration_splits_into_statements() {
+        let s = split_statements("-- c\nCREATE TABLE a (x INT);\n\nCREATE INDEX i ON a (x);\n");
+        assert_eq!(s, vec!["CREATE TABLE a (x INT)", "CREATE INDEX i ON a (x)"]);
+    }
+}
