@@ -123,7 +123,45 @@ impl From<sqlx::Error> for StoreError {
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-pub(crate) type Tx = Transaction<'static, Any>;
+/// A write transaction. On SQLite it also holds the process-wide write lock of its database file,
+/// so writers in one process queue fairly instead of spinning in SQLite's busy handler.
+pub(crate) struct Tx {
+    inner: Transaction<'static, Any>,
+    _write_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.inner.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+/// One async lock per SQLite file path, shared by every [`Store`] of this process.
+fn sqlite_write_lock(url: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let path = url.split('?').next().unwrap_or(url).to_string();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path).or_default().clone()
+}
 
 struct Inner {
     pool: AnyPool,
@@ -131,6 +169,8 @@ struct Inner {
     url: String,
     /// Wakes in-process controllers when runs become due or change (SQLite and PostgreSQL).
     changed: Arc<Notify>,
+    /// SQLite only: serializes this process's writers.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -240,8 +280,9 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
-                url,
                 changed: Arc::new(Notify::new()),
+                write_lock: (backend == Backend::Sqlite).then(|| sqlite_write_lock(&url)),
+                url,
             }),
         };
         store.migrate().await?;
@@ -311,11 +352,18 @@ impl Store {
     /// Starts a write transaction. SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so two
     /// writers never deadlock on a lock upgrade.
     pub(crate) async fn begin(&self) -> Result<Tx> {
-        let tx = match self.inner.backend {
+        let write_lock = match &self.inner.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let inner = match self.inner.backend {
             Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.inner.pool.begin().await?,
         };
-        Ok(tx)
+        Ok(Tx {
+            inner,
+            _write_lock: write_lock,
+        })
     }
 
     /// ` FOR UPDATE` on PostgreSQL, nothing on SQLite (whose write transaction already excludes others).

@@ -47,6 +47,13 @@ pub async fn postgres_db() -> Option<TestDb> {
         .execute(&admin)
         .await
         .expect("create test database");
+    // Durability across an OS crash is not what these tests check; commit latency would dominate.
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} SET synchronous_commit = off"
+    ))
+    .execute(&admin)
+    .await
+    .expect("tune test database");
     admin.close().await;
     let (without_query, query) = match base.split_once('?') {
         Some((a, b)) => (a.to_string(), format!("?{b}")),
@@ -79,7 +86,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name(common::sqlite_db()).await;
+                    super::$name(crate::common::sqlite_db()).await;
                 }
             )*
         }
@@ -87,7 +94,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    if let Some(db) = common::postgres_db().await {
+                    if let Some(db) = crate::common::postgres_db().await {
                         super::$name(db).await;
                     }
                 }
