@@ -119,7 +119,8 @@ CREATE TABLE api_keys (
   role TEXT NOT NULL,
   created BIGINT NOT NULL,
   expires BIGINT,
-  revoked BIGINT
+  revoked BIGINT,
+  admin BIGINT NOT NULL DEFAULT 0
 );
 
 CREATE TABLE settings (

@@ -4,7 +4,11 @@
 //! template engine ([`template`]) and the durable store ([`store`]); the service (controller, API,
 //! CLI) is built on them.
 
+pub mod auth;
+pub mod controller;
+pub mod metrics;
 pub mod model;
+pub mod null_provider;
 pub mod state;
 pub mod store;
 pub mod template;

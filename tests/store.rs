@@ -630,7 +630,14 @@ async fn leases_renew_release_expire_and_adopt(db: TestDb) {
         .await
         .unwrap()
         .is_none());
-    assert_eq!(f.store.runs_owned_by("rescuer-3").await.unwrap().len(), 1);
+    assert_eq!(
+        f.store
+            .runs_owned_by("rescuer-3", None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn logs_and_data_survive_reconnect(db: TestDb) {

@@ -150,17 +150,23 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
-/// One async lock per SQLite file path, shared by every [`Store`] of this process.
-fn sqlite_write_lock(url: &str) -> Arc<tokio::sync::Mutex<()>> {
+type SharedFileState = (Arc<tokio::sync::Mutex<()>>, Arc<Notify>);
+
+/// One async write lock and one change notifier per SQLite file path, shared by every [`Store`]
+/// of this process (a producer and several controllers in one process see each other's changes).
+fn sqlite_shared(url: &str) -> SharedFileState {
     static LOCKS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        std::sync::Mutex<std::collections::HashMap<String, SharedFileState>>,
     > = std::sync::OnceLock::new();
     let path = url.split('?').next().unwrap_or(url).to_string();
     let mut locks = LOCKS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    locks.entry(path).or_default().clone()
+    locks
+        .entry(path)
+        .or_insert_with(|| (Default::default(), Arc::new(Notify::new())))
+        .clone()
 }
 
 struct Inner {
@@ -276,12 +282,19 @@ impl Store {
             });
         }
         let pool = pool_options.connect(&url).await?;
+        let (write_lock, changed) = match backend {
+            Backend::Sqlite => {
+                let (lock, notify) = sqlite_shared(&url);
+                (Some(lock), notify)
+            }
+            Backend::Postgres => (None, Arc::new(Notify::new())),
+        };
         let store = Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
-                changed: Arc::new(Notify::new()),
-                write_lock: (backend == Backend::Sqlite).then(|| sqlite_write_lock(&url)),
+                changed,
+                write_lock,
                 url,
             }),
         };

@@ -100,6 +100,8 @@ pub struct NewApiKey {
     pub role: String,
     /// Optional expiry.
     pub expires: Option<Micros>,
+    /// An instance administrator key (the bootstrap owner key): may act in every workspace.
+    pub admin: bool,
 }
 
 /// A stored API key (never the secret).
@@ -124,6 +126,8 @@ pub struct StoredApiKey {
     pub expires: Option<chrono::DateTime<chrono::Utc>>,
     /// Revoked.
     pub revoked: Option<chrono::DateTime<chrono::Utc>>,
+    /// Instance administrator.
+    pub admin: bool,
 }
 
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
@@ -203,6 +207,7 @@ fn key_from_row(row: &AnyRow) -> Result<StoredApiKey> {
         created: from_micros(row.try_get("created")?),
         expires: row.try_get::<Option<i64>, _>("expires")?.map(from_micros),
         revoked: row.try_get::<Option<i64>, _>("revoked")?.map(from_micros),
+        admin: get_bool(row, "admin")?,
     })
 }
 
@@ -792,8 +797,8 @@ impl Store {
         let id = Uuid::now_v7();
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, workspace_id, name, prefix, hash, role, created, expires) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+            "INSERT INTO api_keys (id, workspace_id, name, prefix, hash, role, created, expires, admin) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         )
         .bind(id.to_string())
         .bind(workspace_id.to_string())
@@ -803,6 +808,7 @@ impl Store {
         .bind(&new.role)
         .bind(now_micros())
         .bind(new.expires)
+        .bind(new.admin as i64)
         .execute(&mut *tx)
         .await?;
         insert_event(

@@ -905,10 +905,19 @@ impl Store {
         Ok(Some(run))
     }
 
-    /// Active runs held by `owner` (what a restarted controller with the same id resumes).
-    pub async fn runs_owned_by(&self, owner: &str) -> Result<Vec<FlowRun>> {
+    /// Active runs held by `owner` (what a restarted controller with the same id resumes), or only
+    /// those in `state`.
+    pub async fn runs_owned_by(
+        &self,
+        owner: &str,
+        state: Option<StateType>,
+    ) -> Result<Vec<FlowRun>> {
+        let states = match state {
+            Some(s) => format!("('{}')", s.as_str()),
+            None => ACTIVE_STATES_SQL.to_string(),
+        };
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM flow_runs WHERE lease_owner = $1 AND state_type IN {ACTIVE_STATES_SQL}"
+            "SELECT {RUN_COLUMNS} FROM flow_runs WHERE lease_owner = $1 AND state_type IN {states}"
         ))
         .bind(owner)
         .fetch_all(self.db())
