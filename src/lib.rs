@@ -4,11 +4,14 @@
 //! template engine ([`template`]) and the durable store ([`store`]); the service (controller, API,
 //! CLI) is built on them.
 
+pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod controller;
 pub mod metrics;
 pub mod model;
 pub mod null_provider;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod template;

@@ -1,1 +1,248 @@
-fn main() {}
+//! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pushpool::bench::{run_bench, BenchOptions};
+use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
+use pushpool::store::Store;
+
+/// pushpool — run workflow runs on serverless infrastructure through push work pools.
+#[derive(Parser, Debug)]
+#[command(name = "pushpool", version, about)]
+struct Cli {
+    #[command(flatten)]
+    client: cli::ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// API and controller in one process on an embedded SQLite store (or --database-url).
+    Up {
+        /// Data directory (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// API listen address.
+        #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
+        listen: SocketAddr,
+        /// Use this database instead of the embedded SQLite file.
+        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// URL jobs use to reach the API (default http://<listen>).
+        #[arg(long, env = "PUSHPOOL_PUBLIC_API_URL")]
+        public_api_url: Option<String>,
+    },
+    /// The controller alone (run several side by side on PostgreSQL).
+    Controller {
+        /// Store URL.
+        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// URL jobs use to reach the API.
+        #[arg(
+            long,
+            env = "PUSHPOOL_PUBLIC_API_URL",
+            default_value = "http://127.0.0.1:4300"
+        )]
+        public_api_url: String,
+        /// Controller id (lease owner name); default is a fresh one per start.
+        #[arg(long, env = "PUSHPOOL_CONTROLLER_ID")]
+        id: Option<String>,
+    },
+    /// The API alone.
+    Api {
+        /// Store URL.
+        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Drive N runs through full lifecycles on the built-in null provider and report figures.
+    Bench {
+        /// `sqlite` (a fresh temp file) or `postgres` (needs --database-url).
+        #[arg(long, default_value = "sqlite")]
+        store: String,
+        /// Store URL (required for postgres; for sqlite a file path/URL instead of a temp file).
+        #[arg(long, env = "PUSHPOOL_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Number of runs.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Runs per second coming due; 0 makes all due at once.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Null provider submit latency in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        provider_latency_ms: u64,
+        /// Controller instances, each with its own connections.
+        #[arg(long, default_value_t = 1)]
+        controllers: usize,
+    },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Client(command) => cli::execute(&cli.client, command).await,
+            server => {
+                init_tracing();
+                match run_server(server).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        1
+                    }
+                }
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run_server(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up {
+            home,
+            listen,
+            database_url,
+            public_api_url,
+        } => {
+            let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
+            std::fs::create_dir_all(&home)
+                .with_context(|| format!("creating {}", home.display()))?;
+            let url = database_url
+                .unwrap_or_else(|| format!("sqlite://{}", home.join("pushpool.db").display()));
+            let store = Store::connect(&url).await.with_context(|| {
+                format!("opening the store at {}", pushpool::store::redact_url(&url))
+            })?;
+            if let Some(key) = bootstrap(&store, &home).await? {
+                println!("Created workspace `default` and its owner API key (shown once, also saved to {}):", home.join("owner.key").display());
+                println!("{key}");
+            }
+            println!(
+                "pushpool is up: API http://{listen} (docs http://{listen}/docs), store {}",
+                store.redacted_url()
+            );
+            serve(
+                store,
+                ServeOptions {
+                    database_url: url,
+                    listen: Some(listen),
+                    controller: true,
+                    api_url: public_api_url,
+                    home: Some(home),
+                    controller_id: None,
+                },
+                shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::Controller {
+            database_url,
+            public_api_url,
+            id,
+        } => {
+            let store = Store::connect(&database_url)
+                .await
+                .context("opening the store")?;
+            serve(
+                store,
+                ServeOptions {
+                    database_url,
+                    listen: None,
+                    controller: true,
+                    api_url: Some(public_api_url),
+                    home: None,
+                    controller_id: id,
+                },
+                shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::Api {
+            database_url,
+            listen,
+        } => {
+            let store = Store::connect(&database_url)
+                .await
+                .context("opening the store")?;
+            serve(
+                store,
+                ServeOptions {
+                    database_url,
+                    listen: Some(listen),
+                    controller: false,
+                    api_url: None,
+                    home: None,
+                    controller_id: None,
+                },
+                shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::Bench {
+            store,
+            database_url,
+            runs,
+            rate,
+            provider_latency_ms,
+            controllers,
+        } => {
+            let database_url = match store.as_str() {
+                "sqlite" => database_url,
+                "postgres" => Some(database_url.context("--store postgres needs --database-url")?),
+                other => anyhow::bail!("--store must be `sqlite` or `postgres`, not `{other}`"),
+            };
+            if runs == 0 {
+                anyhow::bail!("--runs must be at least 1");
+            }
+            let report = run_bench(
+                BenchOptions {
+                    database_url,
+                    runs,
+                    rate,
+                    provider_latency: Duration::from_millis(provider_latency_ms),
+                    controllers,
+                },
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.double_submits > 0 || report.lost > 0 {
+                anyhow::bail!(
+                    "bench found {} double submissions and {} lost runs",
+                    report.double_submits,
+                    report.lost
+                );
+            }
+        }
+        Command::Client(_) => unreachable!("client commands are dispatched before"),
+    }
+    Ok(())
+}

@@ -1,0 +1,1529 @@
+//! The REST API (axum). Paths, bodies and error shapes follow `CONTRACT.md`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use pushpool_provider::Registry;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::auth::{hash_key, hashes_match, key_prefix, RunTokens};
+use crate::controller::{render_context, render_job};
+use crate::metrics::Metrics;
+use crate::model::{Deployment, WorkPool, Workspace};
+use crate::state::{Proposal, StateType};
+use crate::store::{
+    DeploymentPatch, NewDeployment, NewPool, NewQueue, NewRun, PoolPatch, RunFilter, Store,
+    StoreError, TransitionGuard, TransitionOutcome,
+};
+use crate::template::{BaseJobTemplate, TemplateError};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Providers (for default templates and job validation).
+    pub registry: Registry,
+    /// Run-token checker.
+    pub tokens: RunTokens,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// An API error: `{"error": CODE, "message": TEXT, "field": PATH?}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    fn unprocessable(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).field(field)
+    }
+    fn not_found(what: &str, key: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} `{key}` not found"),
+        )
+    }
+    fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, key } => ApiError::not_found(what, &key),
+            StoreError::Conflict { field, message } => {
+                let err = ApiError::new(StatusCode::CONFLICT, "conflict", message);
+                match field {
+                    Some(f) => err.field(f),
+                    None => err,
+                }
+            }
+            StoreError::Invalid { field, message } => ApiError::unprocessable(&field, message),
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is unavailable; retry shortly",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<TemplateError> for ApiError {
+    fn from(e: TemplateError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.message).field(e.field)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose problems become 400 (malformed JSON) or 422 (wrong shape), naming the field.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                let text = e.body_text();
+                // serde's message reads "…: field: problem at line…"; keep the path when present.
+                let detail = text
+                    .split_once(": ")
+                    .map(|x| x.1)
+                    .unwrap_or(&text)
+                    .to_string();
+                let field = detail.split_once(": ").map(|x| x.0.to_string());
+                let err =
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail.clone());
+                Err(match field {
+                    Some(f) if !f.contains(' ') => err.field(f),
+                    _ => err,
+                })
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the request body is not valid JSON: {}", e.body_text()),
+            )),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the request body must be JSON with `Content-Type: application/json`",
+            )),
+            Err(other) => {
+                let status = other.status();
+                Err(ApiError::new(
+                    if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        status
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    },
+                    if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        "too_large"
+                    } else {
+                        "bad_request"
+                    },
+                    other.body_text(),
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON body that may be empty (then `T::default()`).
+pub struct OptionalBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                let status = e.status();
+                ApiError::new(
+                    if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        status
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    },
+                    if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        "too_large"
+                    } else {
+                        "bad_request"
+                    },
+                    e.body_text(),
+                )
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalBody(T::default()));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the request body is not valid JSON: {e}"),
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Ok(v) => Ok(OptionalBody(v)),
+            Err(e) if e.inner().is_syntax() || e.inner().is_eof() => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the request body is not valid JSON: {}", e.inner()),
+            )),
+            Err(e) => {
+                let field = e.path().to_string();
+                let err = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    e.inner().to_string(),
+                );
+                Err(if field == "." { err } else { err.field(field) })
+            }
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API key.
+    Key {
+        /// The key's workspace.
+        workspace_id: Uuid,
+        /// Its role.
+        role: String,
+        /// Instance administrator (the bootstrap owner key).
+        admin: bool,
+    },
+    /// A run token: acts on one run attempt only.
+    RunToken {
+        /// The run.
+        run_id: Uuid,
+        /// The attempt.
+        attempt: i64,
+    },
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing `Authorization: Bearer <key>` header")
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
+            })?;
+        if token.starts_with("ppr_") {
+            let (run_id, attempt) = state
+                .tokens
+                .verify(token)
+                .ok_or_else(|| ApiError::unauthorized("invalid run token"))?;
+            return Ok(Principal::RunToken { run_id, attempt });
+        }
+        let prefix = key_prefix(token).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        let stored = state
+            .store
+            .api_key_by_prefix(prefix)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        if !hashes_match(&hash_key(token), &stored.hash) {
+            return Err(ApiError::unauthorized("invalid API key"));
+        }
+        if stored.revoked.is_some() {
+            return Err(ApiError::unauthorized("this API key was revoked"));
+        }
+        if stored.expires.is_some_and(|e| e < Utc::now()) {
+            return Err(ApiError::unauthorized("this API key has expired"));
+        }
+        Ok(Principal::Key {
+            workspace_id: stored.workspace_id,
+            role: stored.role,
+            admin: stored.admin,
+        })
+    }
+}
+
+impl Principal {
+    /// The workspace named `ws` if this principal may act in it; another workspace is "not found".
+    async fn workspace(&self, store: &Store, ws: &str) -> ApiResult<Workspace> {
+        match self {
+            Principal::RunToken { .. } => Err(ApiError::forbidden(
+                "a run token may only act on its own run (under /api/runs/{id})",
+            )),
+            Principal::Key {
+                workspace_id,
+                admin,
+                ..
+            } => {
+                let found = store.workspace(ws).await.map_err(|e| match e {
+                    StoreError::NotFound { .. } => ApiError::not_found("workspace", ws),
+                    other => other.into(),
+                })?;
+                if *admin || found.id == *workspace_id {
+                    Ok(found)
+                } else {
+                    Err(ApiError::not_found("workspace", ws))
+                }
+            }
+        }
+    }
+}
+
+fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            field,
+            "must be 1–100 characters of letters, digits, `-`, `_` or `.`, not starting with `-` or `.`",
+        ))
+    }
+}
+
+fn check_limit(limit: Option<i64>) -> ApiResult<()> {
+    match limit {
+        Some(n) if n < 0 => Err(ApiError::unprocessable(
+            "concurrency_limit",
+            "must be 0 or more",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Deserializes a field that may be absent (`None`), null (`Some(None)`) or a value.
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateWorkspace {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePool {
+    name: String,
+    #[serde(rename = "type")]
+    pool_type: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    base_job_template: Option<Value>,
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    #[serde(default)]
+    paused: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdatePool {
+    #[serde(default, deserialize_with = "double_option")]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    base_job_template: Option<Value>,
+    #[serde(default, deserialize_with = "double_option")]
+    concurrency_limit: Option<Option<i64>>,
+    #[serde(default)]
+    paused: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQueue {
+    name: String,
+    #[serde(default = "default_priority")]
+    priority: i64,
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    #[serde(default)]
+    paused: bool,
+}
+
+fn default_priority() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDeployment {
+    name: String,
+    work_pool: String,
+    #[serde(default)]
+    work_queue: Option<String>,
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    #[serde(default)]
+    paused: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateDeployment {
+    #[serde(default)]
+    job_variables: Option<Map<String, Value>>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "double_option")]
+    concurrency_limit: Option<Option<i64>>,
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default)]
+    work_queue: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateRun {
+    #[serde(default)]
+    scheduled_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RunQuery {
+    state: Option<String>,
+    work_pool: Option<String>,
+    deployment: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobStateReport {
+    #[serde(rename = "type")]
+    state_type: StateType,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    transition_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobLogs {
+    lines: Vec<JobLogLine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobLogLine {
+    line: String,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RunWithHistory {
+    #[serde(flatten)]
+    run: crate::model::FlowRun,
+    state_history: Vec<crate::model::HistoryEntry>,
+}
+
+fn parse_template(
+    state: &AppState,
+    pool_type: &str,
+    template: Option<Value>,
+) -> ApiResult<BaseJobTemplate> {
+    let value = match template {
+        Some(t) => t,
+        None => state
+            .registry
+            .get(pool_type)
+            .map(|p| p.default_base_job_template())
+            .ok_or_else(|| unknown_type(state, pool_type))?,
+    };
+    let parsed = BaseJobTemplate::parse(&value).map_err(|e| {
+        let field = if e.field.starts_with("base_job_template") {
+            e.field.clone()
+        } else {
+            format!("base_job_template.{}", e.field)
+        };
+        ApiError::unprocessable(&field, e.message)
+    })?;
+    Ok(parsed)
+}
+
+fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {
+    ApiError::unprocessable(
+        "type",
+        format!(
+            "unknown pool type `{pool_type}`; this server knows: {}",
+            state.registry.pool_types().join(", ")
+        ),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let counts: Vec<(String, i64)> = state
+        .store
+        .count_by_state()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_string(), n))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&counts),
+    )
+        .into_response()
+}
+
+async fn list_pool_types(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.registry.pool_types()))
+}
+
+async fn default_template(
+    State(state): State<AppState>,
+    Path(pool_type): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state
+        .registry
+        .get(&pool_type)
+        .map(|p| Json(p.default_base_job_template()))
+        .ok_or_else(|| ApiError::not_found("pool type", &pool_type))
+}
+
+async fn create_workspace(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(body): Body<CreateWorkspace>,
+) -> ApiResult<(StatusCode, Json<Workspace>)> {
+    match &principal {
+        Principal::Key { admin: true, .. } => {}
+        _ => {
+            return Err(ApiError::forbidden(
+                "only an instance administrator key may create workspaces",
+            ))
+        }
+    }
+    check_name("name", &body.name)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.create_workspace(&body.name).await?),
+    ))
+}
+
+async fn list_workspaces(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<Workspace>>> {
+    let all = state.store.list_workspaces().await?;
+    Ok(Json(match principal {
+        Principal::Key { admin: true, .. } => all,
+        Principal::Key { workspace_id, .. } => {
+            all.into_iter().filter(|w| w.id == workspace_id).collect()
+        }
+        Principal::RunToken { .. } => vec![],
+    }))
+}
+
+async fn create_pool(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+    Body(body): Body<CreatePool>,
+) -> ApiResult<(StatusCode, Json<WorkPool>)> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    check_name("name", &body.name)?;
+    check_limit(body.concurrency_limit)?;
+    if state.registry.get(&body.pool_type).is_none() {
+        return Err(unknown_type(&state, &body.pool_type));
+    }
+    let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
+    let pool = state
+        .store
+        .create_pool(
+            ws.id,
+            NewPool {
+                name: body.name,
+                pool_type: body.pool_type,
+                description: body.description,
+                base_job_template: template.to_value(),
+                concurrency_limit: body.concurrency_limit,
+                paused: body.paused,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(pool)))
+}
+
+async fn list_pools(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<WorkPool>>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    Ok(Json(state.store.list_pools(ws.id).await?))
+}
+
+async fn get_pool(
+    State(state): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<WorkPool>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    Ok(Json(state.store.pool(ws.id, &name).await?))
+}
+
+async fn update_pool(
+    State(state): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    principal: Principal,
+    Body(body): Body<UpdatePool>,
+) -> ApiResult<Json<WorkPool>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let pool = state.store.pool(ws.id, &name).await?;
+    if let Some(Some(limit)) = body.concurrency_limit {
+        check_limit(Some(limit))?;
+    }
+    let template = match body.base_job_template {
+        Some(t) => {
+            let parsed = parse_template(&state, &pool.pool_type, Some(t))?;
+            // Every deployment of the pool must still fit the new template.
+            for d in state
+                .store
+                .list_deployments(ws.id)
+                .await?
+                .iter()
+                .filter(|d| d.work_pool_id == pool.id)
+            {
+                parsed
+                    .validate_deployment_overrides(&d.job_variables)
+                    .map_err(|e| {
+                        ApiError::unprocessable(
+                            "base_job_template",
+                            format!(
+                                "deployment `{}` would no longer fit this template: {}: {}",
+                                d.name, e.field, e.message
+                            ),
+                        )
+                    })?;
+            }
+            Some(parsed.to_value())
+        }
+        None => None,
+    };
+    let patch = PoolPatch {
+        description: body.description,
+        base_job_template: template,
+        concurrency_limit: body.concurrency_limit,
+        paused: body.paused,
+    };
+    Ok(Json(state.store.update_pool(ws.id, &name, patch).await?))
+}
+
+async fn delete_pool(
+    State(state): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    state.store.delete_pool(ws.id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_queue(
+    State(state): State<AppState>,
+    Path((ws, pool)): Path<(String, String)>,
+    principal: Principal,
+    Body(body): Body<CreateQueue>,
+) -> ApiResult<(StatusCode, Json<crate::model::WorkQueue>)> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    check_name("name", &body.name)?;
+    check_limit(body.concurrency_limit)?;
+    let q = state
+        .store
+        .create_queue(
+            ws.id,
+            &pool,
+            NewQueue {
+                name: body.name,
+                priority: body.priority,
+                concurrency_limit: body.concurrency_limit,
+                paused: body.paused,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(q)))
+}
+
+async fn list_queues(
+    State(state): State<AppState>,
+    Path((ws, pool)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<crate::model::WorkQueue>>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let pool = state.store.pool(ws.id, &pool).await?;
+    Ok(Json(state.store.list_queues(pool.id).await?))
+}
+
+async fn pool_template(state: &AppState, pool: &WorkPool) -> ApiResult<BaseJobTemplate> {
+    BaseJobTemplate::parse(&pool.base_job_template)
+        .map_err(|e| {
+            ApiError::unprocessable(
+                "work_pool",
+                format!(
+                    "the base job template of work pool `{}` is invalid at {}: {}",
+                    pool.name, e.field, e.message
+                ),
+            )
+        })
+        .inspect(|_| {
+            let _ = state;
+        })
+}
+
+fn prefix_field(e: TemplateError, prefix: &str) -> ApiError {
+    let field = if e.field.starts_with(prefix) {
+        e.field
+    } else {
+        format!("{prefix}.{}", e.field)
+    };
+    ApiError::unprocessable(&field, e.message).with_rule(e.rule)
+}
+
+impl ApiError {
+    fn with_rule(self, _rule: &str) -> Self {
+        self
+    }
+}
+
+async fn create_deployment(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+    Body(body): Body<CreateDeployment>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    check_name("name", &body.name)?;
+    check_limit(body.concurrency_limit)?;
+    let pool = state.store.pool(ws.id, &body.work_pool).await?;
+    let template = pool_template(&state, &pool).await?;
+    template
+        .validate_deployment_overrides(&body.job_variables)
+        .map_err(|e| prefix_field(e, "job_variables"))?;
+    let d = state
+        .store
+        .create_deployment(
+            ws.id,
+            NewDeployment {
+                name: body.name,
+                work_pool: body.work_pool,
+                work_queue: body.work_queue,
+                job_variables: body.job_variables,
+                parameters: body.parameters,
+                concurrency_limit: body.concurrency_limit,
+                paused: body.paused,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    Ok(Json(state.store.list_deployments(ws.id).await?))
+}
+
+async fn get_deployment(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<Deployment>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    Ok(Json(state.store.deployment(ws.id, &id).await?))
+}
+
+async fn update_deployment(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+    Body(body): Body<UpdateDeployment>,
+) -> ApiResult<Json<Deployment>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let current = state.store.deployment(ws.id, &id).await?;
+    if let Some(Some(limit)) = body.concurrency_limit {
+        check_limit(Some(limit))?;
+    }
+    if let Some(vars) = &body.job_variables {
+        let pool = state.store.pool_by_id(current.work_pool_id).await?;
+        pool_template(&state, &pool)
+            .await?
+            .validate_deployment_overrides(vars)
+            .map_err(|e| prefix_field(e, "job_variables"))?;
+    }
+    let patch = DeploymentPatch {
+        job_variables: body.job_variables,
+        parameters: body.parameters,
+        concurrency_limit: body.concurrency_limit,
+        paused: body.paused,
+        work_queue: body.work_queue,
+    };
+    Ok(Json(
+        state.store.update_deployment(ws.id, &id, patch).await?,
+    ))
+}
+
+async fn delete_deployment(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    state.store.delete_deployment(ws.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Renders what a run would get; `Err` for variable problems, plus the provider's verdict.
+async fn render_for(
+    state: &AppState,
+    deployment: &Deployment,
+    run_variables: &Map<String, Value>,
+) -> ApiResult<(Value, Option<ApiError>)> {
+    let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
+    let template = pool_template(state, &pool).await?;
+    let context = render_context(
+        "00000000-0000-0000-0000-000000000000",
+        1,
+        &deployment.parameters,
+        deployment,
+        &pool,
+        "<api url>",
+        "<run token>",
+    );
+    let rendered = render_job(&template, deployment, run_variables, &context)
+        .map_err(|e| prefix_field(e, "job_variables"))?;
+    let provider_error = match state.registry.get(&pool.pool_type) {
+        Some(p) => match p.validate(&rendered) {
+            Ok(_) => None,
+            Err(pushpool_provider::ProviderError::InvalidConfig { field, message }) => {
+                Some(ApiError::unprocessable(
+                    &format!("job_configuration.{field}")
+                        .trim_end_matches('.')
+                        .to_string(),
+                    format!(
+                        "the `{}` provider cannot use this job configuration: {message}",
+                        pool.pool_type
+                    ),
+                ))
+            }
+            Err(e) => Some(ApiError::unprocessable("job_configuration", e.to_string())),
+        },
+        None => None,
+    };
+    Ok((rendered, provider_error))
+}
+
+async fn preview(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+    OptionalBody(request): OptionalBody<PreviewRequest>,
+) -> ApiResult<Json<Value>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let deployment = state.store.deployment(ws.id, &id).await?;
+    let (rendered, provider_error) =
+        render_for(&state, &deployment, &request.job_variables).await?;
+    let mut out = json!({"job_configuration": rendered});
+    if let Some(e) = provider_error {
+        out["provider_error"] = json!({"field": e.field, "message": e.message});
+    }
+    Ok(Json(out))
+}
+
+async fn create_run(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+    OptionalBody(request): OptionalBody<CreateRun>,
+) -> ApiResult<(StatusCode, Json<crate::model::FlowRun>)> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let deployment = state.store.deployment(ws.id, &id).await?;
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(ApiError::unprocessable(
+                "idempotency_key",
+                "must be 1–200 characters",
+            ));
+        }
+    }
+    let (_, provider_error) = render_for(&state, &deployment, &request.job_variables).await?;
+    if let Some(e) = provider_error {
+        return Err(e);
+    }
+    let (run, created) = state
+        .store
+        .create_run(
+            &deployment,
+            NewRun {
+                scheduled_time: request.scheduled_time,
+                parameters: request.parameters,
+                job_variables: request.job_variables,
+                idempotency_key: request.idempotency_key,
+            },
+        )
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(run),
+    ))
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+    Query(q): Query<RunQuery>,
+) -> ApiResult<Json<Vec<crate::model::FlowRun>>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    let state_filter = match q.state.as_deref() {
+        Some(s) if !s.is_empty() => Some(
+            s.parse::<StateType>()
+                .map_err(|e| ApiError::unprocessable("state", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let deployment_id = match q.deployment.as_deref() {
+        Some(d) if !d.is_empty() => Some(state.store.deployment(ws.id, d).await?.id),
+        _ => None,
+    };
+    if let Some(l) = q.limit {
+        if !(1..=1000).contains(&l) {
+            return Err(ApiError::unprocessable(
+                "limit",
+                "must be between 1 and 1000",
+            ));
+        }
+    }
+    let filter = RunFilter {
+        state: state_filter,
+        work_pool: q.work_pool.filter(|p| !p.is_empty()),
+        deployment_id,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    Ok(Json(state.store.list_runs(ws.id, &filter).await?))
+}
+
+async fn run_in_ws(
+    state: &AppState,
+    principal: &Principal,
+    ws: &str,
+    id: &str,
+) -> ApiResult<crate::model::FlowRun> {
+    let ws = principal.workspace(&state.store, ws).await?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
+    Ok(state.store.run_in(ws.id, id).await?)
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<RunWithHistory>> {
+    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    let state_history = state.store.state_history(run.id).await?;
+    Ok(Json(RunWithHistory { run, state_history }))
+}
+
+async fn run_states(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<crate::model::HistoryEntry>>> {
+    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    Ok(Json(state.store.state_history(run.id).await?))
+}
+
+async fn run_logs(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<crate::model::LogLine>>> {
+    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    Ok(Json(state.store.logs(run.id, 10_000).await?))
+}
+
+/// Cancels a run: not yet submitted → CANCELLED at once; submitted → CANCELLING (the controller
+/// stops the infrastructure, then records CANCELLED).
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path((ws, id)): Path<(String, String)>,
+    principal: Principal,
+) -> ApiResult<Json<crate::model::FlowRun>> {
+    let mut run = run_in_ws(&state, &principal, &ws, &id).await?;
+    for _ in 0..10 {
+        let current = run.state.state_type;
+        if current == StateType::Cancelling {
+            return Ok(Json(run));
+        }
+        if current.is_terminal() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the run is already {current}; there is nothing to cancel"),
+            ));
+        }
+        let to = match current {
+            StateType::Scheduled | StateType::Paused => StateType::Cancelled,
+            StateType::Pending if run.infrastructure_id.is_none() => StateType::Cancelled,
+            _ => StateType::Cancelling,
+        };
+        let proposal = Proposal::new(to).with_message("cancelled by request");
+        let guard = TransitionGuard {
+            expected: Some(current),
+            lease_owner: None,
+        };
+        match state.store.propose_state(run.id, proposal, guard).await? {
+            TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => return Ok(Json(r)),
+            TransitionOutcome::Rejected { run: r, .. } => run = r,
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "the run keeps changing state; retry",
+    ))
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<crate::model::Event>>> {
+    let ws = principal.workspace(&state.store, &ws).await?;
+    Ok(Json(state.store.list_events(ws.id, 500).await?))
+}
+
+/// The run a run-side request is about, checked against the caller.
+async fn own_run(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<crate::model::FlowRun> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
+    match principal {
+        Principal::RunToken { run_id, attempt } => {
+            if *run_id != id {
+                return Err(ApiError::forbidden("this run token belongs to another run"));
+            }
+            let run = state.store.run(id).await?;
+            if run.attempt != *attempt {
+                return Err(ApiError::forbidden(
+                    "this run token belongs to an earlier attempt",
+                ));
+            }
+            Ok(run)
+        }
+        Principal::Key {
+            workspace_id,
+            admin,
+            ..
+        } => {
+            let run = state.store.run(id).await?;
+            if *admin || run.workspace_id == *workspace_id {
+                Ok(run)
+            } else {
+                Err(ApiError::not_found("flow run", &id.to_string()))
+            }
+        }
+    }
+}
+
+async fn job_get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    principal: Principal,
+) -> ApiResult<Json<crate::model::FlowRun>> {
+    Ok(Json(own_run(&state, &principal, &id).await?))
+}
+
+async fn job_report_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    principal: Principal,
+    Body(body): Body<JobStateReport>,
+) -> ApiResult<Json<Value>> {
+    let run = own_run(&state, &principal, &id).await?;
+    if matches!(
+        body.state_type,
+        StateType::Pending | StateType::Scheduled | StateType::Cancelling
+    ) {
+        return Err(ApiError::unprocessable(
+            "type",
+            "a job may report RUNNING, COMPLETED, FAILED, CRASHED, CANCELLED or PAUSED",
+        ));
+    }
+    let mut proposal = Proposal::new(body.state_type);
+    proposal.name = body.name;
+    proposal.message = body.message;
+    if let Some(t) = body.transition_id {
+        proposal.transition_id = t;
+    }
+    let outcome = state
+        .store
+        .propose_state(run.id, proposal, TransitionGuard::default())
+        .await?;
+    let (status, reason) = match &outcome {
+        TransitionOutcome::Accepted(_) => ("ACCEPT", None),
+        TransitionOutcome::Duplicate(_) => ("DUPLICATE", None),
+        TransitionOutcome::Rejected { reason, .. } => ("REJECT", Some(reason.to_string())),
+    };
+    Ok(Json(
+        json!({"status": status, "reason": reason, "state": outcome.run().state}),
+    ))
+}
+
+async fn job_heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    let run = own_run(&state, &principal, &id).await?;
+    state.store.heartbeat(run.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn job_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    principal: Principal,
+    Body(body): Body<JobLogs>,
+) -> ApiResult<StatusCode> {
+    let run = own_run(&state, &principal, &id).await?;
+    if body.lines.len() > 1000 {
+        return Err(ApiError::unprocessable(
+            "lines",
+            "at most 1000 lines per request",
+        ));
+    }
+    let now = crate::model::now_micros();
+    let mut lines = Vec::with_capacity(body.lines.len());
+    for (i, l) in body.lines.into_iter().enumerate() {
+        if l.line.len() > 65_536 {
+            return Err(ApiError::unprocessable(
+                &format!("lines[{i}].line"),
+                "at most 65536 bytes per line",
+            ));
+        }
+        let stream = match l.stream.as_deref() {
+            None | Some("stdout") => "stdout",
+            Some("stderr") => "stderr",
+            Some(_) => {
+                return Err(ApiError::unprocessable(
+                    &format!("lines[{i}].stream"),
+                    "must be `stdout` or `stderr`",
+                ))
+            }
+        };
+        lines.push((now, stream.to_string(), l.line));
+    }
+    state.store.append_logs(run.id, &lines).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every route: method, path, summary, who may call it. The OpenAPI document is built from this.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("get", "/healthz", "Liveness probe", "none"),
+    (
+        "get",
+        "/readyz",
+        "Readiness probe (store reachable)",
+        "none",
+    ),
+    ("get", "/metrics", "Prometheus metrics", "none"),
+    ("get", "/api/openapi.json", "This document", "none"),
+    (
+        "get",
+        "/api/pool_types",
+        "Pool types this server knows",
+        "key",
+    ),
+    (
+        "get",
+        "/api/pool_types/{type}/default_template",
+        "Default base job template of a pool type",
+        "key",
+    ),
+    ("post", "/api/workspaces", "Create a workspace", "admin key"),
+    (
+        "get",
+        "/api/workspaces",
+        "Workspaces the key can see",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/work_pools",
+        "Create a work pool",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/work_pools",
+        "List work pools",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/work_pools/{name}",
+        "Get a work pool",
+        "key",
+    ),
+    (
+        "patch",
+        "/api/workspaces/{ws}/work_pools/{name}",
+        "Change a work pool (pause, limit, template)",
+        "key",
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/work_pools/{name}",
+        "Delete a work pool",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/work_pools/{name}/queues",
+        "Create a work queue",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/work_pools/{name}/queues",
+        "List a pool's work queues",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/deployments",
+        "Create a deployment",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/deployments",
+        "List deployments",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/deployments/{id_or_name}",
+        "Get a deployment",
+        "key",
+    ),
+    (
+        "patch",
+        "/api/workspaces/{ws}/deployments/{id_or_name}",
+        "Change a deployment",
+        "key",
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/deployments/{id_or_name}",
+        "Delete a deployment",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/preview",
+        "Render the job configuration a run would get",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/runs",
+        "Create a flow run",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/flow_runs",
+        "List flow runs (state, work_pool, deployment, limit, cursor)",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/flow_runs/{id}",
+        "Get a flow run with its state history",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/flow_runs/{id}/states",
+        "A flow run's state history",
+        "key",
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/flow_runs/{id}/cancel",
+        "Cancel a flow run",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/flow_runs/{id}/logs",
+        "A flow run's log lines",
+        "key",
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/events",
+        "Newest events of the workspace",
+        "key",
+    ),
+    (
+        "get",
+        "/api/runs/{id}",
+        "Job side: read the own run (e.g. to see a cancellation)",
+        "run token",
+    ),
+    (
+        "post",
+        "/api/runs/{id}/state",
+        "Job side: report RUNNING or a terminal state",
+        "run token",
+    ),
+    (
+        "post",
+        "/api/runs/{id}/heartbeat",
+        "Job side: heartbeat",
+        "run token",
+    ),
+    (
+        "post",
+        "/api/runs/{id}/logs",
+        "Job side: append log lines",
+        "run token",
+    ),
+];
+
+/// The OpenAPI 3.1 document of [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, auth) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "OK"},
+                "4XX": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if *auth == "none" {
+            op["security"] = json!([]);
+        } else {
+            op["description"] = json!(format!("Authorization: {auth}"));
+        }
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "pushpool API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}
+        },
+        "security": [{"bearer": []}]
+    })
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html><html><head><title>pushpool API</title><meta charset="utf-8"></head>
+<body><script id="api-reference" data-url="/api/openapi.json"></script>
+<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+<noscript>The OpenAPI document is at <a href="/api/openapi.json">/api/openapi.json</a>.</noscript></body></html>"#,
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let ws = Router::new()
+        .route("/work_pools", post(create_pool).get(list_pools))
+        .route(
+            "/work_pools/{name}",
+            get(get_pool).patch(update_pool).delete(delete_pool),
+        )
+        .route(
+            "/work_pools/{name}/queues",
+            post(create_queue).get(list_queues),
+        )
+        .route(
+            "/deployments",
+            post(create_deployment).get(list_deployments),
+        )
+        .route(
+            "/deployments/{id}",
+            get(get_deployment)
+                .patch(update_deployment)
+                .delete(delete_deployment),
+        )
+        .route("/deployments/{id}/preview", post(preview))
+        .route("/deployments/{id}/runs", post(create_run))
+        .route("/flow_runs", get(list_runs))
+        .route("/flow_runs/{id}", get(get_run))
+        .route("/flow_runs/{id}/states", get(run_states))
+        .route("/flow_runs/{id}/cancel", post(cancel_run))
+        .route("/flow_runs/{id}/logs", get(run_logs))
+        .route("/events", get(list_events));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/docs", get(docs))
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/pool_types", get(list_pool_types))
+        .route(
+            "/api/pool_types/{type}/default_template",
+            get(default_template),
+        )
+        .route(
+            "/api/workspaces",
+            post(create_workspace).get(list_workspaces),
+        )
+        .nest("/api/workspaces/{ws}", ws)
+        .route("/api/runs/{id}", get(job_get_run))
+        .route("/api/runs/{id}/state", post(job_report_state))
+        .route("/api/runs/{id}/heartbeat", post(job_heartbeat))
+        .route("/api/runs/{id}/logs", post(job_logs))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .with_state(state)
+}
