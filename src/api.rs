@@ -913,9 +913,7 @@ async fn render_for(
             Ok(_) => None,
             Err(pushpool_provider::ProviderError::InvalidConfig { field, message }) => {
                 Some(ApiError::unprocessable(
-                    &format!("job_configuration.{field}")
-                        .trim_end_matches('.')
-                        .to_string(),
+                    format!("job_configuration.{field}").trim_end_matches('.'),
                     format!(
                         "the `{}` provider cannot use this job configuration: {message}",
                         pool.pool_type

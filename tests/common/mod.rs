@@ -80,6 +80,7 @@ pub async fn connect(db: &TestDb, max: u32) -> Store {
 
 /// Defines each listed `async fn name(db: TestDb)` as a test on SQLite and one on PostgreSQL.
 #[macro_export]
+#[allow(clippy::crate_in_macro_def)] // the helpers live in each test crate's `common` module
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

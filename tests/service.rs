@@ -1,0 +1,410 @@
+//! End-to-end: API + controller on a fresh store, driven over HTTP like a user would.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use pushpool::server::{bootstrap, serve, ServeOptions};
+use pushpool::store::Store;
+use serde_json::{json, Value};
+
+both_backends!(
+    process_run_goes_scheduled_pending_running_completed,
+    failing_and_cancelled_runs_end_as_expected,
+    bad_input_is_refused_and_nothing_is_stored,
+    preview_renders_the_notes_example_exactly,
+);
+
+struct App {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _home: tempfile::TempDir,
+}
+
+async fn spawn_app(db: &TestDb) -> App {
+    let store = common::connect(db, 8).await;
+    let home = tempfile::tempdir().unwrap();
+    let key = bootstrap(&store, home.path())
+        .await
+        .unwrap()
+        .expect("fresh store");
+    // Port 0: pick a free port, then hand it to the server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        database_url: db.url.clone(),
+        listen: Some(addr),
+        controller: true,
+        api_url: None,
+        home: None,
+        controller_id: None,
+    };
+    let task = tokio::spawn(async move {
+        serve(store, options, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    App {
+        base,
+        key,
+        client,
+        stop: Some(stop),
+        task: Some(task),
+        _home: home,
+    }
+}
+
+impl App {
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/workspaces/default{path}", self.base)
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn pool_and_deployment(&self, command: &str) {
+        let (s, b) = self
+            .post("/work_pools", json!({"name": "local", "type": "process"}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = self
+            .post(
+                "/deployments",
+                json!({"name": "job", "work_pool": "local", "job_variables": {"command": command}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    async fn run(&self) -> String {
+        let (s, b) = self.post("/deployments/job/runs", json!({})).await;
+        assert_eq!(s, 201, "{b}");
+        b["id"].as_str().unwrap().to_string()
+    }
+    async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, run) = self.get(&format!("/flow_runs/{id}")).await;
+            let t = run["state"]["type"].as_str().unwrap_or("").to_string();
+            if ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].contains(&t.as_str()) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "run not terminal after {limit:?}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+fn history_types(run: &Value) -> Vec<String> {
+    run["state_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn process_run_goes_scheduled_pending_running_completed(db: TestDb) {
+    let app = spawn_app(&db).await;
+    app.pool_and_deployment("echo hello; exit 0").await;
+    let id = app.run().await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    assert_eq!(
+        history_types(&run),
+        vec!["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+    );
+    assert!(run["infrastructure_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("process:"));
+    let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == "hello"),
+        "{logs}"
+    );
+    app.stop().await;
+
+    // A restart on the same store keeps pools, deployments and runs.
+    let again = spawn_app_existing(&db).await;
+    let (_, pools) = again.get("/work_pools").await;
+    assert_eq!(pools.as_array().unwrap().len(), 1);
+    let (_, run) = again.get(&format!("/flow_runs/{id}")).await;
+    assert_eq!(run["state"]["type"], "COMPLETED");
+    again.stop().await;
+}
+
+async fn spawn_app_existing(db: &TestDb) -> App {
+    // Same store, a new owner key is not created: reuse by making a fresh admin key directly.
+    let store = Store::connect(&db.url).await.unwrap();
+    let ws = store.workspace("default").await.unwrap();
+    let k = pushpool::auth::generate_api_key();
+    store
+        .create_api_key(
+            ws.id,
+            pushpool::store::NewApiKey {
+                name: "t".into(),
+                prefix: k.prefix,
+                hash: k.hash,
+                role: "owner".into(),
+                expires: None,
+                admin: true,
+            },
+        )
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        database_url: db.url.clone(),
+        listen: Some(addr),
+        controller: true,
+        api_url: None,
+        home: None,
+        controller_id: None,
+    };
+    let task = tokio::spawn(async move {
+        serve(store, options, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    App {
+        base,
+        key: k.key.expose().to_string(),
+        client,
+        stop: Some(stop),
+        task: Some(task),
+        _home: tempfile::tempdir().unwrap(),
+    }
+}
+
+async fn failing_and_cancelled_runs_end_as_expected(db: TestDb) {
+    let app = spawn_app(&db).await;
+    app.pool_and_deployment("echo oops >&2; exit 3").await;
+    let id = app.run().await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(run["state"]["type"], "FAILED");
+    assert_eq!(run["state"]["message"], "exit code 3");
+
+    let (s, _) = app
+        .post("/deployments", json!({"name": "sleeper", "work_pool": "local", "job_variables": {"command": "sleep 60"}}))
+        .await;
+    assert_eq!(s, 201);
+    let (_, run) = app.post("/deployments/sleeper/runs", json!({})).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    let pid = loop {
+        let (_, run) = app.get(&format!("/flow_runs/{id}")).await;
+        if run["state"]["type"] == "RUNNING" {
+            break run["infrastructure_id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("process:")
+                .parse::<i32>()
+                .unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never RUNNING: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let cancel_at = Instant::now();
+    let (s, body) = app
+        .post(&format!("/flow_runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = app.wait_terminal(&id, Duration::from_secs(5)).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    assert!(cancel_at.elapsed() < Duration::from_secs(5));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains(") Z")
+        },
+        "process {pid} still alive"
+    );
+    // Cancelling a terminal run is a conflict.
+    let (s, _) = app
+        .post(&format!("/flow_runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 409);
+    app.stop().await;
+}
+
+async fn bad_input_is_refused_and_nothing_is_stored(db: TestDb) {
+    let app = spawn_app(&db).await;
+    app.pool_and_deployment("true").await;
+    // Breaks the pool schema (env values must be strings): 422 naming the field.
+    let (s, b) = app
+        .post(
+            "/deployments",
+            json!({"name": "bad", "work_pool": "local", "job_variables": {"env": {"A": 1}}}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("job_variables.env"),
+        "{b}"
+    );
+    let (s, b) = app
+        .post(
+            "/deployments",
+            json!({"name": "bad", "work_pool": "local", "job_variables": {"nope": 1}}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["field"], "job_variables.nope");
+    let (_, list) = app.get("/deployments").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing stored");
+    // Malformed JSON is 400.
+    let r = app
+        .client
+        .post(app.url("/deployments"))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // A missing key is 401.
+    let r = app.client.get(app.url("/work_pools")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = app
+        .client
+        .get(app.url("/work_pools"))
+        .bearer_auth("pp_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // An unknown pool is 404.
+    let (s, b) = app
+        .post("/deployments", json!({"name": "x", "work_pool": "missing"}))
+        .await;
+    assert_eq!(s, 404, "{b}");
+    let (s, _) = app.get("/work_pools/missing").await;
+    assert_eq!(s, 404);
+    // An unknown pool type names the field.
+    let (s, b) = app
+        .post("/work_pools", json!({"name": "p2", "type": "mainframe"}))
+        .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("type")));
+    // A template with an undeclared placeholder is refused.
+    let (s, b) = app
+        .post(
+            "/work_pools",
+            json!({"name": "p3", "type": "process", "base_job_template": {"job_configuration": {"command": "{{ cmd }}"}, "variables": {"properties": {}}}}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("base_job_template"),
+        "{b}"
+    );
+    let (_, pools) = app.get("/work_pools").await;
+    assert_eq!(pools.as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+async fn preview_renders_the_notes_example_exactly(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let template = json!({
+        "job_configuration": {"a": "{{ x }}", "b": "pre-{{ x }}-{{ y }}", "c": ["{{ y }}", "{{ x }}"], "d": {"e": "{{ y }}"}},
+        "variables": {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "string"}}}
+    });
+    let (s, b) = app
+        .post(
+            "/work_pools",
+            json!({"name": "notes", "type": "process", "base_job_template": template}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .post(
+            "/deployments",
+            json!({"name": "ex", "work_pool": "notes", "job_variables": {"x": 5}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app.post("/deployments/ex/preview", json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        serde_json::to_string(&b["job_configuration"]).unwrap(),
+        r#"{"a":5,"b":"pre-5-","c":[5],"d":{}}"#
+    );
+    app.stop().await;
+}
