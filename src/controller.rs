@@ -51,6 +51,10 @@ pub struct ControllerConfig {
     pub cancel_grace: Duration,
     /// Longest sleep without a wake-up (safety net for missed notifications).
     pub idle_max: Duration,
+    /// A SCHEDULED run this far past due is renamed `Late` (it stays claimable).
+    pub late_after: Duration,
+    /// A RUNNING run whose job sent heartbeats and then fell silent this long is CRASHED.
+    pub heartbeat_silence: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -67,6 +71,8 @@ impl Default for ControllerConfig {
             poll_max: Duration::from_secs(2),
             cancel_grace: Duration::from_secs(10),
             idle_max: Duration::from_secs(15),
+            late_after: Duration::from_secs(15),
+            heartbeat_silence: Duration::from_secs(600),
         }
     }
 }
@@ -815,6 +821,10 @@ pub struct TickReport {
     pub claimed: usize,
     /// Orphaned runs adopted.
     pub adopted: usize,
+    /// Runs renamed `Late`.
+    pub late: usize,
+    /// Silent runs crashed.
+    pub zombies: usize,
 }
 
 /// A controller: the claim loop plus one task per run in flight.
@@ -928,6 +938,43 @@ impl Controller {
                 }
             }
         }
+        report.late = self
+            .ctx
+            .store
+            .mark_late(&selector, self.ctx.config.late_after, 1000)
+            .await?
+            .len();
+        for run in self
+            .ctx
+            .store
+            .silent_runs(&selector, self.ctx.config.heartbeat_silence, 100)
+            .await?
+        {
+            let heard = run
+                .last_heartbeat
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let message = format!(
+                "the job stopped sending heartbeats: last heard from at {heard}, more than {}s ago",
+                self.ctx.config.heartbeat_silence.as_secs()
+            );
+            let guard = TransitionGuard {
+                expected: Some(StateType::Running),
+                lease_owner: None,
+            };
+            let outcome = self
+                .ctx
+                .store
+                .propose_state(
+                    run.id,
+                    Proposal::new(StateType::Crashed).with_message(message),
+                    guard,
+                )
+                .await?;
+            if matches!(outcome, TransitionOutcome::Accepted(_)) {
+                report.zombies += 1;
+            }
+        }
         let capacity = self
             .ctx
             .config
@@ -989,7 +1036,7 @@ impl Controller {
 
     /// Asks the controller to stop: no more claims; runs in flight are handed back or released.
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
     }
 
     /// Runs the claim loop until [`Controller::shutdown`], then waits for in-flight work to be
@@ -1002,7 +1049,11 @@ impl Controller {
             let mut shutdown = self.shutdown.subscribe();
             tokio::spawn(async move {
                 let every = ctx.config.lease / 3;
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
                 loop {
+                    if let Err(e) = ctx.store.controller_heartbeat(&ctx.config.id, &host).await {
+                        tracing::warn!(error = %e, "controller heartbeat failed");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(every) => {}
                         _ = shutdown.changed() => {}

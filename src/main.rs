@@ -99,7 +99,15 @@ fn init_tracing() {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 1 (the contract); --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

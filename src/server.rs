@@ -35,6 +35,8 @@ pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "process")]
     registry.register(Arc::new(pushpool_process::ProcessProvider::new()));
+    #[cfg(feature = "aws-lambda")]
+    registry.register(Arc::new(pushpool_aws_lambda::AwsLambdaProvider::new()));
     registry.register(Arc::new(crate::null_provider::NullProvider::new(
         Duration::ZERO,
     )));

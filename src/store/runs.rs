@@ -756,7 +756,7 @@ impl Store {
             .iter()
             .map(|run| HistoryRow {
                 run,
-                transition_id: format!("claim-{}-{}", run.id, run.attempt),
+                transition_id: format!("claim-{}", Uuid::now_v7()),
             })
             .collect();
         insert_history(&mut tx, &history).await?;
@@ -1019,6 +1019,101 @@ impl Store {
                     row.try_get("n")?,
                 ))
             })
+            .collect()
+    }
+
+    /// Renames due-but-unclaimed runs `SCHEDULED/Late` once they are `threshold` past their scheduled
+    /// time (history and event written). They stay claimable. Returns the ids renamed.
+    pub async fn mark_late(
+        &self,
+        pools: &PoolSelector,
+        threshold: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>> {
+        let now = now_micros();
+        let (cond, args) = pools.condition(3);
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
+             WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
+             WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {cond} \
+             ORDER BY r.scheduled_time LIMIT {limit}) AND state_type = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
+            late = names::LATE,
+            limit = limit.clamp(1, 10_000),
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(now)
+            .bind(now - lease_micros(threshold));
+        for a in args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        if runs.is_empty() {
+            return Ok(vec![]);
+        }
+        let history: Vec<HistoryRow> = runs
+            .iter()
+            .map(|run| HistoryRow {
+                run,
+                transition_id: format!("late-{}", Uuid::now_v7()),
+            })
+            .collect();
+        insert_history(&mut tx, &history).await?;
+        let events: Vec<(&FlowRun, StateType)> =
+            runs.iter().map(|r| (r, StateType::Scheduled)).collect();
+        insert_transition_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(runs.iter().map(|r| r.id).collect())
+    }
+
+    /// RUNNING runs whose job sent heartbeats and then fell silent for longer than `silence`.
+    pub async fn silent_runs(
+        &self,
+        pools: &PoolSelector,
+        silence: Duration,
+        limit: i64,
+    ) -> Result<Vec<FlowRun>> {
+        let (cond, args) = pools.condition(2);
+        let sql = format!(
+            "SELECT {} FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
+             WHERE r.state_type = 'RUNNING' AND r.last_heartbeat IS NOT NULL AND r.last_heartbeat < $1 AND {cond} \
+             ORDER BY r.last_heartbeat LIMIT {}",
+            RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
+            limit.clamp(1, 10_000)
+        );
+        let mut q = sqlx::query(&sql).bind(now_micros() - lease_micros(silence));
+        for a in args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(self.db()).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records that controller `id` is alive (registers it on first call).
+    pub async fn controller_heartbeat(&self, id: &str, hostname: &str) -> Result<()> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO controllers (id, hostname, started, last_seen) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET last_seen = $3",
+        )
+        .bind(id)
+        .bind(hostname)
+        .bind(now)
+        .execute(self.db())
+        .await?;
+        Ok(())
+    }
+
+    /// Controllers seen within `within`, with their last heartbeat.
+    pub async fn live_controllers(&self, within: Duration) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows =
+            sqlx::query("SELECT id, last_seen FROM controllers WHERE last_seen >= $1 ORDER BY id")
+                .bind(now_micros() - lease_micros(within))
+                .fetch_all(self.db())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, from_micros(r.try_get("last_seen")?))))
             .collect()
     }
 

@@ -1,0 +1,1029 @@
+//! End-to-end tests of `aws-lambda:push` pools: API + controllers on a fresh SQLite store, Lambda
+//! (and SQS, STS) on the moto server that `scripts/test-emulators.sh` starts
+//! (`PUSHPOOL_TEST_MOTO_URL`), and a fault-injecting fake (`tests/support/aws_lambda_fake.rs`) for
+//! what moto cannot produce. Tests named `fake_…` get their outcome from the fake.
+//!
+//! Without `PUSHPOOL_TEST_MOTO_URL` the moto tests are skipped locally (with a notice) and fail
+//! under `CI=true`. LocalStack is not run here: it needs a Docker engine (see
+//! docs/providers/aws-lambda.md, "Testing your pool against LocalStack").
+#![cfg(feature = "aws-lambda")]
+
+mod common;
+#[path = "support/aws_lambda_fake.rs"]
+mod fake;
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use fake::{Fault, LambdaFake};
+use pushpool::controller::{Context, Controller, ControllerConfig};
+use pushpool::metrics::Metrics;
+use pushpool::server::{bootstrap, default_registry, run_tokens, serve, ServeOptions};
+use pushpool::store::Store;
+use serde_json::{json, Value};
+
+const ACCOUNT: &str = "123456789012";
+const REGION: &str = "us-east-1";
+
+/// Dummy credentials, no IMDS, no shared config files, no proxies: nothing leaves loopback.
+fn init_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/pushpool-test-aws-config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/pushpool-test-aws-credentials",
+            ),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+            ("no_proxy", "127.0.0.1,localhost"),
+        ] {
+            std::env::set_var(k, v);
+        }
+        for k in [
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_LAMBDA",
+            "AWS_ENDPOINT_URL_SQS",
+            "AWS_ENDPOINT_URL_STS",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ] {
+            std::env::remove_var(k);
+        }
+    });
+}
+
+/// The moto server, or `None` (skip) locally; under `CI=true` a missing server fails the test.
+fn moto_url() -> Option<String> {
+    init_env();
+    match std::env::var("PUSHPOOL_TEST_MOTO_URL") {
+        Ok(url) if !url.is_empty() => {
+            eprintln!(
+                "aws-lambda tests: backend = moto at {url} (LocalStack via testcontainers not run: it needs a Docker engine)"
+            );
+            Some(url)
+        }
+        _ => {
+            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+                panic!("PUSHPOOL_TEST_MOTO_URL is not set: under CI=true the AWS Lambda emulator suite must run (scripts/test sources scripts/test-emulators.sh to start moto)");
+            }
+            eprintln!("SKIPPED: PUSHPOOL_TEST_MOTO_URL not set, AWS Lambda emulator test not run (source scripts/test-emulators.sh)");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Emulator set-up over moto's HTTP APIs (moto does not check signatures; the Authorization header
+// only names the service).
+
+fn auth(service: &str) -> String {
+    format!("AWS4-HMAC-SHA256 Credential=testing/20240101/{REGION}/{service}/aws4_request, SignedHeaders=host, Signature=0")
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn moto_query(moto: &str, service: &str, params: &[(&str, &str)]) -> String {
+    let r = http()
+        .post(format!("{moto}/"))
+        .header("Authorization", auth(service))
+        .form(params)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(
+        status.is_success() || text.contains("EntityAlreadyExists"),
+        "{service} {params:?}: {status} {text}"
+    );
+    text
+}
+
+/// Creates the IAM role and a function in moto (an empty zip: moto echoes the payload).
+async fn create_function(moto: &str, name: &str) {
+    moto_query(
+        moto,
+        "iam",
+        &[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", "pushpool-test"),
+            ("AssumeRolePolicyDocument", "{}"),
+        ],
+    )
+    .await;
+    let empty_zip = {
+        let mut z = vec![0x50, 0x4b, 0x05, 0x06];
+        z.extend([0u8; 18]);
+        z
+    };
+    use base64::Engine as _;
+    let r = http()
+        .post(format!("{moto}/2015-03-31/functions"))
+        .header("Authorization", auth("lambda"))
+        .json(&json!({
+            "FunctionName": name, "Runtime": "python3.12", "Handler": "app.handler", "Timeout": 3,
+            "Role": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test"),
+            "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(empty_zip)}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(status.is_success(), "{status} {}", r.text().await.unwrap());
+}
+
+fn xml_value(xml: &str, tag: &str) -> String {
+    let start = xml.find(&format!("<{tag}>")).expect(tag) + tag.len() + 2;
+    let end = xml[start..].find(&format!("</{tag}>")).unwrap() + start;
+    xml[start..end].to_string()
+}
+
+async fn create_queue(moto: &str, name: &str) -> String {
+    let xml = moto_query(
+        moto,
+        "sqs",
+        &[("Action", "CreateQueue"), ("QueueName", name)],
+    )
+    .await;
+    xml_value(&xml, "QueueUrl")
+}
+
+async fn send_message(moto: &str, queue_url: &str, body: &Value) {
+    moto_query(
+        moto,
+        "sqs",
+        &[
+            ("Action", "SendMessage"),
+            ("QueueUrl", queue_url),
+            ("MessageBody", &body.to_string()),
+        ],
+    )
+    .await;
+}
+
+async fn visible_messages(moto: &str, queue_url: &str) -> u64 {
+    let xml = moto_query(
+        moto,
+        "sqs",
+        &[
+            ("Action", "GetQueueAttributes"),
+            ("QueueUrl", queue_url),
+            ("AttributeName.1", "All"),
+        ],
+    )
+    .await;
+    let count = |name: &str| -> u64 {
+        let marker = format!("<Name>{name}</Name><Value>");
+        xml.find(&marker)
+            .map(|i| {
+                let rest = &xml[i + marker.len()..];
+                rest[..rest.find('<').unwrap()].parse().unwrap()
+            })
+            .unwrap_or(0)
+    };
+    count("ApproximateNumberOfMessages") + count("ApproximateNumberOfMessagesNotVisible")
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service: the API (no controller) plus controllers on their own runtimes, so a test can kill
+// one outright (no hand-back, no lease release) like a crashed process.
+
+struct Controllerd {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Controllerd {
+    fn start(db_url: &str, id: &str, api_url: &str) -> Controllerd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, id, api_url) = (db_url.to_string(), id.to_string(), api_url.to_string());
+        rt.spawn(async move {
+            let store = Store::connect(&url).await.unwrap();
+            let tokens = run_tokens(&store).await.unwrap();
+            let config = ControllerConfig {
+                id,
+                api_url,
+                lease: Duration::from_secs(2),
+                poll_max: Duration::from_millis(250),
+                submit_deadline: Duration::from_secs(10),
+                status_deadline: Duration::from_secs(10),
+                idle_max: Duration::from_millis(500),
+                ..ControllerConfig::default()
+            };
+            let controller = Controller::new(Context::new(
+                store,
+                default_registry(),
+                config,
+                tokens,
+                Arc::new(Metrics::default()),
+            ));
+            controller.run(Duration::from_secs(1)).await;
+        });
+        Controllerd { rt: Some(rt) }
+    }
+
+    /// Stops every task of this controller at once, like `kill -9`.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Controllerd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct App {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+    db: TestDb,
+    controllers: Vec<Controllerd>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _home: tempfile::TempDir,
+}
+
+async fn spawn_app() -> App {
+    init_env();
+    let db = common::sqlite_db();
+    let store = common::connect(&db, 8).await;
+    let home = tempfile::tempdir().unwrap();
+    let key = bootstrap(&store, home.path())
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        database_url: db.url.clone(),
+        listen: Some(addr),
+        controller: false,
+        api_url: None,
+        home: None,
+        controller_id: None,
+    };
+    let task = tokio::spawn(async move {
+        serve(store, options, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = http();
+    let base = format!("http://{addr}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut app = App {
+        base,
+        key,
+        client,
+        db,
+        controllers: vec![],
+        stop: Some(stop),
+        task: Some(task),
+        _home: home,
+    };
+    app.start_controller("controller-a");
+    app
+}
+
+impl App {
+    fn start_controller(&mut self, id: &str) {
+        let c = Controllerd::start(&self.db.url, id, &self.base);
+        self.controllers.push(c);
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/workspaces/default{path}", self.base)
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    /// A pool with the default template and a deployment `name` with these job variables.
+    async fn deployment(&self, name: &str, endpoint: &str, function: &str, vars: Value) {
+        let (s, b) = self.get("/work_pools/lambda").await;
+        if s == 404 {
+            let (s, b) = self
+                .post(
+                    "/work_pools",
+                    json!({"name": "lambda", "type": "aws-lambda:push"}),
+                )
+                .await;
+            assert_eq!(s, 201, "{b}");
+        } else {
+            assert_eq!(s, 200, "{b}");
+        }
+        let mut job_variables = json!({
+            "function_name": function, "endpoint_url": endpoint, "region": REGION,
+            "max_attempts": 1, "timeout_seconds": 10, "watchdog_grace_seconds": 1
+        });
+        for (k, v) in vars.as_object().unwrap() {
+            job_variables[k] = v.clone();
+        }
+        let (s, b) = self
+            .post(
+                "/deployments",
+                json!({"name": name, "work_pool": "lambda", "job_variables": job_variables,
+                       "parameters": {"rows": 3, "label": "nightly"}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    async fn run(&self, deployment: &str) -> String {
+        let (s, b) = self
+            .post(&format!("/deployments/{deployment}/runs"), json!({}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["id"].as_str().unwrap().to_string()
+    }
+    async fn flow_run(&self, id: &str) -> Value {
+        self.get(&format!("/flow_runs/{id}")).await.1
+    }
+    async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let run = self.flow_run(id).await;
+            if f(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what} not seen after {limit:?}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, "terminal state", |run| {
+            ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+                .contains(&run["state"]["type"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+    async fn wait_running(&self, id: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, "RUNNING", |run| {
+            run["state"]["type"] == "RUNNING"
+        })
+        .await
+    }
+    async fn history(&self, id: &str) -> Vec<String> {
+        let (_, states) = self.get(&format!("/flow_runs/{id}/states")).await;
+        states
+            .as_array()
+            .unwrap_or_else(|| panic!("{states}"))
+            .iter()
+            .map(|h| h["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+    async fn stop(mut self) {
+        for c in &mut self.controllers {
+            c.kill();
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+fn state(run: &Value) -> (&str, &str) {
+    (
+        run["state"]["type"].as_str().unwrap_or(""),
+        run["state"]["message"].as_str().unwrap_or(""),
+    )
+}
+
+fn infra(run: &Value) -> String {
+    run["infrastructure_id"].as_str().unwrap_or("").to_string()
+}
+
+/// The request id inside an `aws-lambda:event:<ms>:<request id>:<function>` infrastructure id.
+fn request_id(infra: &str) -> String {
+    infra.split(':').nth(3).unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// moto
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_request_response_completes_and_the_emulator_got_the_rendered_payload() {
+    let Some(moto) = moto_url() else { return };
+    let fake = LambdaFake::start(Some(moto.clone())).await; // pass-through recorder
+    let function = unique("sync");
+    create_function(&moto, &function).await;
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        &function,
+        json!({"env": {"STAGE": "test"}}),
+    )
+    .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "COMPLETED", "{run}");
+    // moto echoes the payload: the summary is what the function returned.
+    assert!(
+        message.starts_with(&format!("Lambda function `{function}` returned: {{")),
+        "{message}"
+    );
+    assert!(message.contains(&id), "{message}");
+    assert!(infra(&run).starts_with("aws-lambda:sync:"), "{run}");
+    assert_eq!(
+        app.history(&id).await,
+        ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+    );
+    let calls = fake.invocations(&function);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].invocation_type, "RequestResponse");
+    let p = &calls[0].payload;
+    assert_eq!(p["flow_run_id"], id.as_str());
+    assert_eq!(p["attempt"], 1);
+    assert_eq!(p["parameters"], json!({"rows": 3, "label": "nightly"}));
+    assert_eq!(p["api_url"], app.base.as_str());
+    assert!(p["run_token"].as_str().unwrap().len() > 10, "{p}");
+    assert_eq!(p["env"]["STAGE"], "test");
+    assert_eq!(p["env"]["PUSHPOOL_RUN_ID"], id.as_str());
+    assert_eq!(p["env"]["PUSHPOOL_API_URL"], app.base.as_str());
+    assert_eq!(p["env"]["PUSHPOOL_RUN_TOKEN"], p["run_token"]);
+    // The run token is never part of the state message.
+    // The echoed run token is not published in the state message.
+    assert!(
+        !message.contains(p["run_token"].as_str().unwrap()),
+        "{message}"
+    );
+    assert!(message.contains("ppr_[redacted]"), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_role_to_assume_is_used_for_the_invocation() {
+    let Some(moto) = moto_url() else { return };
+    let fake = LambdaFake::start(Some(moto.clone())).await;
+    let function = unique("assumed");
+    create_function(&moto, &function).await; // also creates the role
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        &function,
+        json!({"credentials": {"role_arn": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test"),
+                               "role_session_name": "pushpool-test", "external_id": "ext-123"}}),
+    )
+    .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    let calls = fake.invocations(&function);
+    assert_eq!(calls.len(), 1);
+    // Signed with the temporary credentials STS (moto) handed out, not the environment's.
+    let key = calls[0].access_key_id.clone().unwrap();
+    assert_ne!(key, "testing");
+    assert!(key.starts_with("ASIA"), "{key}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_event_invocation_is_running_then_the_watchdog_crashes_it_without_word() {
+    let Some(moto) = moto_url() else { return };
+    let fake = LambdaFake::start(Some(moto.clone())).await;
+    let function = unique("event");
+    create_function(&moto, &function).await;
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        &function,
+        json!({
+            "invocation_type": "Event", "timeout_seconds": 2, "watchdog_grace_seconds": 1,
+            "qualifier": "$LATEST",
+            "payload": {"run": "{{ flow_run.id }}", "greeting": "hello from {{ deployment.name }}",
+                        "n": "{{ flow_run.attempt }}", "static": [1, 2]}
+        }),
+    )
+    .await;
+    let submitted = Instant::now();
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(20)).await;
+    let infra_id = infra(&running);
+    assert!(infra_id.starts_with("aws-lambda:event:"), "{running}");
+    assert!(infra_id.ends_with(&format!(":{function}")), "{infra_id}");
+    assert!(
+        !request_id(&infra_id).starts_with("local-"),
+        "moto gives a request id: {infra_id}"
+    );
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(message.contains("no word"), "{message}");
+    assert!(message.contains("= 3s"), "{message}");
+    assert!(message.contains(&request_id(&infra_id)), "{message}");
+    assert!(message.contains("no result_queue_url"), "{message}");
+    assert!(submitted.elapsed() >= Duration::from_secs(3));
+    let calls = fake.invocations(&function);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].invocation_type, "Event");
+    assert_eq!(calls[0].query.as_deref(), Some("Qualifier=%24LATEST"));
+    let p = &calls[0].payload;
+    assert_eq!(p["run"], id.as_str());
+    assert_eq!(p["greeting"], "hello from job");
+    assert_eq!(p["n"], 1);
+    assert_eq!(p["static"], json!([1, 2]));
+    assert_eq!(p["env"]["PUSHPOOL_RUN_ID"], id.as_str());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_sqs_results_queue_completes_and_fails_event_runs() {
+    let Some(moto) = moto_url() else { return };
+    let fake = LambdaFake::start(Some(moto.clone())).await;
+    let function = unique("queued");
+    create_function(&moto, &function).await;
+    let queue = create_queue(&moto, &unique("results")).await;
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        &function,
+        json!({"invocation_type": "Event", "result_queue_url": queue,
+               "timeout_seconds": 60, "watchdog_grace_seconds": 0}),
+    )
+    .await;
+    // A record of somebody else's invocation must be left in the queue for its reader.
+    let foreign = json!({"version": "1.0", "requestContext": {"requestId": "someone-else", "condition": "Success", "approximateInvokeCount": 1},
+                         "responseContext": {"statusCode": 200}, "responsePayload": {"other": true}});
+    send_message(&moto, &queue, &foreign).await;
+
+    let ok = app.run("job").await;
+    let failing = app.run("job").await;
+    let ok_infra = infra(&app.wait_running(&ok, Duration::from_secs(20)).await);
+    let failing_infra = infra(&app.wait_running(&failing, Duration::from_secs(20)).await);
+    let function_arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}:$LATEST");
+    // What Lambda's on-success / on-failure destinations would write (moto runs no code).
+    send_message(
+        &moto,
+        &queue,
+        &json!({"version": "1.0", "timestamp": "2026-01-01T00:00:00.000Z",
+                "requestContext": {"requestId": request_id(&ok_infra), "functionArn": function_arn,
+                                   "condition": "Success", "approximateInvokeCount": 1},
+                "requestPayload": {}, "responseContext": {"statusCode": 200, "executedVersion": "$LATEST"},
+                "responsePayload": {"rows_loaded": 42}}),
+    )
+    .await;
+    send_message(
+        &moto,
+        &queue,
+        &json!({"version": "1.0", "timestamp": "2026-01-01T00:00:00.000Z",
+                "requestContext": {"requestId": request_id(&failing_infra), "functionArn": function_arn,
+                                   "condition": "RetriesExhausted", "approximateInvokeCount": 3},
+                "requestPayload": {}, "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+                "responsePayload": {"errorType": "KeyError", "errorMessage": "'customer_id'"}}),
+    )
+    .await;
+    let run = app.wait_terminal(&ok, Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&run),
+        (
+            "COMPLETED",
+            format!("Lambda function `{function}` returned: {{\"rows_loaded\":42}}").as_str()
+        ),
+        "{run}"
+    );
+    let run = app.wait_terminal(&failing, Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&run),
+        (
+            "FAILED",
+            "KeyError: 'customer_id' (after 3 attempts, from the results queue)"
+        ),
+        "{run}"
+    );
+    assert_eq!(
+        app.history(&failing).await,
+        ["SCHEDULED", "PENDING", "RUNNING", "FAILED"]
+    );
+    // Both records were deleted once the runs' final states were stored; the foreign one stays.
+    let start = Instant::now();
+    loop {
+        let left = visible_messages(&moto, &queue).await;
+        if left == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{left} messages left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.invocations(&function).len(), 2);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault-injecting fake (outcomes moto cannot produce)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_function_error_fails_the_run_with_error_type_and_message() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "etl",
+        Fault::FunctionError {
+            error_type: "ValueError".into(),
+            message: "bad input row 7".into(),
+        },
+    );
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, "etl", json!({})).await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&run),
+        ("FAILED", "ValueError: bad input row 7"),
+        "{run}"
+    );
+    assert_eq!(
+        app.history(&id).await,
+        ["SCHEDULED", "PENDING", "RUNNING", "FAILED"]
+    );
+    assert_eq!(fake.invocations("etl").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_404_403_400_crash_at_once_naming_function_region_and_account() {
+    // STS (for the account) goes through the fake to moto when there is one.
+    let moto = std::env::var("PUSHPOOL_TEST_MOTO_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    init_env();
+    let fake = LambdaFake::start(moto.clone()).await;
+    fake.always(
+        "missing",
+        Fault::api(
+            404,
+            "ResourceNotFoundException",
+            "Function not found: arn:aws:lambda:us-east-1:123456789012:function:missing",
+        ),
+    );
+    fake.always(
+        "denied",
+        Fault::api(
+            403,
+            "AccessDeniedException",
+            "User is not authorized to perform: lambda:InvokeFunction",
+        ),
+    );
+    fake.always(
+        "invalid",
+        Fault::api(400, "InvalidParameterValueException", "Invalid qualifier"),
+    );
+    let app = spawn_app().await;
+    let cases = [
+        (
+            "missing",
+            "ResourceNotFoundException (HTTP 404): Function not found",
+        ),
+        (
+            "denied",
+            "AccessDeniedException (HTTP 403): User is not authorized",
+        ),
+        (
+            "invalid",
+            "InvalidParameterValueException (HTTP 400): Invalid qualifier",
+        ),
+    ];
+    for (function, _) in cases {
+        app.deployment(
+            function,
+            &fake.url,
+            function,
+            json!({"timeout_seconds": 60}),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let mut ids = vec![];
+    for (function, _) in cases {
+        ids.push(app.run(function).await);
+    }
+    for ((function, expected), id) in cases.iter().zip(&ids) {
+        let run = app.wait_terminal(id, Duration::from_secs(20)).await;
+        let (t, message) = state(&run);
+        assert_eq!(t, "CRASHED", "{run}");
+        assert!(
+            message.contains(&format!("Lambda function `{function}`")),
+            "{message}"
+        );
+        assert!(message.contains("region us-east-1"), "{message}");
+        assert!(
+            message.contains(&format!("endpoint {}", fake.url)),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{message}");
+        if moto.is_some() {
+            assert!(message.contains(&format!("account {ACCOUNT}")), "{message}");
+        } else {
+            assert!(message.contains("account (unknown"), "{message}");
+        }
+        // At once: no retry of a call that cannot succeed.
+        assert_eq!(fake.invocations(function).len(), 1, "{function}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // The same for Event: the submit itself fails and the run is CRASHED without retries.
+    app.deployment(
+        "missing-event",
+        &fake.url,
+        "missing",
+        json!({"invocation_type": "Event"}),
+    )
+    .await;
+    let id = app.run("missing-event").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(message.contains("Lambda function `missing`"), "{message}");
+    assert!(message.contains("ResourceNotFoundException"), "{message}");
+    assert_eq!(fake.invocations("missing").len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_throttling_429_is_retried_then_crashes_with_the_last_error_after_the_deadline() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "busy",
+        Fault::api(429, "TooManyRequestsException", "Rate Exceeded."),
+    );
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        "busy",
+        json!({"timeout_seconds": 2, "max_attempts": 2}),
+    )
+    .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(message.contains("kept failing"), "{message}");
+    assert!(message.contains("timeout_seconds = 2s"), "{message}");
+    assert!(
+        message.contains("the last error: TooManyRequestsException (HTTP 429): Rate Exceeded."),
+        "{message}"
+    );
+    let calls = fake.invocations("busy").len();
+    assert!(calls >= 2, "retried: {calls} calls");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_5xx_storm_is_retried_until_the_function_answers() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.push(
+        "flaky",
+        [
+            Fault::api(503, "ServiceException", "unavailable"),
+            Fault::api(500, "ServiceException", "internal"),
+            Fault::api(502, "EniLimitReachedException", "eni"),
+            Fault::api(429, "TooManyRequestsException", "slow down"),
+        ],
+    );
+    fake.always("flaky", Fault::Respond(json!({"ok": true})));
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, "flaky", json!({"timeout_seconds": 30}))
+        .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        state(&run),
+        (
+            "COMPLETED",
+            "Lambda function `flaky` returned: {\"ok\":true}"
+        ),
+        "{run}"
+    );
+    assert_eq!(fake.invocations("flaky").len(), 5);
+    // The retries are in the run's logs.
+    let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
+    let lines: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ServiceException (HTTP 503)") && l.contains("retrying")),
+        "{lines:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_slow_response_keeps_the_run_running_then_completes_or_crashes_at_the_timeout() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "slow",
+        Fault::Delay(
+            Duration::from_millis(2500),
+            Box::new(Fault::Respond(json!("done"))),
+        ),
+    );
+    fake.always(
+        "stuck",
+        Fault::Delay(
+            Duration::from_secs(60),
+            Box::new(Fault::Respond(json!("late"))),
+        ),
+    );
+    let app = spawn_app().await;
+    app.deployment("slow", &fake.url, "slow", json!({"timeout_seconds": 20}))
+        .await;
+    app.deployment("stuck", &fake.url, "stuck", json!({"timeout_seconds": 2}))
+        .await;
+    let slow = app.run("slow").await;
+    let stuck = app.run("stuck").await;
+    let running = app.wait_running(&slow, Duration::from_secs(10)).await;
+    assert!(infra(&running).starts_with("aws-lambda:sync:"));
+    let run = app.wait_terminal(&slow, Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&run),
+        ("COMPLETED", "Lambda function `slow` returned: \"done\""),
+        "{run}"
+    );
+    let run = app.wait_terminal(&stuck, Duration::from_secs(20)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(
+        message.contains("no result from Lambda function `stuck` within timeout_seconds = 2s"),
+        "{message}"
+    );
+    assert!(message.contains("may still be running"), "{message}");
+    assert_eq!(fake.invocations("stuck").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_event_throttled_at_submit_is_retried_then_runs() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.push(
+        "async",
+        [Fault::api(
+            429,
+            "TooManyRequestsException",
+            "Rate Exceeded.",
+        )],
+    );
+    fake.always("async", Fault::Respond(json!(null)));
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        "async",
+        json!({"invocation_type": "Event", "timeout_seconds": 1, "watchdog_grace_seconds": 1}),
+    )
+    .await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(20)).await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(state(&run).0, "CRASHED", "{run}");
+    assert!(state(&run).1.contains("no word"), "{run}");
+    assert_eq!(fake.invocations("async").len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_slow_function_cancel_records_cancelled_and_says_lambda_cannot_stop_it() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "long",
+        Fault::Delay(Duration::from_secs(60), Box::new(Fault::Respond(json!(1)))),
+    );
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, "long", json!({"timeout_seconds": 120}))
+        .await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(10)).await;
+    let (s, body) = app
+        .post(&format!("/flow_runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = app.wait_terminal(&id, Duration::from_secs(10)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CANCELLED", "{run}");
+    assert!(message.contains("cannot stop a started job"), "{message}");
+    assert_eq!(fake.invocations("long").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_slow_function_controller_killed_mid_invocation_is_never_invoked_twice_and_ends_at_the_watchdog(
+) {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "long",
+        Fault::Delay(Duration::from_secs(60), Box::new(Fault::Respond(json!(1)))),
+    );
+    let mut app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        "long",
+        json!({"timeout_seconds": 3, "watchdog_grace_seconds": 2}),
+    )
+    .await;
+    let submitted = Instant::now();
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(10)).await;
+    assert_eq!(fake.invocations("long").len(), 1);
+    // kill -9 the controller that is waiting for the synchronous answer, start another.
+    app.controllers[0].kill();
+    app.start_controller("controller-b");
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(
+        message.contains("controller that made it stopped"),
+        "{message}"
+    );
+    assert!(message.contains("= 5s"), "{message}");
+    assert!(submitted.elapsed() >= Duration::from_secs(5));
+    assert_eq!(infra(&run), infra(&running));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.invocations("long").len(), 1, "invoked twice");
+    app.stop().await;
+}

@@ -1,0 +1,389 @@
+//! The controller driven tick by tick on both backends with the null provider.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::TestDb;
+use pushpool::auth::RunTokens;
+use pushpool::controller::{Context, Controller, ControllerConfig};
+use pushpool::metrics::Metrics;
+use pushpool::model::Deployment;
+use pushpool::null_provider::NullProvider;
+use pushpool::state::{Proposal, StateType};
+use pushpool::store::{
+    NewDeployment, NewPool, NewRun, PoolPatch, PoolSelector, Store, TransitionGuard,
+};
+use pushpool_provider::Registry;
+use serde_json::Map;
+use uuid::Uuid;
+
+both_backends!(
+    late_runs_are_marked_and_stay_claimable,
+    silent_runs_are_crashed_with_when_last_heard,
+    orphan_without_infrastructure_is_submitted_once,
+    orphan_with_infrastructure_is_adopted_not_resubmitted,
+    transient_submit_errors_are_retried_then_completed,
+    run_cancelled_before_submission_goes_straight_to_cancelled,
+    shutdown_hands_back_unsubmitted_runs,
+);
+
+struct Env {
+    store: Store,
+    provider: NullProvider,
+    deployment: Deployment,
+    ws: Uuid,
+}
+
+async fn env(db: &TestDb, provider: NullProvider) -> Env {
+    let store = common::connect(db, 8).await;
+    let ws = store.create_workspace("default").await.unwrap().id;
+    let template = pushpool_provider::Provider::default_base_job_template(&provider);
+    store
+        .create_pool(
+            ws,
+            NewPool {
+                name: "nulls".into(),
+                pool_type: "null".into(),
+                description: None,
+                base_job_template: template,
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+    let deployment = store
+        .create_deployment(
+            ws,
+            NewDeployment {
+                name: "d".into(),
+                work_pool: "nulls".into(),
+                work_queue: None,
+                job_variables: Map::new(),
+                parameters: Map::new(),
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+    Env {
+        store,
+        provider,
+        deployment,
+        ws,
+    }
+}
+
+impl Env {
+    fn controller(&self, id: &str, tweak: impl FnOnce(&mut ControllerConfig)) -> Controller {
+        let mut registry = Registry::new();
+        registry.register(Arc::new(self.provider.clone()));
+        let mut config = ControllerConfig {
+            id: id.into(),
+            ..ControllerConfig::default()
+        };
+        tweak(&mut config);
+        Controller::new(Context::new(
+            self.store.clone(),
+            registry,
+            config,
+            RunTokens::new(b"t".to_vec()),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    async fn run_at(&self, seconds_from_now: i64) -> Uuid {
+        let new = NewRun {
+            scheduled_time: Some(Utc::now() + chrono::Duration::seconds(seconds_from_now)),
+            ..NewRun::default()
+        };
+        self.store
+            .create_run(&self.deployment, new)
+            .await
+            .unwrap()
+            .0
+            .id
+    }
+
+    async fn wait_for(&self, id: Uuid, state: StateType) -> pushpool::model::FlowRun {
+        let start = Instant::now();
+        loop {
+            let run = self.store.run(id).await.unwrap();
+            if run.state.state_type == state {
+                return run;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "run stuck in {:?}, wanted {state}",
+                run.state
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn late_runs_are_marked_and_stay_claimable(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let late = e.run_at(-60).await;
+    let on_time = e.run_at(-1).await;
+    e.store
+        .update_pool(
+            e.ws,
+            "nulls",
+            PoolPatch {
+                paused: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let c = e.controller("c1", |_| {});
+    let report = c.tick().await.unwrap();
+    assert_eq!((report.late, report.claimed), (1, 0));
+    let run = e.store.run(late).await.unwrap();
+    assert_eq!(
+        (run.state.state_type, run.state.name.as_str()),
+        (StateType::Scheduled, "Late")
+    );
+    assert_eq!(e.store.run(on_time).await.unwrap().state.name, "Scheduled");
+    e.store
+        .update_pool(
+            e.ws,
+            "nulls",
+            PoolPatch {
+                paused: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.tick().await.unwrap().claimed,
+        2,
+        "late runs stay claimable"
+    );
+    e.wait_for(late, StateType::Completed).await;
+    let names: Vec<String> = e
+        .store
+        .state_history(late)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names[..2], ["Scheduled".to_string(), "Late".to_string()]);
+}
+
+async fn silent_runs_are_crashed_with_when_last_heard(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let id = e.run_at(-1).await;
+    e.store
+        .claim_due(
+            &PoolSelector::All,
+            Utc::now(),
+            1,
+            "someone",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    e.store
+        .propose_state(
+            id,
+            Proposal::new(StateType::Running),
+            TransitionGuard::default(),
+        )
+        .await
+        .unwrap();
+    e.store.heartbeat(id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let c = e.controller("c1", |cfg| {
+        cfg.heartbeat_silence = Duration::from_millis(10)
+    });
+    assert_eq!(c.tick().await.unwrap().zombies, 1);
+    let run = e.store.run(id).await.unwrap();
+    assert_eq!(run.state.state_type, StateType::Crashed);
+    assert!(run.state.message.unwrap().contains("last heard from at"));
+}
+
+async fn orphan_without_infrastructure_is_submitted_once(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let id = e.run_at(-1).await;
+    // A controller claimed it and vanished before submitting (its lease runs out).
+    e.store
+        .claim_due(
+            &PoolSelector::All,
+            Utc::now(),
+            1,
+            "vanished",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let c = e.controller("rescuer", |_| {});
+    assert_eq!(c.tick().await.unwrap().adopted, 1);
+    e.wait_for(id, StateType::Completed).await;
+    assert_eq!(e.provider.total_submissions(), 1);
+    assert_eq!(e.provider.double_submits(), 0);
+}
+
+async fn orphan_with_infrastructure_is_adopted_not_resubmitted(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let mut vars = Map::new();
+    vars.insert("duration_ms".into(), serde_json::json!(700));
+    let id = e
+        .store
+        .create_run(
+            &e.deployment,
+            NewRun {
+                job_variables: vars,
+                ..NewRun::default()
+            },
+        )
+        .await
+        .unwrap()
+        .0
+        .id;
+    // The first controller submits and records the infrastructure id, then leaves.
+    let first = e.controller("first", |_| {});
+    first.tick().await.unwrap();
+    let start = Instant::now();
+    while e.store.run(id).await.unwrap().infrastructure_id.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.shutdown();
+    while e.store.run(id).await.unwrap().lease_owner.is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "lease never released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = e.controller("second", |_| {});
+    assert_eq!(second.tick().await.unwrap().adopted, 1);
+    e.wait_for(id, StateType::Completed).await;
+    assert_eq!(
+        e.provider.total_submissions(),
+        1,
+        "adopted and tracked, not submitted again"
+    );
+    // And a lookup-based adoption: a PENDING run whose attempt the provider already knows.
+    let id2 = e.run_at(-1).await;
+    let claimed = e
+        .store
+        .claim_due(
+            &PoolSelector::All,
+            Utc::now(),
+            1,
+            "ghost",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].id, id2);
+    let spec_run = claimed[0].clone();
+    let spec = pushpool_provider::RunSpec {
+        run_id: spec_run.id,
+        attempt: 1,
+        workspace: String::new(),
+        work_pool: String::new(),
+        deployment: String::new(),
+        parameters: serde_json::Value::Null,
+        api_url: String::new(),
+        run_token: pushpool_provider::Secret::new("x"),
+        logs: Arc::new(pushpool_provider::DiscardLogs),
+    };
+    let job = pushpool_provider::Provider::validate(&e.provider, &serde_json::json!({})).unwrap();
+    pushpool_provider::Provider::submit(&e.provider, &spec, &job)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let c = e.controller("rescuer", |_| {});
+    assert_eq!(c.tick().await.unwrap().adopted, 1);
+    let run = e.wait_for(id2, StateType::Completed).await;
+    assert_eq!(
+        run.infrastructure_id.as_deref(),
+        Some(format!("null:{id2}:1").as_str())
+    );
+    assert_eq!(
+        e.provider.double_submits(),
+        0,
+        "the ghost's submission was adopted, not repeated"
+    );
+}
+
+async fn transient_submit_errors_are_retried_then_completed(db: TestDb) {
+    let e = env(&db, NullProvider::default().with_transient_failures(0.5)).await;
+    let ids = [e.run_at(-1).await, e.run_at(-1).await, e.run_at(-1).await];
+    let c = e.controller("c1", |cfg| cfg.poll_max = Duration::from_millis(50));
+    c.tick().await.unwrap();
+    for id in ids {
+        e.wait_for(id, StateType::Completed).await;
+    }
+    assert_eq!(e.provider.double_submits(), 0);
+}
+
+async fn run_cancelled_before_submission_goes_straight_to_cancelled(db: TestDb) {
+    let e = env(&db, NullProvider::new(Duration::from_millis(300))).await;
+    let id = e.run_at(-1).await;
+    let c = e.controller("c1", |_| {});
+    c.tick().await.unwrap();
+    // While the provider is still accepting the submission, the user cancels.
+    let out = e
+        .store
+        .propose_state(
+            id,
+            Proposal::new(StateType::Cancelled).with_message("user"),
+            TransitionGuard {
+                expected: Some(StateType::Pending),
+                lease_owner: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(out.is_recorded());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let run = e.store.run(id).await.unwrap();
+    assert_eq!(run.state.state_type, StateType::Cancelled);
+    assert_eq!(
+        run.infrastructure_id, None,
+        "the late infrastructure id is not recorded on a terminal run"
+    );
+}
+
+async fn shutdown_hands_back_unsubmitted_runs(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let id = e.run_at(-1).await;
+    // Claimed by a controller that then shuts down before its task ran.
+    let c = e.controller("leaving", |_| {});
+    e.store
+        .claim_due(
+            &PoolSelector::All,
+            Utc::now(),
+            1,
+            "leaving",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    c.shutdown();
+    c.run(Duration::from_secs(5)).await;
+    let run = e.store.run(id).await.unwrap();
+    assert_eq!(
+        run.state.state_type,
+        StateType::Scheduled,
+        "{:?}",
+        run.state
+    );
+    assert_eq!(run.lease_owner, None);
+    let next = e.controller("next", |_| {});
+    next.tick().await.unwrap();
+    e.wait_for(id, StateType::Completed).await;
+    assert_eq!(e.provider.total_submissions(), 1);
+}
