@@ -55,6 +55,9 @@ pub struct ControllerConfig {
     pub late_after: Duration,
     /// A RUNNING run whose job sent heartbeats and then fell silent this long is CRASHED.
     pub heartbeat_silence: Duration,
+    /// At shutdown, how long runs that already have infrastructure are still tracked (so short
+    /// jobs finish recording) before their leases are released for another controller.
+    pub shutdown_drain: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +76,7 @@ impl Default for ControllerConfig {
             idle_max: Duration::from_secs(15),
             late_after: Duration::from_secs(15),
             heartbeat_silence: Duration::from_secs(600),
+            shutdown_drain: Duration::from_secs(20),
         }
     }
 }
@@ -505,6 +509,27 @@ fn next_poll(work: &mut RunWork, ctx: &Context) -> Action {
     Action::requeue(work.poll_delay)
 }
 
+/// Why one submit attempt did not go out.
+#[derive(Debug, thiserror::Error)]
+enum SubmitError {
+    #[error("{0}")]
+    Provider(ProviderError),
+    #[error("the run's lease is held by another controller")]
+    LostLease,
+    #[error("store: {0}")]
+    Store(StoreError),
+}
+
+impl SubmitError {
+    fn is_retriable(&self) -> bool {
+        match self {
+            SubmitError::Provider(p) => p.is_retriable(),
+            SubmitError::Store(e) => e.is_retriable(),
+            SubmitError::LostLease => false,
+        }
+    }
+}
+
 /// Looks at one run and moves it one step towards a terminal state.
 pub async fn reconcile(work: &mut RunWork, ctx: &Context) -> Result<Action, ControllerError> {
     let me = ctx.config.id.as_str();
@@ -609,16 +634,41 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
     }
     let started = Instant::now();
     let deadline = ctx.config.submit_deadline;
+    let lease = ctx.config.lease;
+    let run_id = work.run.id;
+    // The lease this task knows to be valid: set by the claim (or adoption) and by its own renewals.
+    let lease_valid_until = std::sync::Mutex::new(if work.adopted {
+        Instant::now()
+    } else {
+        Instant::now() + lease
+    });
+    // Exactly once: a submit call only starts with at least half a lease left, and is cut off after
+    // a quarter lease, so a rescuer (which adopts only after expiry and looks the job up first)
+    // never overlaps with it.
     let attempt_submit = || async {
-        let remaining = deadline.saturating_sub(started.elapsed());
+        let valid_until = *lease_valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        if valid_until.saturating_duration_since(Instant::now()) < lease / 2 {
+            match ctx.store.renew_lease(run_id, &ctx.config.id, lease).await {
+                Ok(true) => {
+                    *lease_valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Instant::now() + lease;
+                }
+                Ok(false) => return Err(SubmitError::LostLease),
+                Err(e) => return Err(SubmitError::Store(e)),
+            }
+        }
+        let cap = deadline.saturating_sub(started.elapsed()).min(lease / 4);
         match tokio::time::timeout(
-            remaining.max(Duration::from_millis(1)),
+            cap.max(Duration::from_millis(1)),
             prepared.provider.submit(&prepared.spec, &prepared.job),
         )
         .await
         {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::transient("submit timed out")),
+            Ok(r) => r.map_err(SubmitError::Provider),
+            Err(_) => Err(SubmitError::Provider(ProviderError::transient(format!(
+                "submit did not answer within {}s",
+                cap.as_secs_f64()
+            )))),
         }
     };
     let result = attempt_submit
@@ -629,12 +679,23 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
                 .with_max_delay(Duration::from_secs(10))
                 .with_max_times(usize::MAX),
         )
-        .when(|e: &ProviderError| e.is_retriable() && started.elapsed() < deadline)
-        .notify(|e: &ProviderError, after: Duration| {
-            ctx.metrics.provider_error(&prepared.pool_type, e.class());
-            tracing::info!(run_id = %work.run.id, error = %e, retry_in = ?after, "submit failed transiently; retrying");
+        .when(|e: &SubmitError| e.is_retriable() && started.elapsed() < deadline)
+        .notify(|e: &SubmitError, after: Duration| {
+            if let SubmitError::Provider(p) = e {
+                ctx.metrics.provider_error(&prepared.pool_type, p.class());
+            }
+            tracing::info!(run_id = %run_id, error = %e, retry_in = ?after, "submit failed transiently; retrying");
         })
         .await;
+    let result = match result {
+        Ok(infra) => Ok(infra),
+        Err(SubmitError::Provider(e)) => Err(e),
+        Err(SubmitError::LostLease) => {
+            tracing::info!(run_id = %run_id, "lost the lease before submitting; leaving the run to its new owner");
+            return Ok(Action::done());
+        }
+        Err(SubmitError::Store(e)) => return Err(ControllerError::Store(e)),
+    };
     ctx.metrics.submit_latency.observe(started.elapsed());
     match result {
         Ok(infra) => {
@@ -1152,10 +1213,23 @@ async fn drive(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut fresh = true;
+    // Set at shutdown for runs that already have infrastructure: keep recording their progress
+    // until this deadline, then release the lease for another controller.
+    let mut drain_until: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
-            hand_back(&ctx, &mut work).await;
-            return;
+            match drain_until {
+                None if work.run.infrastructure_id.is_some()
+                    && !ctx.config.shutdown_drain.is_zero() =>
+                {
+                    drain_until = Some(Instant::now() + ctx.config.shutdown_drain);
+                }
+                Some(deadline) if Instant::now() < deadline => {}
+                _ => {
+                    hand_back(&ctx, &mut work).await;
+                    return;
+                }
+            }
         }
         if !fresh {
             match ctx.store.run(work.run.id).await {
@@ -1176,10 +1250,14 @@ async fn drive(
             return;
         };
         if !delay.is_zero() {
+            let delay = match drain_until {
+                Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
+                None => delay,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = wake.notified() => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed(), if drain_until.is_none() => {}
             }
         }
     }

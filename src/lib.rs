@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod chaos;
 pub mod controller;
 pub mod metrics;
 pub mod model;

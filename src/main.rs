@@ -54,6 +54,9 @@ enum Command {
         /// Controller id (lease owner name); default is a fresh one per start.
         #[arg(long, env = "PUSHPOOL_CONTROLLER_ID")]
         id: Option<String>,
+        /// Lease length in seconds: how long a vanished controller's runs wait before rescue.
+        #[arg(long, env = "PUSHPOOL_LEASE_SECONDS")]
+        lease_seconds: Option<u64>,
     },
     /// The API alone.
     Api {
@@ -84,6 +87,26 @@ enum Command {
         /// Controller instances, each with its own connections.
         #[arg(long, default_value_t = 1)]
         controllers: usize,
+    },
+    /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
+    #[command(hide = true)]
+    ChaosSeed {
+        /// Store URL.
+        #[arg(long)]
+        database_url: String,
+        /// Runs to create.
+        #[arg(long)]
+        runs: usize,
+    },
+    /// Fault-injection suite: check the invariants and print the summary line (used by scripts/chaos).
+    #[command(hide = true)]
+    ChaosCheck {
+        /// Store URL.
+        #[arg(long)]
+        database_url: String,
+        /// The null provider's journal directory.
+        #[arg(long)]
+        journal_dir: PathBuf,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -166,6 +189,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     api_url: public_api_url,
                     home: Some(home),
                     controller_id: None,
+                    lease: None,
                 },
                 shutdown_signal(),
             )
@@ -175,6 +199,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             id,
+            lease_seconds,
         } => {
             let store = Store::connect(&database_url)
                 .await
@@ -188,6 +213,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     api_url: Some(public_api_url),
                     home: None,
                     controller_id: id,
+                    lease: lease_seconds.map(Duration::from_secs),
                 },
                 shutdown_signal(),
             )
@@ -209,6 +235,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     api_url: None,
                     home: None,
                     controller_id: None,
+                    lease: None,
                 },
                 shutdown_signal(),
             )
@@ -250,7 +277,26 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Client(_) => unreachable!("client commands are dispatched before"),
+        Command::ChaosSeed { database_url, runs } => {
+            let store = Store::connect(&database_url)
+                .await
+                .context("opening the store")?;
+            pushpool::chaos::seed(&store, runs).await?;
+        }
+        Command::ChaosCheck {
+            database_url,
+            journal_dir,
+        } => {
+            let store = Store::connect(&database_url)
+                .await
+                .context("opening the store")?;
+            let report = pushpool::chaos::check(&store, &journal_dir).await?;
+            println!("{}", report.line());
+            if !report.is_clean() {
+                anyhow::bail!("invariants violated: {}", report.line());
+            }
+        }
+        Command::Client(_) => anyhow::bail!("client commands are dispatched before"),
     }
     Ok(())
 }

@@ -46,6 +46,47 @@ pub struct NullProvider {
     latency: Duration,
     fail_rate: f64,
     book: Arc<Mutex<Book>>,
+    /// Shared submission journal (one file per process) so several processes agree on which jobs
+    /// exist: what `lookup` reads and what the chaos checker counts.
+    journal: Option<std::path::PathBuf>,
+}
+
+/// One journal line: a job that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The run.
+    pub run_id: Uuid,
+    /// The attempt.
+    pub attempt: u32,
+    /// The infrastructure id handed out.
+    pub infrastructure_id: String,
+}
+
+/// Reads every process's journal in `dir`.
+pub fn read_journal(dir: &std::path::Path) -> Vec<JournalEntry> {
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(run), Some(attempt), Some(id)) = (parts.next(), parts.next(), parts.next())
+            {
+                if let (Ok(run_id), Ok(attempt)) = (Uuid::parse_str(run), attempt.parse()) {
+                    out.push(JournalEntry {
+                        run_id,
+                        attempt,
+                        infrastructure_id: id.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 impl NullProvider {
@@ -55,6 +96,32 @@ impl NullProvider {
             latency,
             ..Default::default()
         }
+    }
+
+    /// Records every accepted submission in `dir/<pid>.log`, shared with other processes.
+    pub fn with_journal(mut self, dir: std::path::PathBuf) -> Self {
+        self.journal = Some(dir);
+        self
+    }
+
+    fn journal_append(&self, entry: &JournalEntry) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(dir) = &self.journal else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.log", std::process::id())))?;
+        // One write per line: appends of a short line are not interleaved.
+        f.write_all(
+            format!(
+                "{} {} {}\n",
+                entry.run_id, entry.attempt, entry.infrastructure_id
+            )
+            .as_bytes(),
+        )
     }
 
     /// Makes a fraction (0..=1) of submit and status calls fail transiently.
@@ -97,7 +164,15 @@ impl NullProvider {
     }
 
     fn infra_id(run_id: Uuid, attempt: u32) -> String {
-        format!("null:{run_id}:{attempt}")
+        format!(
+            "null:{run_id}:{attempt}:{}",
+            chrono::Utc::now().timestamp_millis()
+        )
+    }
+
+    /// Submit time encoded in an infrastructure id.
+    fn submitted_ms(id: &str) -> Option<i64> {
+        id.rsplit(':').next()?.parse().ok()
     }
 }
 
@@ -135,6 +210,12 @@ impl Provider for NullProvider {
         }
         self.maybe_fail("submit")?;
         let id = Self::infra_id(run.run_id, run.attempt);
+        self.journal_append(&JournalEntry {
+            run_id: run.run_id,
+            attempt: run.attempt,
+            infrastructure_id: id.clone(),
+        })
+        .map_err(|e| ProviderError::transient(format!("null provider journal: {e}")))?;
         let mut book = self.book();
         *book
             .submissions
@@ -150,10 +231,17 @@ impl Provider for NullProvider {
         if book.cancelled.contains_key(id) {
             return Ok(JobStatus::Cancelled);
         }
-        let Some(started) = book.started.get(id) else {
-            return Ok(JobStatus::NotFound);
+        let running = match book.started.get(id) {
+            Some(started) => started.elapsed() < Duration::from_millis(job.duration_ms),
+            // Started by another process (journal mode): the id carries the submit time.
+            None => match (&self.journal, Self::submitted_ms(id)) {
+                (Some(_), Some(ms)) => {
+                    chrono::Utc::now().timestamp_millis() - ms < job.duration_ms as i64
+                }
+                _ => return Ok(JobStatus::NotFound),
+            },
         };
-        if started.elapsed() < Duration::from_millis(job.duration_ms) {
+        if running {
             return Ok(JobStatus::Running);
         }
         Ok(if job.outcome == "failed" {
@@ -180,11 +268,20 @@ impl Provider for NullProvider {
     }
 
     async fn lookup(&self, run: &RunSpec, _job: &NullJob) -> Result<Lookup, ProviderError> {
-        let id = Self::infra_id(run.run_id, run.attempt);
-        Ok(if self.book().started.contains_key(&id) {
-            Lookup::Found(id)
-        } else {
-            Lookup::Absent
-        })
+        let prefix = format!("null:{}:{}:", run.run_id, run.attempt);
+        if let Some(dir) = &self.journal {
+            return Ok(read_journal(dir)
+                .into_iter()
+                .find(|e| e.run_id == run.run_id && e.attempt == run.attempt)
+                .map(|e| Lookup::Found(e.infrastructure_id))
+                .unwrap_or(Lookup::Absent));
+        }
+        Ok(self
+            .book()
+            .started
+            .keys()
+            .find(|k| k.starts_with(&prefix))
+            .map(|k| Lookup::Found(k.clone()))
+            .unwrap_or(Lookup::Absent))
     }
 }

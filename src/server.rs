@@ -43,6 +43,24 @@ pub fn default_registry() -> Registry {
     registry
 }
 
+/// The null provider, tuned by `PUSHPOOL_NULL_LATENCY_MS`, `PUSHPOOL_NULL_FAIL_RATE` and
+/// `PUSHPOOL_NULL_JOURNAL_DIR` (used by the chaos suite; unset means instant, reliable, in-memory).
+pub fn null_provider_from_env() -> crate::null_provider::NullProvider {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let latency = env("PUSHPOOL_NULL_LATENCY_MS")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::ZERO);
+    let mut p = crate::null_provider::NullProvider::new(latency);
+    if let Some(rate) = env("PUSHPOOL_NULL_FAIL_RATE").and_then(|v| v.parse().ok()) {
+        p = p.with_transient_failures(rate);
+    }
+    if let Some(dir) = env("PUSHPOOL_NULL_JOURNAL_DIR") {
+        p = p.with_journal(dir.into());
+    }
+    p
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -58,6 +76,8 @@ pub struct ServeOptions {
     pub home: Option<PathBuf>,
     /// Controller id (defaults to a fresh one).
     pub controller_id: Option<String>,
+    /// Lease length (default 30 s).
+    pub lease: Option<Duration>,
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -172,6 +192,9 @@ pub async fn serve(
         };
         if let Some(id) = &options.controller_id {
             config.id = id.clone();
+        }
+        if let Some(lease) = options.lease {
+            config.lease = lease;
         }
         tracing::info!(controller_id = %config.id, pool_types = ?registry.pool_types(), "controller starting");
         Controller::new(Context::new(store.clone(), registry.clone(), config, tokens.clone(), metrics.clone()))

@@ -292,6 +292,7 @@ async fn spawn_app() -> App {
         api_url: None,
         home: None,
         controller_id: None,
+        lease: None,
     };
     let task = tokio::spawn(async move {
         serve(store, options, async move {

@@ -47,6 +47,7 @@ async fn spawn_app(db: &TestDb) -> App {
         api_url: None,
         home: None,
         controller_id: None,
+        lease: None,
     };
     let task = tokio::spawn(async move {
         serve(store, options, async move {
@@ -218,6 +219,7 @@ async fn spawn_app_existing(db: &TestDb) -> App {
         api_url: None,
         home: None,
         controller_id: None,
+        lease: None,
     };
     let task = tokio::spawn(async move {
         serve(store, options, async move {

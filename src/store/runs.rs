@@ -1117,6 +1117,28 @@ impl Store {
             .collect()
     }
 
+    /// Every history entry of a workspace's runs as (run, type), in order per run (for audits).
+    pub async fn workspace_history(&self, workspace_id: Uuid) -> Result<Vec<(Uuid, StateType)>> {
+        let rows = sqlx::query(
+            "SELECT h.run_id, h.state_type FROM state_history h JOIN flow_runs r ON r.id = h.run_id \
+             WHERE r.workspace_id = $1 ORDER BY h.run_id, h.id",
+        )
+        .bind(workspace_id.to_string())
+        .fetch_all(self.db())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let t: String = row.try_get("state_type")?;
+                Ok((
+                    get_uuid(row, "run_id")?,
+                    t.parse().map_err(|e: crate::state::UnknownStateType| {
+                        StoreError::Corrupt(e.to_string())
+                    })?,
+                ))
+            })
+            .collect()
+    }
+
     /// Number of runs per state type (for metrics).
     pub async fn count_by_state(&self) -> Result<Vec<(StateType, i64)>> {
         let rows =

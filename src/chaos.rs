@@ -1,0 +1,157 @@
+//! The fault-injection suite's Rust side: seeding runs and checking invariants afterwards
+//! (`pushpool chaos-seed`, `pushpool chaos-check`; `scripts/chaos` orchestrates processes).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Map;
+use uuid::Uuid;
+
+use crate::null_provider::read_journal;
+use crate::state::StateType;
+use crate::store::{NewDeployment, NewPool, NewRun, RunFilter, Store, StoreError};
+
+/// Workspace the chaos suite uses.
+pub const WORKSPACE: &str = "chaos";
+
+/// Creates the chaos workspace, a `null` pool and deployment, and `runs` runs due now.
+pub async fn seed(store: &Store, runs: usize) -> Result<(), StoreError> {
+    let ws = match store.workspace(WORKSPACE).await {
+        Ok(ws) => ws,
+        Err(StoreError::NotFound { .. }) => store.create_workspace(WORKSPACE).await?,
+        Err(e) => return Err(e),
+    };
+    let provider = crate::null_provider::NullProvider::default();
+    if store.pool(ws.id, "chaos").await.is_err() {
+        store
+            .create_pool(
+                ws.id,
+                NewPool {
+                    name: "chaos".into(),
+                    pool_type: crate::null_provider::POOL_TYPE.into(),
+                    description: None,
+                    base_job_template: pushpool_provider::Provider::default_base_job_template(
+                        &provider,
+                    ),
+                    concurrency_limit: None,
+                    paused: false,
+                },
+            )
+            .await?;
+    }
+    let deployment = match store.deployment(ws.id, "chaos").await {
+        Ok(d) => d,
+        Err(_) => {
+            store
+                .create_deployment(
+                    ws.id,
+                    NewDeployment {
+                        name: "chaos".into(),
+                        work_pool: "chaos".into(),
+                        work_queue: None,
+                        job_variables: Map::new(),
+                        parameters: Map::new(),
+                        concurrency_limit: None,
+                        paused: false,
+                    },
+                )
+                .await?
+        }
+    };
+    for _ in 0..runs {
+        store.create_run(&deployment, NewRun::default()).await?;
+    }
+    Ok(())
+}
+
+/// What the checker found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ChaosReport {
+    /// Runs in the chaos workspace.
+    pub runs: usize,
+    /// Runs in a terminal state.
+    pub terminal: usize,
+    /// Runs that ended in a terminal state other than COMPLETED (the null jobs always succeed, so
+    /// any such end means pushpool lost track of the run).
+    pub lost: usize,
+    /// Run attempts the provider received more than once.
+    pub double_submits: usize,
+    /// Runs not terminal.
+    pub stuck: usize,
+    /// Runs whose history continues after a terminal state, or holds two terminal states.
+    pub overwritten_terminal: usize,
+}
+
+impl ChaosReport {
+    /// True when every invariant holds.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0
+            && self.double_submits == 0
+            && self.stuck == 0
+            && self.overwritten_terminal == 0
+    }
+
+    /// The one-line summary.
+    pub fn line(&self) -> String {
+        format!(
+            "runs={} terminal={} lost={} double_submits={} stuck={} overwritten_terminal={}",
+            self.runs,
+            self.terminal,
+            self.lost,
+            self.double_submits,
+            self.stuck,
+            self.overwritten_terminal
+        )
+    }
+}
+
+/// Reads the store and the null provider's journal and checks the invariants.
+pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, StoreError> {
+    let ws = store.workspace(WORKSPACE).await?;
+    let mut report = ChaosReport::default();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_runs(
+                ws.id,
+                &RunFilter {
+                    limit: Some(1000),
+                    cursor,
+                    ..RunFilter::default()
+                },
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id);
+        for run in &page {
+            report.runs += 1;
+            let t = run.state.state_type;
+            if t.is_terminal() {
+                report.terminal += 1;
+                if t != StateType::Completed {
+                    report.lost += 1;
+                }
+            } else {
+                report.stuck += 1;
+            }
+        }
+    }
+    let mut per_run: HashMap<Uuid, Vec<StateType>> = HashMap::new();
+    for (run, t) in store.workspace_history(ws.id).await? {
+        per_run.entry(run).or_default().push(t);
+    }
+    report.overwritten_terminal = per_run
+        .values()
+        .filter(|h| match h.iter().position(|t| t.is_terminal()) {
+            Some(i) => i != h.len() - 1,
+            None => false,
+        })
+        .count();
+    let mut submissions: HashMap<(Uuid, u32), usize> = HashMap::new();
+    for e in read_journal(journal_dir) {
+        *submissions.entry((e.run_id, e.attempt)).or_default() += 1;
+    }
+    report.double_submits = submissions.values().filter(|n| **n > 1).count();
+    Ok(report)
+}
