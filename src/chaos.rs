@@ -81,6 +81,11 @@ pub struct ChaosReport {
     pub stuck: usize,
     /// Runs whose history continues after a terminal state, or holds two terminal states.
     pub overwritten_terminal: usize,
+    /// COMPLETED runs the provider's journal has no submission for (the check itself is broken).
+    pub unjournaled: usize,
+    /// A few examples of lost or stuck runs: state and message.
+    #[serde(skip)]
+    pub examples: Vec<String>,
 }
 
 impl ChaosReport {
@@ -90,18 +95,20 @@ impl ChaosReport {
             && self.double_submits == 0
             && self.stuck == 0
             && self.overwritten_terminal == 0
+            && self.unjournaled == 0
     }
 
     /// The one-line summary.
     pub fn line(&self) -> String {
         format!(
-            "runs={} terminal={} lost={} double_submits={} stuck={} overwritten_terminal={}",
+            "runs={} terminal={} lost={} double_submits={} stuck={} overwritten_terminal={} unjournaled={}",
             self.runs,
             self.terminal,
             self.lost,
             self.double_submits,
             self.stuck,
-            self.overwritten_terminal
+            self.overwritten_terminal,
+            self.unjournaled
         )
     }
 }
@@ -110,6 +117,7 @@ impl ChaosReport {
 pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, StoreError> {
     let ws = store.workspace(WORKSPACE).await?;
     let mut report = ChaosReport::default();
+    let mut completed_ids = vec![];
     let mut cursor = None;
     loop {
         let page = store
@@ -127,6 +135,9 @@ pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, Sto
         for run in &page {
             report.runs += 1;
             let t = run.state.state_type;
+            if t == StateType::Completed {
+                completed_ids.push(run.id);
+            }
             if t.is_terminal() {
                 report.terminal += 1;
                 if t != StateType::Completed {
@@ -134,6 +145,15 @@ pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, Sto
                 }
             } else {
                 report.stuck += 1;
+            }
+            if t != StateType::Completed && report.examples.len() < 10 {
+                report.examples.push(format!(
+                    "{} {}/{}: {}",
+                    run.id,
+                    t,
+                    run.state.name,
+                    run.state.message.clone().unwrap_or_default()
+                ));
             }
         }
     }
@@ -153,5 +173,11 @@ pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, Sto
         *submissions.entry((e.run_id, e.attempt)).or_default() += 1;
     }
     report.double_submits = submissions.values().filter(|n| **n > 1).count();
+    let journaled: std::collections::HashSet<Uuid> =
+        submissions.keys().map(|(run, _)| *run).collect();
+    report.unjournaled = completed_ids
+        .iter()
+        .filter(|id| !journaled.contains(id))
+        .count();
     Ok(report)
 }

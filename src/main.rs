@@ -291,6 +291,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("opening the store")?;
             let report = pushpool::chaos::check(&store, &journal_dir).await?;
+            for example in &report.examples {
+                eprintln!("  {example}");
+            }
             println!("{}", report.line());
             if !report.is_clean() {
                 anyhow::bail!("invariants violated: {}", report.line());

@@ -37,9 +37,7 @@ pub fn default_registry() -> Registry {
     registry.register(Arc::new(pushpool_process::ProcessProvider::new()));
     #[cfg(feature = "aws-lambda")]
     registry.register(Arc::new(pushpool_aws_lambda::AwsLambdaProvider::new()));
-    registry.register(Arc::new(crate::null_provider::NullProvider::new(
-        Duration::ZERO,
-    )));
+    registry.register(Arc::new(null_provider_from_env()));
     registry
 }
 
