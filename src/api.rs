@@ -355,6 +355,16 @@ fn check_name(field: &str, name: &str) -> ApiResult<()> {
     }
 }
 
+fn check_rate(rate: Option<f64>) -> ApiResult<()> {
+    match rate {
+        Some(r) if !(r.is_finite() && r > 0.0 && r <= 100_000.0) => Err(ApiError::unprocessable(
+            "submit_rate",
+            "must be a number of submissions per second above 0 and at most 100000",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_limit(limit: Option<i64>) -> ApiResult<()> {
     match limit {
         Some(n) if n < 0 => Err(ApiError::unprocessable(
@@ -392,6 +402,8 @@ struct CreatePool {
     concurrency_limit: Option<i64>,
     #[serde(default)]
     paused: bool,
+    #[serde(default)]
+    submit_rate: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +417,8 @@ struct UpdatePool {
     concurrency_limit: Option<Option<i64>>,
     #[serde(default)]
     paused: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    submit_rate: Option<Option<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +654,7 @@ async fn create_pool(
     if state.registry.get(&body.pool_type).is_none() {
         return Err(unknown_type(&state, &body.pool_type));
     }
+    check_rate(body.submit_rate)?;
     let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
     let pool = state
         .store
@@ -652,6 +667,7 @@ async fn create_pool(
                 base_job_template: template.to_value(),
                 concurrency_limit: body.concurrency_limit,
                 paused: body.paused,
+                submit_rate: body.submit_rate,
             },
         )
         .await?;
@@ -714,11 +730,15 @@ async fn update_pool(
         }
         None => None,
     };
+    if let Some(rate) = body.submit_rate {
+        check_rate(rate)?;
+    }
     let patch = PoolPatch {
         description: body.description,
         base_job_template: template,
         concurrency_limit: body.concurrency_limit,
         paused: body.paused,
+        submit_rate: body.submit_rate,
     };
     Ok(Json(state.store.update_pool(ws.id, &name, patch).await?))
 }

@@ -125,6 +125,7 @@ pub async fn run_bench(
                 base_job_template: template,
                 concurrency_limit: None,
                 paused: false,
+                submit_rate: None,
             },
         )
         .await?;

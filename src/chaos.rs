@@ -36,6 +36,7 @@ pub async fn seed(store: &Store, runs: usize) -> Result<(), StoreError> {
                     ),
                     concurrency_limit: None,
                     paused: false,
+                    submit_rate: None,
                 },
             )
             .await?;

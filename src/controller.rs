@@ -216,6 +216,43 @@ impl LogWriter {
     }
 }
 
+/// A token bucket smoothing one pool's submissions: `rate` per second, bursts up to `rate` (at least 1).
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64) -> Self {
+        let burst = rate.max(1.0);
+        TokenBucket {
+            rate,
+            burst,
+            state: tokio::sync::Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Waits for one token.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().await;
+                let now = Instant::now();
+                state.0 = (state.0 + (now - state.1).as_secs_f64() * self.rate).min(self.burst);
+                state.1 = now;
+                if state.0 >= 1.0 {
+                    state.0 -= 1.0;
+                    return;
+                }
+                (1.0 - state.0) / self.rate
+            };
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+    }
+}
+
 /// Everything reconciles share.
 pub struct Context {
     /// The store.
@@ -231,6 +268,7 @@ pub struct Context {
     /// Job log writer.
     pub logs: LogWriter,
     templates: Mutex<HashMap<Uuid, (i64, Arc<BaseJobTemplate>)>>,
+    buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
 }
 
 impl Context {
@@ -251,7 +289,17 @@ impl Context {
             metrics,
             logs,
             templates: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn bucket_for(&self, pool_id: Uuid, rate: f64) -> Arc<TokenBucket> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((pool_id, rate.to_bits()))
+            .or_insert_with(|| Arc::new(TokenBucket::new(rate)))
+            .clone()
     }
 
     fn template_for(&self, pool: &WorkPool) -> Result<Arc<BaseJobTemplate>, TemplateError> {
@@ -315,6 +363,8 @@ pub struct PreparedJob {
     job: ValidatedJob,
     spec: RunSpec,
     pool_type: String,
+    /// Pool id and submissions per second, when limited.
+    rate_limit: Option<(Uuid, f64)>,
 }
 
 /// What a controller remembers about a run between reconciles.
@@ -424,11 +474,17 @@ async fn prepare(work: &RunWork, ctx: &Context) -> Result<Result<PreparedJob, St
         run_token: Secret::new(token),
         logs: ctx.logs.sink(run.id),
     };
+    let rate_limit = pool
+        .submit_rate
+        .or_else(|| provider.default_submit_rate())
+        .filter(|r| *r > 0.0)
+        .map(|r| (pool.id, r));
     Ok(Ok(PreparedJob {
         provider,
         job,
         spec,
         pool_type: pool.pool_type,
+        rate_limit,
     }))
 }
 
@@ -645,7 +701,13 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
     // Exactly once: a submit call only starts with at least half a lease left, and is cut off after
     // a quarter lease, so a rescuer (which adopts only after expiry and looks the job up first)
     // never overlaps with it.
+    let bucket = prepared
+        .rate_limit
+        .map(|(pool_id, rate)| ctx.bucket_for(pool_id, rate));
     let attempt_submit = || async {
+        if let Some(bucket) = &bucket {
+            bucket.acquire().await;
+        }
         let valid_until = *lease_valid_until.lock().unwrap_or_else(|p| p.into_inner());
         if valid_until.saturating_duration_since(Instant::now()) < lease / 2 {
             match ctx.store.renew_lease(run_id, &ctx.config.id, lease).await {

@@ -60,6 +60,8 @@ pub struct WorkPool {
     pub created: DateTime<Utc>,
     /// Last change.
     pub updated: DateTime<Utc>,
+    /// Most submissions per second per controller; `None` means the provider's default.
+    pub submit_rate: Option<f64>,
 }
 
 /// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.

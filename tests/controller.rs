@@ -51,6 +51,7 @@ async fn env(db: &TestDb, provider: NullProvider) -> Env {
                 base_job_template: template,
                 concurrency_limit: None,
                 paused: false,
+                submit_rate: None,
             },
         )
         .await
@@ -386,4 +387,43 @@ async fn shutdown_hands_back_unsubmitted_runs(db: TestDb) {
     next.tick().await.unwrap();
     e.wait_for(id, StateType::Completed).await;
     assert_eq!(e.provider.total_submissions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_submit_rate_smooths_a_burst() {
+    let db = common::sqlite_db();
+    let e = env(&db, NullProvider::default()).await;
+    e.store
+        .update_pool(
+            e.ws,
+            "nulls",
+            PoolPatch {
+                submit_rate: Some(Some(5.0)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut ids = vec![];
+    for _ in 0..10 {
+        ids.push(e.run_at(-1).await);
+    }
+    let c = e.controller("c1", |_| {});
+    assert_eq!(c.tick().await.unwrap().claimed, 10);
+    for id in &ids {
+        e.wait_for(*id, StateType::Completed).await;
+    }
+    let mut times: Vec<_> = e.provider.first_submits().into_values().collect();
+    times.sort();
+    let span = (*times.last().unwrap() - times[0]).num_milliseconds();
+    // A burst of 5 goes at once, the other 5 at 5/s: at least ~1 s from first to last.
+    assert!(span >= 900, "10 submissions at 5/s took only {span} ms");
+    let within_first_half_second = times
+        .iter()
+        .filter(|t| (**t - times[0]).num_milliseconds() < 500)
+        .count();
+    assert!(
+        within_first_half_second <= 7,
+        "{within_first_half_second} submissions in the first 0.5 s"
+    );
 }

@@ -65,6 +65,7 @@ impl Fixture {
                     base_job_template: template(),
                     concurrency_limit: limit,
                     paused: false,
+                    submit_rate: None,
                 },
             )
             .await
@@ -153,6 +154,7 @@ async fn pool_names_are_unique_per_workspace(db: TestDb) {
                 base_job_template: template(),
                 concurrency_limit: None,
                 paused: false,
+                submit_rate: None,
             },
         )
         .await;
@@ -169,6 +171,7 @@ async fn pool_names_are_unique_per_workspace(db: TestDb) {
                 base_job_template: template(),
                 concurrency_limit: None,
                 paused: false,
+                submit_rate: None,
             },
         )
         .await

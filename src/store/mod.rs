@@ -211,8 +211,14 @@ impl Default for ConnectOptions {
     }
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "pool_submit_rate",
+        include_str!("../../migrations/0002_pool_submit_rate.sql"),
+    ),
+];
 
 /// Turns a user-given location into a database URL: `postgres://…` stays, `sqlite:…` stays, and a
 /// plain path becomes an SQLite file URL (created if missing).

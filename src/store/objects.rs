@@ -25,6 +25,8 @@ pub struct NewPool {
     pub concurrency_limit: Option<i64>,
     /// Start paused.
     pub paused: bool,
+    /// Most submissions per second per controller (`None`: the provider's default).
+    pub submit_rate: Option<f64>,
 }
 
 /// Changes to a pool; `None` leaves a field as it is.
@@ -38,6 +40,8 @@ pub struct PoolPatch {
     pub concurrency_limit: Option<Option<i64>>,
     /// Pause or resume.
     pub paused: Option<bool>,
+    /// New submission rate (`Some(None)` returns to the provider default).
+    pub submit_rate: Option<Option<f64>>,
 }
 
 /// A queue to create.
@@ -131,7 +135,7 @@ pub struct StoredApiKey {
 }
 
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
-     concurrency_limit, paused, created, updated";
+     concurrency_limit, paused, created, updated, submit_rate";
 const QUEUE_COLUMNS: &str =
     "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
 const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
@@ -162,6 +166,7 @@ fn pool_from_row(row: &AnyRow) -> Result<WorkPool> {
         paused: get_bool(row, "paused")?,
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
+        submit_rate: row.try_get("submit_rate")?,
     })
 }
 
@@ -324,7 +329,8 @@ impl Store {
         let mut tx = self.begin().await?;
         let res = sqlx::query(
             "INSERT INTO work_pools (id, workspace_id, name, type, description, base_job_template, \
-             concurrency_limit, paused, created, updated) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9)",
+             concurrency_limit, paused, created, updated, submit_rate) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9,$10)",
         )
         .bind(id.to_string())
         .bind(workspace_id.to_string())
@@ -335,6 +341,7 @@ impl Store {
         .bind(new.concurrency_limit)
         .bind(new.paused as i64)
         .bind(now)
+        .bind(new.submit_rate)
         .execute(&mut *tx)
         .await;
         if let Err(e) = res {
@@ -434,10 +441,11 @@ impl Store {
             .unwrap_or(current.base_job_template.clone());
         let limit = patch.concurrency_limit.unwrap_or(current.concurrency_limit);
         let paused = patch.paused.unwrap_or(current.paused);
+        let submit_rate = patch.submit_rate.unwrap_or(current.submit_rate);
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE work_pools SET description = $1, base_job_template = $2, concurrency_limit = $3, \
-             paused = $4, updated = $5 WHERE id = $6",
+             paused = $4, updated = $5, submit_rate = $7 WHERE id = $6",
         )
         .bind(description)
         .bind(template.to_string())
@@ -445,6 +453,7 @@ impl Store {
         .bind(paused as i64)
         .bind(now_micros())
         .bind(current.id.to_string())
+        .bind(submit_rate)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {

@@ -423,6 +423,12 @@ impl Provider for AwsLambdaProvider {
         Self::template()
     }
 
+    /// Lambda's default Invoke rate is 10 x the account's concurrency (1,000) per second and
+    /// region; 100/s per pool per controller stays far inside it and smooths bursts.
+    fn default_submit_rate(&self) -> Option<f64> {
+        Some(100.0)
+    }
+
     fn validate(&self, rendered: &Value) -> Result<LambdaJobConfig, ProviderError> {
         LambdaJobConfig::from_rendered(rendered)
     }

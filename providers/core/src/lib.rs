@@ -287,6 +287,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Pure check of a rendered job configuration; no I/O.
     fn validate(&self, rendered: &Value) -> Result<Self::JobConfig, ProviderError>;
 
+    /// Submissions per second a controller allows itself per pool of this type unless the pool
+    /// sets its own `submit_rate` (respecting the provider's API quota); `None` = unlimited.
+    fn default_submit_rate(&self) -> Option<f64> {
+        None
+    }
+
     /// Starts the job and returns its infrastructure id as soon as the provider accepted it.
     async fn submit(&self, run: &RunSpec, job: &Self::JobConfig) -> Result<String, ProviderError>;
 
@@ -345,6 +351,8 @@ pub trait DynProvider: Send + Sync {
     fn default_base_job_template(&self) -> Value;
     /// See [`Provider::validate`].
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError>;
+    /// See [`Provider::default_submit_rate`].
+    fn default_submit_rate(&self) -> Option<f64>;
     /// See [`Provider::submit`].
     async fn submit(&self, run: &RunSpec, job: &ValidatedJob) -> Result<String, ProviderError>;
     /// See [`Provider::status`].
@@ -378,6 +386,9 @@ impl<P: Provider> DynProvider for P {
     }
     fn default_base_job_template(&self) -> Value {
         Provider::default_base_job_template(self)
+    }
+    fn default_submit_rate(&self) -> Option<f64> {
+        Provider::default_submit_rate(self)
     }
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError> {
         let config = Provider::validate(self, rendered)?;
