@@ -496,19 +496,24 @@ async fn deployment(
                 )
                 .await?
                 .body;
-            emit(&pretty(
-                answer.get("job_configuration").unwrap_or(&Value::Null),
-            ));
+            // Pretty for a person at a terminal; one compact line for scripts and pipes.
+            let config = answer.get("job_configuration").unwrap_or(&Value::Null);
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                emit(&pretty(config));
+            } else {
+                emit(&config.to_string());
+            }
+            // The variables rendered fine; the provider's objection is a warning (a run would be
+            // refused with this message), not a failure of the preview itself.
             if let Some(problem) = answer.get("provider_error").filter(|p| !p.is_null()) {
                 let message = problem
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("the provider cannot use this job configuration");
                 match problem.get("field").and_then(Value::as_str) {
-                    Some(f) => eprintln!("error: {message} (field: {f})"),
-                    None => eprintln!("error: {message}"),
+                    Some(f) => eprintln!("warning: {message} (field: {f}); a run would be refused"),
+                    None => eprintln!("warning: {message}; a run would be refused"),
                 }
-                return Ok(1);
             }
         }
         DeploymentCommand::Run {
