@@ -132,11 +132,11 @@ impl Fixture {
 
 async fn migrations_are_applied_once_and_versioned(db: TestDb) {
     let a = common::connect(&db, 2).await;
-    assert_eq!(a.schema_version().await.unwrap(), 1);
+    assert_eq!(a.schema_version().await.unwrap(), 3);
     a.create_workspace("w").await.unwrap();
     // A second connect (another controller starting) must not re-run or fail.
     let b = common::connect(&db, 2).await;
-    assert_eq!(b.schema_version().await.unwrap(), 1);
+    assert_eq!(b.schema_version().await.unwrap(), 3);
     assert_eq!(b.list_workspaces().await.unwrap().len(), 1);
 }
 
@@ -685,6 +685,7 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
         f.deployment("capped-2", "limited", None, Some(4)).await,
         f.deployment("uncapped", "limited", None, None).await,
     ];
+    let setup_started = std::time::Instant::now();
     // Create runs in parallel batches to keep setup short.
     let mut tasks = vec![];
     for worker in 0..4 {
@@ -708,6 +709,8 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    eprintln!("created {RUNS} runs in {:?}", setup_started.elapsed());
+    let race_started = std::time::Instant::now();
     assert_eq!(all.len(), RUNS);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -781,6 +784,7 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("claimed and completed in {:?}", race_started.elapsed());
     let checks = monitor.await.unwrap();
     assert!(
         checks > 10,

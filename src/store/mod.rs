@@ -218,6 +218,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pool_submit_rate",
         include_str!("../../migrations/0002_pool_submit_rate.sql"),
     ),
+    (
+        3,
+        "active_indexes",
+        include_str!("../../migrations/0003_active_indexes.sql"),
+    ),
 ];
 
 /// Turns a user-given location into a database URL: `postgres://…` stays, `sqlite:…` stays, and a
