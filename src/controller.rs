@@ -269,7 +269,12 @@ pub struct Context {
     pub logs: LogWriter,
     templates: Mutex<HashMap<Uuid, (i64, Arc<BaseJobTemplate>)>>,
     buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
+    pools: Mutex<HashMap<Uuid, (Instant, WorkPool)>>,
+    deployments: Mutex<HashMap<Uuid, (Instant, Deployment)>>,
 }
+
+/// How long a pool or deployment read is reused when preparing jobs (changes apply within this).
+const OBJECT_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl Context {
     /// Builds a context.
@@ -290,7 +295,51 @@ impl Context {
             logs,
             templates: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            deployments: Mutex::new(HashMap::new()),
         }
+    }
+
+    async fn cached_pool(&self, id: Uuid) -> Result<WorkPool, StoreError> {
+        if let Some((at, pool)) = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            if at.elapsed() < OBJECT_CACHE_TTL {
+                return Ok(pool.clone());
+            }
+        }
+        let pool = self.store.pool_by_id(id).await?;
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (Instant::now(), pool.clone()));
+        Ok(pool)
+    }
+
+    async fn cached_deployment(
+        &self,
+        workspace_id: Uuid,
+        id: Uuid,
+    ) -> Result<Deployment, StoreError> {
+        if let Some((at, d)) = self
+            .deployments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            if at.elapsed() < OBJECT_CACHE_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let d = self.store.deployment(workspace_id, &id.to_string()).await?;
+        self.deployments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (Instant::now(), d.clone()));
+        Ok(d)
     }
 
     fn bucket_for(&self, pool_id: Uuid, rate: f64) -> Arc<TokenBucket> {
@@ -393,7 +442,7 @@ impl RunWork {
 
 async fn prepare(work: &RunWork, ctx: &Context) -> Result<Result<PreparedJob, String>, StoreError> {
     let run = &work.run;
-    let pool = match ctx.store.pool_by_id(run.work_pool_id).await {
+    let pool = match ctx.cached_pool(run.work_pool_id).await {
         Ok(p) => p,
         Err(StoreError::NotFound { .. }) => {
             return Ok(Err(format!(
@@ -404,8 +453,7 @@ async fn prepare(work: &RunWork, ctx: &Context) -> Result<Result<PreparedJob, St
         Err(e) => return Err(e),
     };
     let deployment = match ctx
-        .store
-        .deployment(run.workspace_id, &run.deployment_id.to_string())
+        .cached_deployment(run.workspace_id, run.deployment_id)
         .await
     {
         Ok(d) => d,
@@ -803,18 +851,30 @@ async fn finish(
     ctx: &Context,
     proposal: Proposal,
 ) -> Result<Action, ControllerError> {
-    // A job that finished has run: record RUNNING first so the history tells the truth.
+    ctx.logs.flush().await;
+    // A job that finished has run: record RUNNING first (same transaction) so the history tells
+    // the truth.
+    let mut proposals = vec![];
     if work.run.state.state_type == StateType::Pending
         && matches!(
             proposal.state_type,
             StateType::Completed | StateType::Failed
         )
-        && !propose(work, ctx, Proposal::new(StateType::Running)).await?
     {
-        return Ok(Action::requeue(Duration::ZERO));
+        proposals.push(Proposal::new(StateType::Running));
     }
-    ctx.logs.flush().await;
-    if !propose(work, ctx, proposal).await? {
+    proposals.push(proposal);
+    let wanted = proposals.len();
+    let guard = TransitionGuard::owned(&ctx.config.id, work.run.state.state_type);
+    let outcomes = ctx
+        .store
+        .propose_states(work.run.id, proposals, guard)
+        .await?;
+    let all_recorded = outcomes.len() == wanted && outcomes.iter().all(|o| o.is_recorded());
+    if let Some(last) = outcomes.last() {
+        work.run = last.run().clone();
+    }
+    if !all_recorded {
         return Ok(Action::requeue(Duration::ZERO));
     }
     if let (Some(job), Some(infra)) = (&work.job, &work.run.infrastructure_id) {
@@ -1275,6 +1335,8 @@ async fn drive(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut fresh = true;
+    let mut needs_read = false;
+    let mut last_read = Instant::now();
     // Set at shutdown for runs that already have infrastructure: keep recording their progress
     // until this deadline, then release the lease for another controller.
     let mut drain_until: Option<Instant> = None;
@@ -1293,7 +1355,11 @@ async fn drive(
                 }
             }
         }
-        if !fresh {
+        // The run in memory is what this task last wrote or read; read again when woken (a cancel,
+        // a change by someone else), after a refused write, or at least every second.
+        if !fresh && (needs_read || last_read.elapsed() >= Duration::from_secs(1)) {
+            last_read = Instant::now();
+            needs_read = false;
             match ctx.store.run(work.run.id).await {
                 Ok(run) => work.run = run,
                 Err(e) => {
@@ -1311,15 +1377,17 @@ async fn drive(
         let Some(delay) = action.requeue_after() else {
             return;
         };
-        if !delay.is_zero() {
+        if delay.is_zero() {
+            needs_read = true;
+        } else {
             let delay = match drain_until {
                 Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
                 None => delay,
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = wake.notified() => {}
-                _ = shutdown.changed(), if drain_until.is_none() => {}
+                _ = wake.notified() => needs_read = true,
+                _ = shutdown.changed(), if drain_until.is_none() => needs_read = true,
             }
         }
     }

@@ -470,6 +470,65 @@ impl Store {
         guard: TransitionGuard,
     ) -> Result<TransitionOutcome> {
         let mut tx = self.begin().await?;
+        let (outcome, wakes) = self
+            .apply_proposal(&mut tx, run_id, proposal, &guard)
+            .await?;
+        if matches!(outcome, TransitionOutcome::Accepted(_)) {
+            tx.commit().await?;
+            if wakes {
+                self.notify_local();
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Proposes several states in order in one transaction (e.g. RUNNING then COMPLETED for a job
+    /// that finished between two polls). Each later proposal expects the state the previous one
+    /// set. Stops at the first proposal not accepted; what was accepted before it is kept. Returns
+    /// the outcome of every proposal tried.
+    pub async fn propose_states(
+        &self,
+        run_id: Uuid,
+        proposals: Vec<Proposal>,
+        guard: TransitionGuard,
+    ) -> Result<Vec<TransitionOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut outcomes = Vec::with_capacity(proposals.len());
+        let mut guard = guard;
+        let mut wake_any = false;
+        let mut accepted_any = false;
+        for proposal in proposals {
+            let to = proposal.state_type;
+            let (outcome, wakes) = self
+                .apply_proposal(&mut tx, run_id, proposal, &guard)
+                .await?;
+            let accepted = matches!(outcome, TransitionOutcome::Accepted(_));
+            outcomes.push(outcome);
+            if !accepted {
+                break;
+            }
+            accepted_any = true;
+            wake_any |= wakes;
+            guard.expected = Some(to);
+        }
+        if accepted_any {
+            tx.commit().await?;
+            if wake_any {
+                self.notify_local();
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// One proposal inside `tx` (not committed). Returns the outcome and whether waiters should be
+    /// notified.
+    async fn apply_proposal(
+        &self,
+        tx: &mut Tx,
+        run_id: Uuid,
+        proposal: Proposal,
+        guard: &TransitionGuard,
+    ) -> Result<(TransitionOutcome, bool)> {
         let row = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS}, CASE WHEN EXISTS (SELECT 1 FROM state_history h \
              WHERE h.run_id = flow_runs.id AND h.transition_id = $2) THEN 1 ELSE 0 END AS seen \
@@ -478,7 +537,7 @@ impl Store {
         ))
         .bind(run_id.to_string())
         .bind(&proposal.transition_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| StoreError::NotFound {
             what: "flow run",
@@ -487,14 +546,17 @@ impl Store {
         let current = run_from_row(&row)?;
         let version: i64 = row.try_get("version")?;
         if row.try_get::<i64, _>("seen")? != 0 {
-            return Ok(TransitionOutcome::Duplicate(current));
+            return Ok((TransitionOutcome::Duplicate(current), false));
         }
         let from = current.state.state_type;
         let reject = |reason| {
-            Ok(TransitionOutcome::Rejected {
-                reason,
-                run: current.clone(),
-            })
+            Ok((
+                TransitionOutcome::Rejected {
+                    reason,
+                    run: current.clone(),
+                },
+                false,
+            ))
         };
         if from.is_terminal() {
             return reject(Rejection::AlreadyTerminal { current: from });
@@ -560,7 +622,7 @@ impl Store {
         .bind(attempt)
         .bind(run_id.to_string())
         .bind(version)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = updated else {
             // Cannot happen while the row is locked, but a lost race must never pass silently.
@@ -571,23 +633,19 @@ impl Store {
         };
         let run = run_from_row(&row)?;
         insert_history(
-            &mut tx,
+            tx,
             &[HistoryRow {
                 run: &run,
                 transition_id: proposal.transition_id.clone(),
             }],
         )
         .await?;
-        insert_transition_events(&mut tx, &[(&run, from)]).await?;
+        insert_transition_events(tx, &[(&run, from)]).await?;
         let wakes = matches!(to, StateType::Scheduled | StateType::Cancelling);
         if wakes {
-            self.notify_in(&mut tx).await?;
+            self.notify_in(tx).await?;
         }
-        tx.commit().await?;
-        if wakes {
-            self.notify_local();
-        }
-        Ok(TransitionOutcome::Accepted(run))
+        Ok((TransitionOutcome::Accepted(run), wakes))
     }
 
     /// Claims up to `limit` due SCHEDULED runs of the selected pools for `owner`: moves them to
