@@ -32,6 +32,7 @@ both_backends!(
     leases_renew_release_expire_and_adopt,
     logs_and_data_survive_reconnect,
     racing_claimers_claim_every_run_exactly_once,
+    no_sequence_of_proposals_leaves_a_terminal_state_or_skips_history,
 );
 
 const OWNER: &str = "controller-a";
@@ -817,4 +818,78 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
             .count();
         assert_eq!(pendings, 1);
     }
+}
+
+/// Property: whatever sequence of proposals (any type, with retried transition ids) reaches the
+/// store, a terminal state is never left, and the history holds exactly the accepted states in order.
+async fn no_sequence_of_proposals_leaves_a_terminal_state_or_skips_history(db: TestDb) {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let f = fixture(&db).await;
+    f.pool("p", None).await;
+    let d = f.deployment("d", "p", None, None).await;
+    let handle = tokio::runtime::Handle::current();
+    let types = pushpool::state::ALL_STATE_TYPES.to_vec();
+    let strategy =
+        prop::collection::vec((prop::sample::select(types), 0u8..4, any::<bool>()), 1..25);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        ..Config::default()
+    });
+    let result = runner.run(&strategy, |steps| {
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let id = f.run(&d, -1).await;
+                let mut expected = vec![StateType::Scheduled];
+                let mut terminal_seen: Option<StateType> = None;
+                for (to, tid, claim_first) in steps {
+                    if claim_first && to == StateType::Pending {
+                        // A claim is the only way into PENDING.
+                        let claimed = f.claim(100).await;
+                        if claimed.contains(&id) {
+                            expected.push(StateType::Pending);
+                        }
+                        continue;
+                    }
+                    // Transition ids from a small set, so some proposals are retries.
+                    let p = Proposal::new(to).with_transition_id(format!("{id}-{tid}"));
+                    let out = f
+                        .store
+                        .propose_state(id, p, TransitionGuard::default())
+                        .await
+                        .unwrap();
+                    match out {
+                        TransitionOutcome::Accepted(run) => {
+                            prop_assert!(
+                                terminal_seen.is_none(),
+                                "left terminal {:?} for {:?}",
+                                terminal_seen,
+                                to
+                            );
+                            prop_assert_eq!(run.state.state_type, to);
+                            expected.push(to);
+                            if to.is_terminal() {
+                                terminal_seen = Some(to);
+                            }
+                        }
+                        TransitionOutcome::Duplicate(_) | TransitionOutcome::Rejected { .. } => {}
+                    }
+                }
+                let history: Vec<StateType> = f
+                    .store
+                    .state_history(id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| h.state_type)
+                    .collect();
+                prop_assert_eq!(history, expected);
+                if let Some(t) = terminal_seen {
+                    prop_assert_eq!(f.store.run(id).await.unwrap().state.state_type, t);
+                }
+                Ok(())
+            })
+        })
+    });
+    result.unwrap();
 }
