@@ -12,7 +12,7 @@ use crate::controller::{Context, Controller, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::null_provider::NullProvider;
 use crate::state::StateType;
-use crate::store::{ConnectOptions, NewDeployment, NewPool, NewRun, RunFilter, Store, StoreError};
+use crate::store::{ConnectOptions, NewDeployment, NewPool, NewRun, Store, StoreError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -241,28 +241,13 @@ pub async fn run_bench(
     let submits = provider.first_submits();
     let mut lags = Vec::with_capacity(options.runs);
     let mut completed = 0;
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list_runs(
-                ws.id,
-                &RunFilter {
-                    limit: Some(1000),
-                    cursor,
-                    ..RunFilter::default()
-                },
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some(last.id);
-        for run in &page {
-            if run.state.state_type == StateType::Completed {
-                completed += 1;
-            }
-            if let Some(at) = submits.get(&run.id) {
-                let due = run.scheduled_time.max(run.created);
-                lags.push((*at - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-            }
+    for run in &store.all_runs(ws.id).await? {
+        if run.state.state_type == StateType::Completed {
+            completed += 1;
+        }
+        if let Some(at) = submits.get(&run.id) {
+            let due = run.scheduled_time.max(run.created);
+            lags.push((*at - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
     lags.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::null_provider::read_journal;
 use crate::state::StateType;
-use crate::store::{NewDeployment, NewPool, NewRun, RunFilter, Store, StoreError};
+use crate::store::{NewDeployment, NewPool, NewRun, Store, StoreError};
 
 /// Workspace the chaos suite uses.
 pub const WORKSPACE: &str = "chaos";
@@ -119,43 +119,28 @@ pub async fn check(store: &Store, journal_dir: &Path) -> Result<ChaosReport, Sto
     let ws = store.workspace(WORKSPACE).await?;
     let mut report = ChaosReport::default();
     let mut completed_ids = vec![];
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list_runs(
-                ws.id,
-                &RunFilter {
-                    limit: Some(1000),
-                    cursor,
-                    ..RunFilter::default()
-                },
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some(last.id);
-        for run in &page {
-            report.runs += 1;
-            let t = run.state.state_type;
-            if t == StateType::Completed {
-                completed_ids.push(run.id);
+    for run in &store.all_runs(ws.id).await? {
+        report.runs += 1;
+        let t = run.state.state_type;
+        if t == StateType::Completed {
+            completed_ids.push(run.id);
+        }
+        if t.is_terminal() {
+            report.terminal += 1;
+            if t != StateType::Completed {
+                report.lost += 1;
             }
-            if t.is_terminal() {
-                report.terminal += 1;
-                if t != StateType::Completed {
-                    report.lost += 1;
-                }
-            } else {
-                report.stuck += 1;
-            }
-            if t != StateType::Completed && report.examples.len() < 10 {
-                report.examples.push(format!(
-                    "{} {}/{}: {}",
-                    run.id,
-                    t,
-                    run.state.name,
-                    run.state.message.clone().unwrap_or_default()
-                ));
-            }
+        } else {
+            report.stuck += 1;
+        }
+        if t != StateType::Completed && report.examples.len() < 10 {
+            report.examples.push(format!(
+                "{} {}/{}: {}",
+                run.id,
+                t,
+                run.state.name,
+                run.state.message.clone().unwrap_or_default()
+            ));
         }
     }
     let mut per_run: HashMap<Uuid, Vec<StateType>> = HashMap::new();

@@ -32,6 +32,11 @@ async fn spawn_app(db: &TestDb) -> App {
         .await
         .unwrap()
         .expect("fresh store");
+    start_server(db, store, key, home).await
+}
+
+/// Serves API + controller on `store` at a free port and waits until it answers.
+async fn start_server(db: &TestDb, store: Store, key: String, home: tempfile::TempDir) -> App {
     // Port 0: pick a free port, then hand it to the server.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -205,45 +210,13 @@ async fn spawn_app_existing(db: &TestDb) -> App {
         )
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions {
-        database_url: db.url.clone(),
-        listen: Some(addr),
-        controller: true,
-        api_url: None,
-        home: None,
-        controller_id: None,
-        lease: None,
-    };
-    let task = tokio::spawn(async move {
-        serve(store, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    App {
-        base,
-        key: k.key.expose().to_string(),
-        client,
-        stop: Some(stop),
-        task: Some(task),
-        _home: tempfile::tempdir().unwrap(),
-    }
+    start_server(
+        db,
+        store,
+        k.key.expose().to_string(),
+        tempfile::tempdir().unwrap(),
+    )
+    .await
 }
 
 async fn failing_and_cancelled_runs_end_as_expected(db: TestDb) {

@@ -435,6 +435,24 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
+    /// Every run of a workspace, newest first (reads in pages of 1,000).
+    pub async fn all_runs(&self, workspace_id: Uuid) -> Result<Vec<FlowRun>> {
+        let mut all = vec![];
+        let mut cursor = None;
+        loop {
+            let filter = RunFilter {
+                limit: Some(1000),
+                cursor,
+                ..RunFilter::default()
+            };
+            let page = self.list_runs(workspace_id, &filter).await?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id);
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
     /// A run's accepted states, oldest first.
     pub async fn state_history(&self, run_id: Uuid) -> Result<Vec<HistoryEntry>> {
         let rows = sqlx::query(
