@@ -14,6 +14,7 @@ both_backends!(
     failing_and_cancelled_runs_end_as_expected,
     bad_input_is_refused_and_nothing_is_stored,
     preview_renders_the_notes_example_exactly,
+    run_tokens_act_on_their_own_run_only_and_docs_are_served,
 );
 
 struct App {
@@ -381,5 +382,145 @@ async fn preview_renders_the_notes_example_exactly(db: TestDb) {
         serde_json::to_string(&b["job_configuration"]).unwrap(),
         r#"{"a":5,"b":"pre-5-","c":[5],"d":{}}"#
     );
+    app.stop().await;
+}
+
+async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
+    let app = spawn_app(&db).await;
+    app.pool_and_deployment("sleep 30").await;
+    let a = app.run().await;
+    let b = app.run().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let tokens = pushpool::server::run_tokens(&store).await.unwrap();
+    let token_a = tokens.issue(a.parse().unwrap(), 1);
+    let job = |path: String, body: Value, token: &str| {
+        app.client
+            .post(format!("{}/api/runs/{path}", app.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    // Its own run: logs, heartbeat and a terminal report are accepted.
+    let r = job(
+        format!("{a}/logs"),
+        json!({"lines": [{"line": "from the job"}]}),
+        &token_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = job(format!("{a}/heartbeat"), json!({}), &token_a)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // Another run: refused, nothing written.
+    let r = job(
+        format!("{b}/logs"),
+        json!({"lines": [{"line": "intruder"}]}),
+        &token_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = job(format!("{b}/state"), json!({"type": "COMPLETED"}), &token_a)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // A token is no API key: workspace routes are refused.
+    let r = app
+        .client
+        .get(app.url("/work_pools"))
+        .bearer_auth(&token_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // A forged token is 401.
+    let forged = token_a.replace(&token_a[token_a.len() - 4..], "0000");
+    let r = job(format!("{a}/heartbeat"), json!({}), &forged)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (_, logs) = app.get(&format!("/flow_runs/{a}/logs")).await;
+    assert!(logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["line"] == "from the job"));
+    let (_, logs_b) = app.get(&format!("/flow_runs/{b}/logs")).await;
+    assert!(!logs_b
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["line"] == "intruder"));
+    // Once RUNNING, the job may report its own end (the controller then sees it terminal).
+    let start = Instant::now();
+    loop {
+        let (_, run) = app.get(&format!("/flow_runs/{a}")).await;
+        if run["state"]["type"] == "RUNNING" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = job(
+        format!("{a}/state"),
+        json!({"type": "COMPLETED", "message": "done by the job"}),
+        &token_a,
+    )
+    .await
+    .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["status"], "ACCEPT", "{answer}");
+    let (_, run) = app.get(&format!("/flow_runs/{a}")).await;
+    assert_eq!(run["state"]["message"], "done by the job");
+    // A second terminal report is refused with a reason, never overwriting.
+    let r = job(format!("{a}/state"), json!({"type": "FAILED"}), &token_a)
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["status"], "REJECT", "{answer}");
+    // OpenAPI, interactive docs and metrics are served.
+    let doc: Value = app
+        .client
+        .get(format!("{}/api/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/workspaces/{ws}/work_pools"]["post"].is_object());
+    let html = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("/api/openapi.json"));
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pushpool_flow_runs{state=\"RUNNING\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pushpool_claim_duration_seconds_count"));
+    let r = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     app.stop().await;
 }
