@@ -522,5 +522,7 @@ async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    app.post(&format!("/flow_runs/{b}/cancel"), json!({})).await;
+    app.wait_terminal(&b, Duration::from_secs(15)).await;
     app.stop().await;
 }
