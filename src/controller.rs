@@ -812,6 +812,42 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
             ctx.metrics
                 .submitted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A job already over when submit returned (fast jobs, the null provider) is recorded
+            // with its infrastructure id, RUNNING and its end in one transaction.
+            let early_end = match prepared.provider.status(&infra, &prepared.job).await {
+                Ok(JobStatus::Completed { summary }) => {
+                    let mut p = Proposal::new(StateType::Completed);
+                    p.message = summary;
+                    Some(p)
+                }
+                Ok(JobStatus::Failed { message }) => {
+                    Some(Proposal::new(StateType::Failed).with_message(message))
+                }
+                _ => None,
+            };
+            if let Some(end) = early_end {
+                ctx.logs.flush().await;
+                let guard = TransitionGuard::owned(&ctx.config.id, StateType::Pending);
+                let outcomes = ctx
+                    .store
+                    .propose_states_with(
+                        work.run.id,
+                        vec![Proposal::new(StateType::Running), end],
+                        guard,
+                        Some(&infra),
+                    )
+                    .await?;
+                if outcomes.len() == 2 && outcomes.iter().all(|o| o.is_recorded()) {
+                    if let Some(last) = outcomes.last() {
+                        work.run = last.run().clone();
+                    }
+                    if let Err(e) = prepared.provider.cleanup(&infra, &prepared.job).await {
+                        tracing::warn!(run_id = %work.run.id, error = %e, "cleanup failed");
+                    }
+                    return Ok(Action::done());
+                }
+                // Refused (the run changed meanwhile): the path below records or stops the job.
+            }
             if ctx
                 .store
                 .set_infrastructure(work.run.id, &ctx.config.id, &infra)

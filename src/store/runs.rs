@@ -487,17 +487,12 @@ impl Store {
         proposal: Proposal,
         guard: TransitionGuard,
     ) -> Result<TransitionOutcome> {
-        let mut tx = self.begin().await?;
-        let (outcome, wakes) = self
-            .apply_proposal(&mut tx, run_id, proposal, &guard)
+        let mut outcomes = self
+            .propose_states_with(run_id, vec![proposal], guard, None)
             .await?;
-        if matches!(outcome, TransitionOutcome::Accepted(_)) {
-            tx.commit().await?;
-            if wakes {
-                self.notify_local();
-            }
-        }
-        Ok(outcome)
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no outcome".into()))
     }
 
     /// Proposes several states in order in one transaction (e.g. RUNNING then COMPLETED for a job
@@ -510,160 +505,222 @@ impl Store {
         proposals: Vec<Proposal>,
         guard: TransitionGuard,
     ) -> Result<Vec<TransitionOutcome>> {
+        self.propose_states_with(run_id, proposals, guard, None)
+            .await
+    }
+
+    /// Like [`Store::propose_states`], and also records the infrastructure id of a PENDING run that
+    /// has none yet in the same transaction (a job that already finished when it was submitted).
+    pub async fn propose_states_with(
+        &self,
+        run_id: Uuid,
+        proposals: Vec<Proposal>,
+        guard: TransitionGuard,
+        infrastructure_id: Option<&str>,
+    ) -> Result<Vec<TransitionOutcome>> {
         let mut tx = self.begin().await?;
-        let mut outcomes = Vec::with_capacity(proposals.len());
-        let mut guard = guard;
-        let mut wake_any = false;
-        let mut accepted_any = false;
-        for proposal in proposals {
-            let to = proposal.state_type;
-            let (outcome, wakes) = self
-                .apply_proposal(&mut tx, run_id, proposal, &guard)
-                .await?;
-            let accepted = matches!(outcome, TransitionOutcome::Accepted(_));
-            outcomes.push(outcome);
-            if !accepted {
-                break;
-            }
-            accepted_any = true;
-            wake_any |= wakes;
-            guard.expected = Some(to);
-        }
-        if accepted_any {
+        let (outcomes, wakes, changed) = self
+            .apply_proposals(&mut tx, run_id, proposals, &guard, infrastructure_id)
+            .await?;
+        if changed {
             tx.commit().await?;
-            if wake_any {
+            if wakes {
                 self.notify_local();
             }
         }
         Ok(outcomes)
     }
 
-    /// One proposal inside `tx` (not committed). Returns the outcome and whether waiters should be
-    /// notified.
-    async fn apply_proposal(
+    /// Checks proposals in order against the run (read once, locked), then writes the final state,
+    /// one history row and one event per accepted proposal. Returns the outcomes, whether waiters
+    /// should be woken, and whether anything was written.
+    async fn apply_proposals(
         &self,
         tx: &mut Tx,
         run_id: Uuid,
-        proposal: Proposal,
+        proposals: Vec<Proposal>,
         guard: &TransitionGuard,
-    ) -> Result<(TransitionOutcome, bool)> {
-        let row = sqlx::query(&format!(
+        infrastructure_id: Option<&str>,
+    ) -> Result<(Vec<TransitionOutcome>, bool, bool)> {
+        let sql = format!(
             "SELECT {RUN_COLUMNS}, CASE WHEN EXISTS (SELECT 1 FROM state_history h \
-             WHERE h.run_id = flow_runs.id AND h.transition_id = $2) THEN 1 ELSE 0 END AS seen \
+             WHERE h.run_id = flow_runs.id AND h.transition_id IN ({})) THEN 1 ELSE 0 END AS seen \
              FROM flow_runs WHERE id = $1{}",
+            placeholders(2, proposals.len().max(1)),
             self.for_update()
-        ))
-        .bind(run_id.to_string())
-        .bind(&proposal.transition_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "flow run",
-            key: run_id.to_string(),
-        })?;
-        let current = run_from_row(&row)?;
-        let version: i64 = row.try_get("version")?;
-        if row.try_get::<i64, _>("seen")? != 0 {
-            return Ok((TransitionOutcome::Duplicate(current), false));
+        );
+        let mut q = sqlx::query(&sql).bind(run_id.to_string());
+        if proposals.is_empty() {
+            q = q.bind(String::new());
         }
-        let from = current.state.state_type;
-        let reject = |reason| {
-            Ok((
-                TransitionOutcome::Rejected {
+        for p in &proposals {
+            q = q.bind(p.transition_id.clone());
+        }
+        let row = q
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "flow run",
+                key: run_id.to_string(),
+            })?;
+        let mut current = run_from_row(&row)?;
+        let version: i64 = row.try_get("version")?;
+        let mut seen: Vec<String> = vec![];
+        if row.try_get::<i64, _>("seen")? != 0 {
+            let sql = format!(
+                "SELECT transition_id FROM state_history WHERE run_id = $1 AND transition_id IN ({})",
+                placeholders(2, proposals.len())
+            );
+            let mut q = sqlx::query(&sql).bind(run_id.to_string());
+            for p in &proposals {
+                q = q.bind(p.transition_id.clone());
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                seen.push(r.try_get("transition_id")?);
+            }
+        }
+
+        let now = now_micros();
+        let mut expected = guard.expected;
+        let mut outcomes = Vec::with_capacity(proposals.len());
+        let mut steps: Vec<(FlowRun, StateType, String)> = vec![];
+        let mut wakes = false;
+        let mut infra_applied = None;
+        for proposal in proposals {
+            if seen.contains(&proposal.transition_id) {
+                outcomes.push(TransitionOutcome::Duplicate(current.clone()));
+                expected = Some(proposal.state_type);
+                continue;
+            }
+            let from = current.state.state_type;
+            let rejection = if from.is_terminal() {
+                Some(Rejection::AlreadyTerminal { current: from })
+            } else if expected.is_some_and(|e| e != from) {
+                Some(Rejection::StateChanged {
+                    expected: expected.unwrap_or(from),
+                    current: from,
+                })
+            } else if guard.lease_owner.as_ref().is_some_and(|owner| {
+                current.lease_owner.as_deref() != Some(owner.as_str()) && from.is_active()
+            }) {
+                Some(Rejection::NotLeaseOwner {
+                    owner: current.lease_owner.clone(),
+                })
+            } else {
+                check_transition(from, proposal.state_type).err()
+            };
+            if let Some(reason) = rejection {
+                outcomes.push(TransitionOutcome::Rejected {
                     reason,
                     run: current.clone(),
-                },
-                false,
-            ))
-        };
-        if from.is_terminal() {
-            return reject(Rejection::AlreadyTerminal { current: from });
-        }
-        if let Some(expected) = guard.expected {
-            if expected != from {
-                return reject(Rejection::StateChanged {
-                    expected,
-                    current: from,
                 });
+                break;
             }
-        }
-        if let Some(owner) = &guard.lease_owner {
-            if current.lease_owner.as_deref() != Some(owner.as_str()) && from.is_active() {
-                return reject(Rejection::NotLeaseOwner {
-                    owner: current.lease_owner.clone(),
-                });
+            let to = proposal.state_type;
+            let mut next = current.clone();
+            // Side effects of the target state on the lease, the infrastructure id and the attempt.
+            if to.is_terminal() || to == StateType::Scheduled {
+                next.lease_owner = None;
+                next.lease_expires = None;
+            } else if to == StateType::Pending {
+                next.lease_owner = guard.lease_owner.clone();
+                next.lease_expires = Some(from_micros(now + lease_micros(Duration::from_secs(60))));
             }
+            if to == StateType::Scheduled {
+                next.infrastructure_id = None;
+                if proposal.name.as_deref() == Some(names::AWAITING_RETRY) {
+                    next.attempt += 1;
+                }
+            } else if let Some(infra) = infrastructure_id {
+                if infra_applied.is_none()
+                    && from == StateType::Pending
+                    && current.infrastructure_id.is_none()
+                {
+                    next.infrastructure_id = Some(infra.to_string());
+                    infra_applied = Some(infra.to_string());
+                }
+            }
+            next.state = State {
+                state_type: to,
+                name: proposal.state_name(),
+                message: proposal.message.clone(),
+                timestamp: from_micros(now),
+            };
+            next.updated = from_micros(now);
+            wakes |= matches!(to, StateType::Scheduled | StateType::Cancelling);
+            outcomes.push(TransitionOutcome::Accepted(next.clone()));
+            steps.push((next.clone(), from, proposal.transition_id));
+            current = next;
+            expected = Some(to);
         }
-        if let Err(reason) = check_transition(from, proposal.state_type) {
-            return reject(reason);
+        if steps.is_empty() {
+            return Ok((outcomes, false, false));
         }
-        let to = proposal.state_type;
-        let now = now_micros();
-        // Side effects of the target state on the lease, the infrastructure id and the attempt.
-        let (lease_owner, lease_expires) = if to.is_terminal() || to == StateType::Scheduled {
-            (None, None)
-        } else if to == StateType::Pending {
-            (
-                guard.lease_owner.clone(),
-                Some(now + lease_micros(Duration::from_secs(60))),
-            )
-        } else {
-            (
-                current.lease_owner.clone(),
-                current.lease_expires.map(to_micros),
-            )
-        };
-        let infrastructure_id = if to == StateType::Scheduled {
-            None
-        } else {
-            current.infrastructure_id.clone()
-        };
-        let attempt = if to == StateType::Scheduled
-            && proposal.name.as_deref() == Some(names::AWAITING_RETRY)
-        {
-            current.attempt + 1
-        } else {
-            current.attempt
-        };
         let updated = sqlx::query(&format!(
             "UPDATE flow_runs SET state_type = $1, state_name = $2, state_message = $3, state_timestamp = $4, \
              lease_owner = $5, lease_expires = $6, infrastructure_id = $7, attempt = $8, \
              version = version + 1, updated = $4 WHERE id = $9 AND version = $10 RETURNING {RUN_COLUMNS}"
         ))
-        .bind(to.as_str())
-        .bind(proposal.state_name())
-        .bind(proposal.message.clone())
+        .bind(current.state.state_type.as_str())
+        .bind(current.state.name.clone())
+        .bind(current.state.message.clone())
         .bind(now)
-        .bind(lease_owner)
-        .bind(lease_expires)
-        .bind(infrastructure_id)
-        .bind(attempt)
+        .bind(current.lease_owner.clone())
+        .bind(current.lease_expires.map(to_micros))
+        .bind(current.infrastructure_id.clone())
+        .bind(current.attempt)
         .bind(run_id.to_string())
         .bind(version)
         .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = updated else {
             // Cannot happen while the row is locked, but a lost race must never pass silently.
-            return reject(Rejection::StateChanged {
-                expected: from,
-                current: from,
-            });
+            let first = steps[0].1;
+            return Ok((
+                vec![TransitionOutcome::Rejected {
+                    reason: Rejection::StateChanged {
+                        expected: first,
+                        current: first,
+                    },
+                    run: current,
+                }],
+                false,
+                false,
+            ));
         };
-        let run = run_from_row(&row)?;
-        insert_history(
-            tx,
-            &[HistoryRow {
-                run: &run,
-                transition_id: proposal.transition_id.clone(),
-            }],
-        )
-        .await?;
-        insert_transition_events(tx, &[(&run, from)]).await?;
-        let wakes = matches!(to, StateType::Scheduled | StateType::Cancelling);
+        let stored = run_from_row(&row)?;
+        if let Some(TransitionOutcome::Accepted(last)) = outcomes
+            .iter_mut()
+            .rev()
+            .find(|o| matches!(o, TransitionOutcome::Accepted(_)))
+        {
+            *last = stored;
+        }
+        let history: Vec<HistoryRow> = steps
+            .iter()
+            .map(|(run, _, tid)| HistoryRow {
+                run,
+                transition_id: tid.clone(),
+            })
+            .collect();
+        insert_history(tx, &history).await?;
+        let events: Vec<(&FlowRun, StateType)> =
+            steps.iter().map(|(run, from, _)| (run, *from)).collect();
+        insert_transition_events(tx, &events).await?;
+        if let Some(infra) = infra_applied {
+            insert_event(
+                tx,
+                current.workspace_id,
+                "flow_run.infrastructure_assigned",
+                &run_id.to_string(),
+                &json!({"infrastructure_id": infra, "controller": guard.lease_owner}),
+            )
+            .await?;
+        }
         if wakes {
             self.notify_in(tx).await?;
         }
-        Ok((TransitionOutcome::Accepted(run), wakes))
+        Ok((outcomes, wakes, true))
     }
 
     /// Claims up to `limit` due SCHEDULED runs of the selected pools for `owner`: moves them to
