@@ -38,6 +38,10 @@ enum Command {
         /// URL jobs use to reach the API (default http://<listen>).
         #[arg(long, env = "PUSHPOOL_PUBLIC_API_URL")]
         public_api_url: Option<String>,
+        /// Seconds a provider may keep failing status polls with transient errors (429, 5xx,
+        /// timeouts) before a run is marked CRASHED.
+        #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        status_deadline_seconds: Option<u64>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -57,6 +61,10 @@ enum Command {
         /// Lease length in seconds: how long a vanished controller's runs wait before rescue.
         #[arg(long, env = "PUSHPOOL_LEASE_SECONDS")]
         lease_seconds: Option<u64>,
+        /// Seconds a provider may keep failing status polls with transient errors (429, 5xx,
+        /// timeouts) before a run is marked CRASHED.
+        #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        status_deadline_seconds: Option<u64>,
     },
     /// The API alone.
     Api {
@@ -163,6 +171,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             listen,
             database_url,
             public_api_url,
+            status_deadline_seconds,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             std::fs::create_dir_all(&home)
@@ -190,6 +199,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     home: Some(home),
                     controller_id: None,
                     lease: None,
+                    status_deadline: status_deadline_seconds.map(Duration::from_secs),
                 },
                 shutdown_signal(),
             )
@@ -200,6 +210,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             public_api_url,
             id,
             lease_seconds,
+            status_deadline_seconds,
         } => {
             let store = Store::connect(&database_url)
                 .await
@@ -214,6 +225,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     home: None,
                     controller_id: id,
                     lease: lease_seconds.map(Duration::from_secs),
+                    status_deadline: status_deadline_seconds.map(Duration::from_secs),
                 },
                 shutdown_signal(),
             )
@@ -236,6 +248,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     home: None,
                     controller_id: None,
                     lease: None,
+                    status_deadline: None,
                 },
                 shutdown_signal(),
             )

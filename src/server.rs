@@ -37,6 +37,8 @@ pub fn default_registry() -> Registry {
     registry.register(Arc::new(pushpool_process::ProcessProvider::new()));
     #[cfg(feature = "aws-lambda")]
     registry.register(Arc::new(pushpool_aws_lambda::AwsLambdaProvider::new()));
+    #[cfg(feature = "gcp-cloud-run")]
+    registry.register(Arc::new(pushpool_gcp_cloud_run::CloudRunProvider::new()));
     registry.register(Arc::new(null_provider_from_env()));
     registry
 }
@@ -60,7 +62,7 @@ pub fn null_provider_from_env() -> crate::null_provider::NullProvider {
 }
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// Store location (SQLite path/URL or PostgreSQL URL).
     pub database_url: String,
@@ -76,6 +78,9 @@ pub struct ServeOptions {
     pub controller_id: Option<String>,
     /// Lease length (default 30 s).
     pub lease: Option<Duration>,
+    /// How long a provider may keep failing status polls with transient errors before the run is
+    /// CRASHED (default 600 s).
+    pub status_deadline: Option<Duration>,
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -193,6 +198,9 @@ pub async fn serve(
         }
         if let Some(lease) = options.lease {
             config.lease = lease;
+        }
+        if let Some(deadline) = options.status_deadline {
+            config.status_deadline = deadline;
         }
         tracing::info!(controller_id = %config.id, pool_types = ?registry.pool_types(), "controller starting");
         Controller::new(Context::new(store.clone(), registry.clone(), config, tokens.clone(), metrics.clone()))

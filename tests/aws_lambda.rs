@@ -293,6 +293,7 @@ async fn spawn_app() -> App {
         home: None,
         controller_id: None,
         lease: None,
+        status_deadline: None,
     };
     let task = tokio::spawn(async move {
         serve(store, options, async move {

@@ -110,6 +110,7 @@ async fn api_answers_503_during_an_outage_and_everything_recovers() {
         home: None,
         controller_id: None,
         lease: None,
+        status_deadline: None,
     };
     let server = tokio::spawn(async move {
         serve(store, options, async move {

@@ -54,6 +54,7 @@ async fn start_server(db: &TestDb, store: Store, key: String, home: tempfile::Te
         home: None,
         controller_id: None,
         lease: None,
+        status_deadline: None,
     };
     let task = tokio::spawn(async move {
         serve(store, options, async move {

@@ -198,8 +198,39 @@ async fn insert_history(tx: &mut Tx, rows: &[HistoryRow<'_>]) -> Result<()> {
     Ok(())
 }
 
-async fn insert_transition_events(tx: &mut Tx, runs: &[(&FlowRun, StateType)]) -> Result<()> {
-    for chunk in runs.chunks(500) {
+/// One event row to insert.
+struct EventRow {
+    workspace_id: Uuid,
+    occurred: Micros,
+    event: String,
+    resource_id: String,
+    payload: Value,
+}
+
+impl EventRow {
+    fn transition(run: &FlowRun, from: StateType) -> Self {
+        EventRow {
+            workspace_id: run.workspace_id,
+            occurred: to_micros(run.state.timestamp),
+            event: format!(
+                "flow_run.state.{}",
+                run.state.state_type.as_str().to_ascii_lowercase()
+            ),
+            resource_id: run.id.to_string(),
+            payload: json!({
+                "from": from,
+                "to": run.state.state_type,
+                "name": run.state.name,
+                "message": run.state.message,
+                "attempt": run.attempt,
+            }),
+        }
+    }
+}
+
+/// Inserts events with multi-row statements.
+async fn insert_event_rows(tx: &mut Tx, rows: &[EventRow]) -> Result<()> {
+    for chunk in rows.chunks(500) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
             .collect();
@@ -208,28 +239,26 @@ async fn insert_transition_events(tx: &mut Tx, runs: &[(&FlowRun, StateType)]) -
             values.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for (run, from) in chunk {
-            let payload = json!({
-                "from": from,
-                "to": run.state.state_type,
-                "name": run.state.name,
-                "message": run.state.message,
-                "attempt": run.attempt,
-            });
+        for row in chunk {
             q = q
                 .bind(Uuid::now_v7().to_string())
-                .bind(run.workspace_id.to_string())
-                .bind(to_micros(run.state.timestamp))
-                .bind(format!(
-                    "flow_run.state.{}",
-                    run.state.state_type.as_str().to_ascii_lowercase()
-                ))
-                .bind(run.id.to_string())
-                .bind(payload.to_string());
+                .bind(row.workspace_id.to_string())
+                .bind(row.occurred)
+                .bind(row.event.clone())
+                .bind(row.resource_id.clone())
+                .bind(row.payload.to_string());
         }
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+async fn insert_transition_events(tx: &mut Tx, runs: &[(&FlowRun, StateType)]) -> Result<()> {
+    let rows: Vec<EventRow> = runs
+        .iter()
+        .map(|(run, from)| EventRow::transition(run, *from))
+        .collect();
+    insert_event_rows(tx, &rows).await
 }
 
 fn lease_micros(lease: Duration) -> i64 {
@@ -704,19 +733,20 @@ impl Store {
             })
             .collect();
         insert_history(tx, &history).await?;
-        let events: Vec<(&FlowRun, StateType)> =
-            steps.iter().map(|(run, from, _)| (run, *from)).collect();
-        insert_transition_events(tx, &events).await?;
+        let mut events: Vec<EventRow> = steps
+            .iter()
+            .map(|(run, from, _)| EventRow::transition(run, *from))
+            .collect();
         if let Some(infra) = infra_applied {
-            insert_event(
-                tx,
-                current.workspace_id,
-                "flow_run.infrastructure_assigned",
-                &run_id.to_string(),
-                &json!({"infrastructure_id": infra, "controller": guard.lease_owner}),
-            )
-            .await?;
+            events.push(EventRow {
+                workspace_id: current.workspace_id,
+                occurred: now,
+                event: "flow_run.infrastructure_assigned".into(),
+                resource_id: run_id.to_string(),
+                payload: json!({"infrastructure_id": infra, "controller": guard.lease_owner}),
+            });
         }
+        insert_event_rows(tx, &events).await?;
         if wakes {
             self.notify_in(tx).await?;
         }

@@ -167,7 +167,11 @@ impl CloudRunJobConfig {
                 ),
             ));
         }
-        for unsupported in ["cloudsql_instances", "prefect_api_key_secret", "prefect_api_auth_string_secret"] {
+        for unsupported in [
+            "cloudsql_instances",
+            "prefect_api_key_secret",
+            "prefect_api_auth_string_secret",
+        ] {
             if let Some(v) = present(obj, unsupported) {
                 let empty = v.as_array().is_some_and(|a| a.is_empty())
                     || v.as_object().is_some_and(|o| o.is_empty());
@@ -184,10 +188,9 @@ impl CloudRunJobConfig {
         let (credentials, credentials_project) = parse_credentials(credentials_value)?;
         let project = optional_string(obj, "project")?.or(credentials_project);
         if let Some(p) = &project {
-            if !p
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | ':' | '.'))
-            {
+            if !p.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | ':' | '.')
+            }) {
                 return Err(ProviderError::invalid(
                     "project",
                     "must be a Google Cloud project id (lowercase letters, digits, `-`)",
@@ -216,8 +219,8 @@ impl CloudRunJobConfig {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(ProviderError::invalid("keep_job", "must be true or false")),
         };
-        let watchdog_grace_seconds = optional_u64(obj, "watchdog_grace_seconds")?
-            .unwrap_or(DEFAULT_WATCHDOG_GRACE_SECONDS);
+        let watchdog_grace_seconds =
+            optional_u64(obj, "watchdog_grace_seconds")?.unwrap_or(DEFAULT_WATCHDOG_GRACE_SECONDS);
         if watchdog_grace_seconds > MAX_WATCHDOG_GRACE_SECONDS {
             return Err(ProviderError::invalid(
                 "watchdog_grace_seconds",
@@ -256,7 +259,7 @@ impl CloudRunJobConfig {
         };
         if let Some(stage) = job_body.get("launchStage") {
             match stage.as_str() {
-                Some("") => {
+                Some("" | "LAUNCH_TAG_UNSPECIFIED" | "LAUNCH_STAGE_UNSPECIFIED") => {
                     job_body.remove("launchStage");
                 }
                 Some(s) if LAUNCH_STAGES.contains(&s) => {}
@@ -303,8 +306,7 @@ impl CloudRunJobConfig {
             None => false,
             Some(Value::Object(v)) => {
                 v.is_empty()
-                    || (v.len() == 1
-                        && v.get("connector").is_some_and(|c| c.is_null() || c == ""))
+                    || (v.len() == 1 && v.get("connector").is_some_and(|c| c.is_null() || c == ""))
             }
             Some(v) => v.is_null() || v == "",
         };
@@ -351,7 +353,9 @@ impl CloudRunJobConfig {
                     a.iter()
                         .map(|v| v.as_str().map(str::to_string))
                         .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| ProviderError::invalid(&field, "must be a list of strings"))?,
+                        .ok_or_else(|| {
+                            ProviderError::invalid(&field, "must be a list of strings")
+                        })?,
                 ),
                 Some(_) => {
                     return Err(ProviderError::invalid(
@@ -372,7 +376,10 @@ impl CloudRunJobConfig {
         match first.get("env") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
-                if items.iter().any(|i| i.get("name").and_then(Value::as_str).is_none()) {
+                if items
+                    .iter()
+                    .any(|i| i.get("name").and_then(Value::as_str).is_none())
+                {
                     return Err(ProviderError::invalid(
                         "job_body.template.template.containers[0].env",
                         "items must be objects with a `name`",
@@ -388,7 +395,10 @@ impl CloudRunJobConfig {
         }
         if let Some(secrets) = present(obj, "env_from_secrets") {
             let secrets = secrets.as_object().ok_or_else(|| {
-                ProviderError::invalid("env_from_secrets", "must be an object NAME -> {secret, version}")
+                ProviderError::invalid(
+                    "env_from_secrets",
+                    "must be an object NAME -> {secret, version}",
+                )
             })?;
             let env_list = first.entry("env").or_insert_with(|| json!([]));
             if env_list.is_null() {
@@ -439,13 +449,19 @@ fn optional_u64(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, Prov
         None => Ok(None),
         Some(v) => v
             .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.trim_end_matches('s').parse().ok()))
+            .or_else(|| {
+                v.as_str()
+                    .and_then(|s| s.trim_end_matches('s').parse().ok())
+            })
             .map(Some)
             .ok_or_else(|| ProviderError::invalid(key, "must be a non-negative integer")),
     }
 }
 
-fn string_map(obj: &Map<String, Value>, key: &str) -> Result<BTreeMap<String, String>, ProviderError> {
+fn string_map(
+    obj: &Map<String, Value>,
+    key: &str,
+) -> Result<BTreeMap<String, String>, ProviderError> {
     let mut out = BTreeMap::new();
     match present(obj, key) {
         None => {}
@@ -473,13 +489,14 @@ fn string_map(obj: &Map<String, Value>, key: &str) -> Result<BTreeMap<String, St
 fn valid_label(s: &str, key: bool) -> bool {
     s.len() <= 63
         && (!key || s.starts_with(|c: char| c.is_ascii_lowercase()))
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 /// Reads Prefect's `credentials` (a GcpCredentials block's fields) or pushpool's own form.
-fn parse_credentials(value: Option<&Value>) -> Result<(Credentials, Option<String>), ProviderError> {
+fn parse_credentials(
+    value: Option<&Value>,
+) -> Result<(Credentials, Option<String>), ProviderError> {
     let Some(value) = value else {
         return Ok((Credentials::ApplicationDefault, None));
     };
@@ -514,7 +531,8 @@ fn parse_credentials(value: Option<&Value>) -> Result<(Credentials, Option<Strin
     let file = present(obj, "service_account_file")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty());
-    let info = present(obj, "service_account_info").filter(|v| v.as_object().is_some_and(|o| !o.is_empty()));
+    let info = present(obj, "service_account_info")
+        .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()));
     let chosen = [anonymous, file.is_some(), info.is_some()]
         .iter()
         .filter(|b| **b)

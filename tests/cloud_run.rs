@@ -1,0 +1,893 @@
+//! End-to-end tests of `cloud-run-v2:push` pools: API + controllers on a fresh SQLite store and a
+//! fake Cloud Run Admin API v2 (`tests/support/cloud_run_fake.rs`; there is no official Cloud Run
+//! emulator). The test `real_gcp_…` runs against a real project and is ignored unless asked for.
+#![cfg(feature = "gcp-cloud-run")]
+
+mod common;
+#[path = "support/cloud_run_fake.rs"]
+mod fake;
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use fake::{CloudRunFake, Outcome};
+use pushpool::controller::{Context, Controller, ControllerConfig};
+use pushpool::metrics::Metrics;
+use pushpool::server::{bootstrap, default_registry, run_tokens, serve, ServeOptions};
+use pushpool::store::Store;
+use serde_json::{json, Value};
+
+const PROJECT: &str = "test-project";
+const REGION: &str = "us-central1";
+
+/// No proxies, no ambient Google credentials: nothing leaves loopback.
+fn init_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("NO_PROXY", "127.0.0.1,localhost"),
+            ("no_proxy", "127.0.0.1,localhost"),
+        ] {
+            std::env::set_var(k, v);
+        }
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            std::env::remove_var(k);
+        }
+    });
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service: the API (no controller) plus controllers on their own runtimes, so a test can kill
+// one outright (no hand-back, no lease release) like a crashed process.
+
+struct Controllerd {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Controllerd {
+    fn start(db_url: &str, id: &str, api_url: &str) -> Controllerd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, id, api_url) = (db_url.to_string(), id.to_string(), api_url.to_string());
+        rt.spawn(async move {
+            let store = Store::connect(&url).await.unwrap();
+            let tokens = run_tokens(&store).await.unwrap();
+            let config = ControllerConfig {
+                id,
+                api_url,
+                lease: Duration::from_secs(2),
+                poll_max: Duration::from_millis(250),
+                submit_deadline: Duration::from_secs(10),
+                status_deadline: Duration::from_secs(10),
+                idle_max: Duration::from_millis(500),
+                ..ControllerConfig::default()
+            };
+            let controller = Controller::new(Context::new(
+                store,
+                default_registry(),
+                config,
+                tokens,
+                Arc::new(Metrics::default()),
+            ));
+            controller.run(Duration::from_secs(1)).await;
+        });
+        Controllerd { rt: Some(rt) }
+    }
+
+    /// Stops every task of this controller at once, like `kill -9`.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Controllerd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct App {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+    db: TestDb,
+    controllers: Vec<Controllerd>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _home: tempfile::TempDir,
+}
+
+async fn spawn_app() -> App {
+    init_env();
+    let db = common::sqlite_db();
+    let store = common::connect(&db, 8).await;
+    let home = tempfile::tempdir().unwrap();
+    let key = bootstrap(&store, home.path())
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        database_url: db.url.clone(),
+        listen: Some(addr),
+        controller: false,
+        api_url: None,
+        home: None,
+        controller_id: None,
+        lease: None,
+        status_deadline: None,
+    };
+    let task = tokio::spawn(async move {
+        serve(store, options, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = http();
+    let base = format!("http://{addr}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut app = App {
+        base,
+        key,
+        client,
+        db,
+        controllers: vec![],
+        stop: Some(stop),
+        task: Some(task),
+        _home: home,
+    };
+    app.start_controller("controller-a");
+    app
+}
+
+impl App {
+    fn start_controller(&mut self, id: &str) {
+        let c = Controllerd::start(&self.db.url, id, &self.base);
+        self.controllers.push(c);
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/workspaces/default{path}", self.base)
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    /// A pool `pool` (default template unless `template` is given) and a deployment `name` on it
+    /// with these job variables (on top of project, endpoint and anonymous credentials).
+    async fn deployment(&self, pool: &str, template: Option<Value>, name: &str, vars: Value) {
+        let (s, b) = self.get(&format!("/work_pools/{pool}")).await;
+        if s == 404 {
+            let mut body = json!({"name": pool, "type": "cloud-run-v2:push"});
+            if let Some(t) = template {
+                body["base_job_template"] = t;
+            }
+            let (s, b) = self.post("/work_pools", body).await;
+            assert_eq!(s, 201, "{b}");
+        } else {
+            assert_eq!(s, 200, "{b}");
+        }
+        let (s, b) = self
+            .post(
+                "/deployments",
+                json!({"name": name, "work_pool": pool, "job_variables": vars,
+                       "parameters": {"rows": 3}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    async fn run(&self, deployment: &str) -> String {
+        let (s, b) = self
+            .post(&format!("/deployments/{deployment}/runs"), json!({}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["id"].as_str().unwrap().to_string()
+    }
+    async fn flow_run(&self, id: &str) -> Value {
+        self.get(&format!("/flow_runs/{id}")).await.1
+    }
+    async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let run = self.flow_run(id).await;
+            if f(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what} not seen after {limit:?}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, "terminal state", |run| {
+            ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+                .contains(&run["state"]["type"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+    async fn wait_running(&self, id: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, "RUNNING", |run| {
+            run["state"]["type"] == "RUNNING"
+        })
+        .await
+    }
+    async fn history(&self, id: &str) -> Vec<String> {
+        let (_, states) = self.get(&format!("/flow_runs/{id}/states")).await;
+        states
+            .as_array()
+            .unwrap_or_else(|| panic!("{states}"))
+            .iter()
+            .map(|h| h["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+    async fn stop(mut self) {
+        for c in &mut self.controllers {
+            c.kill();
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+fn state(run: &Value) -> (&str, &str) {
+    (
+        run["state"]["type"].as_str().unwrap_or(""),
+        run["state"]["message"].as_str().unwrap_or(""),
+    )
+}
+
+fn infra(run: &Value) -> String {
+    run["infrastructure_id"].as_str().unwrap_or("").to_string()
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Job variables pointing a default-template pool at the fake.
+fn vars(fake: &CloudRunFake, extra: Value) -> Value {
+    let mut v = json!({
+        "image": "us-docker.pkg.dev/test-project/jobs/etl:1.4",
+        "project": PROJECT, "region": REGION, "endpoint_url": fake.url,
+        "credentials": {"anonymous": true},
+        "command": "python -m etl", "args": ["--rows", "3"],
+        "env": {"GREETING": "hi"}, "labels": {"team": "data"}
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+async fn wait_until(limit: Duration, what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} not seen after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Starts the fake and the service, creates a default-template pool and a deployment `job`.
+async fn setup(extra: Value) -> (CloudRunFake, App) {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let app = spawn_app().await;
+    app.deployment("cr", None, "job", vars(&fake, extra)).await;
+    (fake, app)
+}
+
+fn assert_execution_id(infra: &str) {
+    assert!(
+        infra.starts_with(&format!("projects/{PROJECT}/locations/{REGION}/jobs/pp-"))
+            && infra.contains("/executions/"),
+        "{infra}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_success_completes_sends_the_rendered_job_and_deletes_the_job() {
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(15)).await;
+    assert_execution_id(&infra(&running));
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "COMPLETED", "{run}");
+    assert!(message.contains("succeeded (1 of 1 task(s))"), "{message}");
+    assert_eq!(infra(&run), infra(&running));
+    let history = app.history(&id).await;
+    assert!(
+        history.ends_with(&["RUNNING".to_string(), "COMPLETED".to_string()]),
+        "{history:?}"
+    );
+    assert_eq!(fake.executions_started(), 1);
+    assert_eq!(fake.run_calls(), 1);
+    // The job body: Prefect-style normalisation plus env and labels.
+    let bodies = fake.created_bodies();
+    assert_eq!(bodies.len(), 1);
+    let (name, body) = &bodies[0];
+    assert_eq!(
+        name,
+        &format!(
+            "projects/{PROJECT}/locations/{REGION}/jobs/pp-{}-1",
+            id.replace('-', "")
+        )
+    );
+    let task = &body["template"]["template"];
+    assert_eq!(task["timeout"], "600s");
+    assert_eq!(task["maxRetries"], 0);
+    assert!(task.get("vpcAccess").is_none(), "{body}");
+    assert!(task.get("serviceAccount").is_none(), "{body}");
+    let container = &task["containers"][0];
+    assert_eq!(container["command"], json!(["python", "-m", "etl"]));
+    assert_eq!(container["args"], json!(["--rows", "3"]));
+    assert_eq!(
+        container["resources"],
+        json!({"limits": {"cpu": "1000m", "memory": "512Mi"}})
+    );
+    let env = container["env"].as_array().unwrap();
+    let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "GREETING",
+            "PUSHPOOL_API_URL",
+            "PUSHPOOL_RUN_ID",
+            "PUSHPOOL_RUN_TOKEN"
+        ]
+    );
+    assert_eq!(env[2]["value"], id);
+    // The official client sends enums as integers (`$alt=json;enum-encoding=int`): BETA = 3.
+    assert_eq!(body["launchStage"], 3);
+    assert_eq!(body["labels"]["team"], "data");
+    assert_eq!(body["labels"]["pushpool-run-id"], id);
+    // The official client's REST contract: every call carries $alt.
+    assert!(fake
+        .calls()
+        .iter()
+        .all(|c| c.alt.as_deref() == Some("json;enum-encoding=int")));
+    // keep_job = false: the job is deleted once the run is terminal.
+    wait_until(Duration::from_secs(10), "job deleted", || {
+        fake.jobs().is_empty()
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_keep_job_keeps_the_job_after_completion() {
+    let (fake, app) = setup(json!({"keep_job": true})).await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.jobs().len(), 1, "the job was deleted despite keep_job");
+    assert!(!fake.calls().iter().any(|c| c.method == "DELETE"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_task_failure_fails_the_run_with_the_task_message() {
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.finish_all(Outcome::Failed(
+        "Task etl-task0 failed with message: The container exited with an error (exit code 3)."
+            .into(),
+    ));
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(message.contains("failed: Task etl-task0 failed with message: The container exited with an error (exit code 3)."), "{message}");
+    wait_until(Duration::from_secs(10), "job deleted", || {
+        fake.jobs().is_empty()
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_task_timeout_reported_by_cloud_run_fails_the_run_saying_it_timed_out() {
+    let (fake, app) = setup(json!({"timeout": 30})).await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.finish_all(Outcome::TimedOut);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(
+        message.contains("timed out: a task exceeded its timeout of 30s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("The configured timeout was reached."),
+        "{message}"
+    );
+    assert_eq!(
+        fake.created_bodies()[0].1["template"]["template"]["timeout"],
+        "30s"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_execution_running_past_its_timeout_is_cancelled_and_fails_saying_it_timed_out() {
+    // Prefect #13053: a Cloud Run timeout left the run RUNNING forever.
+    let (fake, app) = setup(json!({"timeout": 1, "watchdog_grace_seconds": 1})).await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(
+        message.contains("timed out: still not finished 2s after it started"),
+        "{message}"
+    );
+    assert!(message.contains("pushpool cancelled it"), "{message}");
+    assert!(fake.cancel_calls() >= 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_cancel_of_a_running_execution_stops_it_and_records_cancelled() {
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(15)).await;
+    let (s, body) = app
+        .post(&format!("/flow_runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CANCELLED", "{run}");
+    assert!(
+        message.contains(&format!("infrastructure `{}` stopped", infra(&running))),
+        "{message}"
+    );
+    assert_eq!(fake.cancel_calls(), 1);
+    // The execution was cancelled at Cloud Run, and (keep_job = false) the job deleted.
+    wait_until(Duration::from_secs(10), "job deleted", || {
+        fake.jobs().is_empty()
+    })
+    .await;
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_503_and_429_storms_while_polling_are_survived() {
+    // Prefect #22085: one 503 on a status poll marked the run Crashed and deleted the job.
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.storm(503, Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let served_503 = fake.storm_served();
+    assert!(served_503 >= 2, "the storm was not hit: {served_503}");
+    assert_eq!(state(&app.flow_run(&id).await).0, "RUNNING");
+    fake.storm(429, Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(fake.storm_served() > served_503);
+    assert_eq!(state(&app.flow_run(&id).await).0, "RUNNING");
+    assert_eq!(fake.jobs().len(), 1, "the job must survive the storm");
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert_eq!(fake.executions_started(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_transient_errors_at_submit_are_retried_and_start_one_execution() {
+    let (fake, app) = setup(json!({})).await;
+    // create, get job, list executions, :run… each answered 503/429 once along the way.
+    fake.fail_next(&[503, 429, 503, 500]);
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(20)).await;
+    assert!(fake.storm_served() >= 4);
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert_eq!(fake.executions_started(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_503_storm_longer_than_the_status_deadline_crashes_the_run_with_the_last_error() {
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    // The test controllers' status deadline is 10 s (600 s by default).
+    fake.storm(503, Duration::from_secs(60));
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(
+        message.contains("lost contact with the `cloud-run-v2:push` provider"),
+        "{message}"
+    );
+    assert!(
+        message.contains("HTTP 503 UNAVAILABLE: injected storm"),
+        "{message}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_already_exists_on_create_adopts_the_job_and_runs_it_once() {
+    let (fake, app) = setup(json!({})).await;
+    fake.already_exists_once();
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert_eq!(fake.executions_started(), 1);
+    let (s, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
+    assert_eq!(s, 200);
+    assert!(logs.to_string().contains("already exists"), "{logs}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_controller_killed_between_create_and_run_successor_starts_exactly_one_execution() {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    fake.hang_runs(true);
+    let mut app = spawn_app().await;
+    app.deployment("cr", None, "job", vars(&fake, json!({})))
+        .await;
+    let id = app.run("job").await;
+    // Controller A created the job and is stuck in `:run`: kill it like `kill -9`.
+    wait_until(Duration::from_secs(15), "a :run call", || {
+        fake.run_calls() >= 1
+    })
+    .await;
+    assert_eq!(fake.jobs().len(), 1);
+    assert_eq!(fake.executions_started(), 0);
+    app.controllers[0].kill();
+    fake.hang_runs(false);
+    app.start_controller("controller-b");
+    let running = app.wait_running(&id, Duration::from_secs(30)).await;
+    assert_execution_id(&infra(&running));
+    assert_eq!(fake.executions_started(), 1);
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.executions_started(),
+        1,
+        "a second execution was started"
+    );
+    assert!(
+        fake.created_bodies().len() >= 2,
+        "the successor re-created (adopted) the job"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_controller_killed_after_run_successor_adopts_the_execution() {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let mut app = spawn_app().await;
+    app.deployment("cr", None, "job", vars(&fake, json!({})))
+        .await;
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(15)).await;
+    app.controllers[0].kill();
+    app.start_controller("controller-b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert_eq!(infra(&run), infra(&running));
+    assert_eq!(fake.executions_started(), 1);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefect compatibility
+
+/// The `base_job_template` of a Prefect `cloud-run-v2` work pool (prefect-gcp 0.5.x / 0.6.x
+/// worker), as `prefect work-pool get-default-base-job-template --type cloud-run-v2` prints it.
+fn prefect_template() -> Value {
+    json!({
+      "job_configuration": {
+        "command": "{{ command }}",
+        "env": "{{ env }}",
+        "labels": "{{ labels }}",
+        "name": "{{ name }}",
+        "credentials": "{{ credentials }}",
+        "job_body": {
+          "client": "prefect",
+          "launchStage": "{{ launch_stage }}",
+          "template": {
+            "template": {
+              "serviceAccount": "{{ service_account_name }}",
+              "maxRetries": "{{ max_retries }}",
+              "timeout": "{{ timeout }}",
+              "vpcAccess": {"connector": "{{ vpc_connector_name }}"},
+              "containers": [
+                {
+                  "env": [],
+                  "image": "{{ image }}",
+                  "command": "{{ command }}",
+                  "args": "{{ args }}",
+                  "resources": {"limits": {"cpu": "{{ cpu }}", "memory": "{{ memory }}"}}
+                }
+              ]
+            }
+          }
+        },
+        "keep_job": "{{ keep_job }}",
+        "region": "{{ region }}",
+        "timeout": "{{ timeout }}"
+      },
+      "variables": {
+        "description": "Default variables for the Cloud Run worker V2.\n\nThe schema for this class is used to populate the `variables` section of the\ndefault base job template.",
+        "type": "object",
+        "properties": {
+          "name": {"title": "Name", "description": "Name given to infrastructure created by a worker.", "type": "string"},
+          "env": {"title": "Environment Variables", "description": "Environment variables to set when starting a flow run.", "type": "object", "additionalProperties": {"type": "string"}},
+          "labels": {"title": "Labels", "description": "Labels applied to infrastructure created by a worker.", "type": "object", "additionalProperties": {"type": "string"}},
+          "command": {"title": "Command", "description": "The command to use when starting a flow run. In most cases, this should be left blank and the command will be automatically generated by the worker.", "type": "string"},
+          "credentials": {"title": "GCP Credentials", "description": "The GCP Credentials used to connect to Cloud Run. If not provided credentials will be inferred from the local environment.", "allOf": [{"$ref": "#/definitions/GcpCredentials"}]},
+          "region": {"title": "Region", "description": "The region in which to run the Cloud Run job", "default": "us-central1", "type": "string"},
+          "image": {"title": "Image Name", "description": "The image to use for the Cloud Run job. If not provided the default Prefect image will be used.", "default": "prefecthq/prefect:2-latest", "type": "string"},
+          "args": {"title": "Args", "description": "The arguments to pass to the Cloud Run Job V2's entrypoint command.", "type": "array", "items": {"type": "string"}},
+          "keep_job": {"title": "Keep Job After Completion", "description": "Keep the completed Cloud run job on Google Cloud Platform.", "default": false, "type": "boolean"},
+          "launch_stage": {"title": "Launch Stage", "description": "The launch stage of the Cloud Run Job V2. See https://cloud.google.com/run/docs/about-features-categories for additional details.", "default": "BETA", "enum": ["ALPHA", "BETA", "GA", "DEPRECATED", "EARLY_ACCESS", "PRELAUNCH", "UNIMPLEMENTED", "LAUNCH_TAG_UNSPECIFIED"], "type": "string"},
+          "max_retries": {"title": "Max Retries", "description": "The number of times to retry the Cloud Run job.", "default": 0, "type": "integer"},
+          "cpu": {"title": "CPU", "description": "The CPU to allocate to the Cloud Run job.", "default": "1000m", "type": "string"},
+          "memory": {"title": "Memory", "description": "The memory to allocate to the Cloud Run job along with the units, whichcould be: G, Gi, M, Mi.", "default": "512Mi", "example": "512Mi", "pattern": "^\\d+(?:G|Gi|M|Mi)$", "type": "string"},
+          "timeout": {"title": "Job Timeout", "description": "The length of time that Prefect will wait for a Cloud Run Job to complete before raising an exception (maximum of 86400 seconds, 1 day).", "default": 600, "exclusiveMinimum": 0, "maximum": 86400, "type": "integer"},
+          "vpc_connector_name": {"title": "VPC Connector Name", "description": "The name of the VPC connector to use for the Cloud Run job.", "type": "string"},
+          "service_account_name": {"title": "Service Account Name", "description": "The name of the service account to use for the task execution of Cloud Run Job. By default Cloud Run jobs run as the default Compute Engine Service Account.", "example": "service-account@example.iam.gserviceaccount.com", "type": "string"}
+        },
+        "definitions": {
+          "GcpCredentials": {
+            "title": "GcpCredentials",
+            "description": "Block used to manage authentication with GCP.",
+            "type": "object",
+            "properties": {
+              "service_account_file": {"title": "Service Account File", "description": "Path to the service account JSON keyfile.", "type": "string", "format": "path"},
+              "service_account_info": {"title": "Service Account Info", "description": "The contents of the keyfile as a dict.", "type": "object"},
+              "project": {"title": "Project", "description": "The GCP project to use for the client.", "type": "string"}
+            },
+            "block_type_slug": "gcp-credentials",
+            "secret_fields": ["service_account_info.*"],
+            "block_schema_references": {}
+          }
+        }
+      }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefect_cloud_run_v2_template_is_accepted_as_is_and_renders_the_exact_job_body() {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let app = spawn_app().await;
+    let job_variables = json!({
+        "credentials": {"project": PROJECT, "anonymous": true},
+        "env": {"GREETING": "hi"},
+        "command": "python -m 'flows.etl' --fast",
+        "args": ["--rows", "3"],
+        "vpc_connector_name": "projects/test-project/locations/us-central1/connectors/c1"
+    });
+    // As is: the pool is created and a deployment previews without objection.
+    app.deployment(
+        "prefect",
+        Some(prefect_template()),
+        "as-is",
+        job_variables.clone(),
+    )
+    .await;
+    let (s, preview) = app.post("/deployments/as-is/preview", json!({})).await;
+    assert_eq!(s, 200, "{preview}");
+    assert!(preview.get("provider_error").is_none(), "{preview}");
+    assert_eq!(preview["job_configuration"]["region"], "us-central1");
+    // Pointed at the fake: the same template plus one literal `endpoint_url` (the per-pool
+    // endpoint override), run end to end.
+    let mut template = prefect_template();
+    template["job_configuration"]["endpoint_url"] = json!(fake.url);
+    app.deployment("prefect-fake", Some(template), "prefect-job", job_variables)
+        .await;
+    let id = app.run("prefect-job").await;
+    let running = app.wait_running(&id, Duration::from_secs(15)).await;
+    assert_execution_id(&infra(&running));
+    let bodies = fake.created_bodies();
+    assert_eq!(bodies.len(), 1);
+    let mut body = bodies[0].1.clone();
+    let token = body["template"]["template"]["containers"][0]["env"][3]["value"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!token.is_empty(), "{body}");
+    body["template"]["template"]["containers"][0]["env"][3]["value"] = json!("<run token>");
+    let expected = json!({
+        "client": "prefect",
+        "launchStage": 3, // BETA, as the official client encodes enums (`enum-encoding=int`)
+        "labels": {"pushpool-run-id": id, "pushpool-attempt": "1"},
+        "template": {"template": {
+            "maxRetries": 0,
+            "timeout": "600s",
+            "vpcAccess": {"connector": "projects/test-project/locations/us-central1/connectors/c1"},
+            "containers": [{
+                "env": [
+                    {"name": "GREETING", "value": "hi"},
+                    {"name": "PUSHPOOL_API_URL", "value": app.base},
+                    {"name": "PUSHPOOL_RUN_ID", "value": id},
+                    {"name": "PUSHPOOL_RUN_TOKEN", "value": "<run token>"}
+                ],
+                "image": "prefecthq/prefect:2-latest",
+                "command": ["python", "-m", "flows.etl", "--fast"],
+                "args": ["--rows", "3"],
+                "resources": {"limits": {"cpu": "1000m", "memory": "512Mi"}}
+            }]
+        }}
+    });
+    assert_eq!(body, expected);
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real project (ignored by default)
+
+/// Runs one job on real Cloud Run. Needs `PUSHPOOL_TEST_GCP_PROJECT`, optionally
+/// `PUSHPOOL_TEST_GCP_REGION` (default us-central1) and `PUSHPOOL_TEST_GCP_IMAGE` (default
+/// `us-docker.pkg.dev/cloudrun/container/job:latest`), and Application Default Credentials whose
+/// principal may create, run and delete Cloud Run jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs real GCP"]
+async fn real_gcp_job_runs_to_completion_and_is_deleted() {
+    init_env();
+    let project = std::env::var("PUSHPOOL_TEST_GCP_PROJECT")
+        .expect("set PUSHPOOL_TEST_GCP_PROJECT (and Application Default Credentials)");
+    let region = std::env::var("PUSHPOOL_TEST_GCP_REGION").unwrap_or_else(|_| REGION.into());
+    let image = std::env::var("PUSHPOOL_TEST_GCP_IMAGE")
+        .unwrap_or_else(|_| "us-docker.pkg.dev/cloudrun/container/job:latest".into());
+    let app = spawn_app().await;
+    let pool = unique("gcp");
+    app.deployment(
+        &pool,
+        None,
+        "real",
+        json!({"project": project, "region": region, "image": image, "timeout": 300}),
+    )
+    .await;
+    let id = app.run("real").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(600)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert!(infra(&run).contains("/executions/"), "{run}");
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provider alone against the fake
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_provider_lookup_and_retried_submit_never_start_a_second_execution() {
+    use pushpool_gcp_cloud_run::CloudRunProvider;
+    use pushpool_provider::{DiscardLogs, Lookup, Provider, RunSpec, Secret};
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let provider = CloudRunProvider::new();
+    let template = provider.default_base_job_template();
+    let mut rendered = template["job_configuration"].clone();
+    // Render by hand: the values a pool with these variables would get.
+    rendered["job_body"]["launchStage"] = json!("BETA");
+    let task = &mut rendered["job_body"]["template"]["template"];
+    task["maxRetries"] = json!(0);
+    task["timeout"] = json!(600);
+    task["vpcAccess"] = json!({});
+    task.as_object_mut().unwrap().remove("serviceAccount");
+    task["containers"][0] =
+        json!({"image": "img", "resources": {"limits": {"cpu": "1000m", "memory": "512Mi"}}});
+    let rendered = json!({
+        "job_body": rendered["job_body"], "project": PROJECT, "region": REGION,
+        "endpoint_url": fake.url, "credentials": {"anonymous": true}, "timeout": 600
+    });
+    let job = provider.validate(&rendered).unwrap();
+    let spec = RunSpec {
+        run_id: uuid::Uuid::now_v7(),
+        attempt: 2,
+        workspace: "default".into(),
+        work_pool: "cr".into(),
+        deployment: "job".into(),
+        parameters: json!({}),
+        api_url: "http://127.0.0.1:1".into(),
+        run_token: Secret::new("pp_test_token"),
+        logs: Arc::new(DiscardLogs),
+    };
+    // No job yet.
+    assert_eq!(provider.lookup(&spec, &job).await.unwrap(), Lookup::Absent);
+    // A submit cut off inside `:run`: the job exists, without execution.
+    fake.hang_runs(true);
+    let cut = tokio::time::timeout(Duration::from_millis(500), provider.submit(&spec, &job)).await;
+    assert!(cut.is_err(), "the submit should have hung in :run");
+    assert_eq!(fake.jobs().len(), 1);
+    assert!(fake.jobs()[0].ends_with(&format!("/jobs/pp-{}-2", spec.run_id.simple())));
+    assert_eq!(provider.lookup(&spec, &job).await.unwrap(), Lookup::Absent);
+    fake.hang_runs(false);
+    let execution = provider.submit(&spec, &job).await.unwrap();
+    assert_eq!(fake.executions_started(), 1);
+    assert_eq!(
+        provider.lookup(&spec, &job).await.unwrap(),
+        Lookup::Found(execution.clone())
+    );
+    // A retried submit of the same attempt adopts the execution.
+    assert_eq!(provider.submit(&spec, &job).await.unwrap(), execution);
+    assert_eq!(fake.executions_started(), 1);
+    // Cleanup deletes the job (keep_job is off).
+    provider.cleanup(&execution, &job).await.unwrap();
+    assert!(fake.jobs().is_empty());
+    assert_eq!(provider.lookup(&spec, &job).await.unwrap(), Lookup::Absent);
+}
