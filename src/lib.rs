@@ -4,6 +4,7 @@
 //! template engine ([`template`]) and the durable store ([`store`]); the service (controller, API,
 //! CLI) is built on them.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod bench;

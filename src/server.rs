@@ -11,7 +11,7 @@ use crate::api::{router, AppState};
 use crate::auth::{generate_api_key, RunTokens, RUN_TOKEN_SECRET_SETTING};
 use crate::controller::{Context, Controller, ControllerConfig};
 use crate::metrics::Metrics;
-use crate::store::{NewApiKey, Store, StoreError};
+use crate::store::{NewApiKey, Store, StoreError, WorkspaceOwner};
 
 /// Why a server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -97,18 +97,21 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
     if !store.list_workspaces().await?.is_empty() {
         return Ok(None);
     }
-    let ws = store.create_workspace("default").await?;
     let key = generate_api_key();
     store
-        .create_api_key(
-            ws.id,
-            NewApiKey {
+        .create_workspace_with_owner(
+            "default",
+            WorkspaceOwner::NewUser {
+                name: "admin".into(),
+                admin: true,
+            },
+            |principal_id| NewApiKey {
+                principal_id,
                 name: "owner".into(),
                 prefix: key.prefix.clone(),
                 hash: key.hash.clone(),
-                role: "owner".into(),
+                role: None,
                 expires: None,
-                admin: true,
             },
         )
         .await?;
@@ -221,15 +224,19 @@ pub async fn serve(
             registry: registry.clone(),
             tokens: tokens.clone(),
             metrics: metrics.clone(),
+            api_url: api_url.clone(),
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         })
     });
     if let Some(t) = controller_task {

@@ -194,20 +194,21 @@ async fn process_run_goes_scheduled_pending_running_completed(db: TestDb) {
 }
 
 async fn spawn_app_existing(db: &TestDb) -> App {
-    // Same store, a new owner key is not created: reuse by making a fresh admin key directly.
+    // Same store, a new owner key is not created: make a fresh key of the admin user directly.
     let store = Store::connect(&db.url).await.unwrap();
     let ws = store.workspace("default").await.unwrap();
+    let admin = store.user("admin").await.unwrap();
     let k = pushpool::auth::generate_api_key();
     store
         .create_api_key(
             ws.id,
             pushpool::store::NewApiKey {
+                principal_id: admin.id,
                 name: "t".into(),
                 prefix: k.prefix,
                 hash: k.hash,
-                role: "owner".into(),
+                role: None,
                 expires: None,
-                admin: true,
             },
         )
         .await

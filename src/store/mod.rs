@@ -4,6 +4,7 @@
 //! microseconds, JSON TEXT. Where they must differ (transaction start, row locks, advisory locks,
 //! notifications) the code branches on [`Backend`]. Migrations are embedded and applied at connect.
 
+mod access;
 mod objects;
 mod runs;
 
@@ -15,9 +16,11 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub use objects::{
-    DeploymentPatch, NewApiKey, NewDeployment, NewPool, NewQueue, PoolPatch, StoredApiKey,
+pub use access::{
+    AuditEntry, AuditFilter, CustomRole, KeyWithPrincipal, Member, NewApiKey, NewAuditEntry,
+    Principal, PrincipalKind, ServiceAccount, StoredApiKey, WorkspaceOwner,
 };
+pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
     NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome, ACTIVE_STATES_SQL,
 };
@@ -222,6 +225,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "active_indexes",
         include_str!("../../migrations/0003_active_indexes.sql"),
+    ),
+    (
+        4,
+        "access",
+        include_str!("../../migrations/0004_access.sql"),
     ),
 ];
 

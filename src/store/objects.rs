@@ -1,4 +1,4 @@
-//! Workspaces, pools, queues, deployments, API keys and events.
+//! Workspaces, pools, queues, deployments and events.
 
 use serde_json::{json, Map, Value};
 use sqlx::any::AnyRow;
@@ -6,9 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{get_bool, get_json_map, get_uuid, is_unique_violation, Result, Store, StoreError, Tx};
-use crate::model::{
-    from_micros, now_micros, Deployment, Event, Micros, WorkPool, WorkQueue, Workspace,
-};
+use crate::model::{from_micros, now_micros, Deployment, Event, WorkPool, WorkQueue, Workspace};
 
 /// A pool to create.
 #[derive(Debug, Clone)]
@@ -91,49 +89,6 @@ pub struct DeploymentPatch {
     pub work_queue: Option<String>,
 }
 
-/// An API key to store (only its hash is kept).
-#[derive(Debug, Clone)]
-pub struct NewApiKey {
-    /// Label.
-    pub name: String,
-    /// Public lookup prefix (not secret).
-    pub prefix: String,
-    /// SHA-256 of the whole key, hex.
-    pub hash: String,
-    /// Role name.
-    pub role: String,
-    /// Optional expiry.
-    pub expires: Option<Micros>,
-    /// An instance administrator key (the bootstrap owner key): may act in every workspace.
-    pub admin: bool,
-}
-
-/// A stored API key (never the secret).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StoredApiKey {
-    /// Id.
-    pub id: Uuid,
-    /// Workspace.
-    pub workspace_id: Uuid,
-    /// Label.
-    pub name: String,
-    /// Lookup prefix.
-    pub prefix: String,
-    /// SHA-256 of the key, hex.
-    #[serde(skip)]
-    pub hash: String,
-    /// Role.
-    pub role: String,
-    /// Created.
-    pub created: chrono::DateTime<chrono::Utc>,
-    /// Expires.
-    pub expires: Option<chrono::DateTime<chrono::Utc>>,
-    /// Revoked.
-    pub revoked: Option<chrono::DateTime<chrono::Utc>>,
-    /// Instance administrator.
-    pub admin: bool,
-}
-
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
      concurrency_limit, paused, created, updated, submit_rate";
 const QUEUE_COLUMNS: &str =
@@ -198,21 +153,6 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
         paused: get_bool(row, "paused")?,
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
-    })
-}
-
-fn key_from_row(row: &AnyRow) -> Result<StoredApiKey> {
-    Ok(StoredApiKey {
-        id: get_uuid(row, "id")?,
-        workspace_id: get_uuid(row, "workspace_id")?,
-        name: row.try_get("name")?,
-        prefix: row.try_get("prefix")?,
-        hash: row.try_get("hash")?,
-        role: row.try_get("role")?,
-        created: from_micros(row.try_get("created")?),
-        expires: row.try_get::<Option<i64>, _>("expires")?.map(from_micros),
-        revoked: row.try_get::<Option<i64>, _>("revoked")?.map(from_micros),
-        admin: get_bool(row, "admin")?,
     })
 }
 
@@ -795,86 +735,6 @@ impl Store {
             "deployment.deleted",
             &d.id.to_string(),
             &json!({"name": d.name}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Stores a new API key's hash.
-    pub async fn create_api_key(&self, workspace_id: Uuid, new: NewApiKey) -> Result<StoredApiKey> {
-        let id = Uuid::now_v7();
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, workspace_id, name, prefix, hash, role, created, expires, admin) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-        )
-        .bind(id.to_string())
-        .bind(workspace_id.to_string())
-        .bind(&new.name)
-        .bind(&new.prefix)
-        .bind(&new.hash)
-        .bind(&new.role)
-        .bind(now_micros())
-        .bind(new.expires)
-        .bind(new.admin as i64)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            workspace_id,
-            "api_key.created",
-            &id.to_string(),
-            &json!({"name": new.name, "role": new.role}),
-        )
-        .await?;
-        tx.commit().await?;
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_one(self.db())
-            .await?;
-        key_from_row(&row)
-    }
-
-    /// The key with this public prefix, if any.
-    pub async fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<StoredApiKey>> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE prefix = $1")
-            .bind(prefix)
-            .fetch_optional(self.db())
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    /// A workspace's keys (hashes are never serialized).
-    pub async fn list_api_keys(&self, workspace_id: Uuid) -> Result<Vec<StoredApiKey>> {
-        let rows = sqlx::query("SELECT * FROM api_keys WHERE workspace_id = $1 ORDER BY created")
-            .bind(workspace_id.to_string())
-            .fetch_all(self.db())
-            .await?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    /// Revokes a key from the next request on.
-    pub async fn revoke_api_key(&self, workspace_id: Uuid, id: Uuid) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE api_keys SET revoked = $1 WHERE id = $2 AND workspace_id = $3 AND revoked IS NULL")
-            .bind(now_micros())
-            .bind(id.to_string())
-            .bind(workspace_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "api key",
-                key: id.to_string(),
-            });
-        }
-        insert_event(
-            &mut tx,
-            workspace_id,
-            "api_key.revoked",
-            &id.to_string(),
-            &json!({}),
         )
         .await?;
         tx.commit().await?;

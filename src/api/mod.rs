@@ -1,13 +1,21 @@
 //! The REST API (axum). Paths, bodies and error shapes follow `CONTRACT.md`.
+//!
+//! Every route is declared once in [`guard::ROUTES`] with who may call it; [`guard::guard`]
+//! authenticates, authorizes and audits each request before its handler runs.
+
+mod access;
+mod claims;
+pub mod guard;
+
+pub use guard::{Access, AuditPolicy, Caller, RouteSpec, ROUTES};
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use pushpool_provider::Registry;
@@ -16,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::auth::{hash_key, hashes_match, key_prefix, RunTokens};
+use crate::auth::RunTokens;
 use crate::controller::{render_context, render_job};
 use crate::metrics::Metrics;
-use crate::model::{Deployment, WorkPool, Workspace};
+use crate::model::{Deployment, WorkPool};
 use crate::state::{Proposal, StateType};
 use crate::store::{
     DeploymentPatch, NewDeployment, NewPool, NewQueue, NewRun, PoolPatch, RunFilter, Store,
@@ -41,6 +49,8 @@ pub struct AppState {
     pub tokens: RunTokens,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// URL jobs use to reach the API (`PUSHPOOL_API_URL` of jobs claimed through the API).
+    pub api_url: String,
 }
 
 /// An API error: `{"error": CODE, "message": TEXT, "field": PATH?}`.
@@ -81,6 +91,17 @@ impl ApiError {
     fn forbidden(message: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
+    fn conflict(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message).field(field)
+    }
+    fn internal(message: &str) -> Self {
+        tracing::error!(message, "internal API error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -89,7 +110,12 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             body["field"] = json!(f);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(guard::ErrorNote {
+            code: self.code,
+            message: self.message,
+        });
+        response
     }
 }
 
@@ -242,102 +268,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
     }
 }
 
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub enum Principal {
-    /// An API key.
-    Key {
-        /// The key's workspace.
-        workspace_id: Uuid,
-        /// Its role.
-        role: String,
-        /// Instance administrator (the bootstrap owner key).
-        admin: bool,
-    },
-    /// A run token: acts on one run attempt only.
-    RunToken {
-        /// The run.
-        run_id: Uuid,
-        /// The attempt.
-        attempt: i64,
-    },
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized("missing `Authorization: Bearer <key>` header")
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
-            })?;
-        if token.starts_with("ppr_") {
-            let (run_id, attempt) = state
-                .tokens
-                .verify(token)
-                .ok_or_else(|| ApiError::unauthorized("invalid run token"))?;
-            return Ok(Principal::RunToken { run_id, attempt });
-        }
-        let prefix = key_prefix(token).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        let stored = state
-            .store
-            .api_key_by_prefix(prefix)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        if !hashes_match(&hash_key(token), &stored.hash) {
-            return Err(ApiError::unauthorized("invalid API key"));
-        }
-        if stored.revoked.is_some() {
-            return Err(ApiError::unauthorized("this API key was revoked"));
-        }
-        if stored.expires.is_some_and(|e| e < Utc::now()) {
-            return Err(ApiError::unauthorized("this API key has expired"));
-        }
-        Ok(Principal::Key {
-            workspace_id: stored.workspace_id,
-            role: stored.role,
-            admin: stored.admin,
-        })
-    }
-}
-
-impl Principal {
-    /// The workspace named `ws` if this principal may act in it; another workspace is "not found".
-    async fn workspace(&self, store: &Store, ws: &str) -> ApiResult<Workspace> {
-        match self {
-            Principal::RunToken { .. } => Err(ApiError::forbidden(
-                "a run token may only act on its own run (under /api/runs/{id})",
-            )),
-            Principal::Key {
-                workspace_id,
-                admin,
-                ..
-            } => {
-                let found = store.workspace(ws).await.map_err(|e| match e {
-                    StoreError::NotFound { .. } => ApiError::not_found("workspace", ws),
-                    other => other.into(),
-                })?;
-                if *admin || found.id == *workspace_id {
-                    Ok(found)
-                } else {
-                    Err(ApiError::not_found("workspace", ws))
-                }
-            }
-        }
-    }
-}
-
 fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 100
@@ -380,12 +310,6 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateWorkspace {
-    name: String,
 }
 
 #[derive(Deserialize)]
@@ -608,47 +532,12 @@ async fn default_template(
         .ok_or_else(|| ApiError::not_found("pool type", &pool_type))
 }
 
-async fn create_workspace(
-    State(state): State<AppState>,
-    principal: Principal,
-    Body(body): Body<CreateWorkspace>,
-) -> ApiResult<(StatusCode, Json<Workspace>)> {
-    match &principal {
-        Principal::Key { admin: true, .. } => {}
-        _ => {
-            return Err(ApiError::forbidden(
-                "only an instance administrator key may create workspaces",
-            ))
-        }
-    }
-    check_name("name", &body.name)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(state.store.create_workspace(&body.name).await?),
-    ))
-}
-
-async fn list_workspaces(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> ApiResult<Json<Vec<Workspace>>> {
-    let all = state.store.list_workspaces().await?;
-    Ok(Json(match principal {
-        Principal::Key { admin: true, .. } => all,
-        Principal::Key { workspace_id, .. } => {
-            all.into_iter().filter(|w| w.id == workspace_id).collect()
-        }
-        Principal::RunToken { .. } => vec![],
-    }))
-}
-
 async fn create_pool(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
     Body(body): Body<CreatePool>,
 ) -> ApiResult<(StatusCode, Json<WorkPool>)> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
     if state.registry.get(&body.pool_type).is_none() {
@@ -676,29 +565,28 @@ async fn create_pool(
 
 async fn list_pools(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<WorkPool>>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     Ok(Json(state.store.list_pools(ws.id).await?))
 }
 
 async fn get_pool(
     State(state): State<AppState>,
-    Path((ws, name)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<WorkPool>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     Ok(Json(state.store.pool(ws.id, &name).await?))
 }
 
 async fn update_pool(
     State(state): State<AppState>,
-    Path((ws, name)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
     Body(body): Body<UpdatePool>,
 ) -> ApiResult<Json<WorkPool>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let pool = state.store.pool(ws.id, &name).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
@@ -745,21 +633,21 @@ async fn update_pool(
 
 async fn delete_pool(
     State(state): State<AppState>,
-    Path((ws, name)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<StatusCode> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     state.store.delete_pool(ws.id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_queue(
     State(state): State<AppState>,
-    Path((ws, pool)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, pool)): Path<(String, String)>,
+    caller: Caller,
     Body(body): Body<CreateQueue>,
 ) -> ApiResult<(StatusCode, Json<crate::model::WorkQueue>)> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
     let q = state
@@ -780,10 +668,10 @@ async fn create_queue(
 
 async fn list_queues(
     State(state): State<AppState>,
-    Path((ws, pool)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, pool)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<crate::model::WorkQueue>>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let pool = state.store.pool(ws.id, &pool).await?;
     Ok(Json(state.store.list_queues(pool.id).await?))
 }
@@ -821,11 +709,10 @@ impl ApiError {
 
 async fn create_deployment(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
     Body(body): Body<CreateDeployment>,
 ) -> ApiResult<(StatusCode, Json<Deployment>)> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
     let pool = state.store.pool(ws.id, &body.work_pool).await?;
@@ -853,29 +740,28 @@ async fn create_deployment(
 
 async fn list_deployments(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<Deployment>>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     Ok(Json(state.store.list_deployments(ws.id).await?))
 }
 
 async fn get_deployment(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<Deployment>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     Ok(Json(state.store.deployment(ws.id, &id).await?))
 }
 
 async fn update_deployment(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
     Body(body): Body<UpdateDeployment>,
 ) -> ApiResult<Json<Deployment>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let current = state.store.deployment(ws.id, &id).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
@@ -901,10 +787,10 @@ async fn update_deployment(
 
 async fn delete_deployment(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<StatusCode> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     state.store.delete_deployment(ws.id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -949,11 +835,11 @@ async fn render_for(
 
 async fn preview(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
     OptionalBody(request): OptionalBody<PreviewRequest>,
 ) -> ApiResult<Json<Value>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
     let (rendered, provider_error) =
         render_for(&state, &deployment, &request.job_variables).await?;
@@ -966,11 +852,11 @@ async fn preview(
 
 async fn create_run(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
     OptionalBody(request): OptionalBody<CreateRun>,
 ) -> ApiResult<(StatusCode, Json<crate::model::FlowRun>)> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
@@ -1008,11 +894,10 @@ async fn create_run(
 
 async fn list_runs(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
     Query(q): Query<RunQuery>,
 ) -> ApiResult<Json<Vec<crate::model::FlowRun>>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     let state_filter = match q.state.as_deref() {
         Some(s) if !s.is_empty() => Some(
             s.parse::<StateType>()
@@ -1044,40 +929,39 @@ async fn list_runs(
 
 async fn run_in_ws(
     state: &AppState,
-    principal: &Principal,
-    ws: &str,
+    caller: &Caller,
     id: &str,
 ) -> ApiResult<crate::model::FlowRun> {
-    let ws = principal.workspace(&state.store, ws).await?;
+    let ws = caller.workspace()?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
     Ok(state.store.run_in(ws.id, id).await?)
 }
 
 async fn get_run(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<RunWithHistory>> {
-    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    let run = run_in_ws(&state, &caller, &id).await?;
     let state_history = state.store.state_history(run.id).await?;
     Ok(Json(RunWithHistory { run, state_history }))
 }
 
 async fn run_states(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<crate::model::HistoryEntry>>> {
-    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    let run = run_in_ws(&state, &caller, &id).await?;
     Ok(Json(state.store.state_history(run.id).await?))
 }
 
 async fn run_logs(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<crate::model::LogLine>>> {
-    let run = run_in_ws(&state, &principal, &ws, &id).await?;
+    let run = run_in_ws(&state, &caller, &id).await?;
     Ok(Json(state.store.logs(run.id, 10_000).await?))
 }
 
@@ -1085,10 +969,10 @@ async fn run_logs(
 /// stops the infrastructure, then records CANCELLED).
 async fn cancel_run(
     State(state): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    principal: Principal,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
 ) -> ApiResult<Json<crate::model::FlowRun>> {
-    let mut run = run_in_ws(&state, &principal, &ws, &id).await?;
+    let mut run = run_in_ws(&state, &caller, &id).await?;
     for _ in 0..10 {
         let current = run.state.state_type;
         if current == StateType::Cancelling {
@@ -1125,63 +1009,36 @@ async fn cancel_run(
 
 async fn list_events(
     State(state): State<AppState>,
-    Path(ws): Path<String>,
-    principal: Principal,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<crate::model::Event>>> {
-    let ws = principal.workspace(&state.store, &ws).await?;
+    let ws = caller.workspace()?;
     Ok(Json(state.store.list_events(ws.id, 500).await?))
 }
 
-/// The run a run-side request is about, checked against the caller.
-async fn own_run(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<crate::model::FlowRun> {
+/// The run of a run-token route (the guard checked that the token is this run's).
+async fn own_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<crate::model::FlowRun> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
-    match principal {
-        Principal::RunToken { run_id, attempt } => {
-            if *run_id != id {
-                return Err(ApiError::forbidden("this run token belongs to another run"));
-            }
-            let run = state.store.run(id).await?;
-            if run.attempt != *attempt {
-                return Err(ApiError::forbidden(
-                    "this run token belongs to an earlier attempt",
-                ));
-            }
-            Ok(run)
-        }
-        Principal::Key {
-            workspace_id,
-            admin,
-            ..
-        } => {
-            let run = state.store.run(id).await?;
-            if *admin || run.workspace_id == *workspace_id {
-                Ok(run)
-            } else {
-                Err(ApiError::not_found("flow run", &id.to_string()))
-            }
-        }
+    match &caller.actor {
+        guard::Actor::RunToken { run_id, .. } if *run_id == id => Ok(state.store.run(id).await?),
+        _ => Err(ApiError::forbidden("this run token belongs to another run")),
     }
 }
 
 async fn job_get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    principal: Principal,
+    caller: Caller,
 ) -> ApiResult<Json<crate::model::FlowRun>> {
-    Ok(Json(own_run(&state, &principal, &id).await?))
+    Ok(Json(own_run(&state, &caller, &id).await?))
 }
 
 async fn job_report_state(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    principal: Principal,
+    caller: Caller,
     Body(body): Body<JobStateReport>,
 ) -> ApiResult<Json<Value>> {
-    let run = own_run(&state, &principal, &id).await?;
+    let run = own_run(&state, &caller, &id).await?;
     if matches!(
         body.state_type,
         StateType::Pending | StateType::Scheduled | StateType::Cancelling
@@ -1214,9 +1071,9 @@ async fn job_report_state(
 async fn job_heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    principal: Principal,
+    caller: Caller,
 ) -> ApiResult<StatusCode> {
-    let run = own_run(&state, &principal, &id).await?;
+    let run = own_run(&state, &caller, &id).await?;
     state.store.heartbeat(run.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1224,10 +1081,10 @@ async fn job_heartbeat(
 async fn job_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    principal: Principal,
+    caller: Caller,
     Body(body): Body<JobLogs>,
 ) -> ApiResult<StatusCode> {
-    let run = own_run(&state, &principal, &id).await?;
+    let run = own_run(&state, &caller, &id).await?;
     if body.lines.len() > 1000 {
         return Err(ApiError::unprocessable(
             "lines",
@@ -1259,206 +1116,36 @@ async fn job_logs(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Every route: method, path, summary, who may call it. The OpenAPI document is built from this.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("get", "/healthz", "Liveness probe", "none"),
-    (
-        "get",
-        "/readyz",
-        "Readiness probe (store reachable)",
-        "none",
-    ),
-    ("get", "/metrics", "Prometheus metrics", "none"),
-    ("get", "/api/openapi.json", "This document", "none"),
-    (
-        "get",
-        "/api/pool_types",
-        "Pool types this server knows",
-        "key",
-    ),
-    (
-        "get",
-        "/api/pool_types/{type}/default_template",
-        "Default base job template of a pool type",
-        "key",
-    ),
-    ("post", "/api/workspaces", "Create a workspace", "admin key"),
-    (
-        "get",
-        "/api/workspaces",
-        "Workspaces the key can see",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/work_pools",
-        "Create a work pool",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/work_pools",
-        "List work pools",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/work_pools/{name}",
-        "Get a work pool",
-        "key",
-    ),
-    (
-        "patch",
-        "/api/workspaces/{ws}/work_pools/{name}",
-        "Change a work pool (pause, limit, template)",
-        "key",
-    ),
-    (
-        "delete",
-        "/api/workspaces/{ws}/work_pools/{name}",
-        "Delete a work pool",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/work_pools/{name}/queues",
-        "Create a work queue",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/work_pools/{name}/queues",
-        "List a pool's work queues",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/deployments",
-        "Create a deployment",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/deployments",
-        "List deployments",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/deployments/{id_or_name}",
-        "Get a deployment",
-        "key",
-    ),
-    (
-        "patch",
-        "/api/workspaces/{ws}/deployments/{id_or_name}",
-        "Change a deployment",
-        "key",
-    ),
-    (
-        "delete",
-        "/api/workspaces/{ws}/deployments/{id_or_name}",
-        "Delete a deployment",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/deployments/{id_or_name}/preview",
-        "Render the job configuration a run would get",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/deployments/{id_or_name}/runs",
-        "Create a flow run",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/flow_runs",
-        "List flow runs (state, work_pool, deployment, limit, cursor)",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/flow_runs/{id}",
-        "Get a flow run with its state history",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/flow_runs/{id}/states",
-        "A flow run's state history",
-        "key",
-    ),
-    (
-        "post",
-        "/api/workspaces/{ws}/flow_runs/{id}/cancel",
-        "Cancel a flow run",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/flow_runs/{id}/logs",
-        "A flow run's log lines",
-        "key",
-    ),
-    (
-        "get",
-        "/api/workspaces/{ws}/events",
-        "Newest events of the workspace",
-        "key",
-    ),
-    (
-        "get",
-        "/api/runs/{id}",
-        "Job side: read the own run (e.g. to see a cancellation)",
-        "run token",
-    ),
-    (
-        "post",
-        "/api/runs/{id}/state",
-        "Job side: report RUNNING or a terminal state",
-        "run token",
-    ),
-    (
-        "post",
-        "/api/runs/{id}/heartbeat",
-        "Job side: heartbeat",
-        "run token",
-    ),
-    (
-        "post",
-        "/api/runs/{id}/logs",
-        "Job side: append log lines",
-        "run token",
-    ),
-];
-
 /// The OpenAPI 3.1 document of [`ROUTES`].
 pub fn openapi() -> Value {
     let mut paths = Map::new();
-    for (method, path, summary, auth) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let params: Vec<Value> = path
+    for r in ROUTES {
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        let params: Vec<Value> = r
+            .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         let mut op = json!({
-            "summary": summary,
+            "summary": r.summary,
+            "operationId": format!("{}_{}", r.method, r.path.trim_start_matches('/').replace(['/', '{', '}', '.'], "_")),
             "parameters": params,
             "responses": {
                 "200": {"description": "OK"},
                 "4XX": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            }
+            },
+            "x-pushpool-action": r.action,
         });
-        if *auth == "none" {
-            op["security"] = json!([]);
-        } else {
-            op["description"] = json!(format!("Authorization: {auth}"));
+        match r.access {
+            Access::Public => op["security"] = json!([]),
+            Access::Workspace(scope) => {
+                op["description"] = json!(format!("Authorization: {}", r.access.describe()));
+                op["x-pushpool-scope"] = json!(scope.as_str());
+            }
+            other => op["description"] = json!(format!("Authorization: {}", other.describe())),
         }
-        entry[*method] = op;
+        entry[r.method] = op;
     }
     json!({
         "openapi": "3.1.0",
@@ -1490,56 +1177,79 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// The API router.
+/// The handler of one route of [`ROUTES`].
+fn handler_for(method: &str, path: &str) -> MethodRouter<AppState> {
+    let p = path.strip_prefix("/api/workspaces/{ws}").unwrap_or(path);
+    let ws = path.starts_with("/api/workspaces/{ws}");
+    match (method, ws, p) {
+        ("get", false, "/healthz") => get(healthz),
+        ("get", false, "/readyz") => get(readyz),
+        ("get", false, "/metrics") => get(metrics),
+        ("get", false, "/api/openapi.json") => get(openapi_json),
+        ("get", false, "/docs") => get(docs),
+        ("get", false, "/api/pool_types") => get(list_pool_types),
+        ("get", false, "/api/pool_types/{type}/default_template") => get(default_template),
+        ("post", false, "/api/workspaces") => post(access::create_workspace),
+        ("get", false, "/api/workspaces") => get(access::list_workspaces),
+        ("post", false, "/api/users") => post(access::create_user),
+        ("get", false, "/api/users") => get(access::list_users),
+        ("post", true, "/work_pools") => post(create_pool),
+        ("get", true, "/work_pools") => get(list_pools),
+        ("get", true, "/work_pools/{name}") => get(get_pool),
+        ("patch", true, "/work_pools/{name}") => patch(update_pool),
+        ("delete", true, "/work_pools/{name}") => delete(delete_pool),
+        ("post", true, "/work_pools/{name}/queues") => post(create_queue),
+        ("get", true, "/work_pools/{name}/queues") => get(list_queues),
+        ("post", true, "/work_pools/{name}/claim") => post(claims::claim),
+        ("post", true, "/deployments") => post(create_deployment),
+        ("get", true, "/deployments") => get(list_deployments),
+        ("get", true, "/deployments/{id_or_name}") => get(get_deployment),
+        ("patch", true, "/deployments/{id_or_name}") => patch(update_deployment),
+        ("delete", true, "/deployments/{id_or_name}") => delete(delete_deployment),
+        ("post", true, "/deployments/{id_or_name}/preview") => post(preview),
+        ("post", true, "/deployments/{id_or_name}/runs") => post(create_run),
+        ("get", true, "/flow_runs") => get(list_runs),
+        ("get", true, "/flow_runs/{id}") => get(get_run),
+        ("get", true, "/flow_runs/{id}/states") => get(run_states),
+        ("post", true, "/flow_runs/{id}/cancel") => post(cancel_run),
+        ("get", true, "/flow_runs/{id}/logs") => get(run_logs),
+        ("post", true, "/flow_runs/{id}/set_state") => post(claims::set_state),
+        ("get", true, "/events") => get(list_events),
+        ("post", true, "/members") => post(access::add_member),
+        ("get", true, "/members") => get(access::list_members),
+        ("patch", true, "/members/{user}") => patch(access::update_member),
+        ("delete", true, "/members/{user}") => delete(access::remove_member),
+        ("post", true, "/service_accounts") => post(access::create_service_account),
+        ("get", true, "/service_accounts") => get(access::list_service_accounts),
+        ("patch", true, "/service_accounts/{id}") => patch(access::update_service_account),
+        ("delete", true, "/service_accounts/{id}") => delete(access::delete_service_account),
+        ("post", true, "/api_keys") => post(access::create_api_key),
+        ("get", true, "/api_keys") => get(access::list_api_keys),
+        ("delete", true, "/api_keys/{id}") => delete(access::revoke_api_key),
+        ("post", true, "/api_keys/{id}/rotate") => post(access::rotate_api_key),
+        ("post", true, "/roles") => post(access::create_role),
+        ("get", true, "/roles") => get(access::list_roles),
+        ("delete", true, "/roles/{name}") => delete(access::delete_role),
+        ("get", true, "/audit_log") => get(access::audit_log),
+        ("get", false, "/api/runs/{id}") => get(job_get_run),
+        ("post", false, "/api/runs/{id}/state") => post(job_report_state),
+        ("post", false, "/api/runs/{id}/heartbeat") => post(job_heartbeat),
+        ("post", false, "/api/runs/{id}/logs") => post(job_logs),
+        _ => panic!("route {method} {path} is in ROUTES but has no handler"),
+    }
+}
+
+/// The API router: exactly the routes of [`ROUTES`], each behind the [`guard::guard`].
 pub fn router(state: AppState) -> Router {
-    let ws = Router::new()
-        .route("/work_pools", post(create_pool).get(list_pools))
-        .route(
-            "/work_pools/{name}",
-            get(get_pool).patch(update_pool).delete(delete_pool),
-        )
-        .route(
-            "/work_pools/{name}/queues",
-            post(create_queue).get(list_queues),
-        )
-        .route(
-            "/deployments",
-            post(create_deployment).get(list_deployments),
-        )
-        .route(
-            "/deployments/{id}",
-            get(get_deployment)
-                .patch(update_deployment)
-                .delete(delete_deployment),
-        )
-        .route("/deployments/{id}/preview", post(preview))
-        .route("/deployments/{id}/runs", post(create_run))
-        .route("/flow_runs", get(list_runs))
-        .route("/flow_runs/{id}", get(get_run))
-        .route("/flow_runs/{id}/states", get(run_states))
-        .route("/flow_runs/{id}/cancel", post(cancel_run))
-        .route("/flow_runs/{id}/logs", get(run_logs))
-        .route("/events", get(list_events));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/docs", get(docs))
-        .route("/api/openapi.json", get(openapi_json))
-        .route("/api/pool_types", get(list_pool_types))
-        .route(
-            "/api/pool_types/{type}/default_template",
-            get(default_template),
-        )
-        .route(
-            "/api/workspaces",
-            post(create_workspace).get(list_workspaces),
-        )
-        .nest("/api/workspaces/{ws}", ws)
-        .route("/api/runs/{id}", get(job_get_run))
-        .route("/api/runs/{id}/state", post(job_report_state))
-        .route("/api/runs/{id}/heartbeat", post(job_heartbeat))
-        .route("/api/runs/{id}/logs", post(job_logs))
+    let mut router = Router::new();
+    for r in ROUTES {
+        router = router.route(r.path, handler_for(r.method, r.path));
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())

@@ -1,0 +1,285 @@
+//! Who may do what: the fixed set of permission scopes, the built-in roles, and custom roles.
+//!
+//! Every API key acts in exactly one workspace. What it may do there is the intersection of the
+//! scopes of its principal's role in that workspace and the scopes of the key's own role cap (a
+//! key created with `role: viewer` stays a viewer key even if its user becomes an owner). A role
+//! change of the principal, or the removal of its membership, takes effect on the next request.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One permission. The set is fixed; custom roles are made of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Read work pools and their queues.
+    #[serde(rename = "pools:read")]
+    PoolsRead,
+    /// Create, change, pause and delete work pools and queues.
+    #[serde(rename = "pools:write")]
+    PoolsWrite,
+    /// Read deployments and preview their job configuration.
+    #[serde(rename = "deployments:read")]
+    DeploymentsRead,
+    /// Create, change and delete deployments.
+    #[serde(rename = "deployments:write")]
+    DeploymentsWrite,
+    /// Read flow runs, their state history and logs.
+    #[serde(rename = "runs:read")]
+    RunsRead,
+    /// Create flow runs of deployments.
+    #[serde(rename = "runs:create")]
+    RunsCreate,
+    /// Cancel flow runs.
+    #[serde(rename = "runs:cancel")]
+    RunsCancel,
+    /// Claim due runs of a pool (controllers working through the API).
+    #[serde(rename = "runs:claim")]
+    RunsClaim,
+    /// Report the state of runs the caller claimed.
+    #[serde(rename = "runs:report")]
+    RunsReport,
+    /// Read the workspace's event stream.
+    #[serde(rename = "events:read")]
+    EventsRead,
+    /// List the workspace's members.
+    #[serde(rename = "members:read")]
+    MembersRead,
+    /// Add and remove members and change their roles.
+    #[serde(rename = "members:write")]
+    MembersWrite,
+    /// List service accounts.
+    #[serde(rename = "service_accounts:read")]
+    ServiceAccountsRead,
+    /// Create and delete service accounts and change their roles.
+    #[serde(rename = "service_accounts:write")]
+    ServiceAccountsWrite,
+    /// Create, list, rotate and revoke the caller's own API keys.
+    #[serde(rename = "keys:self")]
+    KeysSelf,
+    /// List every API key of the workspace (never the secrets).
+    #[serde(rename = "keys:read")]
+    KeysRead,
+    /// Create, rotate and revoke API keys of any principal of the workspace.
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+    /// Read the roles of the workspace.
+    #[serde(rename = "roles:read")]
+    RolesRead,
+    /// Create and delete custom roles.
+    #[serde(rename = "roles:write")]
+    RolesWrite,
+    /// Read the audit log.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+}
+
+impl Scope {
+    /// Every scope, in a stable order.
+    pub const ALL: [Scope; 20] = [
+        Scope::PoolsRead,
+        Scope::PoolsWrite,
+        Scope::DeploymentsRead,
+        Scope::DeploymentsWrite,
+        Scope::RunsRead,
+        Scope::RunsCreate,
+        Scope::RunsCancel,
+        Scope::RunsClaim,
+        Scope::RunsReport,
+        Scope::EventsRead,
+        Scope::MembersRead,
+        Scope::MembersWrite,
+        Scope::ServiceAccountsRead,
+        Scope::ServiceAccountsWrite,
+        Scope::KeysSelf,
+        Scope::KeysRead,
+        Scope::KeysWrite,
+        Scope::RolesRead,
+        Scope::RolesWrite,
+        Scope::AuditRead,
+    ];
+
+    /// The scope's wire name, e.g. `pools:read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::PoolsRead => "pools:read",
+            Scope::PoolsWrite => "pools:write",
+            Scope::DeploymentsRead => "deployments:read",
+            Scope::DeploymentsWrite => "deployments:write",
+            Scope::RunsRead => "runs:read",
+            Scope::RunsCreate => "runs:create",
+            Scope::RunsCancel => "runs:cancel",
+            Scope::RunsClaim => "runs:claim",
+            Scope::RunsReport => "runs:report",
+            Scope::EventsRead => "events:read",
+            Scope::MembersRead => "members:read",
+            Scope::MembersWrite => "members:write",
+            Scope::ServiceAccountsRead => "service_accounts:read",
+            Scope::ServiceAccountsWrite => "service_accounts:write",
+            Scope::KeysSelf => "keys:self",
+            Scope::KeysRead => "keys:read",
+            Scope::KeysWrite => "keys:write",
+            Scope::RolesRead => "roles:read",
+            Scope::RolesWrite => "roles:write",
+            Scope::AuditRead => "audit:read",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .iter()
+            .copied()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scope `{}`; the scopes are: {}",
+                    truncate(s, 60),
+                    Scope::ALL.map(Scope::as_str).join(", ")
+                )
+            })
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// A set of scopes.
+pub type Scopes = BTreeSet<Scope>;
+
+/// The built-in roles, in decreasing power.
+pub const BUILTIN_ROLES: [&str; 5] = ["owner", "developer", "runner", "viewer", "controller"];
+
+/// The scopes of a built-in role, or `None` for any other name.
+pub fn builtin_scopes(role: &str) -> Option<Scopes> {
+    use Scope::*;
+    let read = [PoolsRead, DeploymentsRead, RunsRead, EventsRead];
+    let scopes: Vec<Scope> = match role {
+        "owner" => Scope::ALL.to_vec(),
+        "developer" => [
+            &read[..],
+            &[
+                PoolsWrite,
+                DeploymentsWrite,
+                RunsCreate,
+                RunsCancel,
+                KeysSelf,
+            ],
+        ]
+        .concat(),
+        "runner" => [&read[..], &[RunsCreate, RunsCancel, KeysSelf]].concat(),
+        "viewer" => [&read[..], &[KeysSelf]].concat(),
+        "controller" => vec![RunsClaim, RunsReport],
+        _ => return None,
+    };
+    Some(scopes.into_iter().collect())
+}
+
+/// What a built-in role is for (shown by `GET …/roles`).
+pub fn builtin_description(role: &str) -> &'static str {
+    match role {
+        "owner" => "Everything in the workspace: members, service accounts, keys, roles, audit log.",
+        "developer" => "Work pools, deployments and runs; reads everything but security settings.",
+        "runner" => "Creates and cancels runs; reads pools, deployments, runs and events.",
+        "viewer" => "Reads pools, deployments, runs and events.",
+        "controller" => "What a controller working through the API needs: claim due runs of a pool and report their states. Nothing else.",
+        _ => "",
+    }
+}
+
+/// Checks a custom role's name: lowercase letters, digits, `-`, `_`; not a built-in name.
+pub fn check_custom_role_name(name: &str) -> Result<(), String> {
+    if BUILTIN_ROLES.contains(&name) {
+        return Err(format!("`{name}` is a built-in role"));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1–64 characters of lowercase letters, digits, `-` or `_`, starting with a letter".into())
+    }
+}
+
+/// Parses a list of scope names (no duplicates allowed, at least one).
+pub fn parse_scopes(names: &[String]) -> Result<Scopes, (usize, String)> {
+    if names.is_empty() {
+        return Err((0, "a role needs at least one scope".into()));
+    }
+    let mut out = Scopes::new();
+    for (i, n) in names.iter().enumerate() {
+        let scope: Scope = n.parse().map_err(|e| (i, e))?;
+        if !out.insert(scope) {
+            return Err((i, format!("scope `{n}` is listed twice")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_roles_nest_and_controller_is_narrow() {
+        let owner = builtin_scopes("owner").unwrap();
+        let dev = builtin_scopes("developer").unwrap();
+        let runner = builtin_scopes("runner").unwrap();
+        let viewer = builtin_scopes("viewer").unwrap();
+        let controller = builtin_scopes("controller").unwrap();
+        assert!(viewer.is_subset(&runner) && runner.is_subset(&dev) && dev.is_subset(&owner));
+        assert!(controller.is_subset(&owner));
+        assert_eq!(
+            controller,
+            [Scope::RunsClaim, Scope::RunsReport].into_iter().collect()
+        );
+        assert!(!dev.contains(&Scope::AuditRead) && !dev.contains(&Scope::KeysWrite));
+        assert!(builtin_scopes("admin").is_none());
+    }
+
+    #[test]
+    fn scopes_round_trip_through_their_names() {
+        for s in Scope::ALL {
+            assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+        let err = "pools:delete".parse::<Scope>().unwrap_err();
+        assert!(err.contains("unknown scope `pools:delete`"), "{err}");
+    }
+
+    #[test]
+    fn custom_role_names_and_scope_lists_are_checked() {
+        assert!(check_custom_role_name("deployer").is_ok());
+        assert!(check_custom_role_name("owner").is_err());
+        assert!(check_custom_role_name("Bad Name").is_err());
+        assert!(parse_scopes(&[]).is_err());
+        assert_eq!(
+            parse_scopes(&["runs:read".into(), "runs:read".into()])
+                .unwrap_err()
+                .0,
+            1
+        );
+    }
+}

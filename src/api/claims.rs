@@ -1,0 +1,225 @@
+//! The controller protocol over the API, for executors that run outside pushpool (the built-in
+//! controller talks to the store directly): claim due runs of a pool, then report their states.
+//! This is all the `controller` role may do.
+//!
+//! A claim leases runs to `api:<principal id>:<controller_id>`, so one principal can never
+//! write to runs another holds; every later report is checked against that lease. A claim call
+//! also renews the leases the controller already holds, so calling it at least every
+//! `lease_seconds / 2` (with `limit: 0` when it wants nothing new) keeps its runs.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::guard::{AuditNote, Caller};
+use super::{check_name, pool_template, ApiError, ApiResult, AppState, Body};
+use crate::controller::{render_context, render_job};
+use crate::state::{Proposal, StateType};
+use crate::store::{PoolSelector, TransitionGuard, TransitionOutcome};
+
+const MAX_CLAIM: usize = 100;
+const DEFAULT_CLAIM: usize = 10;
+const DEFAULT_LEASE_SECONDS: u64 = 30;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClaimRequest {
+    controller_id: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    lease_seconds: Option<u64>,
+}
+
+fn lease_owner(caller: &Caller, controller_id: &str) -> ApiResult<String> {
+    check_name("controller_id", controller_id)?;
+    Ok(format!("api:{}:{controller_id}", caller.principal()?.id))
+}
+
+/// `POST …/work_pools/{name}/claim`: renews this controller's leases and claims up to `limit`
+/// due runs of the pool, each with its rendered job configuration and run token.
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    caller: Caller,
+    note: AuditNote,
+    Path((_ws, pool_name)): Path<(String, String)>,
+    Body(body): Body<ClaimRequest>,
+) -> ApiResult<Json<Value>> {
+    let ws = caller.workspace()?;
+    let owner = lease_owner(&caller, &body.controller_id)?;
+    let limit = body.limit.unwrap_or(DEFAULT_CLAIM);
+    if limit > MAX_CLAIM {
+        return Err(ApiError::unprocessable(
+            "limit",
+            format!("must be between 0 and {MAX_CLAIM}"),
+        ));
+    }
+    let lease_seconds = body.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS);
+    if !(5..=3600).contains(&lease_seconds) {
+        return Err(ApiError::unprocessable(
+            "lease_seconds",
+            "must be between 5 and 3600",
+        ));
+    }
+    let lease = Duration::from_secs(lease_seconds);
+    let pool = state.store.pool(ws.id, &pool_name).await?;
+    let renewed = state.store.renew_leases(&owner, lease).await?;
+    let claimed = state
+        .store
+        .claim_due(
+            &PoolSelector::Ids(vec![pool.id]),
+            Utc::now(),
+            limit,
+            &owner,
+            lease,
+        )
+        .await?;
+    let template = pool_template(&state, &pool).await;
+    let mut runs = Vec::with_capacity(claimed.len());
+    for run in claimed {
+        let token = state.tokens.issue(run.id, run.attempt);
+        let rendered = match (
+            &template,
+            state
+                .store
+                .deployment(ws.id, &run.deployment_id.to_string())
+                .await,
+        ) {
+            (Ok(template), Ok(deployment)) => {
+                let context = render_context(
+                    &run.id.to_string(),
+                    run.attempt,
+                    &run.parameters,
+                    &deployment,
+                    &pool,
+                    &state.api_url,
+                    &token,
+                );
+                render_job(template, &deployment, &run.job_variables, &context).map_err(|e| {
+                    format!(
+                        "the job variables are invalid at `{}`: {}",
+                        e.field, e.message
+                    )
+                })
+            }
+            (Err(e), _) => Err(e.message.clone()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        let (job, error) = match rendered {
+            Ok(job) => (job, Value::Null),
+            Err(e) => (Value::Null, json!(e)),
+        };
+        runs.push(json!({
+            "flow_run": run, "job_configuration": job, "run_token": token, "error": error,
+        }));
+    }
+    if !runs.is_empty() {
+        note.changed();
+        note.target("work_pool", &pool.name);
+        note.detail(json!({"controller_id": body.controller_id, "claimed": runs.len()}));
+    }
+    Ok(Json(json!({
+        "controller_id": body.controller_id,
+        "lease_seconds": lease_seconds,
+        "renewed": renewed,
+        "runs": runs,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SetState {
+    controller_id: String,
+    #[serde(rename = "type")]
+    state_type: StateType,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    transition_id: Option<String>,
+    #[serde(default)]
+    infrastructure_id: Option<String>,
+}
+
+/// `POST …/flow_runs/{id}/set_state`: a state proposal (or, with `infrastructure_id` and type
+/// PENDING, the infrastructure id) for a run this controller holds the lease of.
+pub(super) async fn set_state(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_ws, id)): Path<(String, String)>,
+    Body(body): Body<SetState>,
+) -> ApiResult<Json<Value>> {
+    let ws = caller.workspace()?;
+    let owner = lease_owner(&caller, &body.controller_id)?;
+    for (field, value, max) in [
+        ("name", &body.name, 100),
+        ("message", &body.message, 4000),
+        ("transition_id", &body.transition_id, 200),
+        ("infrastructure_id", &body.infrastructure_id, 1000),
+    ] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+            return Err(ApiError::unprocessable(
+                field,
+                format!("at most {max} characters"),
+            ));
+        }
+    }
+    let run_id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("flow run", &id))?;
+    let run = state.store.run_in(ws.id, run_id).await?;
+    if run.lease_owner.as_deref() != Some(owner.as_str()) {
+        return Err(ApiError::conflict(
+            "controller_id",
+            format!(
+                "controller `{}` does not hold the lease of this run (claim it first; a lease runs out when claims stop)",
+                body.controller_id
+            ),
+        ));
+    }
+    if let Some(infra) = &body.infrastructure_id {
+        if body.state_type != StateType::Pending {
+            return Err(ApiError::unprocessable(
+                "infrastructure_id",
+                "is reported with type PENDING, before RUNNING",
+            ));
+        }
+        if !state
+            .store
+            .set_infrastructure(run.id, &owner, infra)
+            .await?
+        {
+            return Err(ApiError::conflict(
+                "infrastructure_id",
+                "the run is no longer PENDING under this controller's lease",
+            ));
+        }
+        let run = state.store.run(run.id).await?;
+        return Ok(Json(
+            json!({"status": "ACCEPT", "reason": null, "state": run.state}),
+        ));
+    }
+    let mut proposal = Proposal::new(body.state_type);
+    proposal.name = body.name;
+    proposal.message = body.message;
+    if let Some(t) = body.transition_id {
+        proposal.transition_id = t;
+    }
+    let guard = TransitionGuard {
+        expected: None,
+        lease_owner: Some(owner),
+    };
+    let outcome = state.store.propose_state(run.id, proposal, guard).await?;
+    let (status, reason) = match &outcome {
+        TransitionOutcome::Accepted(_) => ("ACCEPT", None),
+        TransitionOutcome::Duplicate(_) => ("DUPLICATE", None),
+        TransitionOutcome::Rejected { reason, .. } => ("REJECT", Some(reason.to_string())),
+    };
+    Ok(Json(
+        json!({"status": status, "reason": reason, "state": outcome.run().state}),
+    ))
+}

@@ -1,0 +1,732 @@
+//! Authentication, authorization and auditing of every API request, in one place.
+//!
+//! The route table [`ROUTES`] says, for every method and path, what it is (`action`), who may
+//! call it ([`Access`]) and what is audited ([`AuditPolicy`]). The router is built from this
+//! table, the OpenAPI document is generated from it, and [`guard`] enforces it after routing
+//! from the matched path: a route that is not in the table cannot be reached (fail closed).
+//!
+//! Workspace isolation: a key acts in exactly one workspace. A request for another workspace,
+//! existing or not, answers the same 404 `workspace `x` not found`. Inside its workspace, the
+//! key's scopes are its principal's role scopes intersected with the key's own role cap; a
+//! missing scope answers 403 naming it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::access::{builtin_scopes, Scope, Scopes};
+use crate::auth::{hash_key, hashes_match, key_prefix};
+use crate::model::Workspace;
+use crate::store::{KeyWithPrincipal, NewAuditEntry, Principal, StoreError};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, no key (health, metrics, the API description).
+    Public,
+    /// Any valid API key.
+    Authenticated,
+    /// An instance administrator's key without a role cap.
+    Admin,
+    /// A key of the `{ws}` workspace whose scopes include this one.
+    Workspace(Scope),
+    /// The run token of the run `{id}` (the job itself).
+    RunToken,
+}
+
+impl Access {
+    /// How the OpenAPI document describes it.
+    pub fn describe(self) -> String {
+        match self {
+            Access::Public => "none".into(),
+            Access::Authenticated => "any API key".into(),
+            Access::Admin => "an instance administrator's API key".into(),
+            Access::Workspace(s) => format!("an API key of the workspace with scope `{s}`"),
+            Access::RunToken => "the run's own job token (PUSHPOOL_RUN_TOKEN)".into(),
+        }
+    }
+}
+
+/// What the audit log records of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditPolicy {
+    /// Every attempt: recorded before the handler runs (`pending`) and completed after, so a
+    /// crash in between still leaves the attempt on record.
+    Always,
+    /// Only attempts that were denied (reads, and the job's heartbeats and log lines).
+    DeniedOnly,
+    /// Denied attempts, failures, and successes the handler marks as a change (a controller's
+    /// claim poll that claimed runs).
+    WhenChanged,
+}
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// Lowercase HTTP method.
+    pub method: &'static str,
+    /// Path template, axum syntax.
+    pub path: &'static str,
+    /// One line for the OpenAPI document.
+    pub summary: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Audit action name, `<object>.<verb>`.
+    pub action: &'static str,
+    /// What is audited.
+    pub audit: AuditPolicy,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    access: Access,
+    action: &'static str,
+    audit: AuditPolicy,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        summary,
+        access,
+        action,
+        audit,
+    }
+}
+
+use AuditPolicy::{Always, DeniedOnly, WhenChanged};
+
+macro_rules! ws_path {
+    ($p:literal) => {
+        concat!("/api/workspaces/{ws}", $p)
+    };
+}
+
+/// Every route of the API. The router, the OpenAPI document and the authorization test matrix
+/// are all built from this table.
+#[rustfmt::skip]
+pub const ROUTES: &[RouteSpec] = &[
+    route("get", "/healthz", "Liveness probe", Access::Public, "health.read", DeniedOnly),
+    route("get", "/readyz", "Readiness probe (store reachable)", Access::Public, "health.read", DeniedOnly),
+    route("get", "/metrics", "Prometheus metrics", Access::Public, "metrics.read", DeniedOnly),
+    route("get", "/api/openapi.json", "This document", Access::Public, "openapi.read", DeniedOnly),
+    route("get", "/docs", "Interactive API documentation", Access::Public, "docs.read", DeniedOnly),
+    route("get", "/api/pool_types", "Pool types this server knows", Access::Authenticated, "pool_type.list", DeniedOnly),
+    route("get", "/api/pool_types/{type}/default_template", "Default base job template of a pool type", Access::Authenticated, "pool_type.read", DeniedOnly),
+    route("post", "/api/workspaces", "Create a workspace (the caller becomes its owner and gets an owner key for it)", Access::Admin, "workspace.create", Always),
+    route("get", "/api/workspaces", "The workspaces the key's principal is a member of", Access::Authenticated, "workspace.list", DeniedOnly),
+    route("post", "/api/users", "Create a user", Access::Admin, "user.create", Always),
+    route("get", "/api/users", "List users", Access::Admin, "user.list", DeniedOnly),
+    route("post", ws_path!("/work_pools"), "Create a work pool", Access::Workspace(Scope::PoolsWrite), "work_pool.create", Always),
+    route("get", ws_path!("/work_pools"), "List work pools", Access::Workspace(Scope::PoolsRead), "work_pool.list", DeniedOnly),
+    route("get", ws_path!("/work_pools/{name}"), "Get a work pool", Access::Workspace(Scope::PoolsRead), "work_pool.read", DeniedOnly),
+    route("patch", ws_path!("/work_pools/{name}"), "Change a work pool (pause, limit, template)", Access::Workspace(Scope::PoolsWrite), "work_pool.update", Always),
+    route("delete", ws_path!("/work_pools/{name}"), "Delete a work pool", Access::Workspace(Scope::PoolsWrite), "work_pool.delete", Always),
+    route("post", ws_path!("/work_pools/{name}/queues"), "Create a work queue", Access::Workspace(Scope::PoolsWrite), "work_queue.create", Always),
+    route("get", ws_path!("/work_pools/{name}/queues"), "List a pool's work queues", Access::Workspace(Scope::PoolsRead), "work_queue.list", DeniedOnly),
+    route("post", ws_path!("/work_pools/{name}/claim"), "Controller: renew this controller's leases and claim due runs of the pool", Access::Workspace(Scope::RunsClaim), "flow_run.claim", WhenChanged),
+    route("post", ws_path!("/deployments"), "Create a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.create", Always),
+    route("get", ws_path!("/deployments"), "List deployments", Access::Workspace(Scope::DeploymentsRead), "deployment.list", DeniedOnly),
+    route("get", ws_path!("/deployments/{id_or_name}"), "Get a deployment", Access::Workspace(Scope::DeploymentsRead), "deployment.read", DeniedOnly),
+    route("patch", ws_path!("/deployments/{id_or_name}"), "Change a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.update", Always),
+    route("delete", ws_path!("/deployments/{id_or_name}"), "Delete a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.delete", Always),
+    route("post", ws_path!("/deployments/{id_or_name}/preview"), "Render the job configuration a run would get", Access::Workspace(Scope::DeploymentsRead), "deployment.preview", DeniedOnly),
+    route("post", ws_path!("/deployments/{id_or_name}/runs"), "Create a flow run", Access::Workspace(Scope::RunsCreate), "flow_run.create", Always),
+    route("get", ws_path!("/flow_runs"), "List flow runs (state, work_pool, deployment, limit, cursor)", Access::Workspace(Scope::RunsRead), "flow_run.list", DeniedOnly),
+    route("get", ws_path!("/flow_runs/{id}"), "Get a flow run with its state history", Access::Workspace(Scope::RunsRead), "flow_run.read", DeniedOnly),
+    route("get", ws_path!("/flow_runs/{id}/states"), "A flow run's state history", Access::Workspace(Scope::RunsRead), "flow_run.states", DeniedOnly),
+    route("post", ws_path!("/flow_runs/{id}/cancel"), "Cancel a flow run", Access::Workspace(Scope::RunsCancel), "flow_run.cancel", Always),
+    route("get", ws_path!("/flow_runs/{id}/logs"), "A flow run's log lines", Access::Workspace(Scope::RunsRead), "flow_run.logs", DeniedOnly),
+    route("post", ws_path!("/flow_runs/{id}/set_state"), "Controller: report the state of a run this controller claimed", Access::Workspace(Scope::RunsReport), "flow_run.set_state", Always),
+    route("get", ws_path!("/events"), "Newest events of the workspace", Access::Workspace(Scope::EventsRead), "event.list", DeniedOnly),
+    route("post", ws_path!("/members"), "Add a user to the workspace with a role", Access::Workspace(Scope::MembersWrite), "member.add", Always),
+    route("get", ws_path!("/members"), "List the workspace's users and their roles", Access::Workspace(Scope::MembersRead), "member.list", DeniedOnly),
+    route("patch", ws_path!("/members/{user}"), "Change a member's role", Access::Workspace(Scope::MembersWrite), "member.update", Always),
+    route("delete", ws_path!("/members/{user}"), "Remove a user from the workspace (revokes their keys here)", Access::Workspace(Scope::MembersWrite), "member.remove", Always),
+    route("post", ws_path!("/service_accounts"), "Create a service account and its first API key (shown once)", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.create", Always),
+    route("get", ws_path!("/service_accounts"), "List service accounts", Access::Workspace(Scope::ServiceAccountsRead), "service_account.list", DeniedOnly),
+    route("patch", ws_path!("/service_accounts/{id}"), "Change a service account's role", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.update", Always),
+    route("delete", ws_path!("/service_accounts/{id}"), "Delete a service account (revokes its keys)", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.delete", Always),
+    route("post", ws_path!("/api_keys"), "Create an API key (shown once); for another principal needs `keys:write`", Access::Workspace(Scope::KeysSelf), "api_key.create", Always),
+    route("get", ws_path!("/api_keys"), "List API keys (own keys; all with `keys:read`); never secrets", Access::Workspace(Scope::KeysSelf), "api_key.list", DeniedOnly),
+    route("delete", ws_path!("/api_keys/{id}"), "Revoke an API key (own; any with `keys:write`)", Access::Workspace(Scope::KeysSelf), "api_key.revoke", Always),
+    route("post", ws_path!("/api_keys/{id}/rotate"), "Rotate an API key: a new key, the old one valid for a grace period", Access::Workspace(Scope::KeysSelf), "api_key.rotate", Always),
+    route("post", ws_path!("/roles"), "Create a custom role from permission scopes", Access::Workspace(Scope::RolesWrite), "role.create", Always),
+    route("get", ws_path!("/roles"), "Built-in and custom roles with their scopes", Access::Workspace(Scope::RolesRead), "role.list", DeniedOnly),
+    route("delete", ws_path!("/roles/{name}"), "Delete a custom role no one holds", Access::Workspace(Scope::RolesWrite), "role.delete", Always),
+    route("get", ws_path!("/audit_log"), "The audit log (actor, action, outcome, since, limit, cursor)", Access::Workspace(Scope::AuditRead), "audit_log.read", DeniedOnly),
+    route("get", "/api/runs/{id}", "Job side: read the own run (e.g. to see a cancellation)", Access::RunToken, "flow_run.read", DeniedOnly),
+    route("post", "/api/runs/{id}/state", "Job side: report RUNNING or a terminal state", Access::RunToken, "flow_run.report_state", Always),
+    route("post", "/api/runs/{id}/heartbeat", "Job side: heartbeat", Access::RunToken, "flow_run.heartbeat", DeniedOnly),
+    route("post", "/api/runs/{id}/logs", "Job side: append log lines", Access::RunToken, "flow_run.append_logs", DeniedOnly),
+];
+
+/// The route entry for a method and a matched path template.
+pub fn find_route(method: &str, path: &str) -> Option<&'static RouteSpec> {
+    ROUTES
+        .iter()
+        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// An API key and the principal it acts for.
+    Key(Box<KeyWithPrincipal>),
+    /// A run token: acts on one run attempt only.
+    RunToken {
+        /// The run.
+        run_id: Uuid,
+        /// The attempt.
+        attempt: i64,
+    },
+    /// No (valid) credentials.
+    Anonymous,
+}
+
+impl Actor {
+    fn audit_fields(&self) -> (String, Option<String>, String, Option<Uuid>) {
+        match self {
+            Actor::Key(k) => (
+                k.principal.kind.as_str().to_string(),
+                Some(k.principal.id.to_string()),
+                k.principal.name.clone(),
+                Some(k.key.id),
+            ),
+            Actor::RunToken { run_id, .. } => (
+                "run_token".into(),
+                Some(run_id.to_string()),
+                format!("run:{run_id}"),
+                None,
+            ),
+            Actor::Anonymous => ("anonymous".into(), None, "anonymous".into(), None),
+        }
+    }
+}
+
+/// The authenticated and authorized caller of a request (put there by [`guard`]).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who.
+    pub actor: Actor,
+    /// The workspace the request acts in (workspace routes, and a run token's run).
+    pub workspace: Option<Workspace>,
+    /// The principal's role in that workspace.
+    pub role: Option<String>,
+    /// What the caller may do there: role scopes ∩ key cap scopes.
+    pub scopes: Scopes,
+}
+
+impl Caller {
+    /// The workspace of a workspace route.
+    pub fn workspace(&self) -> Result<Workspace, ApiError> {
+        self.workspace
+            .clone()
+            .ok_or_else(|| ApiError::internal("route without a workspace"))
+    }
+    /// The key and principal, for key-authenticated requests.
+    pub fn key(&self) -> Option<&KeyWithPrincipal> {
+        match &self.actor {
+            Actor::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+    /// The principal, for key-authenticated requests.
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.key()
+            .map(|k| &k.principal)
+            .ok_or_else(|| ApiError::internal("route without a principal"))
+    }
+    /// True when the caller holds `scope` in the workspace.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("request reached a handler without the guard"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct NoteInner {
+    target: Option<String>,
+    changed: bool,
+    detail: Option<Value>,
+}
+
+/// What a handler adds to its audit record: the target it created, that it changed something,
+/// extra facts (never secrets).
+#[derive(Debug, Clone, Default)]
+pub struct AuditNote(Arc<Mutex<NoteInner>>);
+
+impl AuditNote {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NoteInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// The object acted on, as `kind:id`.
+    pub fn target(&self, kind: &str, id: impl std::fmt::Display) {
+        self.lock().target = Some(format!("{kind}:{id}"));
+    }
+    /// Marks a [`AuditPolicy::WhenChanged`] request as having changed something.
+    pub fn changed(&self) {
+        self.lock().changed = true;
+    }
+    /// Extra facts.
+    pub fn detail(&self, detail: Value) {
+        self.lock().detail = Some(detail);
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuditNote {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<AuditNote>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// An error answer's code and message, attached to the response for the audit record.
+#[derive(Debug, Clone)]
+pub struct ErrorNote {
+    /// The error code.
+    pub code: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// Why a request was refused before its handler ran.
+struct Denial {
+    error: ApiError,
+    actor: Actor,
+    workspace_id: Option<Uuid>,
+}
+
+fn deny(error: ApiError, actor: &Actor, workspace_id: Option<Uuid>) -> Denial {
+    Denial {
+        error,
+        actor: actor.clone(),
+        workspace_id,
+    }
+}
+
+/// Reads and checks the bearer credential.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <key>` header"))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))?;
+    if token.starts_with("ppr_") {
+        let (run_id, attempt) = state
+            .tokens
+            .verify(token)
+            .ok_or_else(|| ApiError::unauthorized("invalid run token"))?;
+        return Ok(Actor::RunToken { run_id, attempt });
+    }
+    let prefix = key_prefix(token).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    let found = state
+        .store
+        .api_key_by_prefix(prefix)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    if !hashes_match(&hash_key(token), &found.key.hash) {
+        return Err(ApiError::unauthorized("invalid API key"));
+    }
+    if found.key.revoked.is_some() {
+        return Err(ApiError::unauthorized("this API key was revoked"));
+    }
+    if found.key.expires.is_some_and(|e| e <= Utc::now()) {
+        return Err(ApiError::unauthorized("this API key has expired"));
+    }
+    if found.principal.deleted.is_some() {
+        return Err(ApiError::unauthorized(
+            "the service account of this API key was deleted",
+        ));
+    }
+    Ok(Actor::Key(Box::new(found)))
+}
+
+/// The scopes of a role name in a workspace (built-in or custom; unknown = none).
+pub async fn role_scopes(
+    state: &AppState,
+    workspace_id: Uuid,
+    role: &str,
+) -> Result<Option<Scopes>, StoreError> {
+    if let Some(s) = builtin_scopes(role) {
+        return Ok(Some(s));
+    }
+    Ok(state
+        .store
+        .custom_role_scopes(workspace_id, role)
+        .await?
+        .map(|names| names.iter().filter_map(|n| n.parse().ok()).collect()))
+}
+
+async fn workspace_id_by_name(state: &AppState, name: Option<&str>) -> Option<Uuid> {
+    state.store.workspace(name?).await.ok().map(|w| w.id)
+}
+
+/// Decides whether the request may proceed, and as whom.
+async fn authorize(
+    state: &AppState,
+    spec: &RouteSpec,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Caller, Denial> {
+    let ws_name = params.get("ws").map(String::as_str);
+    let actor = match authenticate(state, headers).await {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(deny(
+                e,
+                &Actor::Anonymous,
+                workspace_id_by_name(state, ws_name).await,
+            ))
+        }
+    };
+    let caller = |workspace: Option<Workspace>, role: Option<String>, scopes: Scopes| Caller {
+        actor: actor.clone(),
+        workspace,
+        role,
+        scopes,
+    };
+    match spec.access {
+        Access::Public => Ok(caller(None, None, Scopes::new())),
+        Access::Authenticated | Access::Admin => {
+            let Actor::Key(key) = &actor else {
+                return Err(deny(
+                    ApiError::forbidden(
+                        "a run token may only act on its own run (under /api/runs/{id})",
+                    ),
+                    &actor,
+                    None,
+                ));
+            };
+            if spec.access == Access::Admin && !(key.principal.admin && key.key.role.is_none()) {
+                return Err(deny(
+                    ApiError::forbidden(
+                        "only an instance administrator's API key (without a role cap) may do this",
+                    ),
+                    &actor,
+                    None,
+                ));
+            }
+            Ok(caller(None, None, Scopes::new()))
+        }
+        Access::Workspace(scope) => {
+            let Actor::Key(key) = &actor else {
+                return Err(deny(
+                    ApiError::forbidden(
+                        "a run token may only act on its own run (under /api/runs/{id})",
+                    ),
+                    &actor,
+                    workspace_id_by_name(state, ws_name).await,
+                ));
+            };
+            let ws_name = ws_name.unwrap_or_default();
+            let not_found = || ApiError::not_found("workspace", ws_name);
+            let access = state
+                .store
+                .workspace_access(ws_name, key.principal.id)
+                .await
+                .map_err(|e| deny(e.into(), &actor, None))?;
+            let Some((ws, role)) = access else {
+                return Err(deny(not_found(), &actor, None));
+            };
+            // Another workspace, existing or not, looks exactly like one that does not exist.
+            let Some(role) = role.filter(|_| key.key.workspace_id == ws.id) else {
+                return Err(deny(not_found(), &actor, Some(ws.id)));
+            };
+            let mut scopes = role_scopes(state, ws.id, &role)
+                .await
+                .map_err(|e| deny(e.into(), &actor, Some(ws.id)))?
+                .unwrap_or_default();
+            if let Some(cap) = &key.key.role {
+                let cap_scopes = role_scopes(state, ws.id, cap)
+                    .await
+                    .map_err(|e| deny(e.into(), &actor, Some(ws.id)))?
+                    .unwrap_or_default();
+                scopes = scopes.intersection(&cap_scopes).copied().collect();
+            }
+            if !scopes.contains(&scope) {
+                let held = match &key.key.role {
+                    Some(cap) if cap != &role => {
+                        format!("role `{role}` capped by the key's role `{cap}`")
+                    }
+                    _ => format!("role `{role}`"),
+                };
+                return Err(deny(
+                    ApiError::forbidden(&format!(
+                        "this needs the `{scope}` permission, which your {held} does not include"
+                    )),
+                    &actor,
+                    Some(ws.id),
+                ));
+            }
+            Ok(caller(Some(ws), Some(role), scopes))
+        }
+        Access::RunToken => {
+            let Actor::RunToken { run_id, attempt } = &actor else {
+                return Err(deny(
+                    ApiError::forbidden(
+                        "this route is for a run's job token (PUSHPOOL_RUN_TOKEN); use the workspace routes with an API key",
+                    ),
+                    &actor,
+                    None,
+                ));
+            };
+            let asked = params.get("id").map(String::as_str).unwrap_or_default();
+            if Uuid::parse_str(asked).ok() != Some(*run_id) {
+                return Err(deny(
+                    ApiError::forbidden("this run token belongs to another run"),
+                    &actor,
+                    None,
+                ));
+            }
+            let run = state
+                .store
+                .run(*run_id)
+                .await
+                .map_err(|e| deny(e.into(), &actor, None))?;
+            if run.attempt != *attempt {
+                return Err(deny(
+                    ApiError::forbidden("this run token belongs to an earlier attempt"),
+                    &actor,
+                    Some(run.workspace_id),
+                ));
+            }
+            let ws = state
+                .store
+                .workspace_by_id(run.workspace_id)
+                .await
+                .map_err(|e| deny(e.into(), &actor, Some(run.workspace_id)))?;
+            Ok(caller(Some(ws), None, Scopes::new()))
+        }
+    }
+}
+
+fn target_of(spec: &RouteSpec, params: &HashMap<String, String>) -> Option<String> {
+    let kind = spec.action.split('.').next().unwrap_or(spec.action);
+    // The last parameter of the path template names the object (the workspace for
+    // workspace-level lists and creates is recorded separately).
+    let last = spec
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .rfind(|p| *p != "ws")?;
+    let kind = match last {
+        "name" if spec.path.contains("/work_pools/") => "work_pool",
+        "id_or_name" => "deployment",
+        "id" if spec.path.contains("/flow_runs/") || spec.path.starts_with("/api/runs/") => {
+            "flow_run"
+        }
+        "type" => "pool_type",
+        _ => kind,
+    };
+    let value: String = params.get(last)?.chars().take(200).collect();
+    Some(format!("{kind}:{value}"))
+}
+
+fn outcome_of(status: StatusCode) -> &'static str {
+    if status.is_success() || status.is_redirection() {
+        "success"
+    } else if matches!(status.as_u16(), 401 | 403) {
+        "denied"
+    } else {
+        "failed"
+    }
+}
+
+/// Enforces [`ROUTES`] on every request and writes the audit log.
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_ascii_lowercase();
+    let spec = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| find_route(&method, m.as_str()));
+    let Some(spec) = spec else {
+        // A route registered without an entry in ROUTES is unreachable.
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
+    };
+    if spec.access == Access::Public {
+        return next.run(req).await;
+    }
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let path: String = req.uri().path().chars().take(1000).collect();
+    let (mut parts, body) = req.into_parts();
+    let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &state)
+        .await
+        .map(|p| p.0)
+        .unwrap_or_default();
+    let entry = |actor: &Actor, workspace_id: Option<Uuid>| {
+        let (actor_kind, actor_id, actor_name, key_id) = actor.audit_fields();
+        NewAuditEntry {
+            workspace_id,
+            actor_kind,
+            actor_id,
+            actor_name,
+            key_id,
+            action: spec.action.to_string(),
+            target: target_of(spec, &params),
+            outcome: String::new(),
+            status: 0,
+            source: source.clone(),
+            method: method.to_uppercase(),
+            path: path.clone(),
+            detail: None,
+        }
+    };
+
+    let caller = match authorize(&state, spec, &parts.headers, &params).await {
+        Ok(c) => c,
+        Err(denial) => {
+            let status = denial.error.status;
+            let mut record = entry(&denial.actor, denial.workspace_id);
+            record.outcome = "denied".into();
+            record.status = status.as_u16();
+            record.detail = Some(json!({"message": denial.error.message}));
+            if let Err(e) = state.store.insert_audit(record).await {
+                tracing::warn!(error = %e, action = spec.action, "could not write the audit record of a denied request");
+            }
+            state.metrics.denied_requests.inc();
+            return denial.error.into_response();
+        }
+    };
+    let workspace_id = caller.workspace.as_ref().map(|w| w.id);
+    let note = AuditNote::default();
+    let pending = if spec.audit == AuditPolicy::Always {
+        let mut record = entry(&caller.actor, workspace_id);
+        record.outcome = "pending".into();
+        match state.store.insert_audit_pending(record).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // Never act without a record of it.
+                tracing::warn!(error = %e, action = spec.action, "could not write the audit record; refusing the request");
+                return ApiError::from(e).into_response();
+            }
+        }
+    } else {
+        None
+    };
+    parts.extensions.insert(caller.clone());
+    parts.extensions.insert(note.clone());
+    let response = next.run(Request::from_parts(parts, body)).await;
+
+    let status = response.status();
+    let outcome = outcome_of(status);
+    let error = response.extensions().get::<ErrorNote>().cloned();
+    let (target, changed, detail) = {
+        let n = note.lock();
+        (n.target.clone(), n.changed, n.detail.clone())
+    };
+    let detail = match (&error, detail) {
+        (Some(e), _) if outcome != "success" => {
+            Some(json!({"error": e.code, "message": e.message}))
+        }
+        (_, d) => d,
+    };
+    let write = match spec.audit {
+        AuditPolicy::Always => true,
+        AuditPolicy::DeniedOnly => outcome == "denied",
+        AuditPolicy::WhenChanged => outcome != "success" || changed,
+    };
+    if write {
+        let result = match pending {
+            Some(id) => {
+                state
+                    .store
+                    .finish_audit(id, outcome, status.as_u16(), target, detail)
+                    .await
+            }
+            None => {
+                let mut record = entry(&caller.actor, workspace_id);
+                record.outcome = outcome.into();
+                record.status = status.as_u16();
+                if target.is_some() {
+                    record.target = target;
+                }
+                record.detail = detail;
+                state.store.insert_audit(record).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, action = spec.action, "could not complete the audit record");
+        }
+    }
+    if outcome == "denied" {
+        state.metrics.denied_requests.inc();
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WS: &str = "/api/workspaces/{ws}";
+
+    #[test]
+    fn every_route_is_listed_once_and_names_an_action() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(
+                seen.insert((r.method, r.path)),
+                "duplicate {} {}",
+                r.method,
+                r.path
+            );
+            assert!(r.action.contains('.'), "{}", r.action);
+            if r.path.starts_with(WS) {
+                assert!(
+                    matches!(r.access, Access::Workspace(_)),
+                    "{} {}",
+                    r.method,
+                    r.path
+                );
+            }
+            if r.method != "get" && r.access != Access::RunToken && r.audit == DeniedOnly {
+                // Only reads may go unaudited on success (preview renders, claim is WhenChanged).
+                assert_eq!(r.action, "deployment.preview", "{} {}", r.method, r.path);
+            }
+        }
+    }
+
+    #[test]
+    fn targets_name_the_object() {
+        let spec = find_route("patch", ws_path!("/work_pools/{name}")).unwrap();
+        let params: HashMap<String, String> = [("ws", "default"), ("name", "etl")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(target_of(spec, &params).as_deref(), Some("work_pool:etl"));
+        let spec = find_route("post", ws_path!("/work_pools")).unwrap();
+        assert_eq!(target_of(spec, &params), None);
+    }
+}
