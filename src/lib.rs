@@ -13,6 +13,7 @@ pub mod controller;
 pub mod metrics;
 pub mod model;
 pub mod null_provider;
+pub mod redact;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -492,6 +492,16 @@ async fn keep_an_owner(
     principal_id: Uuid,
     new_role: Option<&str>,
 ) -> Result<()> {
+    // Lock every owner membership of the workspace first, so two owners demoting each other at
+    // the same time cannot both see the other as the remaining owner (PostgreSQL; SQLite writers
+    // are serialized already).
+    sqlx::query(&format!(
+        "SELECT principal_id FROM memberships WHERE workspace_id = $1 AND role = 'owner'{}",
+        store.for_update()
+    ))
+    .bind(workspace_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
     let current = membership_role_in(store, tx, workspace_id, principal_id).await?;
     if current.as_deref() == Some("owner")
         && new_role != Some("owner")
@@ -1287,8 +1297,14 @@ impl Store {
             match action.strip_suffix('*') {
                 Some(prefix) => next(
                     &mut sql,
-                    " AND action LIKE ?",
-                    format!("{}%", prefix.replace(['%', '_'], "")),
+                    " AND action LIKE ? ESCAPE '\\'",
+                    format!(
+                        "{}%",
+                        prefix
+                            .replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_")
+                    ),
                 ),
                 None => next(&mut sql, " AND action = ?", action.clone()),
             }
