@@ -114,8 +114,11 @@ pub(super) async fn claim(
             Ok(job) => (job, Value::Null),
             Err(e) => (Value::Null, json!(e)),
         };
+        // The controller gets the job configuration in full (it must submit it); the run
+        // itself is shown as everywhere else.
         runs.push(json!({
-            "flow_run": run, "job_configuration": job, "run_token": token, "error": error,
+            "flow_run": super::run_out(&run, &super::secret_variables(&pool)),
+            "job_configuration": job, "run_token": token, "error": error,
         }));
     }
     if !runs.is_empty() {

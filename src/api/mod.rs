@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use pushpool_provider::Registry;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -28,6 +28,7 @@ use crate::auth::RunTokens;
 use crate::controller::{render_context, render_job};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, WorkPool};
+use crate::redact;
 use crate::state::{Proposal, StateType};
 use crate::store::{
     DeploymentPatch, NewDeployment, NewPool, NewQueue, NewRun, PoolPatch, RunFilter, Store,
@@ -449,11 +450,53 @@ struct JobLogLine {
     stream: Option<String>,
 }
 
-#[derive(Serialize)]
-struct RunWithHistory {
-    #[serde(flatten)]
-    run: crate::model::FlowRun,
-    state_history: Vec<crate::model::HistoryEntry>,
+/// A pool as the API shows it: secret defaults and literals of its template masked.
+fn pool_out(pool: &WorkPool) -> Value {
+    let mut v = json!(pool);
+    redact::mask_template(&mut v["base_job_template"]);
+    v
+}
+
+/// The variables a pool's schema marks secret.
+fn secret_variables(pool: &WorkPool) -> Vec<String> {
+    redact::schema_secret_variables(&pool.base_job_template["variables"])
+}
+
+/// A deployment as the API shows it: secret job variables and parameters masked.
+fn deployment_out(d: &Deployment, secret_vars: &[String]) -> Value {
+    let mut v = json!(d);
+    redact::mask(&mut v["job_variables"], secret_vars);
+    redact::mask(&mut v["parameters"], &[]);
+    v
+}
+
+/// A flow run as the API shows it: secret job variables and parameters masked.
+pub(crate) fn run_out(r: &crate::model::FlowRun, secret_vars: &[String]) -> Value {
+    let mut v = json!(r);
+    redact::mask(&mut v["job_variables"], secret_vars);
+    redact::mask(&mut v["parameters"], &[]);
+    v
+}
+
+/// The secret variables of each pool of a workspace, by pool id.
+async fn secret_variables_by_pool(
+    state: &AppState,
+    workspace_id: Uuid,
+) -> ApiResult<std::collections::HashMap<Uuid, Vec<String>>> {
+    Ok(state
+        .store
+        .list_pools(workspace_id)
+        .await?
+        .iter()
+        .map(|p| (p.id, secret_variables(p)))
+        .collect())
+}
+
+async fn secret_variables_of_pool(state: &AppState, pool_id: Uuid) -> Vec<String> {
+    match state.store.pool_by_id(pool_id).await {
+        Ok(p) => secret_variables(&p),
+        Err(_) => vec![],
+    }
 }
 
 fn parse_template(
@@ -536,7 +579,7 @@ async fn create_pool(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<CreatePool>,
-) -> ApiResult<(StatusCode, Json<WorkPool>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
@@ -560,24 +603,29 @@ async fn create_pool(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(pool)))
+    Ok((StatusCode::CREATED, Json(pool_out(&pool))))
 }
 
-async fn list_pools(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Vec<WorkPool>>> {
+async fn list_pools(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
     let ws = caller.workspace()?;
-    Ok(Json(state.store.list_pools(ws.id).await?))
+    Ok(Json(
+        state
+            .store
+            .list_pools(ws.id)
+            .await?
+            .iter()
+            .map(pool_out)
+            .collect(),
+    ))
 }
 
 async fn get_pool(
     State(state): State<AppState>,
     Path((_ws, name)): Path<(String, String)>,
     caller: Caller,
-) -> ApiResult<Json<WorkPool>> {
+) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
-    Ok(Json(state.store.pool(ws.id, &name).await?))
+    Ok(Json(pool_out(&state.store.pool(ws.id, &name).await?)))
 }
 
 async fn update_pool(
@@ -585,14 +633,16 @@ async fn update_pool(
     Path((_ws, name)): Path<(String, String)>,
     caller: Caller,
     Body(body): Body<UpdatePool>,
-) -> ApiResult<Json<WorkPool>> {
+) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
     let pool = state.store.pool(ws.id, &name).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
     }
     let template = match body.base_job_template {
-        Some(t) => {
+        Some(mut t) => {
+            // A template read from the API and written back keeps its masked secrets.
+            redact::restore(&mut t, &pool.base_job_template);
             let parsed = parse_template(&state, &pool.pool_type, Some(t))?;
             // Every deployment of the pool must still fit the new template.
             for d in state
@@ -628,7 +678,9 @@ async fn update_pool(
         paused: body.paused,
         submit_rate: body.submit_rate,
     };
-    Ok(Json(state.store.update_pool(ws.id, &name, patch).await?))
+    Ok(Json(pool_out(
+        &state.store.update_pool(ws.id, &name, patch).await?,
+    )))
 }
 
 async fn delete_pool(
@@ -711,7 +763,7 @@ async fn create_deployment(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<CreateDeployment>,
-) -> ApiResult<(StatusCode, Json<Deployment>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
@@ -735,36 +787,65 @@ async fn create_deployment(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(d)))
+    Ok((
+        StatusCode::CREATED,
+        Json(deployment_out(&d, &secret_variables(&pool))),
+    ))
 }
 
 async fn list_deployments(
     State(state): State<AppState>,
     caller: Caller,
-) -> ApiResult<Json<Vec<Deployment>>> {
+) -> ApiResult<Json<Vec<Value>>> {
     let ws = caller.workspace()?;
-    Ok(Json(state.store.list_deployments(ws.id).await?))
+    let secrets = secret_variables_by_pool(&state, ws.id).await?;
+    Ok(Json(
+        state
+            .store
+            .list_deployments(ws.id)
+            .await?
+            .iter()
+            .map(|d| {
+                deployment_out(
+                    d,
+                    secrets
+                        .get(&d.work_pool_id)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]),
+                )
+            })
+            .collect(),
+    ))
 }
 
 async fn get_deployment(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
-) -> ApiResult<Json<Deployment>> {
+) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
-    Ok(Json(state.store.deployment(ws.id, &id).await?))
+    let d = state.store.deployment(ws.id, &id).await?;
+    let secrets = secret_variables_of_pool(&state, d.work_pool_id).await;
+    Ok(Json(deployment_out(&d, &secrets)))
 }
 
 async fn update_deployment(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
-    Body(body): Body<UpdateDeployment>,
-) -> ApiResult<Json<Deployment>> {
+    Body(mut body): Body<UpdateDeployment>,
+) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
     let current = state.store.deployment(ws.id, &id).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
+    }
+    // A deployment read from the API and written back keeps its masked secrets.
+    if let Some(vars) = body.job_variables.as_mut() {
+        redact::restore_map(vars, &current.job_variables);
+    }
+    if let Some(params) = body.parameters.as_mut() {
+        redact::restore_map(params, &current.parameters);
     }
     if let Some(vars) = &body.job_variables {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
@@ -780,9 +861,9 @@ async fn update_deployment(
         paused: body.paused,
         work_queue: body.work_queue,
     };
-    Ok(Json(
-        state.store.update_deployment(ws.id, &id, patch).await?,
-    ))
+    let d = state.store.update_deployment(ws.id, &id, patch).await?;
+    let secrets = secret_variables_of_pool(&state, d.work_pool_id).await;
+    Ok(Json(deployment_out(&d, &secrets)))
 }
 
 async fn delete_deployment(
@@ -841,8 +922,24 @@ async fn preview(
 ) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
-    let (rendered, provider_error) =
+    let (mut rendered, provider_error) =
         render_for(&state, &deployment, &request.job_variables).await?;
+    // Secret values never leave the server, whatever name the template renders them under.
+    let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
+    let extra = secret_variables(&pool);
+    let mut secrets = redact::secret_strings(&json!(deployment.job_variables), &extra);
+    secrets.extend(redact::secret_strings(
+        &json!(request.job_variables),
+        &extra,
+    ));
+    if let Some(props) = pool.base_job_template["variables"]["properties"].as_object() {
+        let defaults: Map<String, Value> = props
+            .iter()
+            .filter_map(|(k, p)| p.get("default").map(|d| (k.clone(), d.clone())))
+            .collect();
+        secrets.extend(redact::secret_strings(&Value::Object(defaults), &extra));
+    }
+    redact::mask_rendered(&mut rendered, &secrets);
     let mut out = json!({"job_configuration": rendered});
     if let Some(e) = provider_error {
         out["provider_error"] = json!({"field": e.field, "message": e.message});
@@ -855,7 +952,7 @@ async fn create_run(
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
     OptionalBody(request): OptionalBody<CreateRun>,
-) -> ApiResult<(StatusCode, Json<crate::model::FlowRun>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
     if let Some(key) = &request.idempotency_key {
@@ -888,7 +985,10 @@ async fn create_run(
         } else {
             StatusCode::OK
         },
-        Json(run),
+        Json(run_out(
+            &run,
+            &secret_variables_of_pool(&state, run.work_pool_id).await,
+        )),
     ))
 }
 
@@ -896,7 +996,7 @@ async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<RunQuery>,
-) -> ApiResult<Json<Vec<crate::model::FlowRun>>> {
+) -> ApiResult<Json<Vec<Value>>> {
     let ws = caller.workspace()?;
     let state_filter = match q.state.as_deref() {
         Some(s) if !s.is_empty() => Some(
@@ -924,7 +1024,24 @@ async fn list_runs(
         limit: q.limit,
         cursor: q.cursor,
     };
-    Ok(Json(state.store.list_runs(ws.id, &filter).await?))
+    let secrets = secret_variables_by_pool(&state, ws.id).await?;
+    Ok(Json(
+        state
+            .store
+            .list_runs(ws.id, &filter)
+            .await?
+            .iter()
+            .map(|r| {
+                run_out(
+                    r,
+                    secrets
+                        .get(&r.work_pool_id)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]),
+                )
+            })
+            .collect(),
+    ))
 }
 
 async fn run_in_ws(
@@ -941,10 +1058,15 @@ async fn get_run(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
-) -> ApiResult<Json<RunWithHistory>> {
+) -> ApiResult<Json<Value>> {
     let run = run_in_ws(&state, &caller, &id).await?;
     let state_history = state.store.state_history(run.id).await?;
-    Ok(Json(RunWithHistory { run, state_history }))
+    let mut out = run_out(
+        &run,
+        &secret_variables_of_pool(&state, run.work_pool_id).await,
+    );
+    out["state_history"] = json!(state_history);
+    Ok(Json(out))
 }
 
 async fn run_states(
@@ -971,12 +1093,12 @@ async fn cancel_run(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
-) -> ApiResult<Json<crate::model::FlowRun>> {
+) -> ApiResult<Json<Value>> {
     let mut run = run_in_ws(&state, &caller, &id).await?;
     for _ in 0..10 {
         let current = run.state.state_type;
         if current == StateType::Cancelling {
-            return Ok(Json(run));
+            return Ok(Json(run_out(&run, &[])));
         }
         if current.is_terminal() {
             return Err(ApiError::new(
@@ -996,7 +1118,12 @@ async fn cancel_run(
             lease_owner: None,
         };
         match state.store.propose_state(run.id, proposal, guard).await? {
-            TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => return Ok(Json(r)),
+            TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => {
+                return Ok(Json(run_out(
+                    &r,
+                    &secret_variables_of_pool(&state, r.work_pool_id).await,
+                )))
+            }
             TransitionOutcome::Rejected { run: r, .. } => run = r,
         }
     }
@@ -1028,8 +1155,10 @@ async fn job_get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
     caller: Caller,
-) -> ApiResult<Json<crate::model::FlowRun>> {
-    Ok(Json(own_run(&state, &caller, &id).await?))
+) -> ApiResult<Json<Value>> {
+    let run = own_run(&state, &caller, &id).await?;
+    let secrets = secret_variables_of_pool(&state, run.work_pool_id).await;
+    Ok(Json(run_out(&run, &secrets)))
 }
 
 async fn job_report_state(
