@@ -15,6 +15,7 @@ both_backends!(
     bad_input_is_refused_and_nothing_is_stored,
     preview_renders_the_notes_example_exactly,
     run_tokens_act_on_their_own_run_only_and_docs_are_served,
+    input_limits_answer_413_and_422_naming_the_field,
 );
 
 struct App {
@@ -526,5 +527,84 @@ async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
     assert_eq!(r.status().as_u16(), 200);
     app.post(&format!("/flow_runs/{b}/cancel"), json!({})).await;
     app.wait_terminal(&b, Duration::from_secs(15)).await;
+    app.stop().await;
+}
+
+async fn input_limits_answer_413_and_422_naming_the_field(db: TestDb) {
+    let app = spawn_app(&db).await;
+    app.pool_and_deployment("true").await;
+    let (_, before) = app.get("/work_pools").await;
+    // The whole body: 413.
+    let huge =
+        json!({"name": "big", "type": "process", "description": "x".repeat(2 * 1024 * 1024)});
+    let (s, b) = app.post("/work_pools", huge).await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["error"], "too_large", "{b}");
+    // A template above 256 KiB (inside the body limit): 422 naming it.
+    let mut template = app
+        .client
+        .get(format!(
+            "{}/api/pool_types/process/default_template",
+            app.base
+        ))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    template["variables"]["properties"]["command"]["description"] = json!("d".repeat(300 * 1024));
+    let (s, b) = app
+        .post(
+            "/work_pools",
+            json!({"name": "big", "type": "process", "base_job_template": template}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["field"].as_str()),
+        (422, Some("base_job_template")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 262144 bytes"),
+        "{b}"
+    );
+    // Strings: names, descriptions.
+    let (s, b) = app
+        .post(
+            "/work_pools",
+            json!({"name": "n".repeat(101), "type": "process"}),
+        )
+        .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("name")), "{b}");
+    let (s, b) = app
+        .post(
+            "/work_pools",
+            json!({"name": "p", "type": "process", "description": "d".repeat(4001)}),
+        )
+        .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("description")), "{b}");
+    // Job variables and parameters documents.
+    let (s, b) = app
+        .post(
+            "/deployments/job/runs",
+            json!({"parameters": {"blob": "b".repeat(300 * 1024)}}),
+        )
+        .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("parameters")), "{b}");
+    // Page size.
+    let (s, b) = app.get("/flow_runs?limit=5000").await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("limit")), "{b}");
+    let (s, b) = app.get("/audit_log?limit=0").await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("limit")), "{b}");
+    // Nothing of it was stored.
+    let (_, after) = app.get("/work_pools").await;
+    assert_eq!(before, after);
+    let (_, runs) = app.get("/flow_runs").await;
+    assert!(runs.as_array().unwrap().is_empty(), "{runs}");
     app.stop().await;
 }

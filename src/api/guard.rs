@@ -551,6 +551,11 @@ fn target_of(spec: &RouteSpec, params: &HashMap<String, String>) -> Option<Strin
     Some(format!("{kind}:{value}"))
 }
 
+/// Audit details keep at most 1000 characters of a message (which may echo user input).
+fn clip(message: &str) -> String {
+    message.chars().take(1000).collect()
+}
+
 fn outcome_of(status: StatusCode) -> &'static str {
     if status.is_success() || status.is_redirection() {
         "success"
@@ -611,7 +616,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             let mut record = entry(&denial.actor, denial.workspace_id);
             record.outcome = "denied".into();
             record.status = status.as_u16();
-            record.detail = Some(json!({"message": denial.error.message}));
+            record.detail = Some(json!({"message": clip(&denial.error.message)}));
             if let Err(e) = state.store.insert_audit(record).await {
                 tracing::warn!(error = %e, action = spec.action, "could not write the audit record of a denied request");
             }
@@ -648,7 +653,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let detail = match (&error, detail) {
         (Some(e), _) if outcome != "success" => {
-            Some(json!({"error": e.code, "message": e.message}))
+            Some(json!({"error": e.code, "message": clip(&e.message)}))
         }
         (_, d) => d,
     };

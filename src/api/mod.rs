@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use pushpool_provider::Registry;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -36,8 +36,12 @@ use crate::store::{
 };
 use crate::template::{BaseJobTemplate, TemplateError};
 
-/// Largest accepted request body.
+/// Largest accepted request body (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest base job template, job variables or parameters document, serialized (422 beyond).
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Longest free-text field (descriptions, state messages).
+pub const MAX_TEXT_CHARS: usize = 4000;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
@@ -286,6 +290,40 @@ fn check_name(field: &str, name: &str) -> ApiResult<()> {
     }
 }
 
+/// Refuses a JSON document above [`MAX_DOCUMENT_BYTES`].
+fn check_document_size(field: &str, value: &impl Serialize) -> ApiResult<()> {
+    let size = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_DOCUMENT_BYTES {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("is {size} bytes; at most {MAX_DOCUMENT_BYTES} bytes (serialized JSON)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses free text longer than `max` characters.
+fn check_text(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
+    if value.is_some_and(|v| v.chars().count() > max) {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` characters of user input, for echoing it in a message.
+fn shorten(value: &str, max: usize) -> String {
+    if value.chars().count() <= max {
+        value.to_string()
+    } else {
+        format!("{}…", value.chars().take(max).collect::<String>())
+    }
+}
+
 fn check_rate(rate: Option<f64>) -> ApiResult<()> {
     match rate {
         Some(r) if !(r.is_finite() && r > 0.0 && r <= 100_000.0) => Err(ApiError::unprocessable(
@@ -527,7 +565,8 @@ fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {
     ApiError::unprocessable(
         "type",
         format!(
-            "unknown pool type `{pool_type}`; this server knows: {}",
+            "unknown pool type `{}`; this server knows: {}",
+            shorten(pool_type, 100),
             state.registry.pool_types().join(", ")
         ),
     )
@@ -583,6 +622,10 @@ async fn create_pool(
     let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
+    check_text("description", body.description.as_deref(), MAX_TEXT_CHARS)?;
+    if let Some(t) = &body.base_job_template {
+        check_document_size("base_job_template", t)?;
+    }
     if state.registry.get(&body.pool_type).is_none() {
         return Err(unknown_type(&state, &body.pool_type));
     }
@@ -638,6 +681,12 @@ async fn update_pool(
     let pool = state.store.pool(ws.id, &name).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
+    }
+    if let Some(Some(d)) = &body.description {
+        check_text("description", Some(d), MAX_TEXT_CHARS)?;
+    }
+    if let Some(t) = &body.base_job_template {
+        check_document_size("base_job_template", t)?;
     }
     let template = match body.base_job_template {
         Some(mut t) => {
@@ -767,6 +816,8 @@ async fn create_deployment(
     let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
+    check_document_size("job_variables", &body.job_variables)?;
+    check_document_size("parameters", &body.parameters)?;
     let pool = state.store.pool(ws.id, &body.work_pool).await?;
     let template = pool_template(&state, &pool).await?;
     template
@@ -839,6 +890,12 @@ async fn update_deployment(
     let current = state.store.deployment(ws.id, &id).await?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
+    }
+    if let Some(v) = &body.job_variables {
+        check_document_size("job_variables", v)?;
+    }
+    if let Some(p) = &body.parameters {
+        check_document_size("parameters", p)?;
     }
     // A deployment read from the API and written back keeps its masked secrets.
     if let Some(vars) = body.job_variables.as_mut() {
@@ -922,6 +979,7 @@ async fn preview(
 ) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
+    check_document_size("job_variables", &request.job_variables)?;
     let (mut rendered, provider_error) =
         render_for(&state, &deployment, &request.job_variables).await?;
     // Secret values never leave the server, whatever name the template renders them under.
@@ -955,6 +1013,8 @@ async fn create_run(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
+    check_document_size("job_variables", &request.job_variables)?;
+    check_document_size("parameters", &request.parameters)?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err(ApiError::unprocessable(
@@ -1177,6 +1237,9 @@ async fn job_report_state(
             "a job may report RUNNING, COMPLETED, FAILED, CRASHED, CANCELLED or PAUSED",
         ));
     }
+    check_text("name", body.name.as_deref(), 100)?;
+    check_text("message", body.message.as_deref(), MAX_TEXT_CHARS)?;
+    check_text("transition_id", body.transition_id.as_deref(), 200)?;
     let mut proposal = Proposal::new(body.state_type);
     proposal.name = body.name;
     proposal.message = body.message;
