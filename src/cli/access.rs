@@ -229,6 +229,7 @@ fn principal_label(principal: &Value) -> String {
         principal.get("kind").and_then(Value::as_str),
         principal.get("name").and_then(Value::as_str),
     ) {
+        (Some(kind), Some(name)) if kind == name => text(&json!(name)),
         (Some(kind), Some(name)) => text(&json!(format!("{kind}/{name}"))),
         (None, Some(name)) => text(&json!(name)),
         _ => "-".to_string(),
@@ -590,6 +591,20 @@ fn scope_list(role: &Value) -> String {
     }
 }
 
+/// Longest description shown in the `role ls` table (the JSON has it whole).
+const MAX_DESCRIPTION_CELL: usize = 48;
+
+/// A cell shortened to `max` characters, ending in `…` when cut.
+fn shortened(cell: String, max: usize) -> String {
+    if cell.chars().count() <= max {
+        return cell;
+    }
+    let mut short: String = cell.chars().take(max.saturating_sub(1)).collect();
+    short.truncate(short.trim_end().len());
+    short.push('…');
+    short
+}
+
 /// Runs one `role` command.
 pub async fn role(api: &Api, out: OutputFormat, command: RoleCommand) -> Result<i32, CliError> {
     match command {
@@ -624,7 +639,7 @@ pub async fn role(api: &Api, out: OutputFormat, command: RoleCommand) -> Result<
                         vec![
                             field(r, "name"),
                             field(r, "builtin"),
-                            field(r, "description"),
+                            shortened(field(r, "description"), MAX_DESCRIPTION_CELL),
                             scope_list(r),
                         ]
                     })
@@ -729,6 +744,10 @@ mod tests {
         assert!(text.contains("role:       (inherits)"), "{text}");
         assert_eq!(key_role(&json!({"role": "viewer"})), "viewer");
         assert_eq!(principal_label(&Value::Null), "-");
+        assert_eq!(
+            principal_label(&json!({"kind": "anonymous", "name": "anonymous"})),
+            "anonymous"
+        );
     }
 
     #[test]
@@ -750,5 +769,13 @@ mod tests {
             "runs:read,pools:read"
         );
         assert_eq!(scope_list(&json!({"scopes": []})), "-");
+    }
+
+    #[test]
+    fn long_cells_are_shortened() {
+        assert_eq!(shortened("short".into(), 10), "short");
+        assert_eq!(shortened("exactly10!".into(), 10), "exactly10!");
+        assert_eq!(shortened("reads runs and pools".into(), 11), "reads runs…");
+        assert_eq!(shortened("ééééé".into(), 3), "éé…");
     }
 }
