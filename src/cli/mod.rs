@@ -1,10 +1,12 @@
-//! The client half of the command line: `pool`, `deployment`, `run` and `workspace` commands that
-//! talk to the pushpool REST API.
+//! The client half of the command line: `pool`, `deployment`, `run` and `workspace` commands, and
+//! the access-control commands `key`, `service-account`, `user`, `member`, `role` and `audit`,
+//! that talk to the pushpool REST API.
 //!
 //! Exit codes: 0 success; 1 usage or API error (the message is printed on stderr as
 //! `error: …`); 2 when `run watch`/`deployment run --watch` sees the run end in a terminal state
 //! other than COMPLETED.
 
+mod access;
 mod api;
 mod input;
 mod output;
@@ -30,7 +32,8 @@ pub struct ClientArgs {
         global = true
     )]
     pub api: String,
-    /// API key (else $PUSHPOOL_HOME/owner.key, else ./.pushpool/owner.key, when present).
+    /// API key (else the workspace's key file keys/<WORKSPACE>.key, else owner.key, looked up
+    /// in $PUSHPOOL_HOME and then ./.pushpool).
     #[arg(long, env = "PUSHPOOL_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
     /// Workspace to work in.
@@ -72,6 +75,18 @@ pub enum ClientCommand {
     Run(RunArgs),
     /// Workspaces.
     Workspace(WorkspaceArgs),
+    /// API keys: create, list, revoke, rotate.
+    Key(access::KeyArgs),
+    /// Service accounts: non-human principals with a role and their own keys.
+    ServiceAccount(access::ServiceAccountArgs),
+    /// Users of this pushpool instance (administrators only).
+    User(access::UserArgs),
+    /// Members of the workspace and their roles.
+    Member(access::MemberArgs),
+    /// Roles: built-in ones and custom ones made of permission scopes.
+    Role(access::RoleArgs),
+    /// The workspace's audit log.
+    Audit(access::AuditArgs),
 }
 
 /// `pushpool pool …`
@@ -267,12 +282,13 @@ pub struct WorkspaceArgs {
 /// Workspace commands.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum WorkspaceCommand {
-    /// Create a workspace.
+    /// Create a workspace; its owner key is saved to $PUSHPOOL_HOME/keys/<NAME>.key (else
+    /// ./.pushpool/keys/<NAME>.key).
     Create {
         /// Workspace name.
         name: String,
     },
-    /// List the workspaces the API key can see.
+    /// List the workspaces the API key's principal belongs to, with its role (`*`: the key's own).
     #[command(visible_alias = "list")]
     Ls,
 }
@@ -293,10 +309,12 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
     let home = std::env::var_os("PUSHPOOL_HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from);
+    let local_home = Path::new(".pushpool");
     let key = input::resolve_api_key(
         args.api_key.as_deref(),
+        &args.workspace,
         home.as_deref(),
-        Path::new(".pushpool"),
+        local_home,
     )?;
     let api = Api::new(&args.api, key, &args.workspace)?;
     let out = args.output;
@@ -304,7 +322,16 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Pool(p) => pool(&api, out, p.command).await,
         ClientCommand::Deployment(d) => deployment(&api, out, d.command).await,
         ClientCommand::Run(r) => flow_run(&api, out, r.command).await,
-        ClientCommand::Workspace(w) => workspace(&api, out, w.command).await,
+        ClientCommand::Workspace(w) => {
+            let key_home = home.as_deref().unwrap_or(local_home);
+            workspace(&api, out, key_home, w.command).await
+        }
+        ClientCommand::Key(k) => access::key(&api, out, k.command).await,
+        ClientCommand::ServiceAccount(s) => access::service_account(&api, out, s.command).await,
+        ClientCommand::User(u) => access::user(&api, out, u.command).await,
+        ClientCommand::Member(m) => access::member(&api, out, m.command).await,
+        ClientCommand::Role(r) => access::role(&api, out, r.command).await,
+        ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
     }
 }
 
@@ -741,6 +768,7 @@ async fn flow_run(api: &Api, out: OutputFormat, command: RunCommand) -> Result<i
 async fn workspace(
     api: &Api,
     out: OutputFormat,
+    key_home: &Path,
     command: WorkspaceCommand,
 ) -> Result<i32, CliError> {
     match command {
@@ -757,22 +785,78 @@ async fn workspace(
                 key_values(&[
                     ("name", field(w, "name")),
                     ("id", field(w, "id")),
+                    ("role", field(w, "role")),
                     ("created", time_field(w, "created")),
                 ])
             });
+            let secret = workspace
+                .get("api_key")
+                .and_then(|k| k.get("key"))
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty());
+            let Some(secret) = secret else {
+                eprintln!("warning: the API sent no owner key for the new workspace");
+                return Ok(0);
+            };
+            let ws_name = workspace
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(&name);
+            save_owner_key(out, key_home, ws_name, secret);
         }
         WorkspaceCommand::Ls => {
             let workspaces = api.get(api.url(&["workspaces"])).await?;
             show(out, &workspaces, |v| {
                 let rows: Vec<Vec<String>> = items(v)
                     .iter()
-                    .map(|w| vec![field(w, "name"), field(w, "id"), time_field(w, "created")])
+                    .map(|w| {
+                        let current = w.get("current").and_then(Value::as_bool) == Some(true);
+                        vec![
+                            if current { "*" } else { "" }.to_string(),
+                            field(w, "name"),
+                            field(w, "role"),
+                            field(w, "id"),
+                            time_field(w, "created"),
+                        ]
+                    })
                     .collect();
-                table(&["NAME", "ID", "CREATED"], &rows)
+                table(&["CURRENT", "NAME", "ROLE", "ID", "CREATED"], &rows)
             });
         }
     }
     Ok(0)
+}
+
+/// Saves a new workspace's owner key under `key_home/keys/` and says where. When it cannot be
+/// saved (a file is already there, or writing fails) the key is printed instead, once, so it is
+/// not lost. With `-o json` the key is already in the JSON on stdout and notes go to stderr.
+fn save_owner_key(out: OutputFormat, key_home: &Path, workspace: &str, secret: &str) {
+    let note = |text: &str| match out {
+        OutputFormat::Table => emit(text),
+        OutputFormat::Json => eprintln!("{text}"),
+    };
+    let problem = match input::save_key_file(key_home, workspace, secret) {
+        Ok(input::Saved::Written(path)) => {
+            note(&format!(
+                "\nThe owner API key of `{workspace}` was saved to {} (mode 0600); the CLI uses \
+                 it with --workspace {workspace}. It cannot be retrieved again.",
+                path.display()
+            ));
+            return;
+        }
+        Ok(input::Saved::Exists(path)) => format!(
+            "note: {} already exists and was left alone; the new owner key was not saved",
+            path.display()
+        ),
+        Err(e) => format!("warning: the new owner key was not saved: {e}"),
+    };
+    eprintln!("{problem}");
+    if out == OutputFormat::Table {
+        emit(&format!(
+            "\nThe owner API key of `{workspace}` is shown once and cannot be retrieved again; \
+             store it now:\n{secret}"
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -863,5 +947,263 @@ mod tests {
         ])
         .is_ok());
         assert!(TestCli::try_parse_from(["pushpool", "workspace", "ls"]).is_ok());
+    }
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        let cli = TestCli::try_parse_from(std::iter::once("pushpool").chain(args.iter().copied()))?;
+        match cli.command {
+            TestCommand::Client(command) => Ok(command),
+            TestCommand::Up => panic!("parsed as `up`"),
+        }
+    }
+
+    #[test]
+    fn key_commands_parse() {
+        use access::{KeyArgs, KeyCommand};
+        match parse(&[
+            "key",
+            "create",
+            "ci",
+            "--role",
+            "viewer",
+            "--service-account",
+            "deployer",
+            "--expires-in",
+            "30d",
+        ])
+        .unwrap()
+        {
+            ClientCommand::Key(KeyArgs {
+                command:
+                    KeyCommand::Create {
+                        name,
+                        role,
+                        service_account,
+                        user,
+                        expires_at,
+                        expires_in,
+                    },
+            }) => {
+                assert_eq!(name, "ci");
+                assert_eq!(role.as_deref(), Some("viewer"));
+                assert_eq!(service_account.as_deref(), Some("deployer"));
+                assert_eq!(user, None);
+                assert_eq!(expires_at, None);
+                assert_eq!(expires_in.as_deref(), Some("30d"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse(&[
+                "key",
+                "create",
+                "mine",
+                "--user",
+                "alice",
+                "--expires-at",
+                "2030-01-01T00:00:00Z"
+            ])
+            .unwrap(),
+            ClientCommand::Key(KeyArgs {
+                command: KeyCommand::Create {
+                    user: Some(_),
+                    expires_at: Some(_),
+                    ..
+                }
+            })
+        ));
+        // One principal and one expiry at most; a name is required.
+        assert!(parse(&[
+            "key",
+            "create",
+            "k",
+            "--user",
+            "a",
+            "--service-account",
+            "b"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "key",
+            "create",
+            "k",
+            "--expires-at",
+            "2030-01-01T00:00:00Z",
+            "--expires-in",
+            "1d"
+        ])
+        .is_err());
+        assert!(parse(&["key", "create"]).is_err());
+        assert!(matches!(
+            parse(&["key", "ls", "-o", "json"]).unwrap(),
+            ClientCommand::Key(KeyArgs {
+                command: KeyCommand::Ls
+            })
+        ));
+        assert!(matches!(
+            parse(&["key", "revoke", "0190"]).unwrap(),
+            ClientCommand::Key(KeyArgs {
+                command: KeyCommand::Revoke { .. }
+            })
+        ));
+        assert!(matches!(
+            parse(&["key", "rotate", "0190", "--grace-seconds", "60"]).unwrap(),
+            ClientCommand::Key(KeyArgs {
+                command: KeyCommand::Rotate {
+                    grace_seconds: Some(60),
+                    ..
+                }
+            })
+        ));
+        assert!(parse(&["key", "rotate", "0190", "--grace-seconds", "-1"]).is_err());
+    }
+
+    #[test]
+    fn service_account_commands_parse() {
+        use access::{ServiceAccountArgs, ServiceAccountCommand};
+        match parse(&[
+            "service-account",
+            "create",
+            "deployer",
+            "--role",
+            "operator",
+        ])
+        .unwrap()
+        {
+            ClientCommand::ServiceAccount(ServiceAccountArgs {
+                command: ServiceAccountCommand::Create { name, role },
+            }) => assert_eq!((name.as_str(), role.as_str()), ("deployer", "operator")),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["service-account", "create", "deployer"]).is_err());
+        assert!(parse(&["service-account", "ls"]).is_ok());
+        match parse(&["service-account", "set-role", "deployer", "viewer"]).unwrap() {
+            ClientCommand::ServiceAccount(ServiceAccountArgs {
+                command: ServiceAccountCommand::SetRole { id_or_name, role },
+            }) => assert_eq!((id_or_name.as_str(), role.as_str()), ("deployer", "viewer")),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse(&["service-account", "delete", "deployer"]).unwrap(),
+            ClientCommand::ServiceAccount(ServiceAccountArgs {
+                command: ServiceAccountCommand::Delete { .. }
+            })
+        ));
+    }
+
+    #[test]
+    fn user_member_and_role_commands_parse() {
+        use access::{MemberArgs, MemberCommand, RoleArgs, RoleCommand, UserArgs, UserCommand};
+        assert!(matches!(
+            parse(&["user", "create", "alice", "--admin"]).unwrap(),
+            ClientCommand::User(UserArgs {
+                command: UserCommand::Create { admin: true, .. }
+            })
+        ));
+        assert!(matches!(
+            parse(&["user", "create", "bob"]).unwrap(),
+            ClientCommand::User(UserArgs {
+                command: UserCommand::Create { admin: false, .. }
+            })
+        ));
+        assert!(parse(&["user", "ls"]).is_ok());
+        match parse(&["member", "add", "alice", "--role", "viewer"]).unwrap() {
+            ClientCommand::Member(MemberArgs {
+                command: MemberCommand::Add { user, role },
+            }) => assert_eq!((user.as_str(), role.as_str()), ("alice", "viewer")),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["member", "add", "alice"]).is_err());
+        assert!(parse(&["member", "ls"]).is_ok());
+        assert!(matches!(
+            parse(&["member", "set-role", "alice", "operator"]).unwrap(),
+            ClientCommand::Member(MemberArgs {
+                command: MemberCommand::SetRole { .. }
+            })
+        ));
+        assert!(matches!(
+            parse(&["member", "remove", "alice"]).unwrap(),
+            ClientCommand::Member(MemberArgs {
+                command: MemberCommand::Remove { .. }
+            })
+        ));
+        match parse(&[
+            "role",
+            "create",
+            "reader",
+            "--scope",
+            "runs:read",
+            "--scope",
+            "pools:read",
+            "--description",
+            "reads",
+        ])
+        .unwrap()
+        {
+            ClientCommand::Role(RoleArgs {
+                command:
+                    RoleCommand::Create {
+                        name,
+                        scopes,
+                        description,
+                    },
+            }) => {
+                assert_eq!(name, "reader");
+                assert_eq!(scopes, ["runs:read", "pools:read"]);
+                assert_eq!(description.as_deref(), Some("reads"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["role", "create", "empty"]).is_err());
+        assert!(parse(&["role", "ls"]).is_ok());
+        assert!(parse(&["role", "delete", "reader"]).is_ok());
+    }
+
+    #[test]
+    fn audit_and_workspace_commands_parse() {
+        use access::{AuditArgs, AuditCommand};
+        match parse(&[
+            "audit",
+            "ls",
+            "--actor",
+            "admin",
+            "--action",
+            "api_key.create",
+            "--outcome",
+            "denied",
+            "--since",
+            "2030-01-01T00:00:00Z",
+            "--limit",
+            "20",
+        ])
+        .unwrap()
+        {
+            ClientCommand::Audit(AuditArgs {
+                command:
+                    AuditCommand::Ls {
+                        actor,
+                        action,
+                        outcome,
+                        since,
+                        limit,
+                        cursor,
+                    },
+            }) => {
+                assert_eq!(actor.as_deref(), Some("admin"));
+                assert_eq!(action.as_deref(), Some("api_key.create"));
+                assert_eq!(outcome.as_deref(), Some("denied"));
+                assert_eq!(since.as_deref(), Some("2030-01-01T00:00:00Z"));
+                assert_eq!(limit, Some(20));
+                assert_eq!(cursor, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["audit", "ls", "--limit", "many"]).is_err());
+        assert!(matches!(
+            parse(&["workspace", "create", "team"]).unwrap(),
+            ClientCommand::Workspace(WorkspaceArgs {
+                command: WorkspaceCommand::Create { .. }
+            })
+        ));
     }
 }
