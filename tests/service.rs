@@ -483,6 +483,40 @@ async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
         .unwrap();
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["status"], "REJECT", "{answer}");
+    // Late log lines right after the end are still taken...
+    let r = job(
+        format!("{a}/logs"),
+        json!({"lines": [{"line": "last words"}]}),
+        &token_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // ...but long after its run ended, a token only reads.
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE flow_runs SET state_timestamp = state_timestamp - 660000000 WHERE id = $1")
+        .bind(a.clone())
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    let r = job(
+        format!("{a}/logs"),
+        json!({"lines": [{"line": "from beyond"}]}),
+        &token_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = app
+        .client
+        .get(format!("{}/api/runs/{a}", app.base))
+        .bearer_auth(&token_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     // OpenAPI, interactive docs and metrics are served.
     let doc: Value = app
         .client

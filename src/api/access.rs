@@ -654,6 +654,20 @@ pub(super) async fn audit_log(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<crate::store::AuditEntry>>> {
     let ws = caller.workspace()?;
+    let filter = audit_filter(q)?;
+    Ok(Json(state.store.list_audit(ws.id, &filter).await?))
+}
+
+/// `GET /api/audit_log` (admin): the records that belong to no workspace.
+pub(super) async fn instance_audit_log(
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<crate::store::AuditEntry>>> {
+    let filter = audit_filter(q)?;
+    Ok(Json(state.store.list_instance_audit(&filter).await?))
+}
+
+fn audit_filter(q: AuditQuery) -> ApiResult<AuditFilter> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::unprocessable(
@@ -695,13 +709,12 @@ pub(super) async fn audit_log(
             return Err(ApiError::unprocessable(field, "at most 200 characters"));
         }
     }
-    let filter = AuditFilter {
+    Ok(AuditFilter {
         actor: q.actor.filter(|s| !s.is_empty()),
         action: q.action.filter(|s| !s.is_empty()),
         outcome,
         since,
         cursor,
         limit,
-    };
-    Ok(Json(state.store.list_audit(ws.id, &filter).await?))
+    })
 }

@@ -29,6 +29,9 @@ use crate::auth::{hash_key, hashes_match, key_prefix};
 use crate::model::Workspace;
 use crate::store::{KeyWithPrincipal, NewAuditEntry, Principal, StoreError};
 
+/// How long after its run ended a run token may still write (late log lines).
+pub const RUN_TOKEN_AFTERLIFE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -128,6 +131,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("get", "/api/workspaces", "The workspaces the key's principal is a member of", Access::Authenticated, "workspace.list", DeniedOnly),
     route("post", "/api/users", "Create a user", Access::Admin, "user.create", Always),
     route("get", "/api/users", "List users", Access::Admin, "user.list", DeniedOnly),
+    route("get", "/api/audit_log", "The instance-level audit log: users and workspaces created, attempts on workspaces that do not exist (same filters)", Access::Admin, "audit_log.read", DeniedOnly),
     route("post", ws_path!("/work_pools"), "Create a work pool", Access::Workspace(Scope::PoolsWrite), "work_pool.create", Always),
     route("get", ws_path!("/work_pools"), "List work pools", Access::Workspace(Scope::PoolsRead), "work_pool.list", DeniedOnly),
     route("get", ws_path!("/work_pools/{name}"), "Get a work pool", Access::Workspace(Scope::PoolsRead), "work_pool.read", DeniedOnly),
@@ -515,6 +519,21 @@ async fn authorize(
             if run.attempt != *attempt {
                 return Err(deny(
                     ApiError::forbidden("this run token belongs to an earlier attempt"),
+                    &actor,
+                    Some(run.workspace_id),
+                ));
+            }
+            // A job may flush its last lines after its final state; long after, its token only
+            // reads.
+            let ended_long_ago = run.state.state_type.is_terminal()
+                && Utc::now() - run.state.timestamp
+                    > chrono::Duration::from_std(RUN_TOKEN_AFTERLIFE).unwrap_or_default();
+            if ended_long_ago && spec.method != "get" {
+                return Err(deny(
+                    ApiError::forbidden(&format!(
+                        "this run ended more than {} minutes ago; its token no longer writes",
+                        RUN_TOKEN_AFTERLIFE.as_secs() / 60
+                    )),
                     &actor,
                     Some(run.workspace_id),
                 ));

@@ -1385,6 +1385,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<AppState> {
         ("get", false, "/api/workspaces") => get(access::list_workspaces),
         ("post", false, "/api/users") => post(access::create_user),
         ("get", false, "/api/users") => get(access::list_users),
+        ("get", false, "/api/audit_log") => get(access::instance_audit_log),
         ("post", true, "/work_pools") => post(create_pool),
         ("get", true, "/work_pools") => get(list_pools),
         ("get", true, "/work_pools/{name}") => get(get_pool),

@@ -1276,11 +1276,32 @@ impl Store {
         workspace_id: Uuid,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditEntry>> {
+        self.audit_records(Some(workspace_id), filter).await
+    }
+
+    /// Instance-level audit records (no workspace: users and workspaces created, attempts on
+    /// workspaces that do not exist), newest first.
+    pub async fn list_instance_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        self.audit_records(None, filter).await
+    }
+
+    async fn audit_records(
+        &self,
+        workspace_id: Option<Uuid>,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>> {
         let mut sql = String::from(
             "SELECT id, workspace_id, occurred, actor_kind, actor_id, actor_name, key_id, action, \
-             target, outcome, status, source, method, path, detail FROM audit_log WHERE workspace_id = $1",
+             target, outcome, status, source, method, path, detail FROM audit_log WHERE ",
         );
-        let mut args: Vec<String> = vec![workspace_id.to_string()];
+        let mut args: Vec<String> = vec![];
+        match workspace_id {
+            Some(ws) => {
+                sql.push_str("workspace_id = $1");
+                args.push(ws.to_string());
+            }
+            None => sql.push_str("workspace_id IS NULL"),
+        }
         let mut next = |sql: &mut String, cond: &str, value: String| {
             args.push(value);
             sql.push_str(&cond.replace('?', &format!("${}", args.len())));
