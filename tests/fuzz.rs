@@ -268,6 +268,7 @@ impl App {
 }
 
 async fn random_bodies_get_4xx_and_store_nothing(db: TestDb) {
+    common::log_warnings();
     // proptest is synchronous: it runs on a blocking thread and drives the server, which lives
     // on a runtime of its own, case by case.
     let url = db.url.clone();

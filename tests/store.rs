@@ -18,6 +18,7 @@ use serde_json::{json, Map};
 use uuid::Uuid;
 
 both_backends!(
+    pool_submit_rate_goes_from_none_to_a_value_and_back,
     migrations_are_applied_once_and_versioned,
     pool_names_are_unique_per_workspace,
     deployment_needs_an_existing_pool_and_queue,
@@ -892,4 +893,43 @@ async fn no_sequence_of_proposals_leaves_a_terminal_state_or_skips_history(db: T
         })
     });
     result.unwrap();
+}
+
+/// sqlx's `Any` driver types a NULL `f64` as `float4`; PostgreSQL then refused the next non-NULL
+/// rate on the same cached statement ("incorrect binary data format", found by tests/fuzz.rs).
+async fn pool_submit_rate_goes_from_none_to_a_value_and_back(db: TestDb) {
+    let store = common::connect(&db, 1).await;
+    let ws = store.create_workspace("w").await.unwrap();
+    for (i, rate) in [None, Some(1.5), None, Some(0.25)].into_iter().enumerate() {
+        let pool = store
+            .create_pool(
+                ws.id,
+                pushpool::store::NewPool {
+                    name: format!("p{i}"),
+                    pool_type: "process".into(),
+                    description: None,
+                    base_job_template: serde_json::json!({"job_configuration": {}, "variables": {"type": "object", "properties": {}}}),
+                    concurrency_limit: None,
+                    paused: false,
+                    submit_rate: rate,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(pool.submit_rate, rate);
+        for next in [Some(Some(2.0)), Some(None), Some(Some(3.5))] {
+            let patched = store
+                .update_pool(
+                    ws.id,
+                    &pool.name,
+                    pushpool::store::PoolPatch {
+                        submit_rate: next,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(patched.submit_rate, next.unwrap());
+        }
+    }
 }

@@ -156,6 +156,19 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
     })
 }
 
+/// `$n` for a float value, `NULL` for none: the caller binds the value only when there is one.
+///
+/// sqlx 0.8's `Any` driver sends a NULL `f64` as a `float4` parameter (its `Real` and `Double`
+/// null kinds are swapped), and PostgreSQL keeps the parameter types of the connection's cached
+/// statement, so a later non-NULL `f64` (`float8`) on the same statement fails with "incorrect
+/// binary data format". A literal NULL is a different statement.
+fn float_param(value: Option<f64>, n: usize) -> String {
+    match value {
+        Some(_) => format!("${n}"),
+        None => "NULL".into(),
+    }
+}
+
 fn check_limit(field: &str, limit: Option<i64>) -> Result<()> {
     match limit {
         Some(n) if n < 0 => Err(StoreError::Invalid {
@@ -267,23 +280,26 @@ impl Store {
         let id = Uuid::now_v7();
         let now = now_micros();
         let mut tx = self.begin().await?;
-        let res = sqlx::query(
+        let sql = format!(
             "INSERT INTO work_pools (id, workspace_id, name, type, description, base_job_template, \
              concurrency_limit, paused, created, updated, submit_rate) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9,$10)",
-        )
-        .bind(id.to_string())
-        .bind(workspace_id.to_string())
-        .bind(&new.name)
-        .bind(&new.pool_type)
-        .bind(new.description.clone())
-        .bind(new.base_job_template.to_string())
-        .bind(new.concurrency_limit)
-        .bind(new.paused as i64)
-        .bind(now)
-        .bind(new.submit_rate)
-        .execute(&mut *tx)
-        .await;
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9,{})",
+            float_param(new.submit_rate, 10)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(workspace_id.to_string())
+            .bind(&new.name)
+            .bind(&new.pool_type)
+            .bind(new.description.clone())
+            .bind(new.base_job_template.to_string())
+            .bind(new.concurrency_limit)
+            .bind(new.paused as i64)
+            .bind(now);
+        if let Some(rate) = new.submit_rate {
+            q = q.bind(rate);
+        }
+        let res = q.execute(&mut *tx).await;
         if let Err(e) = res {
             return Err(if is_unique_violation(&e) {
                 StoreError::Conflict {
@@ -383,19 +399,22 @@ impl Store {
         let paused = patch.paused.unwrap_or(current.paused);
         let submit_rate = patch.submit_rate.unwrap_or(current.submit_rate);
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE work_pools SET description = $1, base_job_template = $2, concurrency_limit = $3, \
-             paused = $4, updated = $5, submit_rate = $7 WHERE id = $6",
-        )
-        .bind(description)
-        .bind(template.to_string())
-        .bind(limit)
-        .bind(paused as i64)
-        .bind(now_micros())
-        .bind(current.id.to_string())
-        .bind(submit_rate)
-        .execute(&mut *tx)
-        .await?;
+             paused = $4, updated = $5, submit_rate = {} WHERE id = $6",
+            float_param(submit_rate, 7)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(description)
+            .bind(template.to_string())
+            .bind(limit)
+            .bind(paused as i64)
+            .bind(now_micros())
+            .bind(current.id.to_string());
+        if let Some(rate) = submit_rate {
+            q = q.bind(rate);
+        }
+        let done = q.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: "work pool",

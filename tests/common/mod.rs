@@ -103,3 +103,13 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Sends the server's warnings and errors (or `TEST_LOG`'s filter) to the test's captured
+/// stderr, so a failing test shows why the server answered as it did.
+pub fn log_warnings() {
+    let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
