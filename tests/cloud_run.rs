@@ -513,6 +513,39 @@ async fn fake_cancel_of_a_running_execution_stops_it_and_records_cancelled() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_status_polls_back_off_instead_of_a_fixed_interval() {
+    let (fake, app) = setup(json!({})).await;
+    let id = app.run("job").await;
+    let running = app.wait_running(&id, Duration::from_secs(15)).await;
+    let execution = infra(&running);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    let polls: Vec<Instant> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == execution)
+        .map(|c| c.at)
+        .collect();
+    let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    // Quick at first, then growing up to the controller's ceiling (250 ms in these tests,
+    // 2 s by default): not a fixed interval.
+    assert!(gaps[0] < Duration::from_millis(150), "{gaps:?}");
+    let late = &gaps[gaps.len() - 3..];
+    assert!(
+        late.iter().all(|g| *g >= Duration::from_millis(180)),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(1500)),
+        "{gaps:?}"
+    );
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Faults
 

@@ -101,6 +101,8 @@ pub struct Call {
     pub path: String,
     /// The `$alt` query parameter.
     pub alt: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -272,6 +274,7 @@ async fn handle(
             method: method.to_string(),
             path: path.clone(),
             alt: query.get("$alt").cloned(),
+            at: Instant::now(),
         });
         if !s.fail_next.is_empty() {
             let code = s.fail_next.remove(0);
