@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::TestDb;
-use pushpool::server::{bootstrap, serve, ServeOptions};
 use serde_json::{json, Value};
 
 both_backends!(mutations_key_and_role_changes_and_denials_are_audited);
@@ -47,46 +44,19 @@ fn find<'a>(log: &'a [Value], action: &str, outcome: &str) -> &'a Value {
 }
 
 async fn mutations_key_and_role_changes_and_denials_are_audited(db: TestDb) {
-    let store = common::connect(&db, 4).await;
-    let home = tempfile::tempdir().unwrap();
-    let owner = bootstrap(&store, home.path()).await.unwrap().unwrap();
-    let ws_id = store.workspace("default").await.unwrap().id.to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions {
-        database_url: db.url.clone(),
-        listen: Some(addr),
-        controller: false,
-        ..ServeOptions::default()
-    };
-    tokio::spawn(async move {
-        serve(store, options, async move {
-            let _ = stopped.await;
-        })
+    let served = common::serve_fresh(&db.url, false).await;
+    let owner = served.admin_key.clone();
+    let ws_id = served
+        .store
+        .workspace("default")
         .await
-        .unwrap();
-    });
+        .unwrap()
+        .id
+        .to_string();
     let app = App {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        base: served.base.clone(),
+        client: served.client.clone(),
     };
-    for _ in 0..200 {
-        if app
-            .client
-            .get(format!("{}/healthz", app.base))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let started = chrono::Utc::now();
 
     // A service account, as a viewer; it tries to create a pool and is denied.
@@ -276,7 +246,7 @@ async fn mutations_key_and_role_changes_and_denials_are_audited(db: TestDb) {
     // Only those with audit:read may read it.
     let (s, _) = app.call("GET", "/audit_log", &ci_key, None).await;
     assert_eq!(s, 403);
-    let _ = stop.send(());
+    drop(served);
 }
 
 fn urlencode(s: &str) -> String {

@@ -11,10 +11,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::TestDb;
-use pushpool::server::{bootstrap, serve, ServeOptions};
 use pushpool::store::{NewApiKey, Store};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -702,52 +700,6 @@ fn expected_status(allowed: Allowed, who: &Who, ok: u16, scope_of_custom: bool) 
     }
 }
 
-type Started = (
-    String,
-    reqwest::Client,
-    Store,
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tempfile::TempDir,
-);
-
-async fn start(db: &TestDb) -> Started {
-    let store = common::connect(db, 8).await;
-    let home = tempfile::tempdir().unwrap();
-    let admin_key = bootstrap(&store, home.path()).await.unwrap().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions {
-        database_url: db.url.clone(),
-        listen: Some(addr),
-        // No controller: runs stay where the matrix puts them.
-        controller: false,
-        ..ServeOptions::default()
-    };
-    let served = store.clone();
-    tokio::spawn(async move {
-        serve(served, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://{addr}");
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (base, client, store, admin_key, stop, home)
-}
-
 fn empty_ws() -> Ws {
     Ws {
         name: String::new(),
@@ -790,10 +742,11 @@ async fn make_workspace(env: &Env, name: &str) -> Ws {
 }
 
 async fn every_route_every_role_own_and_foreign_workspace_and_bad_keys(db: TestDb) {
-    let (base, client, store, admin_key, stop, _home) = start(&db).await;
+    let served = common::serve_fresh(&db.url, false).await;
+    let (store, admin_key) = (served.store.clone(), served.admin_key.clone());
     let mut env = Env {
-        base,
-        client,
+        base: served.base.clone(),
+        client: served.client.clone(),
         store: store.clone(),
         admin_key: admin_key.clone(),
         a: empty_ws(),
@@ -1168,7 +1121,7 @@ async fn every_route_every_role_own_and_foreign_workspace_and_bad_keys(db: TestD
     assert!(denied
         .iter()
         .all(|e| e["status"] == 404 || e["status"] == 403 || e["status"] == 401));
-    let _ = stop.send(());
+    drop(served);
     println!("authorization matrix: {calls} calls checked");
 }
 

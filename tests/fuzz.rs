@@ -9,12 +9,11 @@
 mod common;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use common::TestDb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use pushpool::server::{bootstrap, run_tokens, serve, ServeOptions};
+use pushpool::server::run_tokens;
 use pushpool::template::BaseJobTemplate;
 use serde_json::{json, Map, Value};
 
@@ -211,6 +210,7 @@ struct App {
     base: String,
     client: reqwest::Client,
     key: String,
+    _served: common::Served,
 }
 
 impl App {
@@ -584,34 +584,15 @@ fn fuzz_run((app, targets): FuzzState) {
 }
 
 async fn start(url: &str) -> (App, impl Fn(uuid::Uuid) -> String) {
-    let store = pushpool::store::Store::connect(url).await.unwrap();
-    let home = tempfile::tempdir().unwrap().keep();
-    let key = bootstrap(&store, &home).await.unwrap().unwrap();
-    let tokens = run_tokens(&store).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let options = ServeOptions {
-        database_url: url.to_string(),
-        listen: Some(addr),
-        controller: false,
-        ..ServeOptions::default()
+    let served = common::serve_fresh(url, false).await;
+    let tokens = run_tokens(&served.store).await.unwrap();
+    let app = App {
+        base: served.base.clone(),
+        client: served.client.clone(),
+        key: served.admin_key.clone(),
+        _served: served,
     };
-    tokio::spawn(async move {
-        serve(store, options, std::future::pending()).await.unwrap();
-    });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://{addr}");
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (App { base, client, key }, move |id| tokens.issue(id, 1))
+    (app, move |id| tokens.issue(id, 1))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
-use pushpool::server::{bootstrap, default_registry, run_tokens, serve, ServeOptions};
+use pushpool::server::{default_registry, run_tokens};
 use serde_json::{json, Value};
 
 /// Everything the process logged.
@@ -167,51 +167,13 @@ async fn no_key_token_or_provider_secret_is_logged_or_returned_after_creation() 
 
     // The API alone; a controller joins after the API-claim step below.
     let db = common::sqlite_db();
-    let store = common::connect(&db, 8).await;
-    let home = tempfile::tempdir().unwrap();
-    let admin_key = bootstrap(&store, home.path()).await.unwrap().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = store.clone();
-    let url = db.url.clone();
-    tokio::spawn(async move {
-        serve(
-            served,
-            ServeOptions {
-                database_url: url,
-                listen: Some(addr),
-                controller: false,
-                ..ServeOptions::default()
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
+    let served = common::serve_fresh(&db.url, false).await;
+    let (store, admin_key) = (served.store.clone(), served.admin_key.clone());
     let http = Http {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        base: served.base.clone(),
+        client: served.client.clone(),
         answers: Mutex::default(),
     };
-    for _ in 0..200 {
-        if http
-            .client
-            .get(format!("{}/healthz", http.base))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let ws = "/api/workspaces/default";
     let mut secrets: Vec<(String, String)> =
         vec![("bootstrap admin key".into(), admin_key.clone())];
@@ -497,7 +459,7 @@ async fn no_key_token_or_provider_secret_is_logged_or_returned_after_creation() 
     }
     controller.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(10), controller_task).await;
-    let _ = stop.send(());
+    drop(served);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The search.

@@ -20,7 +20,7 @@ use super::guard::{AuditNote, Caller};
 use super::{check_name, pool_template, ApiError, ApiResult, AppState, Body};
 use crate::controller::{render_context, render_job};
 use crate::state::{Proposal, StateType};
-use crate::store::{PoolSelector, TransitionGuard, TransitionOutcome};
+use crate::store::{PoolSelector, TransitionGuard};
 
 const MAX_CLAIM: usize = 100;
 const DEFAULT_CLAIM: usize = 10;
@@ -217,12 +217,5 @@ pub(super) async fn set_state(
         lease_owner: Some(owner),
     };
     let outcome = state.store.propose_state(run.id, proposal, guard).await?;
-    let (status, reason) = match &outcome {
-        TransitionOutcome::Accepted(_) => ("ACCEPT", None),
-        TransitionOutcome::Duplicate(_) => ("DUPLICATE", None),
-        TransitionOutcome::Rejected { reason, .. } => ("REJECT", Some(reason.to_string())),
-    };
-    Ok(Json(
-        json!({"status": status, "reason": reason, "state": outcome.run().state}),
-    ))
+    Ok(Json(super::proposal_answer(&outcome)))
 }

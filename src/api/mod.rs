@@ -1202,6 +1202,16 @@ async fn list_events(
     Ok(Json(state.store.list_events(ws.id, 500).await?))
 }
 
+/// `{status: ACCEPT|DUPLICATE|REJECT, reason, state}`: the answer to a state report.
+fn proposal_answer(outcome: &TransitionOutcome) -> Value {
+    let (status, reason) = match outcome {
+        TransitionOutcome::Accepted(_) => ("ACCEPT", None),
+        TransitionOutcome::Duplicate(_) => ("DUPLICATE", None),
+        TransitionOutcome::Rejected { reason, .. } => ("REJECT", Some(reason.to_string())),
+    };
+    json!({"status": status, "reason": reason, "state": outcome.run().state})
+}
+
 /// The run of a run-token route (the guard checked that the token is this run's).
 async fn own_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<crate::model::FlowRun> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
@@ -1250,14 +1260,7 @@ async fn job_report_state(
         .store
         .propose_state(run.id, proposal, TransitionGuard::default())
         .await?;
-    let (status, reason) = match &outcome {
-        TransitionOutcome::Accepted(_) => ("ACCEPT", None),
-        TransitionOutcome::Duplicate(_) => ("DUPLICATE", None),
-        TransitionOutcome::Rejected { reason, .. } => ("REJECT", Some(reason.to_string())),
-    };
-    Ok(Json(
-        json!({"status": status, "reason": reason, "state": outcome.run().state}),
-    ))
+    Ok(Json(proposal_answer(&outcome)))
 }
 
 async fn job_heartbeat(

@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::objects::insert_event;
+use super::objects::{insert_event, insert_workspace};
 use super::{get_bool, get_uuid, is_unique_violation, Result, Store, StoreError, Tx};
 use crate::model::{from_micros, now_micros, Micros, Workspace};
 
@@ -441,6 +441,24 @@ async fn insert_key(tx: &mut Tx, workspace_id: Uuid, new: &NewApiKey) -> Result<
     })
 }
 
+async fn set_membership_role(
+    tx: &mut Tx,
+    workspace_id: Uuid,
+    principal_id: Uuid,
+    role: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE memberships SET role = $1, updated = $2 WHERE workspace_id = $3 AND principal_id = $4",
+    )
+    .bind(role)
+    .bind(now_micros())
+    .bind(workspace_id.to_string())
+    .bind(principal_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Revokes every live key of `principal_id` in `workspace_id`.
 async fn revoke_keys_of(tx: &mut Tx, workspace_id: Uuid, principal_id: Uuid) -> Result<u64> {
     let done = sqlx::query(
@@ -525,48 +543,18 @@ impl Store {
         owner: WorkspaceOwner,
         key: impl FnOnce(Uuid) -> NewApiKey,
     ) -> Result<(Workspace, Principal, StoredApiKey)> {
-        let id = Uuid::now_v7();
-        let now = now_micros();
         let mut tx = self.begin().await?;
-        let res = sqlx::query("INSERT INTO workspaces (id, name, created) VALUES ($1, $2, $3)")
-            .bind(id.to_string())
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-        if let Err(e) = res {
-            return Err(if is_unique_violation(&e) {
-                conflict("name", format!("a workspace named `{name}` already exists"))
-            } else {
-                e.into()
-            });
-        }
-        insert_event(
-            &mut tx,
-            id,
-            "workspace.created",
-            &id.to_string(),
-            &json!({"name": name}),
-        )
-        .await?;
+        let ws = insert_workspace(&mut tx, name).await?;
         let principal = match owner {
             WorkspaceOwner::Existing(p) => p,
             WorkspaceOwner::NewUser { name, admin } => {
                 insert_principal(&mut tx, PrincipalKind::User, &name, None, admin).await?
             }
         };
-        insert_membership(&mut tx, id, principal.id, "owner").await?;
-        let stored = insert_key(&mut tx, id, &key(principal.id)).await?;
+        insert_membership(&mut tx, ws.id, principal.id, "owner").await?;
+        let stored = insert_key(&mut tx, ws.id, &key(principal.id)).await?;
         tx.commit().await?;
-        Ok((
-            Workspace {
-                id,
-                name: name.to_string(),
-                created: from_micros(now),
-            },
-            principal,
-            stored,
-        ))
+        Ok((ws, principal, stored))
     }
 
     /// Creates a user (instance-wide; a member of no workspace yet).
@@ -737,15 +725,7 @@ impl Store {
         let member = self.member(workspace_id, user).await?;
         let mut tx = self.begin().await?;
         keep_an_owner(self, &mut tx, workspace_id, member.user_id, Some(role)).await?;
-        sqlx::query(
-            "UPDATE memberships SET role = $1, updated = $2 WHERE workspace_id = $3 AND principal_id = $4",
-        )
-        .bind(role)
-        .bind(now_micros())
-        .bind(workspace_id.to_string())
-        .bind(member.user_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+        set_membership_role(&mut tx, workspace_id, member.user_id, role).await?;
         insert_event(
             &mut tx,
             workspace_id,
@@ -874,15 +854,7 @@ impl Store {
         let sa = self.service_account(workspace_id, id_or_name).await?;
         let mut tx = self.begin().await?;
         keep_an_owner(self, &mut tx, workspace_id, sa.id, Some(role)).await?;
-        sqlx::query(
-            "UPDATE memberships SET role = $1, updated = $2 WHERE workspace_id = $3 AND principal_id = $4",
-        )
-        .bind(role)
-        .bind(now_micros())
-        .bind(workspace_id.to_string())
-        .bind(sa.id.to_string())
-        .execute(&mut *tx)
-        .await?;
+        set_membership_role(&mut tx, workspace_id, sa.id, role).await?;
         insert_event(
             &mut tx,
             workspace_id,

@@ -179,6 +179,41 @@ fn check_limit(field: &str, limit: Option<i64>) -> Result<()> {
     }
 }
 
+/// Inserts a workspace (and its `workspace.created` event) inside `tx`.
+pub(crate) async fn insert_workspace(tx: &mut Tx, name: &str) -> Result<Workspace> {
+    let id = Uuid::now_v7();
+    let now = now_micros();
+    let res = sqlx::query("INSERT INTO workspaces (id, name, created) VALUES ($1, $2, $3)")
+        .bind(id.to_string())
+        .bind(name)
+        .bind(now)
+        .execute(&mut **tx)
+        .await;
+    if let Err(e) = res {
+        return Err(if is_unique_violation(&e) {
+            StoreError::Conflict {
+                field: Some("name".into()),
+                message: format!("a workspace named `{name}` already exists"),
+            }
+        } else {
+            e.into()
+        });
+    }
+    insert_event(
+        tx,
+        id,
+        "workspace.created",
+        &id.to_string(),
+        &json!({"name": name}),
+    )
+    .await?;
+    Ok(Workspace {
+        id,
+        name: name.to_string(),
+        created: from_micros(now),
+    })
+}
+
 /// Appends an event inside `tx`.
 pub(crate) async fn insert_event(
     tx: &mut Tx,
@@ -205,39 +240,10 @@ pub(crate) async fn insert_event(
 impl Store {
     /// Creates a workspace.
     pub async fn create_workspace(&self, name: &str) -> Result<Workspace> {
-        let id = Uuid::now_v7();
-        let now = now_micros();
         let mut tx = self.begin().await?;
-        let res = sqlx::query("INSERT INTO workspaces (id, name, created) VALUES ($1, $2, $3)")
-            .bind(id.to_string())
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-        if let Err(e) = res {
-            return Err(if is_unique_violation(&e) {
-                StoreError::Conflict {
-                    field: Some("name".into()),
-                    message: format!("a workspace named `{name}` already exists"),
-                }
-            } else {
-                e.into()
-            });
-        }
-        insert_event(
-            &mut tx,
-            id,
-            "workspace.created",
-            &id.to_string(),
-            &json!({"name": name}),
-        )
-        .await?;
+        let ws = insert_workspace(&mut tx, name).await?;
         tx.commit().await?;
-        Ok(Workspace {
-            id,
-            name: name.to_string(),
-            created: from_micros(now),
-        })
+        Ok(ws)
     }
 
     /// Looks a workspace up by name.

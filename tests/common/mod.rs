@@ -113,3 +113,74 @@ pub fn log_warnings() {
         .with_test_writer()
         .try_init();
 }
+
+/// The API (and, when asked, a controller) serving a fresh store, with the bootstrap admin's key.
+/// Stopped when dropped.
+pub struct Served {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client that never goes through a proxy.
+    pub client: reqwest::Client,
+    /// The bootstrap owner key of workspace `default` (the instance administrator's).
+    pub admin_key: String,
+    /// The store the server uses.
+    pub store: Store,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _home: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Bootstraps the store at `url` and serves it on a free loopback port (`zero2prod`'s
+/// `spawn_app`); returns once `/healthz` answers.
+pub async fn serve_fresh(url: &str, controller: bool) -> Served {
+    let store = Store::connect(url).await.expect("connect store");
+    let home = tempfile::tempdir().unwrap();
+    let admin_key = pushpool::server::bootstrap(&store, home.path())
+        .await
+        .unwrap()
+        .expect("a fresh store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = pushpool::server::ServeOptions {
+        database_url: url.to_string(),
+        listen: Some(addr),
+        controller,
+        ..Default::default()
+    };
+    let served = store.clone();
+    tokio::spawn(async move {
+        pushpool::server::serve(served, options, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{addr}");
+    for _ in 0..250 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Served {
+        base,
+        client,
+        admin_key,
+        store,
+        stop: Some(stop),
+        _home: home,
+    }
+}
