@@ -233,6 +233,26 @@ impl App {
         let status = r.status().as_u16();
         (status, r.text().await.unwrap_or_default())
     }
+    /// POSTs a body the server may refuse before reading it all: HTTP/1.1 then closes the
+    /// connection, and the client may see the reset before the answer. Retried until an answer.
+    async fn send_big(&self, path: &str, body: Vec<u8>) -> (u16, String) {
+        for _ in 0..10 {
+            let sent = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.key)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                let status = r.status().as_u16();
+                return (status, r.text().await.unwrap_or_default());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no answer to a {} byte body in 10 tries", body.len());
+    }
     async fn ok(&self, method: &str, path: &str, body: Value) -> Value {
         let (s, text) = self
             .send(method, path, &self.key, Some(body.to_string().into_bytes()))
@@ -544,12 +564,7 @@ fn fuzz_run((app, targets): FuzzState) {
         for body in garbage {
             let before = app2.snapshot().await;
             let (s, text) = app2
-                .send(
-                    "POST",
-                    "/api/workspaces/default/work_pools",
-                    &app2.key,
-                    Some(body),
-                )
+                .send_big("/api/workspaces/default/work_pools", body)
                 .await;
             assert!((400..500).contains(&s), "{s} {text}");
             assert_eq!(before, app2.snapshot().await);
