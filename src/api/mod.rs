@@ -7,7 +7,7 @@ mod access;
 mod claims;
 pub mod guard;
 
-pub use guard::{Access, AuditPolicy, Caller, RouteSpec, ROUTES};
+pub use guard::{Access, AuditNote, AuditPolicy, Caller, RouteSpec, ROUTES};
 
 use std::sync::Arc;
 
@@ -617,6 +617,7 @@ async fn default_template(
 async fn create_pool(
     State(state): State<AppState>,
     caller: Caller,
+    note: AuditNote,
     Body(body): Body<CreatePool>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
@@ -646,6 +647,7 @@ async fn create_pool(
             },
         )
         .await?;
+    note.target("work_pool", &pool.name);
     Ok((StatusCode::CREATED, Json(pool_out(&pool))))
 }
 
@@ -746,6 +748,7 @@ async fn create_queue(
     State(state): State<AppState>,
     Path((_ws, pool)): Path<(String, String)>,
     caller: Caller,
+    note: AuditNote,
     Body(body): Body<CreateQueue>,
 ) -> ApiResult<(StatusCode, Json<crate::model::WorkQueue>)> {
     let ws = caller.workspace()?;
@@ -764,6 +767,7 @@ async fn create_queue(
             },
         )
         .await?;
+    note.target("work_queue", format!("{pool}/{}", q.name));
     Ok((StatusCode::CREATED, Json(q)))
 }
 
@@ -811,6 +815,7 @@ impl ApiError {
 async fn create_deployment(
     State(state): State<AppState>,
     caller: Caller,
+    note: AuditNote,
     Body(body): Body<CreateDeployment>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
@@ -838,6 +843,7 @@ async fn create_deployment(
             },
         )
         .await?;
+    note.target("deployment", &d.name);
     Ok((
         StatusCode::CREATED,
         Json(deployment_out(&d, &secret_variables(&pool))),
@@ -1009,6 +1015,7 @@ async fn create_run(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
+    note: AuditNote,
     OptionalBody(request): OptionalBody<CreateRun>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ws = caller.workspace()?;
@@ -1039,6 +1046,8 @@ async fn create_run(
             },
         )
         .await?;
+    note.target("flow_run", run.id);
+    note.detail(json!({"deployment": deployment.name, "created": created}));
     Ok((
         if created {
             StatusCode::CREATED
