@@ -472,6 +472,16 @@ async fn revoke_keys_of(tx: &mut Tx, workspace_id: Uuid, principal_id: Uuid) -> 
     Ok(done.rows_affected())
 }
 
+/// Ends a principal's membership of a workspace and revokes its keys there; how many keys.
+async fn remove_membership(tx: &mut Tx, workspace_id: Uuid, principal_id: Uuid) -> Result<u64> {
+    sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND principal_id = $2")
+        .bind(workspace_id.to_string())
+        .bind(principal_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    revoke_keys_of(tx, workspace_id, principal_id).await
+}
+
 /// How many owners (users and service accounts) a workspace has, inside `tx`.
 async fn owner_count(tx: &mut Tx, workspace_id: Uuid) -> Result<i64> {
     let row = sqlx::query(
@@ -743,12 +753,7 @@ impl Store {
         let member = self.member(workspace_id, user).await?;
         let mut tx = self.begin().await?;
         keep_an_owner(self, &mut tx, workspace_id, member.user_id, None).await?;
-        sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND principal_id = $2")
-            .bind(workspace_id.to_string())
-            .bind(member.user_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        let revoked = revoke_keys_of(&mut tx, workspace_id, member.user_id).await?;
+        let revoked = remove_membership(&mut tx, workspace_id, member.user_id).await?;
         insert_event(
             &mut tx,
             workspace_id,
@@ -880,12 +885,7 @@ impl Store {
             .bind(sa.id.to_string())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND principal_id = $2")
-            .bind(workspace_id.to_string())
-            .bind(sa.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        let revoked = revoke_keys_of(&mut tx, workspace_id, sa.id).await?;
+        let revoked = remove_membership(&mut tx, workspace_id, sa.id).await?;
         insert_event(
             &mut tx,
             workspace_id,
