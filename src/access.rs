@@ -144,14 +144,15 @@ impl FromStr for Scope {
             .ok_or_else(|| {
                 format!(
                     "unknown scope `{}`; the scopes are: {}",
-                    truncate(s, 60),
+                    shorten(s, 60),
                     Scope::ALL.map(Scope::as_str).join(", ")
                 )
             })
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// At most `max` characters of user input, for echoing it in a message.
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

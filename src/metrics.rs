@@ -62,23 +62,8 @@ pub struct Metrics {
     /// Runs submitted.
     pub submitted: AtomicU64,
     /// API requests refused for lack of credentials or permission.
-    pub denied_requests: Counter,
+    pub denied_requests: AtomicU64,
     provider_errors: Mutex<BTreeMap<(String, String), u64>>,
-}
-
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// The count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 impl Metrics {
@@ -120,7 +105,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP pushpool_api_denied_requests_total API requests refused (401, 403, or another workspace's 404).\n# TYPE pushpool_api_denied_requests_total counter\npushpool_api_denied_requests_total {}",
-            self.denied_requests.get()
+            self.denied_requests.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# HELP pushpool_provider_errors_total Provider errors by class.\n# TYPE pushpool_provider_errors_total counter");
         for ((pool_type, class), n) in self

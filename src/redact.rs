@@ -121,6 +121,24 @@ pub fn secret_strings(value: &Value, extra: &[String]) -> Vec<String> {
     out
 }
 
+/// The secret strings a job rendered from `template` (a base job template) with these
+/// variable layers may carry: secret values of the layers and of the variables' defaults.
+pub fn render_secrets(template: &Value, layers: &[&Map<String, Value>]) -> Vec<String> {
+    let extra = schema_secret_variables(&template["variables"]);
+    let mut out = vec![];
+    for layer in layers {
+        out.extend(secret_strings(&Value::Object((*layer).clone()), &extra));
+    }
+    if let Some(props) = template["variables"]["properties"].as_object() {
+        let defaults: Map<String, Value> = props
+            .iter()
+            .filter_map(|(k, p)| p.get("default").map(|d| (k.clone(), d.clone())))
+            .collect();
+        out.extend(secret_strings(&Value::Object(defaults), &extra));
+    }
+    out
+}
+
 /// Masks a rendered job configuration: secret keys, plus any string that contains one of
 /// `secrets` (a secret variable rendered under an innocent name).
 pub fn mask_rendered(rendered: &mut Value, secrets: &[String]) {

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::guard::{role_scopes, AuditNote, Caller};
 use super::{check_name, ApiError, ApiResult, AppState, Body, OptionalBody};
 use crate::access::{
-    builtin_description, builtin_scopes, check_custom_role_name, parse_scopes, Scope, Scopes,
-    BUILTIN_ROLES,
+    builtin_description, builtin_scopes, check_custom_role_name, parse_scopes, shorten, Scope,
+    Scopes, BUILTIN_ROLES,
 };
 use crate::auth::generate_api_key;
 use crate::model::Workspace;
@@ -69,7 +69,7 @@ async fn grantable(
             field,
             format!(
                 "unknown role `{}`; the built-in roles are {} (custom roles: GET …/roles)",
-                role.chars().take(64).collect::<String>(),
+                shorten(role, 64),
                 BUILTIN_ROLES.join(", ")
             ),
         )

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::access::{builtin_scopes, Scope, Scopes};
+use crate::access::{builtin_scopes, shorten, Scope, Scopes};
 use crate::auth::{hash_key, hashes_match, key_prefix};
 use crate::model::Workspace;
 use crate::store::{KeyWithPrincipal, NewAuditEntry, Principal, StoreError};
@@ -566,13 +566,8 @@ fn target_of(spec: &RouteSpec, params: &HashMap<String, String>) -> Option<Strin
         "type" => "pool_type",
         _ => kind,
     };
-    let value: String = params.get(last)?.chars().take(200).collect();
+    let value = shorten(params.get(last)?, 200);
     Some(format!("{kind}:{value}"))
-}
-
-/// Audit details keep at most 1000 characters of a message (which may echo user input).
-fn clip(message: &str) -> String {
-    message.chars().take(1000).collect()
 }
 
 fn outcome_of(status: StatusCode) -> &'static str {
@@ -603,7 +598,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
-    let path: String = req.uri().path().chars().take(1000).collect();
+    let path = shorten(req.uri().path(), 1000);
     let (mut parts, body) = req.into_parts();
     let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &state)
         .await
@@ -635,11 +630,14 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             let mut record = entry(&denial.actor, denial.workspace_id);
             record.outcome = "denied".into();
             record.status = status.as_u16();
-            record.detail = Some(json!({"message": clip(&denial.error.message)}));
+            record.detail = Some(json!({"message": shorten(&denial.error.message, 1000)}));
             if let Err(e) = state.store.insert_audit(record).await {
                 tracing::warn!(error = %e, action = spec.action, "could not write the audit record of a denied request");
             }
-            state.metrics.denied_requests.inc();
+            state
+                .metrics
+                .denied_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return denial.error.into_response();
         }
     };
@@ -672,7 +670,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let detail = match (&error, detail) {
         (Some(e), _) if outcome != "success" => {
-            Some(json!({"error": e.code, "message": clip(&e.message)}))
+            Some(json!({"error": e.code, "message": shorten(&e.message, 1000)}))
         }
         (_, d) => d,
     };
@@ -705,7 +703,10 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         }
     }
     if outcome == "denied" {
-        state.metrics.denied_requests.inc();
+        state
+            .metrics
+            .denied_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     response
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::access::shorten;
 use crate::auth::RunTokens;
 use crate::controller::{render_context, render_job};
 use crate::metrics::Metrics;
@@ -315,15 +316,6 @@ fn check_text(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-/// At most `max` characters of user input, for echoing it in a message.
-fn shorten(value: &str, max: usize) -> String {
-    if value.chars().count() <= max {
-        value.to_string()
-    } else {
-        format!("{}…", value.chars().take(max).collect::<String>())
-    }
-}
-
 fn check_rate(rate: Option<f64>) -> ApiResult<()> {
     match rate {
         Some(r) if !(r.is_finite() && r > 0.0 && r <= 100_000.0) => Err(ApiError::unprocessable(
@@ -535,6 +527,27 @@ async fn secret_variables_of_pool(state: &AppState, pool_id: Uuid) -> Vec<String
         Ok(p) => secret_variables(&p),
         Err(_) => vec![],
     }
+}
+
+/// The secret variables of one pool in a [`secret_variables_by_pool`] map.
+fn secrets_in<'a>(
+    by_pool: &'a std::collections::HashMap<Uuid, Vec<String>>,
+    pool_id: &Uuid,
+) -> &'a [String] {
+    by_pool.get(pool_id).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// One run as the API shows it, its pool's secret variables masked.
+async fn run_json(state: &AppState, run: &crate::model::FlowRun) -> Value {
+    run_out(
+        run,
+        &secret_variables_of_pool(state, run.work_pool_id).await,
+    )
+}
+
+/// One deployment as the API shows it, its pool's secret variables masked.
+async fn deployment_json(state: &AppState, d: &Deployment) -> Value {
+    deployment_out(d, &secret_variables_of_pool(state, d.work_pool_id).await)
 }
 
 fn parse_template(
@@ -862,15 +875,7 @@ async fn list_deployments(
             .list_deployments(ws.id)
             .await?
             .iter()
-            .map(|d| {
-                deployment_out(
-                    d,
-                    secrets
-                        .get(&d.work_pool_id)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]),
-                )
-            })
+            .map(|d| deployment_out(d, secrets_in(&secrets, &d.work_pool_id)))
             .collect(),
     ))
 }
@@ -882,8 +887,7 @@ async fn get_deployment(
 ) -> ApiResult<Json<Value>> {
     let ws = caller.workspace()?;
     let d = state.store.deployment(ws.id, &id).await?;
-    let secrets = secret_variables_of_pool(&state, d.work_pool_id).await;
-    Ok(Json(deployment_out(&d, &secrets)))
+    Ok(Json(deployment_json(&state, &d).await))
 }
 
 async fn update_deployment(
@@ -925,8 +929,7 @@ async fn update_deployment(
         work_queue: body.work_queue,
     };
     let d = state.store.update_deployment(ws.id, &id, patch).await?;
-    let secrets = secret_variables_of_pool(&state, d.work_pool_id).await;
-    Ok(Json(deployment_out(&d, &secrets)))
+    Ok(Json(deployment_json(&state, &d).await))
 }
 
 async fn delete_deployment(
@@ -939,12 +942,13 @@ async fn delete_deployment(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Renders what a run would get; `Err` for variable problems, plus the provider's verdict.
+/// Renders what a run would get; `Err` for variable problems, plus the provider's verdict and
+/// the pool it was rendered for.
 async fn render_for(
     state: &AppState,
     deployment: &Deployment,
     run_variables: &Map<String, Value>,
-) -> ApiResult<(Value, Option<ApiError>)> {
+) -> ApiResult<(Value, Option<ApiError>, WorkPool)> {
     let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
     let template = pool_template(state, &pool).await?;
     let context = render_context(
@@ -974,7 +978,7 @@ async fn render_for(
         },
         None => None,
     };
-    Ok((rendered, provider_error))
+    Ok((rendered, provider_error, pool))
 }
 
 async fn preview(
@@ -986,23 +990,13 @@ async fn preview(
     let ws = caller.workspace()?;
     let deployment = state.store.deployment(ws.id, &id).await?;
     check_document_size("job_variables", &request.job_variables)?;
-    let (mut rendered, provider_error) =
+    let (mut rendered, provider_error, pool) =
         render_for(&state, &deployment, &request.job_variables).await?;
     // Secret values never leave the server, whatever name the template renders them under.
-    let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
-    let extra = secret_variables(&pool);
-    let mut secrets = redact::secret_strings(&json!(deployment.job_variables), &extra);
-    secrets.extend(redact::secret_strings(
-        &json!(request.job_variables),
-        &extra,
-    ));
-    if let Some(props) = pool.base_job_template["variables"]["properties"].as_object() {
-        let defaults: Map<String, Value> = props
-            .iter()
-            .filter_map(|(k, p)| p.get("default").map(|d| (k.clone(), d.clone())))
-            .collect();
-        secrets.extend(redact::secret_strings(&Value::Object(defaults), &extra));
-    }
+    let secrets = redact::render_secrets(
+        &pool.base_job_template,
+        &[&deployment.job_variables, &request.job_variables],
+    );
     redact::mask_rendered(&mut rendered, &secrets);
     let mut out = json!({"job_configuration": rendered});
     if let Some(e) = provider_error {
@@ -1030,7 +1024,7 @@ async fn create_run(
             ));
         }
     }
-    let (_, provider_error) = render_for(&state, &deployment, &request.job_variables).await?;
+    let (_, provider_error, pool) = render_for(&state, &deployment, &request.job_variables).await?;
     if let Some(e) = provider_error {
         return Err(e);
     }
@@ -1054,10 +1048,7 @@ async fn create_run(
         } else {
             StatusCode::OK
         },
-        Json(run_out(
-            &run,
-            &secret_variables_of_pool(&state, run.work_pool_id).await,
-        )),
+        Json(run_out(&run, &secret_variables(&pool))),
     ))
 }
 
@@ -1100,15 +1091,7 @@ async fn list_runs(
             .list_runs(ws.id, &filter)
             .await?
             .iter()
-            .map(|r| {
-                run_out(
-                    r,
-                    secrets
-                        .get(&r.work_pool_id)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]),
-                )
-            })
+            .map(|r| run_out(r, secrets_in(&secrets, &r.work_pool_id)))
             .collect(),
     ))
 }
@@ -1130,10 +1113,7 @@ async fn get_run(
 ) -> ApiResult<Json<Value>> {
     let run = run_in_ws(&state, &caller, &id).await?;
     let state_history = state.store.state_history(run.id).await?;
-    let mut out = run_out(
-        &run,
-        &secret_variables_of_pool(&state, run.work_pool_id).await,
-    );
+    let mut out = run_json(&state, &run).await;
     out["state_history"] = json!(state_history);
     Ok(Json(out))
 }
@@ -1167,7 +1147,7 @@ async fn cancel_run(
     for _ in 0..10 {
         let current = run.state.state_type;
         if current == StateType::Cancelling {
-            return Ok(Json(run_out(&run, &[])));
+            return Ok(Json(run_json(&state, &run).await));
         }
         if current.is_terminal() {
             return Err(ApiError::new(
@@ -1188,10 +1168,7 @@ async fn cancel_run(
         };
         match state.store.propose_state(run.id, proposal, guard).await? {
             TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => {
-                return Ok(Json(run_out(
-                    &r,
-                    &secret_variables_of_pool(&state, r.work_pool_id).await,
-                )))
+                return Ok(Json(run_json(&state, &r).await))
             }
             TransitionOutcome::Rejected { run: r, .. } => run = r,
         }
@@ -1236,8 +1213,7 @@ async fn job_get_run(
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
     let run = own_run(&state, &caller, &id).await?;
-    let secrets = secret_variables_of_pool(&state, run.work_pool_id).await;
-    Ok(Json(run_out(&run, &secrets)))
+    Ok(Json(run_json(&state, &run).await))
 }
 
 async fn job_report_state(
