@@ -603,14 +603,7 @@ async fn start(url: &str) -> (App, impl Fn(uuid::Uuid) -> String) {
     let tokens = run_tokens(&served.store).await.unwrap();
     let app = App {
         base: served.base.clone(),
-        // A fresh connection per request: a pooled keep-alive connection the server has just
-        // closed makes the next POST fail with a broken pipe before any answer, which would
-        // read as a server failure here.
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        client: served.client.clone(),
         key: served.admin_key.clone(),
         _served: served,
     };

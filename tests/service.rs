@@ -16,6 +16,7 @@ both_backends!(
     preview_renders_the_notes_example_exactly,
     run_tokens_act_on_their_own_run_only_and_docs_are_served,
     input_limits_answer_413_and_422_naming_the_field,
+    a_refused_request_leaves_its_connection_usable,
 );
 
 struct App {
@@ -660,5 +661,75 @@ async fn input_limits_answer_413_and_422_naming_the_field(db: TestDb) {
     assert_eq!(before, after);
     let (_, runs) = app.get("/flow_runs").await;
     assert!(runs.as_array().unwrap().is_empty(), "{runs}");
+    app.stop().await;
+}
+
+/// A request refused before its body was read (bad key, unknown route) must not leave the
+/// keep-alive connection unusable: found as broken pipes in the fuzz suite.
+async fn a_refused_request_leaves_its_connection_usable(db: TestDb) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&db).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = format!("{{\"name\": \"{}\"}}", "x".repeat(20_000));
+    let refused = [
+        ("/api/users", "pp_not_a_key"),
+        ("/api/no/such/route", app.key.as_str()),
+        ("/api/workspaces/elsewhere/work_pools", app.key.as_str()),
+    ];
+    for (path, key) in refused {
+        // The body comes after a pause, as from a slow client: the refusal is decided on the
+        // headers alone.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = conn.write_all(body.as_bytes()).await;
+        let answer = read_response(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 40"), "{path}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    // The same connection still carries a request.
+    conn.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    async fn read_response(conn: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the server closed the connection: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
     app.stop().await;
 }

@@ -580,6 +580,24 @@ fn outcome_of(status: StatusCode) -> &'static str {
     }
 }
 
+/// Answers a request whose body no handler read. The body is read and dropped first (up to the
+/// body limit): a connection with an unread body cannot carry the next request, and hyper would
+/// close it silently, so a client reusing it would fail on its next request with a broken pipe.
+/// A body over the limit is not read; the answer then says `Connection: close`.
+pub(super) async fn answer_unread(body: axum::body::Body, error: ApiError) -> Response {
+    let drained = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+        .await
+        .is_ok();
+    let mut response = error.into_response();
+    if !drained {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 /// Enforces [`ROUTES`] on every request and writes the audit log.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_ascii_lowercase();
@@ -589,7 +607,11 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         .and_then(|m| find_route(&method, m.as_str()));
     let Some(spec) = spec else {
         // A route registered without an entry in ROUTES is unreachable.
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
+        return answer_unread(
+            req.into_body(),
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        )
+        .await;
     };
     if spec.access == Access::Public {
         return next.run(req).await;
@@ -638,7 +660,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
                 .metrics
                 .denied_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return denial.error.into_response();
+            return answer_unread(body, denial.error).await;
         }
     };
     let workspace_id = caller.workspace.as_ref().map(|w| w.id);

@@ -1353,8 +1353,12 @@ async fn docs() -> Html<&'static str> {
     )
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn not_found(req: Request) -> Response {
+    guard::answer_unread(
+        req.into_body(),
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    )
+    .await
 }
 
 /// The handler of one route of [`ROUTES`].
