@@ -585,6 +585,12 @@ async fn input_limits_answer_413_and_422_naming_the_field(db: TestDb) {
             .await;
         if let Ok(r) = sent {
             let status = r.status().as_u16();
+            // The unread rest of the body makes the connection unusable: the answer says so.
+            assert_eq!(
+                r.headers().get("connection").map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "413 without Connection: close"
+            );
             if let Ok(text) = r.text().await {
                 answer = Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)));
                 break;

@@ -117,6 +117,14 @@ impl IntoResponse for ApiError {
             body["field"] = json!(f);
         }
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read, so the connection cannot carry another
+            // request; say so, or a client reusing it fails on its next request.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         response.extensions_mut().insert(guard::ErrorNote {
             code: self.code,
             message: self.message,
