@@ -207,23 +207,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 "malformed_json",
                 "the request body must be JSON with `Content-Type: application/json`",
             )),
-            Err(other) => {
-                let status = other.status();
-                Err(ApiError::new(
-                    if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        status
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    },
-                    if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        "too_large"
-                    } else {
-                        "bad_request"
-                    },
-                    other.body_text(),
-                ))
-            }
+            Err(other) => Err(unreadable_body(other.status(), other.body_text())),
         }
+    }
+}
+
+/// A body that could not be read: 413 when too large, else 400.
+fn unreadable_body(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "too_large", text)
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", text)
     }
 }
 
@@ -235,22 +229,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| {
-                let status = e.status();
-                ApiError::new(
-                    if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        status
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    },
-                    if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        "too_large"
-                    } else {
-                        "bad_request"
-                    },
-                    e.body_text(),
-                )
-            })?;
+            .map_err(|e| unreadable_body(e.status(), e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalBody(T::default()));
         }
