@@ -1,8 +1,8 @@
 //! pushpool: runs workflow runs on serverless infrastructure through push work pools.
 //!
 //! The library holds the domain model ([`model`]), the run state machine ([`state`]), the job
-//! template engine ([`template`]) and the durable store ([`store`]); the service (controller, API,
-//! CLI) is built on them.
+//! template engine ([`template`], part of [`job`], which builds a run's job) and the durable store
+//! ([`store`]); the service (controller, API, CLI) is built on them.
 
 pub mod access;
 pub mod api;
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bench;
 pub mod chaos;
 pub mod controller;
+pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod null_provider;
@@ -17,4 +18,5 @@ pub mod redact;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod template;
+/// The template engine, at its old path (it lives in [`job::template`]).
+pub use job::template;

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::guard::{AuditNote, Caller};
-use super::{check_name, pool_template, ApiError, ApiResult, AppState, Body};
-use crate::controller::{render_context, render_job};
+use super::{check_name, ApiError, ApiResult, AppState, Body};
+use crate::job::{self, RunFacts};
 use crate::state::{Proposal, StateType};
 use crate::store::{PoolSelector, TransitionGuard};
 
@@ -79,7 +79,7 @@ pub(super) async fn claim(
             lease,
         )
         .await?;
-    let template = pool_template(&state, &pool).await;
+    let template = job::parse_template(&pool);
     let mut runs = Vec::with_capacity(claimed.len());
     for run in claimed {
         let token = state.tokens.issue(run.id, run.attempt);
@@ -91,23 +91,10 @@ pub(super) async fn claim(
                 .await,
         ) {
             (Ok(template), Ok(deployment)) => {
-                let context = render_context(
-                    &run.id.to_string(),
-                    run.attempt,
-                    &run.parameters,
-                    &deployment,
-                    &pool,
-                    &state.api_url,
-                    &token,
-                );
-                render_job(template, &deployment, &run.job_variables, &context).map_err(|e| {
-                    format!(
-                        "the job variables are invalid at `{}`: {}",
-                        e.field, e.message
-                    )
-                })
+                let facts = RunFacts::of_run(&run, &state.api_url, &token);
+                job::render(template, &pool, &deployment, &facts).map_err(|e| e.to_string())
             }
-            (Err(e), _) => Err(e.message.clone()),
+            (Err(e), _) => Err(e.to_string()),
             (_, Err(e)) => Err(e.to_string()),
         };
         let (job, error) = match rendered {

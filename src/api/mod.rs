@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::access::shorten;
 use crate::auth::RunTokens;
-use crate::controller::{render_context, render_job};
+use crate::job::{self, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, WorkPool};
 use crate::redact;
@@ -937,34 +937,16 @@ async fn render_for(
     run_variables: &Map<String, Value>,
 ) -> ApiResult<(Value, Option<ApiError>, WorkPool)> {
     let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
-    let template = pool_template(state, &pool).await?;
-    let context = render_context(
-        "00000000-0000-0000-0000-000000000000",
-        1,
-        &deployment.parameters,
-        deployment,
-        &pool,
-        "<api url>",
-        "<run token>",
-    );
-    let rendered = render_job(&template, deployment, run_variables, &context)
-        .map_err(|e| prefix_field(e, "job_variables"))?;
-    let provider_error = match state.registry.get(&pool.pool_type) {
-        Some(p) => match p.validate(&rendered) {
-            Ok(_) => None,
-            Err(pushpool_provider::ProviderError::InvalidConfig { field, message }) => {
-                Some(ApiError::unprocessable(
-                    format!("job_configuration.{field}").trim_end_matches('.'),
-                    format!(
-                        "the `{}` provider cannot use this job configuration: {message}",
-                        pool.pool_type
-                    ),
-                ))
-            }
-            Err(e) => Some(ApiError::unprocessable("job_configuration", e.to_string())),
-        },
-        None => None,
-    };
+    let refuse = |e: JobError| ApiError::unprocessable(&e.field(), e.to_string());
+    let template = job::parse_template(&pool).map_err(refuse)?;
+    let facts = RunFacts::preview(deployment, run_variables);
+    let rendered = job::render(&template, &pool, deployment, &facts).map_err(refuse)?;
+    // Without a provider for its type here, the job is shown unchecked.
+    let provider_error = state
+        .registry
+        .get(&pool.pool_type)
+        .and_then(|p| job::validate(p.as_ref(), &rendered).err())
+        .map(refuse);
     Ok((rendered, provider_error, pool))
 }
 

@@ -1,0 +1,212 @@
+//! What every reconcile shares ([`Context`]) and what one run task remembers ([`RunWork`]),
+//! plus turning a run into the job its provider submits ([`Context::prepare`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pushpool_provider::{DynProvider, Registry, RunSpec, Secret, ValidatedJob};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::cache::TtlCache;
+use super::logs::LogWriter;
+use super::plane::{ControlPlane, PlaneError, PlaneResult};
+use super::rate::TokenBucket;
+use super::store_plane::StorePlane;
+use super::ControllerConfig;
+use crate::auth::RunTokens;
+use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
+use crate::metrics::Metrics;
+use crate::model::{Deployment, FlowRun, WorkPool};
+use crate::store::{PoolSelector, Store};
+
+/// How long a pool or deployment read is reused when preparing jobs (changes apply within this).
+const OBJECT_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long a parsed template is kept; it is keyed by the pool's last change, so this only
+/// bounds memory.
+const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Everything reconciles share.
+pub struct Context {
+    /// Where the runs live.
+    pub plane: Arc<dyn ControlPlane>,
+    /// Providers by pool type.
+    pub registry: Registry,
+    /// Settings.
+    pub config: ControllerConfig,
+    /// Run-token issuer.
+    pub tokens: RunTokens,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Job log writer.
+    pub logs: LogWriter,
+    templates: TtlCache<(Uuid, i64), Arc<BaseJobTemplate>>,
+    pools: TtlCache<Uuid, WorkPool>,
+    deployments: TtlCache<Uuid, Deployment>,
+    buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
+}
+
+impl Context {
+    /// A context over pushpool's own store, serving the pool types of `registry`.
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        config: ControllerConfig,
+        tokens: RunTokens,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let pools = PoolSelector::Types(
+            registry
+                .pool_types()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        let plane = StorePlane::new(store, &config.id, config.lease, pools);
+        Context::with_plane(Arc::new(plane), registry, config, tokens, metrics)
+    }
+
+    /// A context over any control plane.
+    pub fn with_plane(
+        plane: Arc<dyn ControlPlane>,
+        registry: Registry,
+        config: ControllerConfig,
+        tokens: RunTokens,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let logs = LogWriter::spawn(plane.clone());
+        Context {
+            plane,
+            registry,
+            config,
+            tokens,
+            metrics,
+            logs,
+            templates: TtlCache::new(TEMPLATE_CACHE_TTL),
+            pools: TtlCache::new(OBJECT_CACHE_TTL),
+            deployments: TtlCache::new(OBJECT_CACHE_TTL),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The rate limiter of a pool's submissions.
+    pub(super) fn bucket_for(&self, pool_id: Uuid, rate: f64) -> Arc<TokenBucket> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((pool_id, rate.to_bits()))
+            .or_insert_with(|| Arc::new(TokenBucket::new(rate)))
+            .clone()
+    }
+
+    fn template_for(&self, pool: &WorkPool) -> Result<Arc<BaseJobTemplate>, JobError> {
+        let key = (pool.id, pool.updated.timestamp_micros());
+        if let Some(t) = self.templates.get(&key) {
+            return Ok(t);
+        }
+        let parsed = Arc::new(job::parse_template(pool)?);
+        self.templates.insert(key, parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Renders and validates the run's job. `Ok(Err(_))` is a job that cannot be built (the run
+    /// crashes with that message); `Err(_)` is the control plane failing (retried).
+    pub(super) async fn prepare(
+        &self,
+        run: &FlowRun,
+    ) -> PlaneResult<Result<PreparedJob, JobError>> {
+        let plane = &self.plane;
+        let pool = match self
+            .pools
+            .get_or_fetch(run.work_pool_id, plane.pool_of(run))
+            .await
+        {
+            Err(PlaneError::NotFound { .. }) => {
+                return Ok(Err(JobError::pool_gone(&run.work_pool)))
+            }
+            other => other?,
+        };
+        let deployment = self
+            .deployments
+            .get_or_fetch(run.deployment_id, plane.deployment_of(run));
+        let deployment = match deployment.await {
+            Err(PlaneError::NotFound { .. }) => {
+                return Ok(Err(JobError::deployment_gone(&run.deployment)))
+            }
+            other => other?,
+        };
+        Ok(self.build(run, &pool, &deployment))
+    }
+
+    fn build(
+        &self,
+        run: &FlowRun,
+        pool: &WorkPool,
+        deployment: &Deployment,
+    ) -> Result<PreparedJob, JobError> {
+        let provider = job::provider_for(&self.registry, &pool.pool_type)?;
+        let template = self.template_for(pool)?;
+        let token = self.tokens.issue(run.id, run.attempt);
+        let facts = RunFacts::of_run(run, &self.config.api_url, &token);
+        let job = job::prepare(&template, provider.as_ref(), pool, deployment, &facts)?;
+        let spec = RunSpec {
+            run_id: run.id,
+            attempt: u32::try_from(run.attempt).unwrap_or(1),
+            workspace: run.workspace_id.to_string(),
+            work_pool: pool.name.clone(),
+            deployment: deployment.name.clone(),
+            parameters: Value::Object(run.parameters.clone()),
+            api_url: self.config.api_url.clone(),
+            run_token: Secret::new(token),
+            logs: self.logs.sink(run.id),
+        };
+        let rate_limit = pool
+            .submit_rate
+            .or_else(|| provider.default_submit_rate())
+            .filter(|r| *r > 0.0)
+            .map(|r| (pool.id, r));
+        Ok(PreparedJob {
+            provider,
+            job,
+            spec,
+            pool_type: pool.pool_type.clone(),
+            rate_limit,
+        })
+    }
+}
+
+/// A run's job, rendered, validated and ready for the provider.
+#[derive(Clone)]
+pub struct PreparedJob {
+    pub(super) provider: Arc<dyn DynProvider>,
+    pub(super) job: ValidatedJob,
+    pub(super) spec: RunSpec,
+    pub(super) pool_type: String,
+    /// Pool id and submissions per second, when limited.
+    pub(super) rate_limit: Option<(Uuid, f64)>,
+}
+
+/// What a controller remembers about a run between reconciles.
+pub struct RunWork {
+    /// The run as last read or written.
+    pub run: FlowRun,
+    /// True when this controller took the run over from a vanished one.
+    pub adopted: bool,
+    pub(super) job: Option<PreparedJob>,
+    pub(super) poll_delay: Duration,
+    pub(super) status_failing_since: Option<Instant>,
+}
+
+impl RunWork {
+    /// Work for a freshly claimed (or adopted) run.
+    pub fn new(run: FlowRun, adopted: bool) -> Self {
+        RunWork {
+            run,
+            adopted,
+            job: None,
+            poll_delay: Duration::ZERO,
+            status_failing_since: None,
+        }
+    }
+}

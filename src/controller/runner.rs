@@ -1,0 +1,374 @@
+//! The runtime around [`reconcile`]: the claim loop ([`Controller::run`], one step of it is
+//! [`Controller::tick`]) and one task per run in flight, which sleeps for what each reconcile
+//! returns and wakes early on changes. A run never has two tasks in one controller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use super::context::{Context, RunWork};
+use super::plane::{Guard, PlaneError};
+use super::reconcile::{error_policy, propose, reconcile};
+use crate::model::FlowRun;
+use crate::state::{Proposal, StateType};
+
+/// Orphaned runs looked at per tick.
+const ORPHANS_PER_TICK: usize = 100;
+/// Shortest pause between two full ticks (adoption, cancel scan); claims run as often as needed.
+const FULL_TICK_EVERY: Duration = Duration::from_millis(250);
+
+/// Summary of one [`Controller::tick`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TickReport {
+    /// Runs claimed.
+    pub claimed: usize,
+    /// Orphaned runs adopted.
+    pub adopted: usize,
+    /// Runs renamed `Late`.
+    pub late: usize,
+    /// Silent runs crashed.
+    pub zombies: usize,
+}
+
+/// A controller: the claim loop plus one task per run in flight.
+#[derive(Clone)]
+pub struct Controller {
+    ctx: Arc<Context>,
+    in_flight: Arc<Mutex<HashMap<Uuid, Arc<Notify>>>>,
+    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Controller {
+    /// A controller over this context.
+    pub fn new(ctx: Context) -> Self {
+        Controller {
+            ctx: Arc::new(ctx),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            tasks: Arc::new(Mutex::new(tokio::task::JoinSet::new())),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// The shared context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Runs this controller is driving now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn spawn_run(&self, run: FlowRun, adopted: bool) {
+        let wake = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if map.contains_key(&run.id) {
+                return; // one task per run, never two
+            }
+            let wake = Arc::new(Notify::new());
+            map.insert(run.id, wake.clone());
+            wake
+        };
+        let ctx = self.ctx.clone();
+        let in_flight = self.in_flight.clone();
+        let shutdown = self.shutdown.subscribe();
+        let run_id = run.id;
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.spawn(async move {
+            drive(ctx, RunWork::new(run, adopted), wake, shutdown).await;
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run_id);
+        });
+        // Reap finished tasks so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+    }
+
+    /// One step of the claim loop: adopt orphaned runs, wake runs asked to cancel, mark late
+    /// runs, crash silent ones, claim due runs up to the free capacity and start a task for each.
+    /// Tests call this directly.
+    pub async fn tick(&self) -> Result<TickReport, PlaneError> {
+        let mut report = TickReport::default();
+        if *self.shutdown.borrow() {
+            return Ok(report);
+        }
+        let plane = &self.ctx.plane;
+        for orphan in plane.orphans(ORPHANS_PER_TICK).await? {
+            if let Some(run) = plane.adopt(&orphan).await? {
+                tracing::info!(run_id = %run.id, previous = ?orphan.lease_owner, "adopted an orphaned run");
+                report.adopted += 1;
+                self.spawn_run(run, true);
+            }
+        }
+        for run in plane.cancellations().await? {
+            let wake = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&run.id)
+                .cloned();
+            match wake {
+                Some(wake) if run.state.state_type == StateType::Cancelling => wake.notify_one(),
+                Some(_) => {}
+                None => self.spawn_run(run, true),
+            }
+        }
+        report.late = plane.mark_late(self.ctx.config.late_after).await?;
+        report.zombies = self.crash_silent_runs().await?;
+        report.claimed = self.claim().await?;
+        Ok(report)
+    }
+
+    /// Crashes RUNNING runs whose job fell silent; returns how many.
+    async fn crash_silent_runs(&self) -> Result<usize, PlaneError> {
+        let silence = self.ctx.config.heartbeat_silence;
+        let mut crashed = 0;
+        for run in self.ctx.plane.silent_runs(silence).await? {
+            let heard = run
+                .last_heartbeat
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let message = format!(
+                "the job stopped sending heartbeats: last heard from at {heard}, more than {}s ago",
+                silence.as_secs()
+            );
+            let proposal = Proposal::new(StateType::Crashed).with_message(message);
+            let guard = Guard::expecting(StateType::Running);
+            let outcomes = self
+                .ctx
+                .plane
+                .propose(run.id, vec![proposal], guard, None)
+                .await?;
+            if matches!(
+                outcomes.first(),
+                Some(crate::store::TransitionOutcome::Accepted(_))
+            ) {
+                crashed += 1;
+            }
+        }
+        Ok(crashed)
+    }
+
+    /// Claims due runs up to the free capacity and starts a task for each; returns how many.
+    async fn claim(&self) -> Result<usize, PlaneError> {
+        let capacity = self
+            .ctx
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight());
+        let limit = capacity.min(self.ctx.config.claim_batch);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let claimed = self.ctx.plane.claim_due(limit).await?;
+        self.ctx.metrics.claim_latency.observe(started.elapsed());
+        let n = claimed.len();
+        for run in claimed {
+            self.spawn_run(run, false);
+        }
+        Ok(n)
+    }
+
+    /// Asks the controller to stop: no more claims; runs in flight are handed back or released.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Renews this controller's holds every third of a lease until shutdown.
+    fn spawn_renewer(&self) -> tokio::task::JoinHandle<()> {
+        let ctx = self.ctx.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let every = ctx.config.lease / 3;
+            loop {
+                if let Err(e) = ctx.plane.renew_all().await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        })
+    }
+
+    /// How long the claim loop may sleep: until the next run falls due, at most `idle_max`, and
+    /// at most 250 ms while runs are in flight (to see cancellations and orphans soon).
+    async fn idle_time(&self) -> Duration {
+        let idle_max = self.ctx.config.idle_max;
+        let sleep_for = match self.ctx.plane.next_due().await {
+            Ok(Some(next)) => (next - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(5), idle_max),
+            _ => idle_max,
+        };
+        if self.in_flight() > 0 {
+            sleep_for.min(FULL_TICK_EVERY)
+        } else {
+            sleep_for
+        }
+    }
+
+    /// Runs the claim loop until [`Controller::shutdown`], then waits for in-flight work to be
+    /// handed back (bounded by `grace`).
+    pub async fn run(&self, grace: Duration) {
+        let changes = self.ctx.plane.changes();
+        let renewer = self.spawn_renewer();
+        // Runs this controller id held before a restart are resumed (as adopted: looked up first).
+        if let Ok(mine) = self.ctx.plane.held_runs().await {
+            for run in mine {
+                self.spawn_run(run, true);
+            }
+        }
+        let mut shutdown = self.shutdown.subscribe();
+        let mut last_full_tick = Instant::now() - Duration::from_secs(3600);
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let notified = changes.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let result = if last_full_tick.elapsed() >= FULL_TICK_EVERY {
+                last_full_tick = Instant::now();
+                self.tick().await.map(|r| r.claimed)
+            } else {
+                self.claim().await
+            };
+            let claimed = match result {
+                Ok(n) => {
+                    failing_since = None;
+                    n
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(error = %e, failing_for = ?since.elapsed(), "claim failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if claimed > 0 && self.in_flight() < self.ctx.config.max_in_flight {
+                continue; // more may be due right now
+            }
+            let sleep_for = self.idle_time().await;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        self.ctx.logs.flush().await;
+        renewer.abort();
+    }
+}
+
+/// One run's task: reconcile, sleep for the returned action (woken early by changes), repeat
+/// until done; at shutdown, drain briefly or hand the run back.
+async fn drive(
+    ctx: Arc<Context>,
+    mut work: RunWork,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut fresh = true;
+    let mut needs_read = false;
+    let mut last_read = Instant::now();
+    // Set at shutdown for runs that already have infrastructure: keep recording their progress
+    // until this deadline, then release the hold for another controller.
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if *shutdown.borrow() {
+            match drain_until {
+                None if work.run.infrastructure_id.is_some()
+                    && !ctx.config.shutdown_drain.is_zero() =>
+                {
+                    drain_until = Some(Instant::now() + ctx.config.shutdown_drain);
+                }
+                Some(deadline) if Instant::now() < deadline => {}
+                _ => {
+                    hand_back(&ctx, &mut work).await;
+                    return;
+                }
+            }
+        }
+        // The run in memory is what this task last wrote or read; read again when woken (a cancel,
+        // a change by someone else), after a refused write, or at least every second.
+        if !fresh && (needs_read || last_read.elapsed() >= Duration::from_secs(1)) {
+            last_read = Instant::now();
+            needs_read = false;
+            match ctx.plane.run(work.run.id).await {
+                Ok(run) => work.run = run,
+                Err(e) => {
+                    tracing::warn!(run_id = %work.run.id, error = %e, "cannot read run; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        fresh = false;
+        let action = match reconcile(&mut work, &ctx).await {
+            Ok(a) => a,
+            Err(e) => error_policy(&work, &e, &ctx),
+        };
+        let Some(delay) = action.requeue_after() else {
+            return;
+        };
+        if delay.is_zero() {
+            needs_read = true;
+        } else {
+            let delay = match drain_until {
+                Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
+                None => delay,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = wake.notified() => needs_read = true,
+                _ = shutdown.changed(), if drain_until.is_none() => needs_read = true,
+            }
+        }
+    }
+}
+
+/// On shutdown: a run not yet submitted goes back to SCHEDULED for another controller; a submitted
+/// one keeps running and its hold is released so a live controller adopts it at once.
+async fn hand_back(ctx: &Context, work: &mut RunWork) {
+    let Ok(run) = ctx.plane.run(work.run.id).await else {
+        return;
+    };
+    work.run = run;
+    if !ctx.plane.holds(&work.run) || work.run.state.state_type.is_terminal() {
+        return;
+    }
+    if work.run.state.state_type == StateType::Pending && work.run.infrastructure_id.is_none() {
+        let p = Proposal::new(StateType::Scheduled).with_message(format!(
+            "handed back by controller {} on shutdown",
+            ctx.config.id
+        ));
+        if let Err(e) = propose(work, ctx, p).await {
+            tracing::warn!(run_id = %work.run.id, error = %e, "could not hand the run back");
+        }
+    } else if let Err(e) = ctx.plane.release(work.run.id).await {
+        tracing::warn!(run_id = %work.run.id, error = %e, "could not release the lease");
+    }
+}

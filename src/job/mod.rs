@@ -1,0 +1,287 @@
+//! The job a run gets, built in one place: the pool's base job template, the built-in render
+//! context, the job variables resolved in layers (template defaults < deployment `job_variables`
+//! < run `job_variables`), the rendered job configuration and the provider's verdict on it.
+//!
+//! The controller (before it submits), the preview and run-creation API (before a run is
+//! accepted) and the claim API (for executors outside pushpool) all go through here, so a job and
+//! the errors about it read the same wherever they are produced: every [`JobError`] names the
+//! field at fault ([`JobError::field`]), the rule it broke ([`JobError::rule`]) and what to fix
+//! (its `Display`).
+//!
+//! The template engine itself is [`template`] (`docs/templates.md`).
+
+pub mod template;
+
+use std::fmt;
+use std::sync::Arc;
+
+use pushpool_provider::{DynProvider, ProviderError, Registry, ValidatedJob};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::model::{Deployment, FlowRun, WorkPool};
+
+pub use template::{BaseJobTemplate, TemplateError};
+
+/// What the built-in namespaces (`flow_run`, `pushpool`) and the run-level variables say about
+/// the run a job is rendered for.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFacts<'a> {
+    /// The run's id (`flow_run.id`, `pushpool.run_id`).
+    pub run_id: Uuid,
+    /// The attempt number, from 1 (`flow_run.attempt`).
+    pub attempt: i64,
+    /// The flow parameters (`flow_run.parameters`).
+    pub parameters: &'a Map<String, Value>,
+    /// Run-level job-variable overrides (the top layer).
+    pub job_variables: &'a Map<String, Value>,
+    /// URL the job reaches the API at (`pushpool.api_url`).
+    pub api_url: &'a str,
+    /// The run's token (`pushpool.run_token`).
+    pub run_token: &'a str,
+}
+
+impl<'a> RunFacts<'a> {
+    /// The facts of a stored run, with the API URL and token its job will get.
+    pub fn of_run(run: &'a FlowRun, api_url: &'a str, run_token: &'a str) -> Self {
+        RunFacts {
+            run_id: run.id,
+            attempt: run.attempt,
+            parameters: &run.parameters,
+            job_variables: &run.job_variables,
+            api_url,
+            run_token,
+        }
+    }
+
+    /// Stand-in facts for a run not created yet (preview, checks before run creation): the nil
+    /// id, attempt 1, the deployment's parameters and placeholder URL and token.
+    pub fn preview(deployment: &'a Deployment, job_variables: &'a Map<String, Value>) -> Self {
+        RunFacts {
+            run_id: Uuid::nil(),
+            attempt: 1,
+            parameters: &deployment.parameters,
+            job_variables,
+            api_url: "<api url>",
+            run_token: "<run token>",
+        }
+    }
+}
+
+/// The built-in values a template may use besides its variables.
+pub fn render_context(
+    run: &RunFacts,
+    deployment: &Deployment,
+    pool: &WorkPool,
+) -> Map<String, Value> {
+    let run_id = run.run_id.to_string();
+    let v = json!({
+        "flow_run": {"id": run_id, "attempt": run.attempt, "parameters": run.parameters},
+        "deployment": {"id": deployment.id, "name": deployment.name},
+        "work_pool": {"name": pool.name, "type": pool.pool_type},
+        "pushpool": {"api_url": run.api_url, "run_id": run_id, "run_token": run.run_token},
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Parses the pool's base job template.
+pub fn parse_template(pool: &WorkPool) -> Result<BaseJobTemplate, JobError> {
+    BaseJobTemplate::parse(&pool.base_job_template).map_err(|source| JobError::InvalidTemplate {
+        pool: pool.name.clone(),
+        source,
+    })
+}
+
+/// Resolves the job variables (defaults < deployment < run) and renders the job configuration.
+pub fn render(
+    template: &BaseJobTemplate,
+    pool: &WorkPool,
+    deployment: &Deployment,
+    run: &RunFacts,
+) -> Result<Value, JobError> {
+    let values = template
+        .resolve(&deployment.job_variables, run.job_variables)
+        .map_err(JobError::InvalidVariables)?;
+    Ok(template.render(&values, &render_context(run, deployment, pool)))
+}
+
+/// The provider serving `pool_type`.
+pub fn provider_for(
+    registry: &Registry,
+    pool_type: &str,
+) -> Result<Arc<dyn DynProvider>, JobError> {
+    registry.get(pool_type).ok_or_else(|| JobError::NoProvider {
+        pool_type: pool_type.to_string(),
+        served: registry.pool_types().join(", "),
+    })
+}
+
+/// The provider's pure check of a rendered job configuration.
+pub fn validate(provider: &dyn DynProvider, rendered: &Value) -> Result<ValidatedJob, JobError> {
+    let pool_type = provider.pool_type().to_string();
+    provider.validate(rendered).map_err(|e| match e {
+        ProviderError::InvalidConfig { field, message } => JobError::Refused {
+            pool_type,
+            field,
+            message,
+        },
+        source => JobError::Provider { pool_type, source },
+    })
+}
+
+/// Renders and validates: the job a provider can submit.
+pub fn prepare(
+    template: &BaseJobTemplate,
+    provider: &dyn DynProvider,
+    pool: &WorkPool,
+    deployment: &Deployment,
+    run: &RunFacts,
+) -> Result<ValidatedJob, JobError> {
+    validate(provider, &render(template, pool, deployment, run)?)
+}
+
+/// Why a run's job cannot be built. One set of messages for every place that builds jobs: a
+/// crashed run's state message, a 422 of the API and the `error` of a claimed run all use it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The run's pool or deployment was deleted.
+    Gone {
+        /// `work pool` or `deployment`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The pool's base job template does not parse.
+    InvalidTemplate {
+        /// The pool.
+        pool: String,
+        /// The template problem (field rooted at `base_job_template`).
+        source: TemplateError,
+    },
+    /// The layered job variables break the template's rules (field rooted at `job_variables`).
+    InvalidVariables(TemplateError),
+    /// No provider here serves the pool's type.
+    NoProvider {
+        /// The pool type.
+        pool_type: String,
+        /// The types that are served, comma-separated.
+        served: String,
+    },
+    /// The provider cannot use the rendered job configuration.
+    Refused {
+        /// The pool type.
+        pool_type: String,
+        /// Path inside the job configuration (may be empty).
+        field: String,
+        /// The provider's reason.
+        message: String,
+    },
+    /// The provider's check failed in another way.
+    Provider {
+        /// The pool type.
+        pool_type: String,
+        /// Its error.
+        source: ProviderError,
+    },
+}
+
+impl JobError {
+    /// The run's pool no longer exists.
+    pub fn pool_gone(name: &str) -> Self {
+        JobError::Gone {
+            what: "work pool",
+            name: name.to_string(),
+        }
+    }
+
+    /// The run's deployment no longer exists.
+    pub fn deployment_gone(name: &str) -> Self {
+        JobError::Gone {
+            what: "deployment",
+            name: name.to_string(),
+        }
+    }
+
+    /// The field at fault, as the API names it: `work_pool`, `deployment`, `type`,
+    /// `job_variables.…` or `job_configuration.…`.
+    pub fn field(&self) -> String {
+        match self {
+            JobError::Gone { what, .. } if *what == "deployment" => "deployment".into(),
+            JobError::Gone { .. } | JobError::InvalidTemplate { .. } => "work_pool".into(),
+            JobError::InvalidVariables(e) if e.field.starts_with("job_variables") => {
+                e.field.clone()
+            }
+            JobError::InvalidVariables(e) => format!("job_variables.{}", e.field),
+            JobError::NoProvider { .. } => "type".into(),
+            JobError::Refused { field, .. } if !field.is_empty() => {
+                format!("job_configuration.{field}")
+            }
+            JobError::Refused { .. } | JobError::Provider { .. } => "job_configuration".into(),
+        }
+    }
+
+    /// The rule broken: the template engine's rule names (`invalid_template`, `unknown_variable`,
+    /// `schema`, …), or `not_found`, `unknown_pool_type`, `provider_config`, `provider`.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            JobError::Gone { .. } => "not_found",
+            JobError::InvalidTemplate { source, .. } => source.rule,
+            JobError::InvalidVariables(e) => e.rule,
+            JobError::NoProvider { .. } => "unknown_pool_type",
+            JobError::Refused { .. } => "provider_config",
+            JobError::Provider { .. } => "provider",
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Gone { what, name } => write!(f, "{what} `{name}` no longer exists"),
+            JobError::InvalidTemplate { pool, source } => write!(
+                f,
+                "the base job template of work pool `{pool}` is invalid at `{}`: {}; fix the pool's template",
+                source.field, source.message
+            ),
+            JobError::InvalidVariables(e) => write!(
+                f,
+                "the job variables are invalid at `{}`: {}; fix the deployment's or the run's job_variables",
+                self.field(),
+                e.message
+            ),
+            JobError::NoProvider { pool_type, served } => write!(
+                f,
+                "no provider for pool type `{pool_type}` here (this build serves: {served}); build pushpool with that provider's feature"
+            ),
+            JobError::Refused {
+                pool_type, message, ..
+            } => write!(
+                f,
+                "the `{pool_type}` provider cannot use this job configuration at `{}`: {message}; fix the job variable or template field that produces it",
+                self.field()
+            ),
+            JobError::Provider { pool_type, source } => {
+                write!(f, "the `{pool_type}` provider refused the job: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JobError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JobError::InvalidTemplate { source, .. } | JobError::InvalidVariables(source) => {
+                Some(source)
+            }
+            JobError::Provider { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

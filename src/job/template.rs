@@ -1,0 +1,723 @@
+//! Prefect-style base job templates: parsing, checking, variable resolution
+//! and rendering.
+//!
+//! A base job template is
+//! `{"job_configuration": {...}, "variables": <JSON Schema object>}`.
+//! Strings in `job_configuration` may contain `{{ name }}` placeholders that
+//! are filled from the resolved job variables (defaults < deployment
+//! `job_variables` < flow-run `job_variables`) and from the built-in
+//! namespaces (`flow_run`, `deployment`, `work_pool`, `pushpool`).
+//!
+//! The semantics follow Prefect's `apply_values` exactly, with the deliberate
+//! differences documented in `docs/templates.md` (non-string values
+//! interpolated into a partial placeholder are printed as compact JSON, so
+//! `true` rather than Python's `True`; overriding a declared but unused
+//! variable is an error instead of being silently dropped).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock};
+
+use jsonschema::Validator;
+use regex::Regex;
+use serde_json::{Map, Value};
+
+/// First dotted segments of placeholders that the system fills at render
+/// time; they need not (and should not) be declared in `variables`.
+pub const BUILTIN_NAMESPACES: [&str; 4] = ["flow_run", "deployment", "work_pool", "pushpool"];
+
+/// Deepest JSON nesting accepted in a base job template (the template object
+/// itself is level 1).
+pub const MAX_TEMPLATE_DEPTH: usize = 64;
+
+/// `{{ name }}` with optional whitespace inside the braces.
+static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}").expect("placeholder regex is valid")
+});
+
+/// Error with the JSON path of the offending field, the rule broken, and a
+/// human message.
+///
+/// `field` is a dotted path (array items as `[i]`) rooted at
+/// `base_job_template` for template problems and at `job_variables` for
+/// problems with deployment or flow-run overrides. `rule` is one of
+/// `invalid_template`, `undeclared_placeholder`, `unknown_variable`,
+/// `unused_variable`, `schema` and `required`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TemplateError {
+    /// JSON path of the offending field, e.g. `job_variables.env.FOO` or
+    /// `base_job_template.job_configuration.containers[0].image`.
+    pub field: String,
+    /// Machine-readable name of the rule that was broken.
+    pub rule: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+fn error(
+    field: impl Into<String>,
+    rule: &'static str,
+    message: impl Into<String>,
+) -> TemplateError {
+    TemplateError {
+        field: field.into(),
+        rule,
+        message: message.into(),
+    }
+}
+
+/// One step of a JSON path.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Formats `prefix` followed by `segs` as `prefix.key[3].other`.
+fn fmt_path(prefix: &str, segs: &[Seg]) -> String {
+    let mut out = String::from(prefix);
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Seg::Index(i) => {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+/// Turns a JSON pointer into segments, using `root` to tell array indices
+/// from object keys that look like numbers.
+fn pointer_segs(root: &Value, pointer: &str) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    let mut cur = Some(root);
+    for raw in pointer.split('/').skip(1) {
+        let token = raw.replace("~1", "/").replace("~0", "~");
+        match cur {
+            Some(Value::Array(items)) => match token.parse::<usize>() {
+                Ok(i) => {
+                    cur = items.get(i);
+                    segs.push(Seg::Index(i));
+                }
+                Err(_) => {
+                    cur = None;
+                    segs.push(Seg::Key(token));
+                }
+            },
+            Some(Value::Object(map)) => {
+                cur = map.get(&token);
+                segs.push(Seg::Key(token));
+            }
+            _ => {
+                cur = None;
+                segs.push(Seg::Key(token));
+            }
+        }
+    }
+    segs
+}
+
+/// Splits a dotted override key (`env.FOO`) into its segments; `None` for a
+/// plain key or one with an empty segment (kept literal).
+fn dotted_segments(key: &str) -> Option<Vec<&str>> {
+    if !key.contains('.') {
+        return None;
+    }
+    let segs: Vec<&str> = key.split('.').collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    Some(segs)
+}
+
+/// Builds `{"b": {"c": value}}` from segments `["b", "c"]`.
+fn nest(segs: &[&str], value: Value) -> Value {
+    segs.iter().rev().fold(value, |acc, seg| {
+        let mut map = Map::new();
+        map.insert((*seg).to_owned(), acc);
+        Value::Object(map)
+    })
+}
+
+/// Merges `over` into `base`: objects merge key by key (recursively),
+/// anything else replaces.
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base_map), Value::Object(over_map)) => {
+            for (k, v) in over_map {
+                match base_map.get_mut(&k) {
+                    Some(existing) => deep_merge(existing, v),
+                    None => {
+                        base_map.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+fn merge_into(map: &mut Map<String, Value>, key: &str, value: Value) {
+    match map.get_mut(key) {
+        Some(existing) => deep_merge(existing, value),
+        None => {
+            map.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Expands dotted keys ("env.FOO") into nested objects, deep-merging.
+///
+/// Plain keys are copied first, then every dotted key is expanded and
+/// deep-merged on top, so `{"env": {"A": "1"}, "env.A": "2"}` gives
+/// `{"env": {"A": "2"}}` whatever the map's key order. Keys with an empty
+/// segment (`"a..b"`, `".a"`, `"a."`) are kept literally. Only top-level keys
+/// are expanded.
+pub fn expand_dotted(map: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in map {
+        if dotted_segments(k).is_none() {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in map {
+        if let Some(segs) = dotted_segments(k) {
+            merge_into(&mut out, segs[0], nest(&segs[1..], v.clone()));
+        }
+    }
+    out
+}
+
+/// Applies one override layer onto `base` (env deep-merged, dotted expanded,
+/// others replaced).
+///
+/// Plain keys are applied first: `env` is deep-merged into the existing
+/// `env`, any other plain key replaces the existing value wholesale. Then
+/// each dotted key (`"env.FOO"`, `"labels.team"`) is expanded and deep-merged
+/// into what is there.
+pub fn apply_overrides(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
+    for (k, v) in overrides {
+        if dotted_segments(k).is_some() {
+            continue;
+        }
+        if k == "env" {
+            merge_into(base, k, v.clone());
+        } else {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in overrides {
+        if let Some(segs) = dotted_segments(k) {
+            merge_into(base, segs[0], nest(&segs[1..], v.clone()));
+        }
+    }
+}
+
+/// Looks a dotted placeholder name up in `values` (`a.b` reads
+/// `values["a"]["b"]`); only objects are traversed.
+fn lookup<'a>(values: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let mut segs = name.split('.');
+    let mut cur = values.get(segs.next()?)?;
+    for seg in segs {
+        cur = cur.as_object()?.get(seg)?;
+    }
+    Some(cur)
+}
+
+/// The placeholder name if `s` is exactly one placeholder (nothing outside
+/// the braces), as Prefect requires for a whole-value placeholder.
+fn whole_placeholder(s: &str) -> Option<&str> {
+    let caps = PLACEHOLDER.captures(s)?;
+    let m = caps.get(0)?;
+    if m.start() == 0 && m.end() == s.len() {
+        caps.get(1).map(|n| n.as_str())
+    } else {
+        None
+    }
+}
+
+fn render_string(s: &str, values: &Map<String, Value>) -> Option<Value> {
+    if let Some(name) = whole_placeholder(s) {
+        return lookup(values, name).cloned();
+    }
+    if !PLACEHOLDER.is_match(s) {
+        return Some(Value::String(s.to_owned()));
+    }
+    let rendered = PLACEHOLDER.replace_all(s, |caps: &regex::Captures<'_>| {
+        match lookup(values, &caps[1]) {
+            Some(Value::String(v)) => v.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }
+    });
+    Some(Value::String(rendered.into_owned()))
+}
+
+/// `None` means "missing: remove this key or item".
+fn render_inner(template: &Value, values: &Map<String, Value>) -> Option<Value> {
+    match template {
+        Value::String(s) => render_string(s, values),
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .filter_map(|i| render_inner(i, values))
+                .collect(),
+        )),
+        Value::Object(map) => Some(Value::Object(
+            map.iter()
+                .filter_map(|(k, v)| render_inner(v, values).map(|v| (k.clone(), v)))
+                .collect(),
+        )),
+        other => Some(other.clone()),
+    }
+}
+
+/// Pure Prefect rendering of any JSON value with the given values (the
+/// engine under [`BaseJobTemplate::render`]).
+///
+/// A string that is exactly one placeholder is replaced by the value with its
+/// JSON type, or removed from its object or array when the value is missing;
+/// placeholders inside a longer string are interpolated (strings raw, other
+/// values as compact JSON, missing ones as `""`). Object keys are not
+/// templated. A top-level whole placeholder with a missing value renders to
+/// `null`. Recursion follows the template's nesting, so callers should bound
+/// it ([`BaseJobTemplate::parse`] refuses more than [`MAX_TEMPLATE_DEPTH`]).
+pub fn render_value(template: &Value, values: &Map<String, Value>) -> Value {
+    render_inner(template, values).unwrap_or(Value::Null)
+}
+
+/// Refuses nesting deeper than [`MAX_TEMPLATE_DEPTH`] without recursing.
+fn check_depth(root: &Value) -> Result<(), TemplateError> {
+    let mut stack: Vec<(&Value, usize, Vec<Seg>)> = vec![(root, 1, Vec::new())];
+    while let Some((value, depth, path)) = stack.pop() {
+        let is_container = value.is_object() || value.is_array();
+        if !is_container {
+            continue;
+        }
+        if depth > MAX_TEMPLATE_DEPTH {
+            return Err(error(
+                fmt_path("base_job_template", &path),
+                "invalid_template",
+                format!("base job template is nested deeper than {MAX_TEMPLATE_DEPTH} levels"),
+            ));
+        }
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if v.is_object() || v.is_array() {
+                        let mut p = path.clone();
+                        p.push(Seg::Key(k.clone()));
+                        stack.push((v, depth + 1, p));
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    if v.is_object() || v.is_array() {
+                        let mut p = path.clone();
+                        p.push(Seg::Index(i));
+                        stack.push((v, depth + 1, p));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Collects `(placeholder name, path)` for every placeholder in string
+/// values of `value` (object keys are not templated).
+fn collect_placeholders(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<(String, Vec<Seg>)>) {
+    match value {
+        Value::String(s) => {
+            for caps in PLACEHOLDER.captures_iter(s) {
+                out.push((caps[1].to_owned(), path.clone()));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(Seg::Index(i));
+                collect_placeholders(v, path, out);
+                path.pop();
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                path.push(Seg::Key(k.clone()));
+                collect_placeholders(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn first_segment(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+fn is_builtin(first: &str) -> bool {
+    BUILTIN_NAMESPACES.contains(&first)
+}
+
+/// Removes every `required` keyword whose value is an array, at any depth,
+/// without touching data keywords (`const`, `enum`, `default`, `examples`).
+fn strip_required(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("required").is_some_and(Value::is_array) {
+                map.remove("required");
+            }
+            for (k, v) in map.iter_mut() {
+                if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
+                    strip_required(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_required),
+        _ => {}
+    }
+}
+
+/// Validates `instance` and converts the first failure into a
+/// [`TemplateError`] whose field is `prefix` plus the instance path.
+fn schema_error(validator: &Validator, instance: &Value, prefix: &str) -> Option<TemplateError> {
+    let mut errors = validator.iter_errors(instance);
+    let first = errors.next()?;
+    let more = errors.count();
+    let mut segs = pointer_segs(instance, first.instance_path.as_str());
+    let rule = match &first.kind {
+        jsonschema::error::ValidationErrorKind::Required { property } => {
+            let name = property
+                .as_str()
+                .map_or_else(|| property.to_string(), str::to_owned);
+            segs.push(Seg::Key(name));
+            "required"
+        }
+        _ => "schema",
+    };
+    let mut message = first.to_string();
+    if rule == "required" {
+        message.push_str(" (no default, deployment or flow-run value supplies it)");
+    }
+    if more > 0 {
+        message.push_str(&format!(" (and {more} more problem(s))"));
+    }
+    Some(error(fmt_path(prefix, &segs), rule, message))
+}
+
+/// A parsed, checked base job template.
+#[derive(Debug, Clone)]
+pub struct BaseJobTemplate {
+    job_configuration: Value,
+    variables: Value,
+    validator: Arc<Validator>,
+    validator_no_required: Arc<Validator>,
+    used: BTreeSet<String>,
+}
+
+impl BaseJobTemplate {
+    /// Parses and checks: object with `job_configuration` (object) and
+    /// `variables` (object schema; `properties` object; missing `variables` =
+    /// empty schema), schema compiles, every placeholder declared, every
+    /// default valid against its property schema.
+    ///
+    /// Also refuses: other top-level keys, nesting deeper than
+    /// [`MAX_TEMPLATE_DEPTH`], a `variables.type` other than `"object"`,
+    /// property names that are empty or contain `.`, and property schemas
+    /// that are neither objects nor booleans. Defaults that are `null` are
+    /// not checked (they mean "no default").
+    pub fn parse(value: &Value) -> Result<Self, TemplateError> {
+        let Some(obj) = value.as_object() else {
+            return Err(error(
+                "base_job_template",
+                "invalid_template",
+                "base job template must be a JSON object with `job_configuration` and `variables`",
+            ));
+        };
+        check_depth(value)?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| k.as_str() != "job_configuration" && k.as_str() != "variables")
+        {
+            return Err(error(
+                format!("base_job_template.{k}"),
+                "invalid_template",
+                format!(
+                    "unexpected key `{k}`: only `job_configuration` and `variables` are allowed"
+                ),
+            ));
+        }
+        let job_configuration = match obj.get("job_configuration") {
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return Err(error(
+                    "base_job_template.job_configuration",
+                    "invalid_template",
+                    "`job_configuration` must be a JSON object",
+                ))
+            }
+            None => {
+                return Err(error(
+                    "base_job_template.job_configuration",
+                    "invalid_template",
+                    "`job_configuration` is missing",
+                ))
+            }
+        };
+        let variables = match obj.get("variables") {
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return Err(error(
+                    "base_job_template.variables",
+                    "invalid_template",
+                    "`variables` must be a JSON Schema object",
+                ))
+            }
+            None => serde_json::json!({"type": "object", "properties": {}}),
+        };
+        if let Some(t) = variables.get("type") {
+            if t != "object" {
+                return Err(error(
+                    "base_job_template.variables.type",
+                    "invalid_template",
+                    "`variables` must be a schema of type \"object\"",
+                ));
+            }
+        }
+        let empty = Map::new();
+        let properties = match variables.get("properties") {
+            Some(Value::Object(p)) => p,
+            Some(_) => {
+                return Err(error(
+                    "base_job_template.variables.properties",
+                    "invalid_template",
+                    "`variables.properties` must be a JSON object",
+                ))
+            }
+            None => &empty,
+        };
+        for (name, schema) in properties {
+            let field = format!("base_job_template.variables.properties.{name}");
+            if name.is_empty() || name.contains('.') {
+                return Err(error(
+                    field,
+                    "invalid_template",
+                    format!("variable name `{name}` must be non-empty and must not contain `.`"),
+                ));
+            }
+            if !(schema.is_object() || schema.is_boolean()) {
+                return Err(error(
+                    field,
+                    "invalid_template",
+                    format!("the schema of variable `{name}` must be a JSON object"),
+                ));
+            }
+        }
+
+        let compile = |schema: &Value| {
+            jsonschema::validator_for(schema).map_err(|e| {
+                let segs = pointer_segs(schema, e.instance_path.as_str());
+                error(
+                    fmt_path("base_job_template.variables", &segs),
+                    "invalid_template",
+                    format!("`variables` is not a valid JSON Schema: {e}"),
+                )
+            })
+        };
+        let validator = compile(&variables)?;
+        let mut no_required = variables.clone();
+        strip_required(&mut no_required);
+        let validator_no_required = compile(&no_required)?;
+
+        let mut found = Vec::new();
+        collect_placeholders(&job_configuration, &mut Vec::new(), &mut found);
+        let mut used = BTreeSet::new();
+        for (name, path) in found {
+            let first = first_segment(&name);
+            if is_builtin(first) {
+                continue;
+            }
+            if !properties.contains_key(first) {
+                return Err(error(
+                    fmt_path("base_job_template.job_configuration", &path),
+                    "undeclared_placeholder",
+                    format!(
+                        "placeholder `{{{{ {name} }}}}` uses variable `{first}`, which is not declared in `variables.properties` (built-in namespaces: {})",
+                        BUILTIN_NAMESPACES.join(", ")
+                    ),
+                ));
+            }
+            used.insert(first.to_owned());
+        }
+
+        let template = BaseJobTemplate {
+            job_configuration,
+            variables,
+            validator: Arc::new(validator),
+            validator_no_required: Arc::new(validator_no_required),
+            used,
+        };
+
+        let defaults = Value::Object(template.defaults());
+        for e in template.validator_no_required.iter_errors(&defaults) {
+            let segs = pointer_segs(&defaults, e.instance_path.as_str());
+            // Errors about the defaults object as a whole (e.g. `minProperties`)
+            // are not about any one default.
+            let Some((Seg::Key(var), rest)) = segs.split_first() else {
+                continue;
+            };
+            return Err(error(
+                fmt_path(
+                    &format!("base_job_template.variables.properties.{var}.default"),
+                    rest,
+                ),
+                "schema",
+                format!("default of variable `{var}` does not match its schema: {e}"),
+            ));
+        }
+        Ok(template)
+    }
+
+    /// The `job_configuration` object, placeholders unrendered.
+    pub fn job_configuration(&self) -> &Value {
+        &self.job_configuration
+    }
+
+    /// The `variables` JSON Schema (`{"type": "object", "properties": {}}`
+    /// when the template had none).
+    pub fn variables_schema(&self) -> &Value {
+        &self.variables
+    }
+
+    /// The original JSON (`{"job_configuration":..,"variables":..}`).
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "job_configuration": self.job_configuration,
+            "variables": self.variables,
+        })
+    }
+
+    /// First segments of all placeholders used in job_configuration
+    /// (excluding built-in namespaces).
+    pub fn used_variables(&self) -> BTreeSet<String> {
+        self.used.clone()
+    }
+
+    fn properties(&self) -> Option<&Map<String, Value>> {
+        self.variables.get("properties").and_then(Value::as_object)
+    }
+
+    /// Defaults from the schema, null ones dropped.
+    pub fn defaults(&self) -> Map<String, Value> {
+        self.properties()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, schema)| match schema.get("default") {
+                Some(Value::Null) | None => None,
+                Some(v) => Some((name.clone(), v.clone())),
+            })
+            .collect()
+    }
+
+    /// Refuses override keys whose variable is undeclared or unused.
+    fn check_layer(&self, overrides: &Map<String, Value>) -> Result<(), TemplateError> {
+        let mut keys: Vec<&String> = overrides.keys().collect();
+        keys.sort();
+        for key in keys {
+            let var = match dotted_segments(key) {
+                Some(segs) => segs[0],
+                None => key.as_str(),
+            };
+            let field = format!("job_variables.{key}");
+            let declared = self.properties().is_some_and(|p| p.contains_key(var));
+            if !declared {
+                return Err(error(
+                    field,
+                    "unknown_variable",
+                    format!(
+                        "unknown job variable `{var}`: it is not declared in the work pool's base job template `variables.properties`"
+                    ),
+                ));
+            }
+            if !self.used.contains(var) {
+                return Err(error(
+                    field,
+                    "unused_variable",
+                    format!(
+                        "job variable `{var}` is declared but no placeholder in `job_configuration` uses it, so it would have no effect (Prefect silently drops it, see Prefect issue #20131)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a deployment's overrides: dotted keys expanded, unknown/unused
+    /// variables refused, validated ignoring `required`.
+    ///
+    /// The instance validated is the defaults with the overrides applied (as
+    /// [`apply_overrides`] does), so `env.FOO` is checked inside `env`.
+    pub fn validate_deployment_overrides(
+        &self,
+        overrides: &Map<String, Value>,
+    ) -> Result<(), TemplateError> {
+        self.check_layer(overrides)?;
+        let mut values = self.defaults();
+        apply_overrides(&mut values, overrides);
+        match schema_error(
+            &self.validator_no_required,
+            &Value::Object(values),
+            "job_variables",
+        ) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// defaults < deployment < run (with the merge rules above), checks
+    /// unknown/unused in both layers, validates the result WITH `required`.
+    /// Returns the final variable values.
+    pub fn resolve(
+        &self,
+        deployment: &Map<String, Value>,
+        run: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, TemplateError> {
+        self.check_layer(deployment)?;
+        self.check_layer(run)?;
+        let mut values = self.defaults();
+        apply_overrides(&mut values, deployment);
+        apply_overrides(&mut values, run);
+        match schema_error(
+            &self.validator,
+            &Value::Object(values.clone()),
+            "job_variables",
+        ) {
+            Some(e) => Err(e),
+            None => Ok(values),
+        }
+    }
+
+    /// Renders job_configuration with `values` plus built-in `context`
+    /// (e.g. {"flow_run": {"id": ..}, "pushpool": {...}}); pure, never fails.
+    ///
+    /// A `context` key wins over a variable of the same name.
+    pub fn render(&self, values: &Map<String, Value>, context: &Map<String, Value>) -> Value {
+        let mut all = values.clone();
+        for (k, v) in context {
+            all.insert(k.clone(), v.clone());
+        }
+        render_value(&self.job_configuration, &all)
+    }
+}
+
+#[cfg(test)]
+#[path = "template_tests.rs"]
+mod tests;
