@@ -19,7 +19,7 @@ use crate::auth::RunTokens;
 use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, FlowRun, WorkPool};
-use crate::store::{PoolSelector, Store};
+use crate::store::Store;
 
 /// How long a pool or deployment read is reused when preparing jobs (changes apply within this).
 const OBJECT_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -56,14 +56,7 @@ impl Context {
         tokens: RunTokens,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let pools = PoolSelector::Types(
-            registry
-                .pool_types()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        );
-        let plane = StorePlane::new(store, &config.id, config.lease, pools);
+        let plane = StorePlane::serving(store, &config, &registry);
         Context::with_plane(Arc::new(plane), registry, config, tokens, metrics)
     }
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use pushpool_provider::Registry;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::plane::{ControlPlane, Guard, LogEntry, PlaneError, PlaneResult};
+use super::ControllerConfig;
 use crate::model::{Deployment, FlowRun, WorkPool};
 use crate::state::{Proposal, StateType};
 use crate::store::{PoolSelector, Store, StoreError, TransitionGuard, TransitionOutcome};
@@ -45,6 +47,16 @@ impl StorePlane {
             hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
             listening: Once::new(),
         }
+    }
+
+    /// The plane of the controller configured by `config`, serving the pool types of `registry`.
+    pub fn serving(store: Store, config: &ControllerConfig, registry: &Registry) -> Self {
+        let types = registry
+            .pool_types()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        StorePlane::new(store, &config.id, config.lease, PoolSelector::Types(types))
     }
 
     /// The store underneath.

@@ -202,6 +202,16 @@ impl Bench {
         (run.state.state_type, run.state.name, run.state.message)
     }
 
+    /// Asserts the run stands in `state` under its default name, with `message`.
+    fn assert_state(&self, work: &RunWork, state: StateType, message: Option<&str>) {
+        let expected = (
+            state,
+            state.default_name().to_string(),
+            message.map(str::to_string),
+        );
+        assert_eq!(self.state(work), expected);
+    }
+
     fn history(&self, work: &RunWork) -> Vec<StateType> {
         let history = self.plane.history(work.run.id);
         history.iter().map(|t| t.state_type).collect()
@@ -251,14 +261,7 @@ async fn submit_then_running_then_completed() {
     assert_eq!(b.state(&work).0, StateType::Running);
 
     assert_eq!(b.tick(&mut work).await, Action::done());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Completed,
-            "Completed".into(),
-            Some("done in 1s".into())
-        )
-    );
+    b.assert_state(&work, StateType::Completed, Some("done in 1s"));
     assert_eq!(
         b.history(&work),
         [StateType::Pending, StateType::Running, StateType::Completed]
@@ -275,14 +278,7 @@ async fn a_job_over_before_submit_returned_is_recorded_in_one_step() {
         message: "exit code 3".into(),
     }));
     assert_eq!(b.tick(&mut work).await, Action::done());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Failed,
-            "Failed".into(),
-            Some("exit code 3".into())
-        )
-    );
+    b.assert_state(&work, StateType::Failed, Some("exit code 3"));
     assert_eq!(
         b.history(&work),
         [StateType::Pending, StateType::Running, StateType::Failed]
@@ -298,14 +294,7 @@ async fn a_permanent_submit_failure_crashes_the_run_saying_what_to_fix() {
     b.provider
         .on_submit(Err(ProviderError::permanent("quota exceeded")));
     assert_eq!(b.tick(&mut work).await, Action::done());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Crashed,
-            "Crashed".into(),
-            Some("submitting to the `fake` provider failed: quota exceeded; fix the pool or deployment configuration (or the provider's credentials) and run again".into())
-        )
-    );
+    b.assert_state(&work, StateType::Crashed, Some("submitting to the `fake` provider failed: quota exceeded; fix the pool or deployment configuration (or the provider's credentials) and run again"));
 }
 
 #[tokio::test]
@@ -365,14 +354,7 @@ async fn the_job_failing_or_the_infrastructure_vanishing_ends_the_run() {
         }));
     b.tick(&mut work).await;
     assert_eq!(b.tick(&mut work).await, Action::done());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Crashed,
-            "Crashed".into(),
-            Some("infrastructure `fake-1` no longer exists at the `fake` provider (removed outside pushpool, or lost with a controller restart); the job's outcome is unknown".into())
-        )
-    );
+    b.assert_state(&work, StateType::Crashed, Some("infrastructure `fake-1` no longer exists at the `fake` provider (removed outside pushpool, or lost with a controller restart); the job's outcome is unknown"));
 }
 
 #[tokio::test]
@@ -394,13 +376,10 @@ async fn a_job_that_cannot_be_built_crashes_with_the_job_modules_message() {
     let mut work = b.claimed().await;
     b.plane.remove_deployment(b.deployment.id);
     assert_eq!(b.tick(&mut work).await, Action::done());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Crashed,
-            "Crashed".into(),
-            Some("deployment `d` no longer exists".into())
-        )
+    b.assert_state(
+        &work,
+        StateType::Crashed,
+        Some("deployment `d` no longer exists"),
     );
 }
 
@@ -413,13 +392,10 @@ async fn cancellation_stops_the_infrastructure_then_records_cancelled() {
     b.cancel_from_outside(&work.run).await;
     assert_eq!(b.tick(&mut work).await, Action::done());
     assert_eq!(b.provider.cancelled(), ["fake-1"]);
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Cancelled,
-            "Cancelled".into(),
-            Some("cancelled; infrastructure `fake-1` stopped".into())
-        )
+    b.assert_state(
+        &work,
+        StateType::Cancelled,
+        Some("cancelled; infrastructure `fake-1` stopped"),
     );
 }
 
@@ -430,14 +406,7 @@ async fn a_run_cancelled_before_submission_is_never_submitted() {
     b.cancel_from_outside(&work.run).await;
     assert_eq!(b.tick(&mut work).await, Action::done());
     assert!(b.provider.submitted().is_empty());
-    assert_eq!(
-        b.state(&work),
-        (
-            StateType::Cancelled,
-            "Cancelled".into(),
-            Some("cancelled".into())
-        )
-    );
+    b.assert_state(&work, StateType::Cancelled, Some("cancelled"));
 }
 
 /// A PENDING run whose controller vanished (its hold ran out), seen by controller `c2`.
