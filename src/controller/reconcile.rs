@@ -82,18 +82,17 @@ async fn ensure_job(
 }
 
 /// Proposes a state as the holder, expecting the state the controller last saw. Returns whether
-/// it was recorded; on a rejection the run is refreshed from the plane's answer.
+/// it was recorded; the run becomes the plane's answer either way.
 pub(super) async fn propose(
     work: &mut RunWork,
     ctx: &Context,
     proposal: Proposal,
 ) -> Result<bool, PlaneError> {
-    let outcomes = propose_all(work, ctx, vec![proposal], None).await?;
-    Ok(outcomes.iter().all(TransitionOutcome::is_recorded))
+    propose_all(work, ctx, vec![proposal], None).await
 }
 
-/// Proposes states in order as the holder (see [`ControlPlane::propose`]); the run becomes the
-/// plane's answer.
+/// Proposes states in order as the holder (see [`ControlPlane::propose`]). Returns whether every
+/// one was recorded; the run becomes the plane's last answer.
 ///
 /// [`ControlPlane::propose`]: super::ControlPlane::propose
 async fn propose_all(
@@ -101,10 +100,10 @@ async fn propose_all(
     ctx: &Context,
     proposals: Vec<Proposal>,
     infrastructure_id: Option<&str>,
-) -> Result<Vec<TransitionOutcome>, PlaneError> {
+) -> Result<bool, PlaneError> {
     let wanted = proposals.len();
     let guard = Guard::held_in(work.run.state.state_type);
-    let mut outcomes = ctx
+    let outcomes = ctx
         .plane
         .propose(work.run.id, proposals, guard, infrastructure_id)
         .await?;
@@ -114,17 +113,7 @@ async fn propose_all(
         }
         work.run = last.run().clone();
     }
-    // Fewer answers than proposals: the plane stopped early; count that as not recorded.
-    if outcomes.len() < wanted {
-        outcomes.push(TransitionOutcome::Rejected {
-            reason: crate::state::Rejection::StateChanged {
-                expected: work.run.state.state_type,
-                current: work.run.state.state_type,
-            },
-            run: work.run.clone(),
-        });
-    }
-    Ok(outcomes)
+    Ok(outcomes.len() == wanted && outcomes.iter().all(TransitionOutcome::is_recorded))
 }
 
 async fn crash(work: &mut RunWork, ctx: &Context, message: String) -> Result<bool, PlaneError> {
@@ -342,8 +331,7 @@ async fn record_submitted(
     if let Some(end) = early_end(prepared, &infra).await {
         ctx.logs.flush().await;
         let proposals = vec![Proposal::new(StateType::Running), end];
-        let outcomes = propose_all(work, ctx, proposals, Some(&infra)).await?;
-        if outcomes.iter().all(TransitionOutcome::is_recorded) {
+        if propose_all(work, ctx, proposals, Some(&infra)).await? {
             cleanup(work).await;
             return Ok(Action::done());
         }
@@ -433,8 +421,7 @@ async fn finish(
         proposals.push(Proposal::new(StateType::Running));
     }
     proposals.push(proposal);
-    let outcomes = propose_all(work, ctx, proposals, None).await?;
-    if !outcomes.iter().all(TransitionOutcome::is_recorded) {
+    if !propose_all(work, ctx, proposals, None).await? {
         return Ok(Action::requeue(Duration::ZERO));
     }
     cleanup(work).await;
