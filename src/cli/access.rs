@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::api::{Api, CliError};
 use super::input;
 use super::output::{field, items, key_values, list_table, text, time_field};
-use super::{delete, send_and_show, show, OutputFormat};
+use super::{create, delete, get_and_show, send_and_show, show, OutputFormat};
 
 /// `pushpool key …`
 #[derive(clap::Args, Debug, Clone)]
@@ -331,8 +331,7 @@ pub async fn key(api: &Api, out: OutputFormat, command: KeyCommand) -> Result<i3
             show_new_key(out, &key, &key, key_details(&key))?;
         }
         KeyCommand::Ls => {
-            let keys = api.get(api.ws_url(&["api_keys"])).await?;
-            show(out, &keys, |v| {
+            get_and_show(api, out, api.ws_url(&["api_keys"]), |v| {
                 list_table(
                     v,
                     &[
@@ -358,7 +357,8 @@ pub async fn key(api: &Api, out: OutputFormat, command: KeyCommand) -> Result<i3
                         ]
                     },
                 )
-            });
+            })
+            .await?;
         }
         KeyCommand::Revoke { id } => {
             send_and_show(
@@ -430,8 +430,7 @@ pub async fn service_account(
             show_new_key(out, &sa, key, details)?;
         }
         ServiceAccountCommand::Ls => {
-            let accounts = api.get(api.ws_url(&["service_accounts"])).await?;
-            show(out, &accounts, |v| {
+            get_and_show(api, out, api.ws_url(&["service_accounts"]), |v| {
                 list_table(v, &["NAME", "ID", "ROLE", "CREATED"], |s| {
                     vec![
                         field(s, "name"),
@@ -440,7 +439,8 @@ pub async fn service_account(
                         time_field(s, "created"),
                     ]
                 })
-            });
+            })
+            .await?;
         }
         ServiceAccountCommand::SetRole { id_or_name, role } => {
             send_and_show(
@@ -488,8 +488,7 @@ pub async fn user(api: &Api, out: OutputFormat, command: UserCommand) -> Result<
             .await?;
         }
         UserCommand::Ls => {
-            let users = api.get(api.url(&["users"])).await?;
-            show(out, &users, |v| {
+            get_and_show(api, out, api.url(&["users"]), |v| {
                 list_table(v, &["NAME", "ID", "ADMIN", "CREATED"], |u| {
                     vec![
                         field(u, "name"),
@@ -498,7 +497,8 @@ pub async fn user(api: &Api, out: OutputFormat, command: UserCommand) -> Result<
                         time_field(u, "created"),
                     ]
                 })
-            });
+            })
+            .await?;
         }
     }
     Ok(0)
@@ -518,19 +518,17 @@ fn member_details(member: &Value) -> String {
 pub async fn member(api: &Api, out: OutputFormat, command: MemberCommand) -> Result<i32, CliError> {
     match command {
         MemberCommand::Add { user, role } => {
-            send_and_show(
+            create(
                 api,
                 out,
-                Method::POST,
-                api.ws_url(&["members"]),
-                Some(&json!({ "user": user, "role": role })),
+                "members",
+                &json!({ "user": user, "role": role }),
                 member_details,
             )
             .await?;
         }
         MemberCommand::Ls => {
-            let members = api.get(api.ws_url(&["members"])).await?;
-            show(out, &members, |v| {
+            get_and_show(api, out, api.ws_url(&["members"]), |v| {
                 list_table(v, &["USER", "ROLE", "CREATED", "UPDATED"], |m| {
                     vec![
                         field(m, "user"),
@@ -539,7 +537,8 @@ pub async fn member(api: &Api, out: OutputFormat, command: MemberCommand) -> Res
                         time_field(m, "updated"),
                     ]
                 })
-            });
+            })
+            .await?;
         }
         MemberCommand::SetRole { user, role } => {
             send_and_show(
@@ -622,8 +621,7 @@ pub async fn role(api: &Api, out: OutputFormat, command: RoleCommand) -> Result<
             .await?;
         }
         RoleCommand::Ls => {
-            let roles = api.get(api.ws_url(&["roles"])).await?;
-            show(out, &roles, |v| {
+            get_and_show(api, out, api.ws_url(&["roles"]), |v| {
                 list_table(v, &["NAME", "BUILTIN", "DESCRIPTION", "SCOPES"], |r| {
                     vec![
                         field(r, "name"),
@@ -632,7 +630,8 @@ pub async fn role(api: &Api, out: OutputFormat, command: RoleCommand) -> Result<
                         scope_list(r),
                     ]
                 })
-            });
+            })
+            .await?;
         }
         RoleCommand::Delete { name } => {
             delete(
@@ -686,8 +685,7 @@ pub async fn audit(api: &Api, out: OutputFormat, command: AuditCommand) -> Resul
             if url.query() == Some("") {
                 url.set_query(None);
             }
-            let records = api.get(url).await?;
-            show(out, &records, |v| {
+            get_and_show(api, out, url, |v| {
                 list_table(
                     v,
                     &[
@@ -705,7 +703,8 @@ pub async fn audit(api: &Api, out: OutputFormat, command: AuditCommand) -> Resul
                         ]
                     },
                 )
-            });
+            })
+            .await?;
         }
     }
     Ok(0)

@@ -8,7 +8,7 @@ use super::input;
 use super::output::{emit, field, key_values, list_table, pretty, time_field};
 use super::runs::run_summary;
 use super::watch::{self, Lines};
-use super::{delete, send_and_show, show, OutputFormat};
+use super::{create, delete, get_and_show, show, OutputFormat};
 
 /// `pushpool deployment …`
 #[derive(clap::Args, Debug, Clone)]
@@ -120,19 +120,10 @@ pub(super) async fn deployment(
             if let Some(limit) = concurrency_limit {
                 body["concurrency_limit"] = json!(limit);
             }
-            send_and_show(
-                api,
-                out,
-                Method::POST,
-                api.ws_url(&["deployments"]),
-                Some(&body),
-                deployment_details,
-            )
-            .await?;
+            create(api, out, "deployments", &body, deployment_details).await?;
         }
         DeploymentCommand::Ls => {
-            let deployments = api.get(api.ws_url(&["deployments"])).await?;
-            show(out, &deployments, |v| {
+            get_and_show(api, out, api.ws_url(&["deployments"]), |v| {
                 list_table(
                     v,
                     &["NAME", "POOL", "QUEUE", "PAUSED", "LIMIT", "CREATED"],
@@ -147,11 +138,17 @@ pub(super) async fn deployment(
                         ]
                     },
                 )
-            });
+            })
+            .await?;
         }
         DeploymentCommand::Inspect { name } => {
-            let deployment = api.get(api.ws_url(&["deployments", &name])).await?;
-            show(out, &deployment, deployment_details);
+            get_and_show(
+                api,
+                out,
+                api.ws_url(&["deployments", &name]),
+                deployment_details,
+            )
+            .await?;
         }
         DeploymentCommand::Preview { name, vars } => {
             let job_variables = input::parse_assignments("--var", &vars)?;

@@ -172,3 +172,26 @@ async fn send_and_show(
     show(out, &answer, render);
     Ok(answer)
 }
+
+/// POSTs `body` to the workspace's `collection` and shows what was created (JSON, or `render`
+/// of it in table mode).
+async fn create(
+    api: &Api,
+    out: OutputFormat,
+    collection: &str,
+    body: &Value,
+    render: impl FnOnce(&Value) -> String,
+) -> Result<Value, CliError> {
+    let url = api.ws_url(&[collection]);
+    send_and_show(api, out, Method::POST, url, Some(body), render).await
+}
+
+/// GETs `url` and shows the answer (JSON, or `render` of it in table mode).
+async fn get_and_show(
+    api: &Api,
+    out: OutputFormat,
+    url: Url,
+    render: impl FnOnce(&Value) -> String,
+) -> Result<Value, CliError> {
+    send_and_show(api, out, Method::GET, url, None, render).await
+}

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::api::{Api, CliError};
 use super::input;
 use super::output::{emit, field, key_values, list_table, pretty, time_field};
-use super::{delete, send_and_show, show, OutputFormat};
+use super::{create, delete, get_and_show, send_and_show, OutputFormat};
 
 /// `pushpool pool …`
 #[derive(clap::Args, Debug, Clone)]
@@ -85,19 +85,10 @@ pub(super) async fn pool(
             if let Some(limit) = concurrency_limit {
                 body["concurrency_limit"] = json!(limit);
             }
-            send_and_show(
-                api,
-                out,
-                Method::POST,
-                api.ws_url(&["work_pools"]),
-                Some(&body),
-                pool_details,
-            )
-            .await?;
+            create(api, out, "work_pools", &body, pool_details).await?;
         }
         PoolCommand::Ls => {
-            let pools = api.get(api.ws_url(&["work_pools"])).await?;
-            show(out, &pools, |v| {
+            get_and_show(api, out, api.ws_url(&["work_pools"]), |v| {
                 list_table(v, &["NAME", "TYPE", "PAUSED", "LIMIT", "CREATED"], |p| {
                     vec![
                         field(p, "name"),
@@ -107,11 +98,11 @@ pub(super) async fn pool(
                         time_field(p, "created"),
                     ]
                 })
-            });
+            })
+            .await?;
         }
         PoolCommand::Inspect { name } => {
-            let pool = api.get(api.ws_url(&["work_pools", &name])).await?;
-            show(out, &pool, pool_details);
+            get_and_show(api, out, api.ws_url(&["work_pools", &name]), pool_details).await?;
         }
         PoolCommand::Pause { name } => set_paused(api, out, &name, true).await?,
         PoolCommand::Resume { name } => set_paused(api, out, &name, false).await?,

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::api::{Api, CliError};
 use super::output::{field, items, key_values, list_table, state_label, time_field};
 use super::watch::{self, Lines};
-use super::{send_and_show, show, OutputFormat};
+use super::{get_and_show, send_and_show, OutputFormat};
 
 /// `pushpool run …`
 #[derive(clap::Args, Debug, Clone)]
@@ -143,8 +143,7 @@ pub(super) async fn flow_run(
             if url.query() == Some("") {
                 url.set_query(None);
             }
-            let runs = api.get(url).await?;
-            show(out, &runs, |v| {
+            get_and_show(api, out, url, |v| {
                 list_table(
                     v,
                     &["ID", "DEPLOYMENT", "POOL", "STATE", "SCHEDULED", "ATTEMPT"],
@@ -159,11 +158,11 @@ pub(super) async fn flow_run(
                         ]
                     },
                 )
-            });
+            })
+            .await?;
         }
         RunCommand::Inspect { id } => {
-            let run = api.get(api.ws_url(&["flow_runs", &id])).await?;
-            show(out, &run, run_details);
+            get_and_show(api, out, api.ws_url(&["flow_runs", &id]), run_details).await?;
         }
         RunCommand::Watch { id } => {
             let lines = match out {
@@ -184,8 +183,7 @@ pub(super) async fn flow_run(
             .await?;
         }
         RunCommand::Logs { id } => {
-            let logs = api.get(api.ws_url(&["flow_runs", &id, "logs"])).await?;
-            show(out, &logs, |v| {
+            get_and_show(api, out, api.ws_url(&["flow_runs", &id, "logs"]), |v| {
                 items(v)
                     .iter()
                     .map(|l| {
@@ -196,7 +194,8 @@ pub(super) async fn flow_run(
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            });
+            })
+            .await?;
         }
     }
     Ok(0)

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::api::{Api, CliError};
 use super::input;
 use super::output::{emit, field, key_values, list_table, time_field};
-use super::{send_and_show, show, OutputFormat};
+use super::{get_and_show, send_and_show, OutputFormat};
 
 /// `pushpool workspace …`
 #[derive(clap::Args, Debug, Clone)]
@@ -72,8 +72,7 @@ pub(super) async fn workspace(
             save_owner_key(out, key_home, ws_name, secret);
         }
         WorkspaceCommand::Ls => {
-            let workspaces = api.get(api.url(&["workspaces"])).await?;
-            show(out, &workspaces, |v| {
+            get_and_show(api, out, api.url(&["workspaces"]), |v| {
                 list_table(v, &["CURRENT", "NAME", "ROLE", "ID", "CREATED"], |w| {
                     let current = w.get("current").and_then(Value::as_bool) == Some(true);
                     vec![
@@ -84,7 +83,8 @@ pub(super) async fn workspace(
                         time_field(w, "created"),
                     ]
                 })
-            });
+            })
+            .await?;
         }
     }
     Ok(0)
