@@ -8,38 +8,16 @@
 //! docs/providers/aws-lambda.md, "Testing your pool against LocalStack").
 #![cfg(feature = "aws-lambda")]
 
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use pushpool_testkit::aws_lambda_fake::{Fault, LambdaFake};
-use pushpool_testkit::env::static_aws_credentials;
+// Dummy credentials, no IMDS, no shared config files, no proxies: nothing leaves loopback.
+use pushpool_testkit::env::aws_test_credentials as init_env;
 use pushpool_testkit::{http, infra, state, App};
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
-
-/// Dummy credentials, no IMDS, no shared config files, no proxies: nothing leaves loopback.
-fn init_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        static_aws_credentials("testing", "testing");
-        for k in [
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_LAMBDA",
-            "AWS_ENDPOINT_URL_SQS",
-            "AWS_ENDPOINT_URL_STS",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        ] {
-            std::env::remove_var(k);
-        }
-    });
-}
 
 /// The moto server, or `None` (skip) locally; under `CI=true` a missing server fails the test.
 fn moto_url() -> Option<String> {

@@ -3,27 +3,17 @@
 //! emulator). The test `real_gcp_…` runs against a real project and is ignored unless asked for.
 #![cfg(feature = "gcp-cloud-run")]
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pushpool_testkit::cloud_run_fake::{CloudRunFake, Outcome};
-use pushpool_testkit::env::bypass_proxies;
+// No proxies, no ambient Google credentials: nothing leaves loopback.
+use pushpool_testkit::env::loopback_only as init_env;
 use pushpool_testkit::{infra, state, App};
 use serde_json::{json, Value};
 
 const PROJECT: &str = "test-project";
 const REGION: &str = "us-central1";
-
-/// No proxies, no ambient Google credentials: nothing leaves loopback.
-fn init_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        bypass_proxies();
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            std::env::remove_var(k);
-        }
-    });
-}
 
 /// The service with the test environment and one controller.
 async fn spawn_app() -> App {
