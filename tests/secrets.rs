@@ -8,12 +8,9 @@
 //! used by the job; a controller claiming through the API. Afterwards no API key, run token,
 //! private key or AWS secret appears in the logs, nor in any API answer after the one that
 //! created it.
-
-#[path = "support/cloud_run_fake.rs"]
-mod cloud_run_fake;
-mod common;
-#[path = "support/aws_lambda_fake.rs"]
-mod lambda_fake;
+//!
+//! A test binary of its own: it installs the process-wide log subscriber and sets the AWS
+//! credentials of the whole process, which would meet the other suites under `cargo test`.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -22,6 +19,9 @@ use std::time::{Duration, Instant};
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
 use pushpool::server::{default_registry, run_tokens};
+use pushpool_testkit::aws_lambda_fake as lambda_fake;
+use pushpool_testkit::env::static_aws_credentials;
+use pushpool_testkit::{call_json, cloud_run_fake, serve_fresh, sqlite_db};
 use serde_json::{json, Value};
 
 /// Everything the process logged.
@@ -60,18 +60,8 @@ struct Http {
 
 impl Http {
     async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .client
-            .request(m, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let url = format!("{}{path}", self.base);
+        call_json(&self.client, method, &url, key, body).await
     }
     /// A call whose answer may show a secret just created (recorded nowhere).
     async fn create(&self, method: &str, path: &str, key: &str, body: Value) -> Value {
@@ -123,21 +113,8 @@ async fn no_key_token_or_provider_secret_is_logged_or_returned_after_creation() 
 
     let aws_secret = format!("awsSecret{}", uuid::Uuid::new_v4().simple());
     let aws_session = format!("awsSession{}", uuid::Uuid::new_v4().simple());
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "AKIAPUSHPOOLSECRETS"),
-        ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
-        ("AWS_SESSION_TOKEN", aws_session.as_str()),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent/pushpool-test-aws-config"),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/pushpool-test-aws-credentials",
-        ),
-        ("NO_PROXY", "127.0.0.1,localhost"),
-        ("no_proxy", "127.0.0.1,localhost"),
-    ] {
-        std::env::set_var(k, v);
-    }
+    static_aws_credentials("AKIAPUSHPOOLSECRETS", &aws_secret);
+    std::env::set_var("AWS_SESSION_TOKEN", &aws_session);
     for k in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -166,8 +143,8 @@ async fn no_key_token_or_provider_secret_is_logged_or_returned_after_creation() 
     });
 
     // The API alone; a controller joins after the API-claim step below.
-    let db = common::sqlite_db();
-    let served = common::serve_fresh(&db.url, false).await;
+    let db = sqlite_db();
+    let served = serve_fresh(&db.url, false).await;
     let (store, admin_key) = (served.store.clone(), served.admin_key.clone());
     let http = Http {
         base: served.base.clone(),

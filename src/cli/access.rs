@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 
 use super::api::{Api, CliError};
 use super::input;
-use super::output::{emit, field, items, key_values, table, text, time_field};
-use super::{show, OutputFormat};
+use super::output::{field, items, key_values, list_table, text, time_field};
+use super::{create, delete, get_and_show, send_and_show, show, OutputFormat};
 
 /// `pushpool key …`
 #[derive(clap::Args, Debug, Clone)]
@@ -331,24 +331,9 @@ pub async fn key(api: &Api, out: OutputFormat, command: KeyCommand) -> Result<i3
             show_new_key(out, &key, &key, key_details(&key))?;
         }
         KeyCommand::Ls => {
-            let keys = api.get(api.ws_url(&["api_keys"])).await?;
-            show(out, &keys, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            field(k, "id"),
-                            field(k, "name"),
-                            field(k, "prefix"),
-                            principal_label(k.get("principal").unwrap_or(&Value::Null)),
-                            key_role(k),
-                            field(k, "status"),
-                            time_field(k, "created"),
-                            time_field(k, "expires"),
-                        ]
-                    })
-                    .collect();
-                table(
+            get_and_show(api, out, api.ws_url(&["api_keys"]), |v| {
+                list_table(
+                    v,
                     &[
                         "ID",
                         "NAME",
@@ -359,18 +344,32 @@ pub async fn key(api: &Api, out: OutputFormat, command: KeyCommand) -> Result<i3
                         "CREATED",
                         "EXPIRES",
                     ],
-                    &rows,
+                    |k| {
+                        vec![
+                            field(k, "id"),
+                            field(k, "name"),
+                            field(k, "prefix"),
+                            principal_label(k.get("principal").unwrap_or(&Value::Null)),
+                            key_role(k),
+                            field(k, "status"),
+                            time_field(k, "created"),
+                            time_field(k, "expires"),
+                        ]
+                    },
                 )
-            });
+            })
+            .await?;
         }
         KeyCommand::Revoke { id } => {
-            let key = api
-                .send(Method::DELETE, api.ws_url(&["api_keys", &id]), None)
-                .await?
-                .body;
-            show(out, &key, |k| {
-                format!("revoked key {} ({})", field(k, "id"), field(k, "name"))
-            });
+            send_and_show(
+                api,
+                out,
+                Method::DELETE,
+                api.ws_url(&["api_keys", &id]),
+                None,
+                |k| format!("revoked key {} ({})", field(k, "id"), field(k, "name")),
+            )
+            .await?;
         }
         KeyCommand::Rotate { id, grace_seconds } => {
             let body = grace_seconds.map(|g| json!({ "grace_seconds": g }));
@@ -431,43 +430,37 @@ pub async fn service_account(
             show_new_key(out, &sa, key, details)?;
         }
         ServiceAccountCommand::Ls => {
-            let accounts = api.get(api.ws_url(&["service_accounts"])).await?;
-            show(out, &accounts, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            field(s, "name"),
-                            field(s, "id"),
-                            field(s, "role"),
-                            time_field(s, "created"),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "ID", "ROLE", "CREATED"], &rows)
-            });
+            get_and_show(api, out, api.ws_url(&["service_accounts"]), |v| {
+                list_table(v, &["NAME", "ID", "ROLE", "CREATED"], |s| {
+                    vec![
+                        field(s, "name"),
+                        field(s, "id"),
+                        field(s, "role"),
+                        time_field(s, "created"),
+                    ]
+                })
+            })
+            .await?;
         }
         ServiceAccountCommand::SetRole { id_or_name, role } => {
-            let sa = api
-                .send(
-                    Method::PATCH,
-                    api.ws_url(&["service_accounts", &id_or_name]),
-                    Some(&json!({ "role": role })),
-                )
-                .await?
-                .body;
-            show(out, &sa, service_account_details);
-        }
-        ServiceAccountCommand::Delete { id_or_name } => {
-            api.send(
-                Method::DELETE,
+            send_and_show(
+                api,
+                out,
+                Method::PATCH,
                 api.ws_url(&["service_accounts", &id_or_name]),
-                None,
+                Some(&json!({ "role": role })),
+                service_account_details,
             )
             .await?;
-            if out == OutputFormat::Table {
-                emit(&format!("deleted service account {id_or_name}"));
-            }
+        }
+        ServiceAccountCommand::Delete { id_or_name } => {
+            delete(
+                api,
+                out,
+                api.ws_url(&["service_accounts", &id_or_name]),
+                &format!("deleted service account {id_or_name}"),
+            )
+            .await?;
         }
     }
     Ok(0)
@@ -477,39 +470,35 @@ pub async fn service_account(
 pub async fn user(api: &Api, out: OutputFormat, command: UserCommand) -> Result<i32, CliError> {
     match command {
         UserCommand::Create { name, admin } => {
-            let user = api
-                .send(
-                    Method::POST,
-                    api.url(&["users"]),
-                    Some(&json!({ "name": name, "admin": admin })),
-                )
-                .await?
-                .body;
-            show(out, &user, |u| {
-                key_values(&[
-                    ("name", field(u, "name")),
-                    ("id", field(u, "id")),
-                    ("admin", field(u, "admin")),
-                    ("created", time_field(u, "created")),
-                ])
-            });
+            send_and_show(
+                api,
+                out,
+                Method::POST,
+                api.url(&["users"]),
+                Some(&json!({ "name": name, "admin": admin })),
+                |u| {
+                    key_values(&[
+                        ("name", field(u, "name")),
+                        ("id", field(u, "id")),
+                        ("admin", field(u, "admin")),
+                        ("created", time_field(u, "created")),
+                    ])
+                },
+            )
+            .await?;
         }
         UserCommand::Ls => {
-            let users = api.get(api.url(&["users"])).await?;
-            show(out, &users, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|u| {
-                        vec![
-                            field(u, "name"),
-                            field(u, "id"),
-                            field(u, "admin"),
-                            time_field(u, "created"),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "ID", "ADMIN", "CREATED"], &rows)
-            });
+            get_and_show(api, out, api.url(&["users"]), |v| {
+                list_table(v, &["NAME", "ID", "ADMIN", "CREATED"], |u| {
+                    vec![
+                        field(u, "name"),
+                        field(u, "id"),
+                        field(u, "admin"),
+                        time_field(u, "created"),
+                    ]
+                })
+            })
+            .await?;
         }
     }
     Ok(0)
@@ -529,50 +518,47 @@ fn member_details(member: &Value) -> String {
 pub async fn member(api: &Api, out: OutputFormat, command: MemberCommand) -> Result<i32, CliError> {
     match command {
         MemberCommand::Add { user, role } => {
-            let member = api
-                .send(
-                    Method::POST,
-                    api.ws_url(&["members"]),
-                    Some(&json!({ "user": user, "role": role })),
-                )
-                .await?
-                .body;
-            show(out, &member, member_details);
+            create(
+                api,
+                out,
+                "members",
+                &json!({ "user": user, "role": role }),
+                member_details,
+            )
+            .await?;
         }
         MemberCommand::Ls => {
-            let members = api.get(api.ws_url(&["members"])).await?;
-            show(out, &members, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            field(m, "user"),
-                            field(m, "role"),
-                            time_field(m, "created"),
-                            time_field(m, "updated"),
-                        ]
-                    })
-                    .collect();
-                table(&["USER", "ROLE", "CREATED", "UPDATED"], &rows)
-            });
+            get_and_show(api, out, api.ws_url(&["members"]), |v| {
+                list_table(v, &["USER", "ROLE", "CREATED", "UPDATED"], |m| {
+                    vec![
+                        field(m, "user"),
+                        field(m, "role"),
+                        time_field(m, "created"),
+                        time_field(m, "updated"),
+                    ]
+                })
+            })
+            .await?;
         }
         MemberCommand::SetRole { user, role } => {
-            let member = api
-                .send(
-                    Method::PATCH,
-                    api.ws_url(&["members", &user]),
-                    Some(&json!({ "role": role })),
-                )
-                .await?
-                .body;
-            show(out, &member, member_details);
+            send_and_show(
+                api,
+                out,
+                Method::PATCH,
+                api.ws_url(&["members", &user]),
+                Some(&json!({ "role": role })),
+                member_details,
+            )
+            .await?;
         }
         MemberCommand::Remove { user } => {
-            api.send(Method::DELETE, api.ws_url(&["members", &user]), None)
-                .await?;
-            if out == OutputFormat::Table {
-                emit(&format!("removed member {user}"));
-            }
+            delete(
+                api,
+                out,
+                api.ws_url(&["members", &user]),
+                &format!("removed member {user}"),
+            )
+            .await?;
         }
     }
     Ok(0)
@@ -617,42 +603,44 @@ pub async fn role(api: &Api, out: OutputFormat, command: RoleCommand) -> Result<
             if let Some(description) = description {
                 body["description"] = json!(description);
             }
-            let role = api
-                .send(Method::POST, api.ws_url(&["roles"]), Some(&body))
-                .await?
-                .body;
-            show(out, &role, |r| {
-                key_values(&[
-                    ("name", field(r, "name")),
-                    ("description", field(r, "description")),
-                    ("scopes", scope_list(r)),
-                    ("created", time_field(r, "created")),
-                ])
-            });
+            send_and_show(
+                api,
+                out,
+                Method::POST,
+                api.ws_url(&["roles"]),
+                Some(&body),
+                |r| {
+                    key_values(&[
+                        ("name", field(r, "name")),
+                        ("description", field(r, "description")),
+                        ("scopes", scope_list(r)),
+                        ("created", time_field(r, "created")),
+                    ])
+                },
+            )
+            .await?;
         }
         RoleCommand::Ls => {
-            let roles = api.get(api.ws_url(&["roles"])).await?;
-            show(out, &roles, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            field(r, "name"),
-                            field(r, "builtin"),
-                            shortened(field(r, "description"), MAX_DESCRIPTION_CELL),
-                            scope_list(r),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "BUILTIN", "DESCRIPTION", "SCOPES"], &rows)
-            });
+            get_and_show(api, out, api.ws_url(&["roles"]), |v| {
+                list_table(v, &["NAME", "BUILTIN", "DESCRIPTION", "SCOPES"], |r| {
+                    vec![
+                        field(r, "name"),
+                        field(r, "builtin"),
+                        shortened(field(r, "description"), MAX_DESCRIPTION_CELL),
+                        scope_list(r),
+                    ]
+                })
+            })
+            .await?;
         }
         RoleCommand::Delete { name } => {
-            api.send(Method::DELETE, api.ws_url(&["roles", &name]), None)
-                .await?;
-            if out == OutputFormat::Table {
-                emit(&format!("deleted role {name}"));
-            }
+            delete(
+                api,
+                out,
+                api.ws_url(&["roles", &name]),
+                &format!("deleted role {name}"),
+            )
+            .await?;
         }
     }
     Ok(0)
@@ -697,11 +685,13 @@ pub async fn audit(api: &Api, out: OutputFormat, command: AuditCommand) -> Resul
             if url.query() == Some("") {
                 url.set_query(None);
             }
-            let records = api.get(url).await?;
-            show(out, &records, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|r| {
+            get_and_show(api, out, url, |v| {
+                list_table(
+                    v,
+                    &[
+                        "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STATUS", "SOURCE",
+                    ],
+                    |r| {
                         vec![
                             time_field(r, "time"),
                             principal_label(r.get("actor").unwrap_or(&Value::Null)),
@@ -711,15 +701,10 @@ pub async fn audit(api: &Api, out: OutputFormat, command: AuditCommand) -> Resul
                             field(r, "status"),
                             field(r, "source"),
                         ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STATUS", "SOURCE",
-                    ],
-                    &rows,
+                    },
                 )
-            });
+            })
+            .await?;
         }
     }
     Ok(0)

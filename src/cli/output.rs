@@ -133,6 +133,12 @@ pub fn items(value: &Value) -> &[Value] {
     value.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// A list answer as a [`table`] with these headers, one row per item.
+pub fn list_table(list: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) -> String {
+    let rows: Vec<Vec<String>> = items(list).iter().map(row).collect();
+    table(headers, &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,31 +1,28 @@
-//! The service for provider suites: the API (no controller) on a fresh SQLite store, plus
-//! controllers on their own runtimes, so a test can kill one outright like a crashed process.
-#![allow(dead_code)]
+//! The service for end-to-end suites: the API on a fresh store, plus controllers on their own
+//! runtimes, so a test can kill one outright like a crashed process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, TestDb};
+use crate::db::{self, TestDb};
+use crate::server::{bootstrap_fresh, Server};
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
-use pushpool::server::{bootstrap, default_registry, run_tokens, serve, ServeOptions};
+use pushpool::server::{default_registry, run_tokens, ServeOptions};
 use pushpool::store::Store;
 use serde_json::{json, Value};
 
-/// An HTTP client that never goes through a proxy.
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
-// The service: the API (no controller) plus controllers on their own runtimes, so a test can kill
-// one outright (no hand-back, no lease release) like a crashed process.
+// Controllers on their own runtimes, so a test can kill one outright (no hand-back, no lease
+// release) like a crashed process.
 
+/// A controller on its own runtime (short lease and deadlines for tests).
 pub struct Controllerd {
     rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Controllerd {
+    /// Starts controller `id` on the store at `db_url`, handing runs the API at `api_url`.
     pub fn start(db_url: &str, id: &str, api_url: &str) -> Controllerd {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -72,80 +69,71 @@ impl Drop for Controllerd {
     }
 }
 
+/// The service under test, with the owner key of workspace `default`.
 pub struct App {
+    /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The bootstrap owner key of workspace `default`.
     pub key: String,
+    /// A client that never goes through a proxy.
     pub client: reqwest::Client,
-    pub db: TestDb,
+    /// Controllers started with [`App::start_controller`].
     pub controllers: Vec<Controllerd>,
-    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub task: Option<tokio::task::JoinHandle<()>>,
-    pub _home: tempfile::TempDir,
+    db_url: String,
+    server: Server,
+    _db: Option<TestDb>,
+    _home: tempfile::TempDir,
 }
 
+/// The provider suites' service: the API alone on a fresh SQLite store, and one controller
+/// (`controller-a`) on its own runtime.
 pub async fn spawn_app() -> App {
-    crate::init_env();
-    let db = common::sqlite_db();
-    let store = common::connect(&db, 8).await;
-    let home = tempfile::tempdir().unwrap();
-    let key = bootstrap(&store, home.path())
-        .await
-        .unwrap()
-        .expect("fresh store");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions {
-        database_url: db.url.clone(),
-        listen: Some(addr),
-        controller: false,
-        api_url: None,
-        home: None,
-        controller_id: None,
-        lease: None,
-        status_deadline: None,
-    };
-    let task = tokio::spawn(async move {
-        serve(store, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = http();
-    let base = format!("http://{addr}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut app = App {
-        base,
-        key,
-        client,
-        db,
-        controllers: vec![],
-        stop: Some(stop),
-        task: Some(task),
-        _home: home,
-    };
+    let db = db::sqlite_db();
+    let store = db::connect(&db, 8).await;
+    let (key, home) = bootstrap_fresh(&store).await;
+    let mut app = App::serve(&db.url, store, key, home, false).await;
+    app._db = Some(db);
     app.start_controller("controller-a");
     app
 }
 
 impl App {
+    /// Serves `store` (at `db_url`; with the in-process controller when `controller`) on a free
+    /// port, calling it with `key`; `home` is kept as long as the app.
+    pub async fn serve(
+        db_url: &str,
+        store: Store,
+        key: String,
+        home: tempfile::TempDir,
+        controller: bool,
+    ) -> App {
+        let options = ServeOptions {
+            database_url: db_url.to_string(),
+            controller,
+            ..Default::default()
+        };
+        let server = Server::start(store, options).await;
+        App {
+            base: server.base.clone(),
+            key,
+            client: server.client.clone(),
+            controllers: vec![],
+            db_url: db_url.to_string(),
+            server,
+            _db: None,
+            _home: home,
+        }
+    }
+    /// Starts one more controller, `id`, on its own runtime.
     pub fn start_controller(&mut self, id: &str) {
-        let c = Controllerd::start(&self.db.url, id, &self.base);
+        let c = Controllerd::start(&self.db_url, id, &self.base);
         self.controllers.push(c);
     }
+    /// The URL of `path` in workspace `default`.
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/workspaces/default{path}", self.base)
     }
+    /// POSTs `body` to `path` in workspace `default`: status and JSON answer.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .client
@@ -158,6 +146,7 @@ impl App {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+    /// GETs `path` in workspace `default`: status and JSON answer.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .client
@@ -169,6 +158,17 @@ impl App {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+    /// Creates pool `name` with `body` unless it exists.
+    pub async fn ensure_pool(&self, name: &str, body: Value) {
+        let (s, b) = self.get(&format!("/work_pools/{name}")).await;
+        if s == 404 {
+            let (s, b) = self.post("/work_pools", body).await;
+            assert_eq!(s, 201, "{b}");
+        } else {
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    /// Creates a run of `deployment`; its id.
     pub async fn run(&self, deployment: &str) -> String {
         let (s, b) = self
             .post(&format!("/deployments/{deployment}/runs"), json!({}))
@@ -176,9 +176,11 @@ impl App {
         assert_eq!(s, 201, "{b}");
         b["id"].as_str().unwrap().to_string()
     }
+    /// The run `id` as the API shows it.
     pub async fn flow_run(&self, id: &str) -> Value {
         self.get(&format!("/flow_runs/{id}")).await.1
     }
+    /// Polls run `id` until `f` holds; fails the test (naming `what`) after `limit`.
     pub async fn wait_for(
         &self,
         id: &str,
@@ -199,6 +201,7 @@ impl App {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+    /// Waits until run `id` is COMPLETED, FAILED, CRASHED or CANCELLED.
     pub async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
         self.wait_for(id, limit, "terminal state", |run| {
             ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
@@ -206,12 +209,14 @@ impl App {
         })
         .await
     }
+    /// Waits until run `id` is RUNNING.
     pub async fn wait_running(&self, id: &str, limit: Duration) -> Value {
         self.wait_for(id, limit, "RUNNING", |run| {
             run["state"]["type"] == "RUNNING"
         })
         .await
     }
+    /// The state types run `id` went through.
     pub async fn history(&self, id: &str) -> Vec<String> {
         let (_, states) = self.get(&format!("/flow_runs/{id}/states")).await;
         states
@@ -221,16 +226,12 @@ impl App {
             .map(|h| h["type"].as_str().unwrap().to_string())
             .collect()
     }
+    /// Kills the controllers, then stops the server.
     pub async fn stop(mut self) {
         for c in &mut self.controllers {
             c.kill();
         }
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
-        }
+        self.server.stop().await;
     }
 }
 

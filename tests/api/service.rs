@@ -1,12 +1,9 @@
 //! End-to-end: API + controller on a fresh store, driven over HTTP like a user would.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestDb;
-use pushpool::server::{bootstrap, serve, ServeOptions};
 use pushpool::store::Store;
+use pushpool_testkit::{bootstrap_fresh, both_backends, connect, App, TestDb};
 use serde_json::{json, Value};
 
 both_backends!(
@@ -19,97 +16,18 @@ both_backends!(
     a_refused_request_leaves_its_connection_usable,
 );
 
-struct App {
-    base: String,
-    key: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _home: tempfile::TempDir,
-}
-
 async fn spawn_app(db: &TestDb) -> App {
-    let store = common::connect(db, 8).await;
-    let home = tempfile::tempdir().unwrap();
-    let key = bootstrap(&store, home.path())
-        .await
-        .unwrap()
-        .expect("fresh store");
-    start_server(db, store, key, home).await
+    let store = connect(db, 8).await;
+    let (key, home) = bootstrap_fresh(&store).await;
+    App::serve(&db.url, store, key, home, true).await
 }
 
-/// Serves API + controller on `store` at a free port and waits until it answers.
-async fn start_server(db: &TestDb, store: Store, key: String, home: tempfile::TempDir) -> App {
-    // Port 0: pick a free port, then hand it to the server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions {
-        database_url: db.url.clone(),
-        listen: Some(addr),
-        controller: true,
-        api_url: None,
-        home: None,
-        controller_id: None,
-        lease: None,
-        status_deadline: None,
-    };
-    let task = tokio::spawn(async move {
-        serve(store, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    App {
-        base,
-        key,
-        client,
-        stop: Some(stop),
-        task: Some(task),
-        _home: home,
-    }
+/// This suite's pool `local` and deployment `job`.
+trait LocalJob {
+    async fn pool_and_deployment(&self, command: &str);
 }
 
-impl App {
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/workspaces/default{path}", self.base)
-    }
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
+impl LocalJob for App {
     async fn pool_and_deployment(&self, command: &str) {
         let (s, b) = self
             .post("/work_pools", json!({"name": "local", "type": "process"}))
@@ -122,34 +40,6 @@ impl App {
             )
             .await;
         assert_eq!(s, 201, "{b}");
-    }
-    async fn run(&self) -> String {
-        let (s, b) = self.post("/deployments/job/runs", json!({})).await;
-        assert_eq!(s, 201, "{b}");
-        b["id"].as_str().unwrap().to_string()
-    }
-    async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
-        let start = Instant::now();
-        loop {
-            let (_, run) = self.get(&format!("/flow_runs/{id}")).await;
-            let t = run["state"]["type"].as_str().unwrap_or("").to_string();
-            if ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].contains(&t.as_str()) {
-                return run;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "run not terminal after {limit:?}: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
-        }
     }
 }
 
@@ -165,7 +55,7 @@ fn history_types(run: &Value) -> Vec<String> {
 async fn process_run_goes_scheduled_pending_running_completed(db: TestDb) {
     let app = spawn_app(&db).await;
     app.pool_and_deployment("echo hello; exit 0").await;
-    let id = app.run().await;
+    let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
     assert_eq!(
@@ -215,11 +105,12 @@ async fn spawn_app_existing(db: &TestDb) -> App {
         )
         .await
         .unwrap();
-    start_server(
-        db,
+    App::serve(
+        &db.url,
         store,
         k.key.expose().to_string(),
         tempfile::tempdir().unwrap(),
+        true,
     )
     .await
 }
@@ -227,7 +118,7 @@ async fn spawn_app_existing(db: &TestDb) -> App {
 async fn failing_and_cancelled_runs_end_as_expected(db: TestDb) {
     let app = spawn_app(&db).await;
     app.pool_and_deployment("echo oops >&2; exit 3").await;
-    let id = app.run().await;
+    let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(run["state"]["type"], "FAILED");
     assert_eq!(run["state"]["message"], "exit code 3");
@@ -392,8 +283,8 @@ async fn preview_renders_the_notes_example_exactly(db: TestDb) {
 async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
     let app = spawn_app(&db).await;
     app.pool_and_deployment("sleep 30").await;
-    let a = app.run().await;
-    let b = app.run().await;
+    let a = app.run("job").await;
+    let b = app.run("job").await;
     let store = Store::connect(&db.url).await.unwrap();
     let tokens = pushpool::server::run_tokens(&store).await.unwrap();
     let token_a = tokens.issue(a.parse().unwrap(), 1);

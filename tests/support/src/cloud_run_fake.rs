@@ -3,7 +3,6 @@
 //! list/get/`:cancel`), the `{"error":{code,message,status}}` envelope, enums as integers
 //! (`$alt=json;enum-encoding=int`), and switches to inject 429/503 storms, `ALREADY_EXISTS`,
 //! hanging `:run` calls, and to drive executions from RUNNING to SUCCEEDED/FAILED/CANCELLED.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! End-to-end tests of `aws-lambda:push` pools: API + controllers on a fresh SQLite store, Lambda
 //! (and SQS, STS) on the moto server that `scripts/test-emulators.sh` starts
-//! (`PUSHPOOL_TEST_MOTO_URL`), and a fault-injecting fake (`tests/support/aws_lambda_fake.rs`) for
+//! (`PUSHPOOL_TEST_MOTO_URL`), and a fault-injecting fake (`tests/support/src/aws_lambda_fake.rs`) for
 //! what moto cannot produce. Tests named `fake_…` get their outcome from the fake.
 //!
 //! Without `PUSHPOOL_TEST_MOTO_URL` the moto tests are skipped locally (with a notice) and fail
@@ -8,56 +8,16 @@
 //! docs/providers/aws-lambda.md, "Testing your pool against LocalStack").
 #![cfg(feature = "aws-lambda")]
 
-mod common;
-#[path = "support/aws_lambda_fake.rs"]
-mod fake;
-#[path = "support/service_harness.rs"]
-mod harness;
-
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use fake::{Fault, LambdaFake};
-use harness::{http, infra, spawn_app, state, App};
+use pushpool_testkit::aws_lambda_fake::{Fault, LambdaFake};
+// Dummy credentials, no IMDS, no shared config files, no proxies: nothing leaves loopback.
+use pushpool_testkit::env::aws_test_credentials as init_env;
+use pushpool_testkit::{http, infra, state, App};
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
-
-/// Dummy credentials, no IMDS, no shared config files, no proxies: nothing leaves loopback.
-fn init_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (k, v) in [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/pushpool-test-aws-config"),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/pushpool-test-aws-credentials",
-            ),
-            ("NO_PROXY", "127.0.0.1,localhost"),
-            ("no_proxy", "127.0.0.1,localhost"),
-        ] {
-            std::env::set_var(k, v);
-        }
-        for k in [
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_LAMBDA",
-            "AWS_ENDPOINT_URL_SQS",
-            "AWS_ENDPOINT_URL_STS",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        ] {
-            std::env::remove_var(k);
-        }
-    });
-}
 
 /// The moto server, or `None` (skip) locally; under `CI=true` a missing server fails the test.
 fn moto_url() -> Option<String> {
@@ -197,21 +157,25 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-impl App {
+/// The service with the test environment and one controller.
+async fn spawn_app() -> App {
+    init_env();
+    pushpool_testkit::spawn_app().await
+}
+
+/// This suite's pool `lambda` and its deployments.
+trait LambdaDeployments {
+    async fn deployment(&self, name: &str, endpoint: &str, function: &str, vars: Value);
+}
+
+impl LambdaDeployments for App {
     /// A pool with the default template and a deployment `name` with these job variables.
     async fn deployment(&self, name: &str, endpoint: &str, function: &str, vars: Value) {
-        let (s, b) = self.get("/work_pools/lambda").await;
-        if s == 404 {
-            let (s, b) = self
-                .post(
-                    "/work_pools",
-                    json!({"name": "lambda", "type": "aws-lambda:push"}),
-                )
-                .await;
-            assert_eq!(s, 201, "{b}");
-        } else {
-            assert_eq!(s, 200, "{b}");
-        }
+        self.ensure_pool(
+            "lambda",
+            json!({"name": "lambda", "type": "aws-lambda:push"}),
+        )
+        .await;
         let mut job_variables = json!({
             "function_name": function, "endpoint_url": endpoint, "region": REGION,
             "max_attempts": 1, "timeout_seconds": 10, "watchdog_grace_seconds": 1

@@ -1,12 +1,9 @@
 //! The controller driven tick by tick on both backends with the null provider.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::TestDb;
 use pushpool::auth::RunTokens;
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
@@ -17,6 +14,7 @@ use pushpool::store::{
     NewDeployment, NewPool, NewRun, PoolPatch, PoolSelector, Store, TransitionGuard,
 };
 use pushpool_provider::Registry;
+use pushpool_testkit::{both_backends, connect, sqlite_db, TestDb};
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -38,7 +36,7 @@ struct Env {
 }
 
 async fn env(db: &TestDb, provider: NullProvider) -> Env {
-    let store = common::connect(db, 8).await;
+    let store = connect(db, 8).await;
     let ws = store.create_workspace("default").await.unwrap().id;
     let template = pushpool_provider::Provider::default_base_job_template(&provider);
     store
@@ -391,7 +389,7 @@ async fn shutdown_hands_back_unsubmitted_runs(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pool_submit_rate_smooths_a_burst() {
-    let db = common::sqlite_db();
+    let db = sqlite_db();
     let e = env(&db, NullProvider::default()).await;
     e.store
         .update_pool(

@@ -6,15 +6,13 @@
 //! The number of cases per endpoint is `PUSHPOOL_FUZZ_CASES` (default 40; the template engine
 //! runs 25× as many). A failing case is shrunk and printed by proptest.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::TestDb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use pushpool::server::run_tokens;
 use pushpool::template::BaseJobTemplate;
+use pushpool_testkit::{both_backends, log_warnings, serve_fresh, Served, TestDb};
 use serde_json::{json, Map, Value};
 
 both_backends!(random_bodies_get_4xx_and_store_nothing);
@@ -210,7 +208,7 @@ struct App {
     base: String,
     client: reqwest::Client,
     key: String,
-    _served: common::Served,
+    _served: Served,
 }
 
 impl App {
@@ -288,7 +286,7 @@ impl App {
 }
 
 async fn random_bodies_get_4xx_and_store_nothing(db: TestDb) {
-    common::log_warnings();
+    log_warnings();
     // proptest is synchronous: it runs on a blocking thread and drives the server, which lives
     // on a runtime of its own, case by case.
     let url = db.url.clone();
@@ -599,7 +597,7 @@ fn fuzz_run((app, targets): FuzzState) {
 }
 
 async fn start(url: &str) -> (App, impl Fn(uuid::Uuid) -> String) {
-    let served = common::serve_fresh(url, false).await;
+    let served = serve_fresh(url, false).await;
     let tokens = run_tokens(&served.store).await.unwrap();
     let app = App {
         base: served.base.clone(),

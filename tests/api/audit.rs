@@ -2,9 +2,7 @@
 //! actor, action, target, workspace, time, source address and outcome, denied attempts
 //! included; owners read it with filters.
 
-mod common;
-
-use common::TestDb;
+use pushpool_testkit::{both_backends, call_json, serve_fresh, TestDb};
 use serde_json::{json, Value};
 
 both_backends!(mutations_key_and_role_changes_and_denials_are_audited);
@@ -16,17 +14,8 @@ struct App {
 
 impl App {
     async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .client
-            .request(m, format!("{}/api/workspaces/default{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
+        let url = format!("{}/api/workspaces/default{path}", self.base);
+        call_json(&self.client, method, &url, key, body).await
     }
     async fn audit(&self, key: &str, query: &str) -> Vec<Value> {
         let (s, v) = self
@@ -44,7 +33,7 @@ fn find<'a>(log: &'a [Value], action: &str, outcome: &str) -> &'a Value {
 }
 
 async fn mutations_key_and_role_changes_and_denials_are_audited(db: TestDb) {
-    let served = common::serve_fresh(&db.url, false).await;
+    let served = serve_fresh(&db.url, false).await;
     let owner = served.admin_key.clone();
     let ws_id = served
         .store

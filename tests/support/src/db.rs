@@ -1,10 +1,10 @@
-//! Shared test helpers: a fresh store per test on SQLite (temp file) or PostgreSQL (fresh database).
-#![allow(dead_code)]
+//! A fresh store per test on SQLite (temp file) or PostgreSQL (fresh database).
 
 use pushpool::store::{ConnectOptions, Store};
 
 /// Where a test store lives; dropped = removed.
 pub struct TestDb {
+    /// The store's database URL.
     pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
@@ -80,14 +80,13 @@ pub async fn connect(db: &TestDb, max: u32) -> Store {
 
 /// Defines each listed `async fn name(db: TestDb)` as a test on SQLite and one on PostgreSQL.
 #[macro_export]
-#[allow(clippy::crate_in_macro_def)] // the helpers live in each test crate's `common` module
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name(crate::common::sqlite_db()).await;
+                    super::$name($crate::sqlite_db()).await;
                 }
             )*
         }
@@ -95,92 +94,11 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    if let Some(db) = crate::common::postgres_db().await {
+                    if let Some(db) = $crate::postgres_db().await {
                         super::$name(db).await;
                     }
                 }
             )*
         }
     };
-}
-
-/// Sends the server's warnings and errors (or `TEST_LOG`'s filter) to the test's captured
-/// stderr, so a failing test shows why the server answered as it did.
-pub fn log_warnings() {
-    let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .try_init();
-}
-
-/// The API (and, when asked, a controller) serving a fresh store, with the bootstrap admin's key.
-/// Stopped when dropped.
-pub struct Served {
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-    /// A client that never goes through a proxy.
-    pub client: reqwest::Client,
-    /// The bootstrap owner key of workspace `default` (the instance administrator's).
-    pub admin_key: String,
-    /// The store the server uses.
-    pub store: Store,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _home: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// Bootstraps the store at `url` and serves it on a free loopback port (`zero2prod`'s
-/// `spawn_app`); returns once `/healthz` answers.
-pub async fn serve_fresh(url: &str, controller: bool) -> Served {
-    let store = Store::connect(url).await.expect("connect store");
-    let home = tempfile::tempdir().unwrap();
-    let admin_key = pushpool::server::bootstrap(&store, home.path())
-        .await
-        .unwrap()
-        .expect("a fresh store");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = pushpool::server::ServeOptions {
-        database_url: url.to_string(),
-        listen: Some(addr),
-        controller,
-        ..Default::default()
-    };
-    let served = store.clone();
-    tokio::spawn(async move {
-        pushpool::server::serve(served, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://{addr}");
-    for _ in 0..250 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Served {
-        base,
-        client,
-        admin_key,
-        store,
-        stop: Some(stop),
-        _home: home,
-    }
 }

@@ -3,7 +3,6 @@
 //! the emulator cannot produce (function errors, 404, 429, 5xx, slow answers).
 //!
 //! Non-invoke requests (STS, SQS, …) are forwarded to the upstream when there is one.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

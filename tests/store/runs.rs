@@ -1,19 +1,17 @@
 //! The store suite: every test runs against SQLite and against PostgreSQL.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::TestDb;
 use pushpool::model::Deployment;
 use pushpool::state::{Proposal, Rejection, StateType};
 use pushpool::store::{
     NewDeployment, NewPool, NewQueue, NewRun, PoolPatch, PoolSelector, Store, StoreError,
     TransitionGuard, TransitionOutcome,
 };
+use pushpool_testkit::{both_backends, connect, TestDb};
 use serde_json::{json, Map};
 use uuid::Uuid;
 
@@ -50,7 +48,7 @@ struct Fixture {
 }
 
 async fn fixture(db: &TestDb) -> Fixture {
-    let store = common::connect(db, 8).await;
+    let store = connect(db, 8).await;
     let ws = store.create_workspace("default").await.unwrap().id;
     Fixture { store, ws }
 }
@@ -133,11 +131,11 @@ impl Fixture {
 }
 
 async fn migrations_are_applied_once_and_versioned(db: TestDb) {
-    let a = common::connect(&db, 2).await;
+    let a = connect(&db, 2).await;
     assert_eq!(a.schema_version().await.unwrap(), 4);
     a.create_workspace("w").await.unwrap();
     // A second connect (another controller starting) must not re-run or fail.
-    let b = common::connect(&db, 2).await;
+    let b = connect(&db, 2).await;
     assert_eq!(b.schema_version().await.unwrap(), 4);
     assert_eq!(b.list_workspaces().await.unwrap().len(), 1);
 }
@@ -662,7 +660,7 @@ async fn logs_and_data_survive_reconnect(db: TestDb) {
         .await
         .unwrap();
     f.store.close().await;
-    let again = common::connect(&db, 2).await;
+    let again = connect(&db, 2).await;
     let logs = again.logs(id, 100).await.unwrap();
     assert_eq!(
         logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
@@ -717,7 +715,7 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let monitor = {
-        let store = common::connect(&db, 1).await;
+        let store = connect(&db, 1).await;
         let stop = stop.clone();
         let limited_deployments: Vec<String> =
             capped[..2].iter().map(|d| d.id.to_string()).collect();
@@ -745,7 +743,7 @@ async fn racing_claimers_claim_every_run_exactly_once(db: TestDb) {
 
     let mut claimers = vec![];
     for c in 0..CLAIMERS {
-        let store = common::connect(&db, 2).await;
+        let store = connect(&db, 2).await;
         let owner = format!("claimer-{c}");
         claimers.push(tokio::spawn(async move {
             let mut mine = vec![];
@@ -898,7 +896,7 @@ async fn no_sequence_of_proposals_leaves_a_terminal_state_or_skips_history(db: T
 /// sqlx's `Any` driver types a NULL `f64` as `float4`; PostgreSQL then refused the next non-NULL
 /// rate on the same cached statement ("incorrect binary data format", found by tests/fuzz.rs).
 async fn pool_submit_rate_goes_from_none_to_a_value_and_back(db: TestDb) {
-    let store = common::connect(&db, 1).await;
+    let store = connect(&db, 1).await;
     let ws = store.create_workspace("w").await.unwrap();
     for (i, rate) in [None, Some(1.5), None, Some(0.25)].into_iter().enumerate() {
         let pool = store

@@ -1,55 +1,40 @@
 //! End-to-end tests of `cloud-run-v2:push` pools: API + controllers on a fresh SQLite store and a
-//! fake Cloud Run Admin API v2 (`tests/support/cloud_run_fake.rs`; there is no official Cloud Run
+//! fake Cloud Run Admin API v2 (`tests/support/src/cloud_run_fake.rs`; there is no official Cloud Run
 //! emulator). The test `real_gcp_…` runs against a real project and is ignored unless asked for.
 #![cfg(feature = "gcp-cloud-run")]
 
-mod common;
-#[path = "support/cloud_run_fake.rs"]
-mod fake;
-#[path = "support/service_harness.rs"]
-mod harness;
-
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake::{CloudRunFake, Outcome};
-use harness::{infra, spawn_app, state, App};
+use pushpool_testkit::cloud_run_fake::{CloudRunFake, Outcome};
+// No proxies, no ambient Google credentials: nothing leaves loopback.
+use pushpool_testkit::env::loopback_only as init_env;
+use pushpool_testkit::{infra, state, App};
 use serde_json::{json, Value};
 
 const PROJECT: &str = "test-project";
 const REGION: &str = "us-central1";
 
-/// No proxies, no ambient Google credentials: nothing leaves loopback.
-fn init_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (k, v) in [
-            ("NO_PROXY", "127.0.0.1,localhost"),
-            ("no_proxy", "127.0.0.1,localhost"),
-        ] {
-            std::env::set_var(k, v);
-        }
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            std::env::remove_var(k);
-        }
-    });
+/// The service with the test environment and one controller.
+async fn spawn_app() -> App {
+    init_env();
+    pushpool_testkit::spawn_app().await
 }
 
-impl App {
+/// This suite's pools and deployments.
+trait CloudRunDeployments {
+    async fn deployment(&self, pool: &str, template: Option<Value>, name: &str, vars: Value);
+}
+
+impl CloudRunDeployments for App {
     /// A pool `pool` (default template unless `template` is given) and a deployment `name` on it
     /// with these job variables (on top of project, endpoint and anonymous credentials).
     async fn deployment(&self, pool: &str, template: Option<Value>, name: &str, vars: Value) {
-        let (s, b) = self.get(&format!("/work_pools/{pool}")).await;
-        if s == 404 {
-            let mut body = json!({"name": pool, "type": "cloud-run-v2:push"});
-            if let Some(t) = template {
-                body["base_job_template"] = t;
-            }
-            let (s, b) = self.post("/work_pools", body).await;
-            assert_eq!(s, 201, "{b}");
-        } else {
-            assert_eq!(s, 200, "{b}");
+        let mut body = json!({"name": pool, "type": "cloud-run-v2:push"});
+        if let Some(t) = template {
+            body["base_job_template"] = t;
         }
+        self.ensure_pool(pool, body).await;
         let (s, b) = self
             .post(
                 "/deployments",

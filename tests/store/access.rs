@@ -1,21 +1,19 @@
 //! The access-control store suite (principals, memberships, custom roles, API keys, rotation,
 //! audit log, upgrade from schema 3): every test runs against SQLite and against PostgreSQL.
 
-mod common;
-
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::TestDb;
 use pushpool::auth::generate_api_key;
 use pushpool::model::{now_micros, to_micros, Micros, Workspace};
 use pushpool::store::{
     AuditEntry, AuditFilter, NewApiKey, NewAuditEntry, Principal, PrincipalKind, Store, StoreError,
     StoredApiKey, WorkspaceOwner,
 };
+use pushpool_testkit::{both_backends, connect, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -85,7 +83,7 @@ struct Fixture {
 }
 
 async fn fixture(db: &TestDb) -> Fixture {
-    let store = common::connect(db, 4).await;
+    let store = connect(db, 4).await;
     let (ws, admin, admin_key) = store
         .create_workspace_with_owner(
             "default",
@@ -1280,16 +1278,16 @@ fn split_statements(sql: &str) -> Vec<String> {
 }
 
 const SCHEMA_3: [(i64, &str, &str); 3] = [
-    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
         "pool_submit_rate",
-        include_str!("../migrations/0002_pool_submit_rate.sql"),
+        include_str!("../../migrations/0002_pool_submit_rate.sql"),
     ),
     (
         3,
         "active_indexes",
-        include_str!("../migrations/0003_active_indexes.sql"),
+        include_str!("../../migrations/0003_active_indexes.sql"),
     ),
 ];
 
@@ -1384,7 +1382,7 @@ async fn upgrade_from_schema_3_turns_old_keys_into_users(db: TestDb) {
     .await;
     pool.close().await;
 
-    let store = common::connect(&db, 4).await;
+    let store = connect(&db, 4).await;
     assert_eq!(store.schema_version().await.unwrap(), 4);
 
     let found = store
@@ -1432,7 +1430,7 @@ async fn upgrade_from_schema_3_turns_old_keys_into_users(db: TestDb) {
     store.close().await;
 
     // Reconnecting does not migrate again.
-    let store = common::connect(&db, 4).await;
+    let store = connect(&db, 4).await;
     assert_eq!(store.schema_version().await.unwrap(), 4);
     assert_eq!(store.list_users().await.unwrap().len(), 2);
     store.close().await;

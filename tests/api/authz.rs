@@ -8,12 +8,10 @@
 //! and that no response carries anything of the other workspace. Finally it checks that nothing
 //! in the other workspace changed.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::TestDb;
 use pushpool::store::{NewApiKey, Store};
+use pushpool_testkit::{both_backends, serve_fresh, TestDb};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -742,7 +740,7 @@ async fn make_workspace(env: &Env, name: &str) -> Ws {
 }
 
 async fn every_route_every_role_own_and_foreign_workspace_and_bad_keys(db: TestDb) {
-    let served = common::serve_fresh(&db.url, false).await;
+    let served = serve_fresh(&db.url, false).await;
     let (store, admin_key) = (served.store.clone(), served.admin_key.clone());
     let mut env = Env {
         base: served.base.clone(),

@@ -2,14 +2,13 @@
 //! API and a controller recover without a restart once it is back. The outage is a TCP proxy in
 //! front of the test server that drops every connection and refuses new ones.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pushpool::server::{bootstrap, serve, ServeOptions};
+use pushpool::server::{bootstrap, ServeOptions};
 use pushpool::store::{ConnectOptions, Store};
+use pushpool_testkit::{postgres_db, Server};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -68,7 +67,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_answers_503_during_an_outage_and_everything_recovers() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = postgres_db().await else {
         return;
     };
     // Route the store through the proxy: same database, the proxy's port.
@@ -96,30 +95,14 @@ async fn api_answers_503_during_an_outage_and_everything_recovers() {
     .unwrap();
     let home = tempfile::tempdir().unwrap();
     let key = bootstrap(&store, home.path()).await.unwrap().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ServeOptions {
         database_url: url.clone(),
-        listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         controller: true,
-        api_url: None,
-        home: None,
-        controller_id: None,
-        lease: None,
-        status_deadline: None,
+        ..Default::default()
     };
-    let server = tokio::spawn(async move {
-        serve(store, options, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let server = Server::start(store, options).await;
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}/api/workspaces/default");
+    let base = format!("{}/api/workspaces/default", server.base);
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut r = client
             .request(method, format!("{base}{path}"))
@@ -209,6 +192,5 @@ async fn api_answers_503_during_an_outage_and_everything_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    server.stop().await;
 }

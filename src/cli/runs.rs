@@ -1,0 +1,202 @@
+//! `pushpool run …`: flow runs.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::api::{Api, CliError};
+use super::output::{field, items, key_values, list_table, state_label, time_field};
+use super::watch::{self, Lines};
+use super::{get_and_show, send_and_show, OutputFormat};
+
+/// `pushpool run …`
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RunCommand,
+}
+
+/// Flow-run commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum RunCommand {
+    /// List runs, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only runs in this state type (e.g. RUNNING, FAILED).
+        #[arg(long, value_name = "TYPE")]
+        state: Option<String>,
+        /// Only runs of this work pool.
+        #[arg(long, value_name = "P")]
+        pool: Option<String>,
+        /// Only runs of this deployment (name or id).
+        #[arg(long, value_name = "D")]
+        deployment: Option<String>,
+        /// At most this many runs (1–1000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Show one run and its state history.
+    Inspect {
+        /// Run id.
+        id: String,
+    },
+    /// Follow a run's state transitions until it ends (exit 0 COMPLETED, 2 otherwise).
+    Watch {
+        /// Run id.
+        id: String,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        id: String,
+    },
+    /// Print a run's log lines.
+    Logs {
+        /// Run id.
+        id: String,
+    },
+}
+
+/// The short view of a run: what `deployment run` and `run cancel` print.
+pub(super) fn run_summary(run: &Value) -> String {
+    let state = run.get("state").unwrap_or(&Value::Null);
+    key_values(&[
+        ("id", field(run, "id")),
+        ("deployment", field(run, "deployment")),
+        ("work_pool", field(run, "work_pool")),
+        ("state", state_label(state)),
+        ("message", field(state, "message")),
+        ("scheduled", time_field(run, "scheduled_time")),
+        ("attempt", field(run, "attempt")),
+    ])
+}
+
+fn run_details(run: &Value) -> String {
+    let state = run.get("state").unwrap_or(&Value::Null);
+    let mut text = key_values(&[
+        ("id", field(run, "id")),
+        ("deployment", field(run, "deployment")),
+        ("deployment_id", field(run, "deployment_id")),
+        ("work_pool", field(run, "work_pool")),
+        ("work_queue", field(run, "work_queue")),
+        ("state", state_label(state)),
+        ("message", field(state, "message")),
+        ("state_since", time_field(state, "timestamp")),
+        ("scheduled", time_field(run, "scheduled_time")),
+        ("attempt", field(run, "attempt")),
+        ("infrastructure_id", field(run, "infrastructure_id")),
+        ("idempotency_key", field(run, "idempotency_key")),
+        ("lease_owner", field(run, "lease_owner")),
+        ("lease_expires", time_field(run, "lease_expires")),
+        ("last_heartbeat", time_field(run, "last_heartbeat")),
+        ("parameters", field(run, "parameters")),
+        ("job_variables", field(run, "job_variables")),
+        ("created", time_field(run, "created")),
+        ("updated", time_field(run, "updated")),
+    ]);
+    if let Some(history) = run.get("state_history") {
+        text.push_str("\n\n");
+        text.push_str(&list_table(
+            history,
+            &["TIME", "TYPE", "NAME", "MESSAGE"],
+            |h| {
+                vec![
+                    time_field(h, "timestamp"),
+                    field(h, "type"),
+                    field(h, "name"),
+                    field(h, "message"),
+                ]
+            },
+        ));
+    }
+    text
+}
+
+pub(super) async fn flow_run(
+    api: &Api,
+    out: OutputFormat,
+    command: RunCommand,
+) -> Result<i32, CliError> {
+    match command {
+        RunCommand::Ls {
+            state,
+            pool,
+            deployment,
+            limit,
+        } => {
+            let mut url = api.ws_url(&["flow_runs"]);
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(state) = state {
+                    query.append_pair("state", &state.trim().to_ascii_uppercase());
+                }
+                if let Some(pool) = pool {
+                    query.append_pair("work_pool", &pool);
+                }
+                if let Some(deployment) = deployment {
+                    query.append_pair("deployment", &deployment);
+                }
+                if let Some(limit) = limit {
+                    query.append_pair("limit", &limit.to_string());
+                }
+            }
+            if url.query() == Some("") {
+                url.set_query(None);
+            }
+            get_and_show(api, out, url, |v| {
+                list_table(
+                    v,
+                    &["ID", "DEPLOYMENT", "POOL", "STATE", "SCHEDULED", "ATTEMPT"],
+                    |r| {
+                        vec![
+                            field(r, "id"),
+                            field(r, "deployment"),
+                            field(r, "work_pool"),
+                            state_label(r.get("state").unwrap_or(&Value::Null)),
+                            time_field(r, "scheduled_time"),
+                            field(r, "attempt"),
+                        ]
+                    },
+                )
+            })
+            .await?;
+        }
+        RunCommand::Inspect { id } => {
+            get_and_show(api, out, api.ws_url(&["flow_runs", &id]), run_details).await?;
+        }
+        RunCommand::Watch { id } => {
+            let lines = match out {
+                OutputFormat::Table => Lines::Stdout,
+                OutputFormat::Json => Lines::StderrThenJson,
+            };
+            return Ok(watch::watch(api, &id, lines).await);
+        }
+        RunCommand::Cancel { id } => {
+            send_and_show(
+                api,
+                out,
+                Method::POST,
+                api.ws_url(&["flow_runs", &id, "cancel"]),
+                None,
+                run_summary,
+            )
+            .await?;
+        }
+        RunCommand::Logs { id } => {
+            get_and_show(api, out, api.ws_url(&["flow_runs", &id, "logs"]), |v| {
+                items(v)
+                    .iter()
+                    .map(|l| {
+                        l.get("line")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .await?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,347 @@
+//! Parsing of the client command line, the way `src/main.rs` embeds it.
+
+use super::deployments::DeploymentCommand;
+use super::pools::PoolCommand;
+use super::workspaces::WorkspaceCommand;
+use super::*;
+use clap::{CommandFactory as _, Parser};
+
+/// The way `src/main.rs` embeds the client: flattened args and flattened subcommands.
+#[derive(Parser, Debug)]
+struct TestCli {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: TestCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TestCommand {
+    /// A server command.
+    Up,
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[test]
+fn the_command_line_is_well_formed() {
+    TestCli::command().debug_assert();
+}
+
+#[test]
+fn global_options_go_anywhere_and_vars_repeat() {
+    let cli = TestCli::try_parse_from([
+        "pushpool",
+        "deployment",
+        "run",
+        "etl",
+        "--var",
+        "image=python:3.12",
+        "--var",
+        "env.FOO=bar",
+        "-o",
+        "json",
+        "--workspace",
+        "team",
+        "--watch",
+    ])
+    .unwrap();
+    assert_eq!(cli.client.output, OutputFormat::Json);
+    assert_eq!(cli.client.workspace, "team");
+    match cli.command {
+        TestCommand::Client(ClientCommand::Deployment(DeploymentArgs {
+            command: DeploymentCommand::Run {
+                name, vars, watch, ..
+            },
+        })) => {
+            assert_eq!(name, "etl");
+            assert_eq!(vars, ["image=python:3.12", "env.FOO=bar"]);
+            assert!(watch);
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    let cli = TestCli::try_parse_from([
+        "pushpool",
+        "pool",
+        "create",
+        "p",
+        "--type",
+        "process",
+        "--concurrency-limit",
+        "3",
+    ])
+    .unwrap();
+    assert!(matches!(
+        cli.command,
+        TestCommand::Client(ClientCommand::Pool(PoolArgs {
+            command: PoolCommand::Create {
+                concurrency_limit: Some(3),
+                ..
+            }
+        }))
+    ));
+    assert!(TestCli::try_parse_from(["pushpool", "pool", "default-template", "process"]).is_ok());
+    assert!(TestCli::try_parse_from([
+        "pushpool", "run", "ls", "--state", "FAILED", "--limit", "5"
+    ])
+    .is_ok());
+    assert!(TestCli::try_parse_from(["pushpool", "workspace", "ls"]).is_ok());
+}
+
+fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+    let cli = TestCli::try_parse_from(std::iter::once("pushpool").chain(args.iter().copied()))?;
+    match cli.command {
+        TestCommand::Client(command) => Ok(command),
+        TestCommand::Up => panic!("parsed as `up`"),
+    }
+}
+
+#[test]
+fn key_commands_parse() {
+    use access::{KeyArgs, KeyCommand};
+    match parse(&[
+        "key",
+        "create",
+        "ci",
+        "--role",
+        "viewer",
+        "--service-account",
+        "deployer",
+        "--expires-in",
+        "30d",
+    ])
+    .unwrap()
+    {
+        ClientCommand::Key(KeyArgs {
+            command:
+                KeyCommand::Create {
+                    name,
+                    role,
+                    service_account,
+                    user,
+                    expires_at,
+                    expires_in,
+                },
+        }) => {
+            assert_eq!(name, "ci");
+            assert_eq!(role.as_deref(), Some("viewer"));
+            assert_eq!(service_account.as_deref(), Some("deployer"));
+            assert_eq!(user, None);
+            assert_eq!(expires_at, None);
+            assert_eq!(expires_in.as_deref(), Some("30d"));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(matches!(
+        parse(&[
+            "key",
+            "create",
+            "mine",
+            "--user",
+            "alice",
+            "--expires-at",
+            "2030-01-01T00:00:00Z"
+        ])
+        .unwrap(),
+        ClientCommand::Key(KeyArgs {
+            command: KeyCommand::Create {
+                user: Some(_),
+                expires_at: Some(_),
+                ..
+            }
+        })
+    ));
+    // One principal and one expiry at most; a name is required.
+    assert!(parse(&[
+        "key",
+        "create",
+        "k",
+        "--user",
+        "a",
+        "--service-account",
+        "b"
+    ])
+    .is_err());
+    assert!(parse(&[
+        "key",
+        "create",
+        "k",
+        "--expires-at",
+        "2030-01-01T00:00:00Z",
+        "--expires-in",
+        "1d"
+    ])
+    .is_err());
+    assert!(parse(&["key", "create"]).is_err());
+    assert!(matches!(
+        parse(&["key", "ls", "-o", "json"]).unwrap(),
+        ClientCommand::Key(KeyArgs {
+            command: KeyCommand::Ls
+        })
+    ));
+    assert!(matches!(
+        parse(&["key", "revoke", "0190"]).unwrap(),
+        ClientCommand::Key(KeyArgs {
+            command: KeyCommand::Revoke { .. }
+        })
+    ));
+    assert!(matches!(
+        parse(&["key", "rotate", "0190", "--grace-seconds", "60"]).unwrap(),
+        ClientCommand::Key(KeyArgs {
+            command: KeyCommand::Rotate {
+                grace_seconds: Some(60),
+                ..
+            }
+        })
+    ));
+    assert!(parse(&["key", "rotate", "0190", "--grace-seconds", "-1"]).is_err());
+}
+
+#[test]
+fn service_account_commands_parse() {
+    use access::{ServiceAccountArgs, ServiceAccountCommand};
+    match parse(&[
+        "service-account",
+        "create",
+        "deployer",
+        "--role",
+        "operator",
+    ])
+    .unwrap()
+    {
+        ClientCommand::ServiceAccount(ServiceAccountArgs {
+            command: ServiceAccountCommand::Create { name, role },
+        }) => assert_eq!((name.as_str(), role.as_str()), ("deployer", "operator")),
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(parse(&["service-account", "create", "deployer"]).is_err());
+    assert!(parse(&["service-account", "ls"]).is_ok());
+    match parse(&["service-account", "set-role", "deployer", "viewer"]).unwrap() {
+        ClientCommand::ServiceAccount(ServiceAccountArgs {
+            command: ServiceAccountCommand::SetRole { id_or_name, role },
+        }) => assert_eq!((id_or_name.as_str(), role.as_str()), ("deployer", "viewer")),
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(matches!(
+        parse(&["service-account", "delete", "deployer"]).unwrap(),
+        ClientCommand::ServiceAccount(ServiceAccountArgs {
+            command: ServiceAccountCommand::Delete { .. }
+        })
+    ));
+}
+
+#[test]
+fn user_member_and_role_commands_parse() {
+    use access::{MemberArgs, MemberCommand, RoleArgs, RoleCommand, UserArgs, UserCommand};
+    assert!(matches!(
+        parse(&["user", "create", "alice", "--admin"]).unwrap(),
+        ClientCommand::User(UserArgs {
+            command: UserCommand::Create { admin: true, .. }
+        })
+    ));
+    assert!(matches!(
+        parse(&["user", "create", "bob"]).unwrap(),
+        ClientCommand::User(UserArgs {
+            command: UserCommand::Create { admin: false, .. }
+        })
+    ));
+    assert!(parse(&["user", "ls"]).is_ok());
+    match parse(&["member", "add", "alice", "--role", "viewer"]).unwrap() {
+        ClientCommand::Member(MemberArgs {
+            command: MemberCommand::Add { user, role },
+        }) => assert_eq!((user.as_str(), role.as_str()), ("alice", "viewer")),
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(parse(&["member", "add", "alice"]).is_err());
+    assert!(parse(&["member", "ls"]).is_ok());
+    assert!(matches!(
+        parse(&["member", "set-role", "alice", "operator"]).unwrap(),
+        ClientCommand::Member(MemberArgs {
+            command: MemberCommand::SetRole { .. }
+        })
+    ));
+    assert!(matches!(
+        parse(&["member", "remove", "alice"]).unwrap(),
+        ClientCommand::Member(MemberArgs {
+            command: MemberCommand::Remove { .. }
+        })
+    ));
+    match parse(&[
+        "role",
+        "create",
+        "reader",
+        "--scope",
+        "runs:read",
+        "--scope",
+        "pools:read",
+        "--description",
+        "reads",
+    ])
+    .unwrap()
+    {
+        ClientCommand::Role(RoleArgs {
+            command:
+                RoleCommand::Create {
+                    name,
+                    scopes,
+                    description,
+                },
+        }) => {
+            assert_eq!(name, "reader");
+            assert_eq!(scopes, ["runs:read", "pools:read"]);
+            assert_eq!(description.as_deref(), Some("reads"));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(parse(&["role", "create", "empty"]).is_err());
+    assert!(parse(&["role", "ls"]).is_ok());
+    assert!(parse(&["role", "delete", "reader"]).is_ok());
+}
+
+#[test]
+fn audit_and_workspace_commands_parse() {
+    use access::{AuditArgs, AuditCommand};
+    match parse(&[
+        "audit",
+        "ls",
+        "--actor",
+        "admin",
+        "--action",
+        "api_key.create",
+        "--outcome",
+        "denied",
+        "--since",
+        "2030-01-01T00:00:00Z",
+        "--limit",
+        "20",
+    ])
+    .unwrap()
+    {
+        ClientCommand::Audit(AuditArgs {
+            command:
+                AuditCommand::Ls {
+                    actor,
+                    action,
+                    outcome,
+                    since,
+                    limit,
+                    cursor,
+                },
+        }) => {
+            assert_eq!(actor.as_deref(), Some("admin"));
+            assert_eq!(action.as_deref(), Some("api_key.create"));
+            assert_eq!(outcome.as_deref(), Some("denied"));
+            assert_eq!(since.as_deref(), Some("2030-01-01T00:00:00Z"));
+            assert_eq!(limit, Some(20));
+            assert_eq!(cursor, None);
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    assert!(parse(&["audit", "ls", "--limit", "many"]).is_err());
+    assert!(matches!(
+        parse(&["workspace", "create", "team"]).unwrap(),
+        ClientCommand::Workspace(WorkspaceArgs {
+            command: WorkspaceCommand::Create { .. }
+        })
+    ));
+}
