@@ -15,6 +15,7 @@ scripts/schema-fuzz.toml. Standard library only; talks to BASE_URL (loopback) wi
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import urllib.error
@@ -50,7 +51,7 @@ def create_runs(deployment, count, **body):
 token_dir = os.path.join(HOME, "run-tokens")
 os.makedirs(token_dir, exist_ok=True)
 # The seeded job records its own run token, so the fuzzer can call the job endpoints as that job.
-command = f'printf %s "$PUSHPOOL_RUN_TOKEN" > {token_dir}/"$PUSHPOOL_RUN_ID"; echo seeded run'
+command = f'printf %s "$PUSHPOOL_RUN_TOKEN" > {shlex.quote(token_dir)}/"$PUSHPOOL_RUN_ID"; echo seeded run'
 
 for pool in ("fuzz-pool", "fuzz-doomed-pool"):
     call("POST", f"{WS}/work_pools", {"name": pool, "type": "process"})

@@ -29,7 +29,14 @@ impl Server {
             .expect("local addr")
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_pushpool"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pushpool"));
+        // Its own home and SQLite file, whatever the test's environment says.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PUSHPOOL_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("up")
             .arg("--home")
             .arg(home.path())
