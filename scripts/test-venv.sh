@@ -6,7 +6,8 @@
 # (installed on first use, ~1 min from PyPI; reinstalled only when the requirements file changed),
 # then sets PUSHPOOL_TEST_VENV to its path and returns 0. On failure it says why on stderr and
 # returns 1; the caller decides whether that is fatal (it is under CI=true).
-# Must be called from the repository root. Needs python3 with venv + pip reaching PyPI (first run).
+# Must be called from the repository root. Needs python3 >= 3.11 (or $PUSHPOOL_PYTHON) with venv +
+# pip reaching PyPI (first run).
 
 pushpool_test_venv() {
   local venv py requirements stamp want
