@@ -1,6 +1,6 @@
 //! The OpenAPI document a running server serves at `/api/openapi.json` is valid OpenAPI 3.1:
 //! checked against the official OAS 3.1 JSON Schema (2022-10-07, vendored in
-//! `tests/fixtures/oas-3.1-schema.json`; see `tests/fixtures/README.md` for where it comes from).
+//! `tests/fixtures/openapi-3.1-schema.json`; `tests/fixtures/README.md` says where it comes from).
 //!
 //! The server is the real binary (`pushpool up` on a fresh home and a free loopback port), so the
 //! document checked is exactly the one clients download.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 /// The official JSON Schema of OpenAPI 3.1 documents.
-const OAS_3_1_SCHEMA: &str = include_str!("fixtures/oas-3.1-schema.json");
+const OAS_3_1_SCHEMA: &str = include_str!("fixtures/openapi-3.1-schema.json");
 
 /// `pushpool up` on a fresh home; killed (by its own PID) when dropped.
 struct Server {
