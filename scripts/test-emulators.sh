@@ -1,36 +1,30 @@
 # shellcheck shell=bash
 # Sourced by scripts/test: provides a moto server (AWS emulator) for the AWS Lambda provider tests.
 #
-# - Creates a Python venv under target/emulators-venv (only when missing) with `moto[server]`.
+# - Uses the test tools' venv (scripts/test-venv.sh: target/test-venv, pinned in
+#   scripts/requirements-test.txt) for `moto[server]`.
 # - Starts `moto_server` on 127.0.0.1 and a free port, waits until it answers, switches its Lambda
 #   backend to the no-Docker mode (the payload is echoed), exports PUSHPOOL_TEST_MOTO_URL and appends
 #   the server's PID to the caller's `started_pids` array (scripts/test stops those on exit).
 # - On failure it prints why and leaves PUSHPOOL_TEST_MOTO_URL unset: the Lambda suite then skips
 #   locally and fails under CI=true.
-# Needs: python3 with venv + pip reaching PyPI (first run only, ~20 s), curl or python3 for the probes.
+# Needs: python3 with venv + pip reaching PyPI (first run only, ~1 min), python3 for the probes.
+
+# shellcheck source=scripts/test-venv.sh
+source scripts/test-venv.sh
 
 pushpool_start_moto() {
-  local root venv py port log pid i
+  local root venv port log pid i
   root="$(pwd)"
-  venv="$root/target/emulators-venv"
-  py="${PUSHPOOL_PYTHON:-python3}"
   if [ -n "${PUSHPOOL_TEST_MOTO_URL:-}" ]; then
     echo "scripts/test: using the moto server at $PUSHPOOL_TEST_MOTO_URL" >&2
     return 0
   fi
-  if [ ! -x "$venv/bin/moto_server" ]; then
-    echo "scripts/test: creating $venv with moto[server] (first run only)" >&2
-    mkdir -p "$root/target"
-    if ! "$py" -m venv "$venv" >&2; then
-      echo "scripts/test: cannot create a Python venv ($py -m venv); the AWS Lambda emulator tests have no moto" >&2
-      return 0
-    fi
-    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]' >&2; then
-      echo "scripts/test: pip install 'moto[server]' failed; the AWS Lambda emulator tests have no moto" >&2
-      rm -rf "$venv"
-      return 0
-    fi
+  if ! pushpool_test_venv; then
+    echo "scripts/test: no Python test venv; the AWS Lambda emulator tests have no moto" >&2
+    return 0
   fi
+  venv="$PUSHPOOL_TEST_VENV"
   port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
   log="$root/target/moto-server.log"
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
