@@ -130,9 +130,7 @@ impl Store {
         id_or_name: &str,
         patch: DeploymentPatch,
     ) -> Result<Deployment> {
-        if let Some(limit) = patch.concurrency_limit {
-            check_limit("concurrency_limit", limit)?;
-        }
+        check_limit("concurrency_limit", patch.concurrency_limit.flatten())?;
         let current = self.deployment(workspace_id, id_or_name).await?;
         let queue_id = match &patch.work_queue {
             Some(q) => self.queue(current.work_pool_id, q).await?.id,

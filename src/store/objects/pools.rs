@@ -158,9 +158,7 @@ impl Store {
         name: &str,
         patch: PoolPatch,
     ) -> Result<WorkPool> {
-        if let Some(limit) = patch.concurrency_limit {
-            check_limit("concurrency_limit", limit)?;
-        }
+        check_limit("concurrency_limit", patch.concurrency_limit.flatten())?;
         let current = self.pool(workspace_id, name).await?;
         let description = patch
             .description
@@ -275,9 +273,7 @@ impl Store {
         concurrency_limit: Option<Option<i64>>,
         paused: Option<bool>,
     ) -> Result<WorkQueue> {
-        if let Some(limit) = concurrency_limit {
-            check_limit("concurrency_limit", limit)?;
-        }
+        check_limit("concurrency_limit", concurrency_limit.flatten())?;
         let pool = self.pool(workspace_id, pool_name).await?;
         let current = self.queue(pool.id, queue_name).await?;
         let mut tx = self.begin().await?;
