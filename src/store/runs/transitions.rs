@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -19,8 +20,7 @@ use crate::state::{
     StateType, TransitionGuard,
 };
 use crate::store::objects::{insert_event, insert_event_rows, EventRow};
-use crate::store::sql::bind_all;
-use crate::store::sql::{get_uuid, not_found, placeholders};
+use crate::store::sql::{bind_all, get_uuid, not_found, placeholders};
 use crate::store::{Result, Store, StoreError, Tx};
 
 /// The columns of `run` the transition rules read.
@@ -54,7 +54,7 @@ impl Plan {
         read: FlowRun,
         decisions: Vec<Decision>,
         proposals: &[Proposal],
-        now: chrono::DateTime<chrono::Utc>,
+        now: DateTime<Utc>,
     ) -> Self {
         let mut plan = Plan {
             outcomes: Vec::with_capacity(decisions.len()),
