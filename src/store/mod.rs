@@ -7,14 +7,14 @@
 mod access;
 mod objects;
 mod runs;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 pub use access::{
     AuditEntry, AuditFilter, CustomRole, KeyWithPrincipal, Member, NewApiKey, NewAuditEntry,
@@ -420,6 +420,14 @@ impl Store {
         self.inner.changed.notify_waiters();
     }
 
+    /// Commits `tx` and signals run changes to this process and (PostgreSQL) to others.
+    pub(crate) async fn commit_notifying(&self, mut tx: Tx) -> Result<()> {
+        self.notify_in(&mut tx).await?;
+        tx.commit().await?;
+        self.notify_local();
+        Ok(())
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin().await?;
         if self.inner.backend == Backend::Postgres {
@@ -526,31 +534,6 @@ fn split_statements(sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// `$start, $start+1, …` for `n` values.
-pub(crate) fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-pub(crate) fn get_uuid(row: &AnyRow, col: &str) -> Result<Uuid> {
-    let s: String = row.try_get(col)?;
-    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
-}
-
-pub(crate) fn get_json_map(
-    row: &AnyRow,
-    col: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
-}
-
-pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
-    Ok(row.try_get::<i64, _>(col)? != 0)
 }
 
 #[cfg(test)]

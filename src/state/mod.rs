@@ -1,10 +1,21 @@
-//! The flow-run state machine: Prefect's state types, their named sub-states, and the one table of
-//! legal transitions that every writer goes through (documented in `docs/states.md`).
+//! The flow-run state machine: Prefect's state types, their named sub-states, the one table of
+//! legal transitions, and the pure decision on a proposal ([`decide`]) that every writer goes
+//! through (documented in `docs/states.md`).
+//!
+//! Nothing here touches a database or a clock: the store locks and reads a run, asks
+//! [`decide_sequence`] what to do with the proposals, and writes exactly the row it is handed back.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+mod transition;
+
+pub use transition::{
+    decide, decide_sequence, Decision, InfrastructureEffect, LeaseEffect, RunRecord, Transition,
+    TransitionContext, TransitionGuard, PROPOSED_PENDING_LEASE,
+};
 
 /// Prefect's state types. Named sub-states (`Late`, `Submitting`, …) keep their type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -267,71 +278,4 @@ impl Proposal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn terminal_states_accept_nothing() {
-        for from in ALL_STATE_TYPES.into_iter().filter(|s| s.is_terminal()) {
-            for to in ALL_STATE_TYPES {
-                assert_eq!(
-                    check_transition(from, to),
-                    Err(Rejection::AlreadyTerminal { current: from })
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn cancelling_only_goes_to_cancelled() {
-        for to in ALL_STATE_TYPES {
-            assert_eq!(
-                check_transition(StateType::Cancelling, to).is_ok(),
-                to == StateType::Cancelled
-            );
-        }
-    }
-
-    #[test]
-    fn a_second_pending_is_refused() {
-        for from in [
-            StateType::Pending,
-            StateType::Running,
-            StateType::Cancelling,
-            StateType::Cancelled,
-        ] {
-            assert!(check_transition(from, StateType::Pending).is_err());
-        }
-        assert!(check_transition(StateType::Scheduled, StateType::Pending).is_ok());
-    }
-
-    #[test]
-    fn state_types_parse_case_insensitively() {
-        assert_eq!("running".parse::<StateType>(), Ok(StateType::Running));
-        assert!("DONE".parse::<StateType>().is_err());
-    }
-
-    fn any_state() -> impl Strategy<Value = StateType> {
-        prop::sample::select(ALL_STATE_TYPES.to_vec())
-    }
-
-    proptest! {
-        /// Applying any sequence of proposals through the table never leaves a terminal state.
-        #[test]
-        fn no_sequence_leaves_a_terminal_state(proposals in prop::collection::vec(any_state(), 0..40)) {
-            let mut current = StateType::Scheduled;
-            let mut history = vec![current];
-            for to in proposals {
-                if check_transition(current, to).is_ok() {
-                    prop_assert!(!current.is_terminal());
-                    current = to;
-                    history.push(current);
-                }
-            }
-            if let Some(i) = history.iter().position(|s| s.is_terminal()) {
-                prop_assert_eq!(i, history.len() - 1, "history continued after terminal: {:?}", history);
-            }
-        }
-    }
-}
+mod tests;

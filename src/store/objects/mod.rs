@@ -1,0 +1,226 @@
+//! Workspaces, pools and queues, deployments, and the event log every write appends to.
+
+mod deployments;
+mod pools;
+
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::sql::{get_bool, get_json_map, get_uuid, insert_rows, unique_conflict};
+use super::{Result, Store, StoreError, Tx};
+use crate::model::{
+    from_micros, now_micros, Deployment, Event, Micros, WorkPool, WorkQueue, Workspace,
+};
+
+pub use deployments::{DeploymentPatch, NewDeployment};
+pub use pools::{NewPool, NewQueue, PoolPatch};
+
+const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
+     concurrency_limit, paused, created, updated, submit_rate";
+const QUEUE_COLUMNS: &str =
+    "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
+const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
+     d.queue_id, q.name AS queue_name, d.job_variables, d.parameters, d.concurrency_limit, d.paused, \
+     d.created, d.updated";
+const DEPLOYMENT_FROM: &str = "deployments d JOIN work_pools p ON p.id = d.pool_id \
+     JOIN work_queues q ON q.id = d.queue_id";
+
+/// A workspace from a row with `id`, `name` and `created`.
+pub(crate) fn workspace_from_row(row: &AnyRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: get_uuid(row, "id")?,
+        name: row.try_get("name")?,
+        created: from_micros(row.try_get("created")?),
+    })
+}
+
+fn pool_from_row(row: &AnyRow) -> Result<WorkPool> {
+    let template: String = row.try_get("base_job_template")?;
+    Ok(WorkPool {
+        id: get_uuid(row, "id")?,
+        workspace_id: get_uuid(row, "workspace_id")?,
+        name: row.try_get("name")?,
+        pool_type: row.try_get("type")?,
+        description: row.try_get("description")?,
+        base_job_template: serde_json::from_str(&template)
+            .map_err(|e| StoreError::Corrupt(format!("base_job_template: {e}")))?,
+        concurrency_limit: row.try_get("concurrency_limit")?,
+        paused: get_bool(row, "paused")?,
+        created: from_micros(row.try_get("created")?),
+        updated: from_micros(row.try_get("updated")?),
+        submit_rate: row.try_get("submit_rate")?,
+    })
+}
+
+fn queue_from_row(row: &AnyRow) -> Result<WorkQueue> {
+    Ok(WorkQueue {
+        id: get_uuid(row, "id")?,
+        pool_id: get_uuid(row, "pool_id")?,
+        name: row.try_get("name")?,
+        priority: row.try_get("priority")?,
+        concurrency_limit: row.try_get("concurrency_limit")?,
+        paused: get_bool(row, "paused")?,
+        created: from_micros(row.try_get("created")?),
+        updated: from_micros(row.try_get("updated")?),
+    })
+}
+
+fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
+    Ok(Deployment {
+        id: get_uuid(row, "id")?,
+        workspace_id: get_uuid(row, "workspace_id")?,
+        name: row.try_get("name")?,
+        work_pool: row.try_get("pool_name")?,
+        work_pool_id: get_uuid(row, "pool_id")?,
+        work_queue: row.try_get("queue_name")?,
+        work_queue_id: get_uuid(row, "queue_id")?,
+        job_variables: get_json_map(row, "job_variables")?,
+        parameters: get_json_map(row, "parameters")?,
+        concurrency_limit: row.try_get("concurrency_limit")?,
+        paused: get_bool(row, "paused")?,
+        created: from_micros(row.try_get("created")?),
+        updated: from_micros(row.try_get("updated")?),
+    })
+}
+
+fn check_limit(field: &str, limit: Option<i64>) -> Result<()> {
+    match limit {
+        Some(n) if n < 0 => Err(StoreError::Invalid {
+            field: field.into(),
+            message: "must be 0 or more".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Inserts a workspace (and its `workspace.created` event) inside `tx`.
+pub(crate) async fn insert_workspace(tx: &mut Tx, name: &str) -> Result<Workspace> {
+    let id = Uuid::now_v7();
+    let now = now_micros();
+    sqlx::query("INSERT INTO workspaces (id, name, created) VALUES ($1, $2, $3)")
+        .bind(id.to_string())
+        .bind(name)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            unique_conflict(e, "name", || {
+                format!("a workspace named `{name}` already exists")
+            })
+        })?;
+    insert_event(
+        tx,
+        id,
+        "workspace.created",
+        &id.to_string(),
+        &json!({"name": name}),
+    )
+    .await?;
+    Ok(Workspace {
+        id,
+        name: name.to_string(),
+        created: from_micros(now),
+    })
+}
+
+/// One event row to insert.
+pub(crate) struct EventRow {
+    /// The workspace it happened in.
+    pub(crate) workspace_id: Uuid,
+    /// When.
+    pub(crate) occurred: Micros,
+    /// What, e.g. `work_pool.created`.
+    pub(crate) event: String,
+    /// The id or name of the object it happened to.
+    pub(crate) resource_id: String,
+    /// Facts about it.
+    pub(crate) payload: Value,
+}
+
+/// Appends an event inside `tx`.
+pub(crate) async fn insert_event(
+    tx: &mut Tx,
+    workspace_id: Uuid,
+    event: &str,
+    resource_id: &str,
+    payload: &Value,
+) -> Result<()> {
+    let row = EventRow {
+        workspace_id,
+        occurred: now_micros(),
+        event: event.to_string(),
+        resource_id: resource_id.to_string(),
+        payload: payload.clone(),
+    };
+    insert_event_rows(tx, &[row]).await
+}
+
+/// Appends events inside `tx` with multi-row statements.
+pub(crate) async fn insert_event_rows(tx: &mut Tx, rows: &[EventRow]) -> Result<()> {
+    let head = "INSERT INTO events (id, workspace_id, occurred, event, resource_id, payload)";
+    insert_rows(tx, head, 6, 500, rows, |q, row| {
+        q.bind(Uuid::now_v7().to_string())
+            .bind(row.workspace_id.to_string())
+            .bind(row.occurred)
+            .bind(row.event.clone())
+            .bind(row.resource_id.clone())
+            .bind(row.payload.to_string())
+    })
+    .await
+}
+
+impl Store {
+    /// Creates a workspace.
+    pub async fn create_workspace(&self, name: &str) -> Result<Workspace> {
+        let mut tx = self.begin().await?;
+        let ws = insert_workspace(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(ws)
+    }
+
+    /// Looks a workspace up by name.
+    pub async fn workspace(&self, name: &str) -> Result<Workspace> {
+        let query =
+            sqlx::query("SELECT id, name, created FROM workspaces WHERE name = $1").bind(name);
+        self.fetch_found(query, "workspace", name, workspace_from_row)
+            .await
+    }
+
+    /// Looks a workspace up by id.
+    pub async fn workspace_by_id(&self, id: Uuid) -> Result<Workspace> {
+        let query = sqlx::query("SELECT id, name, created FROM workspaces WHERE id = $1")
+            .bind(id.to_string());
+        self.fetch_found(query, "workspace", id, workspace_from_row)
+            .await
+    }
+
+    /// All workspaces, by name.
+    pub async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        let query = sqlx::query("SELECT id, name, created FROM workspaces ORDER BY name");
+        self.fetch_rows(query, workspace_from_row).await
+    }
+
+    /// A workspace's newest events, newest first.
+    pub async fn list_events(&self, workspace_id: Uuid, limit: i64) -> Result<Vec<Event>> {
+        let query = sqlx::query(
+            "SELECT id, workspace_id, occurred, event, resource_id, payload FROM events \
+             WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(workspace_id.to_string())
+        .bind(limit);
+        self.fetch_rows(query, |row| {
+            let payload: String = row.try_get("payload")?;
+            Ok(Event {
+                id: get_uuid(row, "id")?,
+                workspace_id: get_uuid(row, "workspace_id")?,
+                occurred: from_micros(row.try_get("occurred")?),
+                event: row.try_get("event")?,
+                resource_id: row.try_get("resource_id")?,
+                payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+            })
+        })
+        .await
+    }
+}
