@@ -6,6 +6,7 @@
 //! one workspace. Secrets are never stored: a key is kept as its SHA-256.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
@@ -20,7 +21,7 @@ use crate::model::{from_micros, now_micros, Micros, Workspace};
 const NO_CAP: &str = "*";
 
 /// What kind of principal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     /// A person.
@@ -47,7 +48,7 @@ impl PrincipalKind {
 }
 
 /// A user or a service account.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Principal {
     /// Id.
     pub id: Uuid,
@@ -68,7 +69,7 @@ pub struct Principal {
 }
 
 /// A user's membership of a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Member {
     /// The user's id.
     pub user_id: Uuid,
@@ -83,7 +84,7 @@ pub struct Member {
 }
 
 /// A service account with its role in its workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServiceAccount {
     /// Id.
     pub id: Uuid,
@@ -98,13 +99,14 @@ pub struct ServiceAccount {
 }
 
 /// A custom role of a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct CustomRole {
     /// Name, unique in the workspace and not a built-in name.
     pub name: String,
     /// Free text.
     pub description: Option<String>,
     /// Scope names.
+    #[schemars(with = "Vec<crate::access::Scope>")]
     pub scopes: Vec<String>,
     /// Created.
     pub created: DateTime<Utc>,
@@ -128,7 +130,7 @@ pub struct NewApiKey {
 }
 
 /// A stored API key (never the secret, never its hash on the wire).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StoredApiKey {
     /// Id.
     pub id: Uuid,
@@ -209,7 +211,7 @@ pub struct NewAuditEntry {
 }
 
 /// A stored audit record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct AuditEntry {
     /// Id (time-ordered).
     pub id: Uuid,
