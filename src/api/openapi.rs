@@ -13,9 +13,10 @@ use super::routes;
 use super::table::{Content, RequestBody, Route};
 use super::{Access, ErrorBody};
 
-/// The OpenAPI document of the route table.
+/// The OpenAPI document of the route table (built once).
 pub fn document() -> Value {
-    build().0
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| build().0).clone()
 }
 
 /// Schema names a request type and an answer type both claim with different schemas; the

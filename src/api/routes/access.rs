@@ -77,7 +77,8 @@ pub const ROUTES: &[Route] = &[
         .access(Access::Workspace(Scope::MembersWrite))
         .audit("member.remove", Always)
         .no_content()
-        .errors(&[409]),
+        // 422: the member's current role is no longer known (see `grantable`).
+        .errors(&[409, 422]),
     Route::post(ws!("/service_accounts"), handler!(create_service_account))
         .summary("Create a service account and its first API key (shown once)")
         .access(Access::Workspace(Scope::ServiceAccountsWrite))
@@ -108,7 +109,8 @@ pub const ROUTES: &[Route] = &[
     .access(Access::Workspace(Scope::ServiceAccountsWrite))
     .audit("service_account.delete", Always)
     .no_content()
-    .errors(&[409]),
+    // 422: the account's current role is no longer known (see `grantable`).
+    .errors(&[409, 422]),
     Route::post(ws!("/roles"), handler!(create_role))
         .summary("Create a custom role from permission scopes")
         .access(Access::Workspace(Scope::RolesWrite))
@@ -228,6 +230,7 @@ pub(super) async fn grantable(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
 }
 
@@ -290,7 +293,9 @@ async fn list_workspaces(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1–100 letters, digits, `-`, `_`, `.`, `@` or `+`, starting with a letter or digit.
     name: String,
+    /// An instance administrator.
     #[serde(default)]
     admin: bool,
 }
@@ -318,13 +323,16 @@ async fn list_users(State(state): State<AppState>) -> ApiResult<Json<Vec<Princip
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// A user's name.
     user: String,
+    /// A built-in role (`owner`, `developer`, `runner`, `viewer`, `controller`) or a custom role.
     role: String,
 }
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRole {
+    /// A built-in role (`owner`, `developer`, `runner`, `viewer`, `controller`) or a custom role.
     role: String,
 }
 
@@ -403,7 +411,9 @@ async fn remove_member(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceAccount {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
+    /// A built-in role (`owner`, `developer`, `runner`, `viewer`, `controller`) or a custom role.
     role: String,
 }
 
@@ -485,9 +495,12 @@ async fn delete_service_account(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
+    /// Lowercase letters, digits, `-`, `_`, 1–64 characters, starting with a letter; not a built-in name.
     name: String,
+    /// Free text (at most 1000 characters).
     #[serde(default)]
     description: Option<String>,
+    /// Permission scopes, at least one, no repeats.
     scopes: Vec<String>,
 }
 

@@ -148,13 +148,18 @@ pub(crate) fn new_key_json(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// A label, 1–100 characters.
     name: String,
+    /// A role capping what the key may do (default: the principal's role).
     #[serde(default)]
     role: Option<String>,
+    /// A service account of the workspace (needs `keys:write`).
     #[serde(default)]
     service_account_id: Option<String>,
+    /// A member user of the workspace (needs `keys:write`).
     #[serde(default)]
     user: Option<String>,
+    /// Expiry, in the future and at most 10 years ahead.
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
 }
@@ -289,7 +294,9 @@ async fn revoke_api_key(
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
+    /// How long the old key keeps working, 0–2592000 seconds (default 3600).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 2_592_000))]
     grace_seconds: Option<i64>,
 }
 

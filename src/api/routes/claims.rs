@@ -83,10 +83,15 @@ const DEFAULT_LEASE_SECONDS: u64 = 30;
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
+    /// The calling controller's id (a name); leases are held per controller.
     controller_id: String,
+    /// How many due runs to claim now, 0–100 (default 10; 0 only renews the leases).
     #[serde(default)]
+    #[schemars(range(max = 100))]
     limit: Option<usize>,
+    /// Lease length, 5–3600 seconds (default 30).
     #[serde(default)]
+    #[schemars(range(min = 5, max = 3600))]
     lease_seconds: Option<u64>,
 }
 
@@ -194,15 +199,21 @@ async fn claim(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetState {
+    /// The calling controller's id (a name); leases are held per controller.
     controller_id: String,
+    /// The proposed state type.
     #[serde(rename = "type")]
     state_type: StateType,
+    /// Sub-state name (at most 100 characters).
     #[serde(default)]
     name: Option<String>,
+    /// Why (at most 4000 characters).
     #[serde(default)]
     message: Option<String>,
+    /// Idempotency id of the proposal; a repeated one is a no-op.
     #[serde(default)]
     transition_id: Option<String>,
+    /// With type PENDING: the provider's id of the submitted job.
     #[serde(default)]
     infrastructure_id: Option<String>,
 }

@@ -93,16 +93,23 @@ pub struct ProviderObjection {
 #[serde(deny_unknown_fields)]
 /// A new deployment.
 pub struct CreateDeployment {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
+    /// The pool's name.
     work_pool: String,
+    /// The queue's name (default `default`).
     #[serde(default)]
     work_queue: Option<String>,
+    /// Overrides of the pool template's variables.
     #[serde(default)]
     job_variables: Map<String, Value>,
+    /// Flow parameters.
     #[serde(default)]
     parameters: Map<String, Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default)]
     concurrency_limit: Option<i64>,
+    /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: bool,
 }
@@ -111,14 +118,19 @@ pub struct CreateDeployment {
 #[serde(deny_unknown_fields)]
 /// Changes to a deployment; absent fields stay.
 pub struct UpdateDeployment {
+    /// Overrides of the pool template's variables.
     #[serde(default)]
     job_variables: Option<Map<String, Value>>,
+    /// Flow parameters.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default, deserialize_with = "double_option")]
     concurrency_limit: Option<Option<i64>>,
+    /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: Option<bool>,
+    /// The queue's name (default `default`).
     #[serde(default)]
     work_queue: Option<String>,
 }
@@ -127,6 +139,7 @@ pub struct UpdateDeployment {
 #[serde(deny_unknown_fields)]
 /// Run-level job variables to preview with.
 pub struct PreviewRequest {
+    /// Overrides of the pool template's variables.
     #[serde(default)]
     job_variables: Map<String, Value>,
 }

@@ -81,12 +81,16 @@ pub struct ProposalAnswer {
 #[serde(deny_unknown_fields)]
 /// A state the job reports for its run.
 pub struct JobStateReport {
+    /// The proposed state type.
     #[serde(rename = "type")]
     state_type: StateType,
+    /// Sub-state name (at most 100 characters).
     #[serde(default)]
     name: Option<String>,
+    /// Why (at most 4000 characters).
     #[serde(default)]
     message: Option<String>,
+    /// Idempotency id of the proposal; a repeated one is a no-op.
     #[serde(default)]
     transition_id: Option<String>,
 }
@@ -95,6 +99,7 @@ pub struct JobStateReport {
 #[serde(deny_unknown_fields)]
 /// Log lines of the job (at most 1000 per request).
 pub struct JobLogs {
+    /// The lines, at most 1000.
     lines: Vec<JobLogLine>,
 }
 
@@ -102,6 +107,7 @@ pub struct JobLogs {
 #[serde(deny_unknown_fields)]
 /// One log line.
 pub struct JobLogLine {
+    /// The text (at most 65536 bytes).
     line: String,
     /// `stdout` (the default) or `stderr`.
     #[serde(default)]

@@ -60,18 +60,25 @@ pub const ROUTES: &[Route] = &[
 #[serde(deny_unknown_fields)]
 /// A new work pool.
 pub struct CreatePool {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
+    /// Provider pool type (`GET /api/pool_types`), e.g. `process`.
     #[serde(rename = "type")]
     pool_type: String,
+    /// Free text.
     #[serde(default)]
     description: Option<String>,
+    /// `{"job_configuration": …, "variables": <JSON Schema>}`; default: the type's default template.
     #[serde(default)]
     #[schemars(with = "Option<BaseJobTemplateDoc>")]
     base_job_template: Option<Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default)]
     concurrency_limit: Option<i64>,
+    /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: bool,
+    /// Most submissions per second per controller (above 0, at most 100000).
     #[serde(default)]
     submit_rate: Option<f64>,
 }
@@ -80,15 +87,20 @@ pub struct CreatePool {
 #[serde(deny_unknown_fields)]
 /// Changes to a work pool; absent fields stay, `null` clears.
 pub struct UpdatePool {
+    /// Free text.
     #[serde(default, deserialize_with = "double_option")]
     description: Option<Option<String>>,
+    /// `{"job_configuration": …, "variables": <JSON Schema>}`; default: the type's default template.
     #[serde(default)]
     #[schemars(with = "Option<BaseJobTemplateDoc>")]
     base_job_template: Option<Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default, deserialize_with = "double_option")]
     concurrency_limit: Option<Option<i64>>,
+    /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: Option<bool>,
+    /// Most submissions per second per controller (above 0, at most 100000).
     #[serde(default, deserialize_with = "double_option")]
     submit_rate: Option<Option<f64>>,
 }

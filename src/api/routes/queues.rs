@@ -36,11 +36,15 @@ pub const ROUTES: &[Route] = &[
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQueue {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
+    /// Claim order: lower numbers first (default 1).
     #[serde(default = "default_priority")]
     priority: i64,
+    /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default)]
     concurrency_limit: Option<i64>,
+    /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: bool,
 }

@@ -86,12 +86,16 @@ pub struct FlowRunWithHistory {
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
+    /// When the run is due (default now).
     #[serde(default)]
     scheduled_time: Option<DateTime<Utc>>,
+    /// Flow parameters.
     #[serde(default)]
     parameters: Map<String, Value>,
+    /// Overrides of the pool template's variables.
     #[serde(default)]
     job_variables: Map<String, Value>,
+    /// 1–200 characters; a repeated key returns the run made first.
     #[serde(default)]
     idempotency_key: Option<String>,
 }
