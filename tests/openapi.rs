@@ -351,7 +351,7 @@ async fn live_answers_match_their_declared_schemas() {
             "post",
             "/deployments",
             format!("{ws}/deployments"),
-            Some(json!({"name": "d", "work_pool": "p"})),
+            Some(json!({"name": "d", "work_pool": "p", "job_variables": {"command": "sleep 60"}})),
         ),
         (
             "post",
@@ -405,33 +405,167 @@ async fn live_answers_match_their_declared_schemas() {
         ("get", "/api/users", "/api/users".into(), None),
     ];
     let mut problems = vec![];
+    let mut statuses = vec![];
     for (method, template, path, body) in steps {
-        let template = if template.starts_with("/api/") {
-            template.to_string()
-        } else {
-            format!("/api/workspaces/{{ws}}{template}")
-        };
-        let (status, text) = call(&app, method, &path, body).await;
-        let answer = &doc["paths"][&template][method]["responses"][status.to_string()];
-        if !answer.is_object() {
-            problems.push(format!("{method} {path}: {status} is not declared: {text}"));
-            continue;
-        }
-        let schema = &answer["content"]["application/json"]["schema"];
-        if schema.is_null() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&text).unwrap();
-        let v = validator(&doc, schema);
-        let errors: Vec<String> = v
-            .iter_errors(&value)
-            .map(|e| format!("{e} at {}", e.instance_path))
-            .collect();
-        if !errors.is_empty() {
-            problems.push(format!("{method} {path} ({status}): {errors:?}\n{text}"));
-        }
+        let (status, _) = checked(&app, &doc, method, template, &path, body, &mut problems).await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            201, 409, 200, 200, 200, 201, 200, 201, 200, 200, 422, 404, 200, 201, 200, 200, 200,
+            200, 200, 201, 200
+        ],
+        "{problems:?}"
+    );
+    // A run made above: its history, logs and cancellation (twice); a key, rotated and revoked.
+    let (_, runs) = checked(
+        &app,
+        &doc,
+        "get",
+        "/flow_runs",
+        &format!("{ws}/flow_runs"),
+        None,
+        &mut problems,
+    )
+    .await;
+    let run = runs[0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run: {problems:?}"))
+        .to_string();
+    let (status, key) = checked(
+        &app,
+        &doc,
+        "post",
+        "/api_keys",
+        &format!("{ws}/api_keys"),
+        Some(json!({"name": "k", "role": "viewer"})),
+        &mut problems,
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["id"].as_str().unwrap().to_string();
+    let (status, rotated) = checked(
+        &app,
+        &doc,
+        "post",
+        "/api_keys/{id}/rotate",
+        &format!("{ws}/api_keys/{key}/rotate"),
+        None,
+        &mut problems,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_key = rotated["api_key"]["id"].as_str().unwrap().to_string();
+    let calls: Vec<(&str, &str, String, Option<Value>, u16)> = vec![
+        (
+            "get",
+            "/flow_runs/{id}",
+            format!("{ws}/flow_runs/{run}"),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/flow_runs/{id}/states",
+            format!("{ws}/flow_runs/{run}/states"),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/flow_runs/{id}/logs",
+            format!("{ws}/flow_runs/{run}/logs"),
+            None,
+            200,
+        ),
+        (
+            "post",
+            "/flow_runs/{id}/cancel",
+            format!("{ws}/flow_runs/{run}/cancel"),
+            None,
+            200,
+        ),
+        (
+            "post",
+            "/flow_runs/{id}/cancel",
+            format!("{ws}/flow_runs/{run}/cancel"),
+            None,
+            409,
+        ),
+        (
+            "delete",
+            "/api_keys/{id}",
+            format!("{ws}/api_keys/{new_key}"),
+            None,
+            200,
+        ),
+        (
+            "post",
+            "/roles",
+            format!("{ws}/roles"),
+            Some(json!({"name": "reader", "scopes": ["runs:read"]})),
+            201,
+        ),
+        (
+            "delete",
+            "/roles/{name}",
+            format!("{ws}/roles/reader"),
+            None,
+            204,
+        ),
+        (
+            "delete",
+            "/deployments/{id_or_name}",
+            format!("{ws}/deployments/d"),
+            None,
+            204,
+        ),
+    ];
+    for (method, template, path, body, want) in calls {
+        let (status, value) =
+            checked(&app, &doc, method, template, &path, body, &mut problems).await;
+        assert_eq!(status, want, "{method} {path}: {value}");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Calls `path` and checks that the answer's status is declared for the `template` operation and
+/// that its body validates against the declared schema; the status and the body, parsed (or
+/// null).
+async fn checked(
+    app: &common::Served,
+    doc: &Value,
+    method: &str,
+    template: &str,
+    path: &str,
+    body: Option<Value>,
+    problems: &mut Vec<String>,
+) -> (u16, Value) {
+    let template = if template.starts_with("/api/") {
+        template.to_string()
+    } else {
+        format!("/api/workspaces/{{ws}}{template}")
+    };
+    let (status, text) = call(app, method, path, body).await;
+    let answer = &doc["paths"][&template][method]["responses"][status.to_string()];
+    if !answer.is_object() {
+        problems.push(format!("{method} {path}: {status} is not declared: {text}"));
+        return (status, Value::Null);
+    }
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let schema = &answer["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        return (status, value);
+    }
+    let errors: Vec<String> = validator(doc, schema)
+        .iter_errors(&value)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    if !errors.is_empty() {
+        problems.push(format!("{method} {path} ({status}): {errors:?}\n{text}"));
+    }
+    (status, value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
