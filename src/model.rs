@@ -1,6 +1,7 @@
 //! Domain types: what the store keeps and the API shows.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -26,7 +27,7 @@ pub fn to_micros(t: DateTime<Utc>) -> Micros {
 }
 
 /// A tenant: every other object belongs to exactly one workspace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Workspace {
     /// Id.
     pub id: Uuid,
@@ -37,7 +38,7 @@ pub struct Workspace {
 }
 
 /// A push work pool: a provider type plus the base job template its runs are rendered from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkPool {
     /// Id.
     pub id: Uuid,
@@ -51,6 +52,7 @@ pub struct WorkPool {
     /// Free text.
     pub description: Option<String>,
     /// `{"job_configuration":…, "variables":…}`.
+    #[schemars(with = "BaseJobTemplateDoc")]
     pub base_job_template: Value,
     /// Most runs of this pool in PENDING, RUNNING or CANCELLING at once.
     pub concurrency_limit: Option<i64>,
@@ -65,7 +67,7 @@ pub struct WorkPool {
 }
 
 /// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkQueue {
     /// Id.
     pub id: Uuid,
@@ -86,7 +88,7 @@ pub struct WorkQueue {
 }
 
 /// A deployment: a pool, a queue, and job-variable and parameter overrides for its runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Deployment {
     /// Id.
     pub id: Uuid,
@@ -117,7 +119,7 @@ pub struct Deployment {
 }
 
 /// A run's current state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct State {
     /// State type.
     #[serde(rename = "type")]
@@ -131,7 +133,7 @@ pub struct State {
 }
 
 /// One accepted state transition of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     /// State type.
     #[serde(rename = "type")]
@@ -147,7 +149,7 @@ pub struct HistoryEntry {
 }
 
 /// A flow run of a deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FlowRun {
     /// UUID v7 id.
     pub id: Uuid,
@@ -192,7 +194,7 @@ pub struct FlowRun {
 }
 
 /// An audit/event record: one per accepted transition and per mutation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     /// Id (UUID v7, so ids sort by time).
     pub id: Uuid,
@@ -209,12 +211,52 @@ pub struct Event {
 }
 
 /// One line of a run's output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
     /// When it was received.
     pub timestamp: DateTime<Utc>,
     /// `stdout`, `stderr` or `system`.
+    #[schemars(with = "LogSource")]
     pub stream: String,
     /// The text, without newline.
     pub line: String,
+}
+
+/// A base job template, Prefect's shape: the job configuration with `{{ placeholders }}`, and
+/// the JSON Schema of the variables that fill them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BaseJobTemplateDoc {
+    /// The provider's job configuration, with `{{ placeholders }}`.
+    pub job_configuration: Map<String, Value>,
+    /// JSON Schema (`{"type": "object", "properties": {…}}`) of the variables.
+    pub variables: Map<String, Value>,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// The job's standard output.
+    Stdout,
+    /// The job's standard error.
+    Stderr,
+    /// pushpool itself (submission, status changes).
+    System,
+}
+
+impl JsonSchema for StateType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StateType".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = crate::state::ALL_STATE_TYPES
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        schemars::json_schema!({
+            "type": "string",
+            "enum": names,
+            "description": "A Prefect state type; named sub-states (`Late`, `Submitting`, …) keep their type.",
+        })
+    }
 }

@@ -1,9 +1,10 @@
 //! Authentication, authorization and auditing of every API request, in one place.
 //!
-//! The route table [`ROUTES`] says, for every method and path, what it is (`action`), who may
-//! call it ([`Access`]) and what is audited ([`AuditPolicy`]). The router is built from this
-//! table, the OpenAPI document is generated from it, and [`guard`] enforces it after routing
-//! from the matched path: a route that is not in the table cannot be reached (fail closed).
+//! Each entry of the route table ([`super::routes`]) says what the route is (`action`), who may
+//! call it ([`Access`]) and what is audited ([`AuditPolicy`]). The router is built from that
+//! table, and [`guard`] enforces the entry of the matched method and path: a route that is not
+//! in the table cannot be reached (fail closed). A known path asked with a method it does not
+//! serve answers 405 with `Allow`.
 //!
 //! Workspace isolation: a key acts in exactly one workspace. A request for another workspace,
 //! existing or not, answers the same 404 `workspace `x` not found`. Inside its workspace, the
@@ -23,6 +24,8 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::routes;
+use super::table::{Method, Route};
 use super::{ApiError, AppState};
 use crate::access::{builtin_scopes, shorten, Scope, Scopes};
 use crate::auth::{hash_key, hashes_match, key_prefix};
@@ -71,116 +74,6 @@ pub enum AuditPolicy {
     /// Denied attempts, failures, and successes the handler marks as a change (a controller's
     /// claim poll that claimed runs).
     WhenChanged,
-}
-
-/// One route of the API.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteSpec {
-    /// Lowercase HTTP method.
-    pub method: &'static str,
-    /// Path template, axum syntax.
-    pub path: &'static str,
-    /// One line for the OpenAPI document.
-    pub summary: &'static str,
-    /// Who may call it.
-    pub access: Access,
-    /// Audit action name, `<object>.<verb>`.
-    pub action: &'static str,
-    /// What is audited.
-    pub audit: AuditPolicy,
-}
-
-const fn route(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    access: Access,
-    action: &'static str,
-    audit: AuditPolicy,
-) -> RouteSpec {
-    RouteSpec {
-        method,
-        path,
-        summary,
-        access,
-        action,
-        audit,
-    }
-}
-
-use AuditPolicy::{Always, DeniedOnly, WhenChanged};
-
-macro_rules! ws_path {
-    ($p:literal) => {
-        concat!("/api/workspaces/{ws}", $p)
-    };
-}
-
-/// Every route of the API. The router, the OpenAPI document and the authorization test matrix
-/// are all built from this table.
-#[rustfmt::skip]
-pub const ROUTES: &[RouteSpec] = &[
-    route("get", "/healthz", "Liveness probe", Access::Public, "health.read", DeniedOnly),
-    route("get", "/readyz", "Readiness probe (store reachable)", Access::Public, "health.read", DeniedOnly),
-    route("get", "/metrics", "Prometheus metrics", Access::Public, "metrics.read", DeniedOnly),
-    route("get", "/api/openapi.json", "This document", Access::Public, "openapi.read", DeniedOnly),
-    route("get", "/docs", "Interactive API documentation", Access::Public, "docs.read", DeniedOnly),
-    route("get", "/api/pool_types", "Pool types this server knows", Access::Authenticated, "pool_type.list", DeniedOnly),
-    route("get", "/api/pool_types/{type}/default_template", "Default base job template of a pool type", Access::Authenticated, "pool_type.read", DeniedOnly),
-    route("post", "/api/workspaces", "Create a workspace (the caller becomes its owner and gets an owner key for it)", Access::Admin, "workspace.create", Always),
-    route("get", "/api/workspaces", "The workspaces the key's principal is a member of", Access::Authenticated, "workspace.list", DeniedOnly),
-    route("post", "/api/users", "Create a user", Access::Admin, "user.create", Always),
-    route("get", "/api/users", "List users", Access::Admin, "user.list", DeniedOnly),
-    route("get", "/api/audit_log", "The instance-level audit log: users and workspaces created, attempts on workspaces that do not exist (same filters)", Access::Admin, "audit_log.read", DeniedOnly),
-    route("post", ws_path!("/work_pools"), "Create a work pool", Access::Workspace(Scope::PoolsWrite), "work_pool.create", Always),
-    route("get", ws_path!("/work_pools"), "List work pools", Access::Workspace(Scope::PoolsRead), "work_pool.list", DeniedOnly),
-    route("get", ws_path!("/work_pools/{name}"), "Get a work pool", Access::Workspace(Scope::PoolsRead), "work_pool.read", DeniedOnly),
-    route("patch", ws_path!("/work_pools/{name}"), "Change a work pool (pause, limit, template)", Access::Workspace(Scope::PoolsWrite), "work_pool.update", Always),
-    route("delete", ws_path!("/work_pools/{name}"), "Delete a work pool", Access::Workspace(Scope::PoolsWrite), "work_pool.delete", Always),
-    route("post", ws_path!("/work_pools/{name}/queues"), "Create a work queue", Access::Workspace(Scope::PoolsWrite), "work_queue.create", Always),
-    route("get", ws_path!("/work_pools/{name}/queues"), "List a pool's work queues", Access::Workspace(Scope::PoolsRead), "work_queue.list", DeniedOnly),
-    route("post", ws_path!("/work_pools/{name}/claim"), "Controller: renew this controller's leases and claim due runs of the pool", Access::Workspace(Scope::RunsClaim), "flow_run.claim", WhenChanged),
-    route("post", ws_path!("/deployments"), "Create a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.create", Always),
-    route("get", ws_path!("/deployments"), "List deployments", Access::Workspace(Scope::DeploymentsRead), "deployment.list", DeniedOnly),
-    route("get", ws_path!("/deployments/{id_or_name}"), "Get a deployment", Access::Workspace(Scope::DeploymentsRead), "deployment.read", DeniedOnly),
-    route("patch", ws_path!("/deployments/{id_or_name}"), "Change a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.update", Always),
-    route("delete", ws_path!("/deployments/{id_or_name}"), "Delete a deployment", Access::Workspace(Scope::DeploymentsWrite), "deployment.delete", Always),
-    route("post", ws_path!("/deployments/{id_or_name}/preview"), "Render the job configuration a run would get", Access::Workspace(Scope::DeploymentsRead), "deployment.preview", DeniedOnly),
-    route("post", ws_path!("/deployments/{id_or_name}/runs"), "Create a flow run", Access::Workspace(Scope::RunsCreate), "flow_run.create", Always),
-    route("get", ws_path!("/flow_runs"), "List flow runs (state, work_pool, deployment, limit, cursor)", Access::Workspace(Scope::RunsRead), "flow_run.list", DeniedOnly),
-    route("get", ws_path!("/flow_runs/{id}"), "Get a flow run with its state history", Access::Workspace(Scope::RunsRead), "flow_run.read", DeniedOnly),
-    route("get", ws_path!("/flow_runs/{id}/states"), "A flow run's state history", Access::Workspace(Scope::RunsRead), "flow_run.states", DeniedOnly),
-    route("post", ws_path!("/flow_runs/{id}/cancel"), "Cancel a flow run", Access::Workspace(Scope::RunsCancel), "flow_run.cancel", Always),
-    route("get", ws_path!("/flow_runs/{id}/logs"), "A flow run's log lines", Access::Workspace(Scope::RunsRead), "flow_run.logs", DeniedOnly),
-    route("post", ws_path!("/flow_runs/{id}/set_state"), "Controller: report the state of a run this controller claimed", Access::Workspace(Scope::RunsReport), "flow_run.set_state", Always),
-    route("get", ws_path!("/events"), "Newest events of the workspace", Access::Workspace(Scope::EventsRead), "event.list", DeniedOnly),
-    route("post", ws_path!("/members"), "Add a user to the workspace with a role", Access::Workspace(Scope::MembersWrite), "member.add", Always),
-    route("get", ws_path!("/members"), "List the workspace's users and their roles", Access::Workspace(Scope::MembersRead), "member.list", DeniedOnly),
-    route("patch", ws_path!("/members/{user}"), "Change a member's role", Access::Workspace(Scope::MembersWrite), "member.update", Always),
-    route("delete", ws_path!("/members/{user}"), "Remove a user from the workspace (revokes their keys here)", Access::Workspace(Scope::MembersWrite), "member.remove", Always),
-    route("post", ws_path!("/service_accounts"), "Create a service account and its first API key (shown once)", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.create", Always),
-    route("get", ws_path!("/service_accounts"), "List service accounts", Access::Workspace(Scope::ServiceAccountsRead), "service_account.list", DeniedOnly),
-    route("patch", ws_path!("/service_accounts/{id}"), "Change a service account's role", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.update", Always),
-    route("delete", ws_path!("/service_accounts/{id}"), "Delete a service account (revokes its keys)", Access::Workspace(Scope::ServiceAccountsWrite), "service_account.delete", Always),
-    route("post", ws_path!("/api_keys"), "Create an API key (shown once); for another principal needs `keys:write`", Access::Workspace(Scope::KeysSelf), "api_key.create", Always),
-    route("get", ws_path!("/api_keys"), "List API keys (own keys; all with `keys:read`); never secrets", Access::Workspace(Scope::KeysSelf), "api_key.list", DeniedOnly),
-    route("delete", ws_path!("/api_keys/{id}"), "Revoke an API key (own; any with `keys:write`)", Access::Workspace(Scope::KeysSelf), "api_key.revoke", Always),
-    route("post", ws_path!("/api_keys/{id}/rotate"), "Rotate an API key: a new key, the old one valid for a grace period", Access::Workspace(Scope::KeysSelf), "api_key.rotate", Always),
-    route("post", ws_path!("/roles"), "Create a custom role from permission scopes", Access::Workspace(Scope::RolesWrite), "role.create", Always),
-    route("get", ws_path!("/roles"), "Built-in and custom roles with their scopes", Access::Workspace(Scope::RolesRead), "role.list", DeniedOnly),
-    route("delete", ws_path!("/roles/{name}"), "Delete a custom role no one holds", Access::Workspace(Scope::RolesWrite), "role.delete", Always),
-    route("get", ws_path!("/audit_log"), "The audit log (actor, action, outcome, since, limit, cursor)", Access::Workspace(Scope::AuditRead), "audit_log.read", DeniedOnly),
-    route("get", "/api/runs/{id}", "Job side: read the own run (e.g. to see a cancellation)", Access::RunToken, "flow_run.read", DeniedOnly),
-    route("post", "/api/runs/{id}/state", "Job side: report RUNNING or a terminal state", Access::RunToken, "flow_run.report_state", Always),
-    route("post", "/api/runs/{id}/heartbeat", "Job side: heartbeat", Access::RunToken, "flow_run.heartbeat", DeniedOnly),
-    route("post", "/api/runs/{id}/logs", "Job side: append log lines", Access::RunToken, "flow_run.append_logs", DeniedOnly),
-];
-
-/// The route entry for a method and a matched path template.
-pub fn find_route(method: &str, path: &str) -> Option<&'static RouteSpec> {
-    ROUTES
-        .iter()
-        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
 }
 
 /// Who is calling.
@@ -397,7 +290,7 @@ async fn workspace_id_by_name(state: &AppState, name: Option<&str>) -> Option<Uu
 /// Decides whether the request may proceed, and as whom.
 async fn authorize(
     state: &AppState,
-    spec: &RouteSpec,
+    spec: &Route,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Caller, Denial> {
@@ -528,7 +421,7 @@ async fn authorize(
             let ended_long_ago = run.state.state_type.is_terminal()
                 && Utc::now() - run.state.timestamp
                     > chrono::Duration::from_std(RUN_TOKEN_AFTERLIFE).unwrap_or_default();
-            if ended_long_ago && spec.method != "get" {
+            if ended_long_ago && spec.method != Method::Get {
                 return Err(deny(
                     ApiError::forbidden(&format!(
                         "this run ended more than {} minutes ago; its token no longer writes",
@@ -548,15 +441,11 @@ async fn authorize(
     }
 }
 
-fn target_of(spec: &RouteSpec, params: &HashMap<String, String>) -> Option<String> {
+fn target_of(spec: &Route, params: &HashMap<String, String>) -> Option<String> {
     let kind = spec.action.split('.').next().unwrap_or(spec.action);
     // The last parameter of the path template names the object (the workspace for
     // workspace-level lists and creates is recorded separately).
-    let last = spec
-        .path
-        .split('/')
-        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .rfind(|p| *p != "ws")?;
+    let last = spec.path_params().filter(|p| *p != "ws").last()?;
     let kind = match last {
         "name" if spec.path.contains("/work_pools/") => "work_pool",
         "id_or_name" => "deployment",
@@ -598,20 +487,16 @@ pub(super) async fn answer_unread(body: axum::body::Body, error: ApiError) -> Re
     response
 }
 
-/// Enforces [`ROUTES`] on every request and writes the audit log.
+/// Enforces the route table on every request and writes the audit log.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(matched) = req.extensions().get::<MatchedPath>().cloned() else {
+        return answer_unread(req.into_body(), ApiError::no_route()).await;
+    };
     let method = req.method().as_str().to_ascii_lowercase();
-    let spec = req
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|m| find_route(&method, m.as_str()));
-    let Some(spec) = spec else {
-        // A route registered without an entry in ROUTES is unreachable.
-        return answer_unread(
-            req.into_body(),
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"),
-        )
-        .await;
+    let Some(spec) = Method::of(req.method()).and_then(|m| routes::find(m, matched.as_str()))
+    else {
+        let allowed = routes::methods_at(matched.as_str());
+        return answer_unread(req.into_body(), ApiError::method_not_allowed(&allowed)).await;
     };
     if spec.access == Access::Public {
         return next.run(req).await;
@@ -737,43 +622,15 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 mod tests {
     use super::*;
 
-    const WS: &str = "/api/workspaces/{ws}";
-
-    #[test]
-    fn every_route_is_listed_once_and_names_an_action() {
-        let mut seen = std::collections::HashSet::new();
-        for r in ROUTES {
-            assert!(
-                seen.insert((r.method, r.path)),
-                "duplicate {} {}",
-                r.method,
-                r.path
-            );
-            assert!(r.action.contains('.'), "{}", r.action);
-            if r.path.starts_with(WS) {
-                assert!(
-                    matches!(r.access, Access::Workspace(_)),
-                    "{} {}",
-                    r.method,
-                    r.path
-                );
-            }
-            if r.method != "get" && r.access != Access::RunToken && r.audit == DeniedOnly {
-                // Only reads may go unaudited on success (preview renders, claim is WhenChanged).
-                assert_eq!(r.action, "deployment.preview", "{} {}", r.method, r.path);
-            }
-        }
-    }
-
     #[test]
     fn targets_name_the_object() {
-        let spec = find_route("patch", ws_path!("/work_pools/{name}")).unwrap();
+        let spec = routes::find(Method::Patch, "/api/workspaces/{ws}/work_pools/{name}").unwrap();
         let params: HashMap<String, String> = [("ws", "default"), ("name", "etl")]
             .into_iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(target_of(spec, &params).as_deref(), Some("work_pool:etl"));
-        let spec = find_route("post", ws_path!("/work_pools")).unwrap();
+        let spec = routes::find(Method::Post, "/api/workspaces/{ws}/work_pools").unwrap();
         assert_eq!(target_of(spec, &params), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The audit log: one record per request that reached the guard.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
@@ -43,7 +44,7 @@ pub struct NewAuditEntry {
 }
 
 /// A stored audit record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct AuditEntry {
     /// Id (time-ordered).
     pub id: Uuid,

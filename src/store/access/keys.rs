@@ -2,6 +2,7 @@
 //! workspace.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -36,7 +37,7 @@ pub struct NewApiKey {
 }
 
 /// A stored API key (never the secret, never its hash on the wire).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StoredApiKey {
     /// Id.
     pub id: Uuid,

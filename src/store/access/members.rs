@@ -2,6 +2,7 @@
 //! keeps at least one owner.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -16,7 +17,7 @@ use crate::store::sql::{conflict, get_uuid, not_found, unique_conflict};
 use crate::store::{Result, Store, Tx};
 
 /// A user's membership of a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Member {
     /// The user's id.
     pub user_id: Uuid,
@@ -31,7 +32,7 @@ pub struct Member {
 }
 
 /// A service account with its role in its workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServiceAccount {
     /// Id.
     pub id: Uuid,

@@ -2,6 +2,7 @@
 //! workspaces a principal may act in.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -17,7 +18,7 @@ use crate::store::sql::{get_bool, get_uuid, opt_time, opt_uuid, unique_conflict}
 use crate::store::{Result, Store, StoreError, Tx};
 
 /// What kind of principal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     /// A person.
@@ -44,7 +45,7 @@ impl PrincipalKind {
 }
 
 /// A user or a service account.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Principal {
     /// Id.
     pub id: Uuid,

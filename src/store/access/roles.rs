@@ -1,6 +1,7 @@
 //! Custom roles of a workspace.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -13,13 +14,14 @@ use crate::store::sql::{conflict, not_found, unique_conflict};
 use crate::store::{Result, Store, StoreError};
 
 /// A custom role of a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct CustomRole {
     /// Name, unique in the workspace and not a built-in name.
     pub name: String,
     /// Free text.
     pub description: Option<String>,
     /// Scope names.
+    #[schemars(with = "Vec<crate::access::Scope>")]
     pub scopes: Vec<String>,
     /// Created.
     pub created: DateTime<Utc>,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 /// The official JSON Schema of OpenAPI 3.1 documents.
-const OAS_3_1_SCHEMA: &str = include_str!("fixtures/openapi-3.1-schema.json");
+const OAS_3_1_SCHEMA: &str = include_str!("../fixtures/openapi-3.1-schema.json");
 
 /// `pushpool up` on a fresh home; killed (by its own PID) when dropped.
 struct Server {

@@ -10,29 +10,87 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::Json;
 use chrono::Utc;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::guard::{AuditNote, Caller};
-use super::{check_name, ApiError, ApiResult, AppState, Body};
+use super::super::table::{handler, ws, Route};
+use super::super::validate::check_name;
+use super::super::views::{run_out, secret_variables};
+use super::super::{
+    Access, ApiError, ApiResult, AppState, AuditNote,
+    AuditPolicy::{Always, WhenChanged},
+    Body, Caller, Json,
+};
+use super::jobs::{proposal_answer, ProposalAnswer, ProposalStatus};
+use crate::access::Scope;
 use crate::job::{self, RunFacts};
+use crate::model::FlowRun;
 use crate::state::{Proposal, StateType};
 use crate::store::{PoolSelector, TransitionGuard};
+
+/// The routes of this file.
+pub const ROUTES: &[Route] = &[
+    Route::post(ws!("/work_pools/{name}/claim"), handler!(claim))
+        .summary("Controller: renew this controller's leases and claim due runs of the pool")
+        .access(Access::Workspace(Scope::RunsClaim))
+        .audit("flow_run.claim", WhenChanged)
+        .body::<ClaimRequest>()
+        .ok::<ClaimAnswer>(),
+    Route::post(ws!("/flow_runs/{id}/set_state"), handler!(set_state))
+        .summary("Controller: report the state of a run this controller claimed")
+        .access(Access::Workspace(Scope::RunsReport))
+        .audit("flow_run.set_state", Always)
+        .body::<SetState>()
+        .ok::<ProposalAnswer>()
+        .errors(&[409]),
+];
+
+/// What a claim call handed to the controller.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ClaimAnswer {
+    /// The caller's controller id.
+    pub controller_id: String,
+    /// The lease length granted.
+    pub lease_seconds: u64,
+    /// How many leases this controller already held were renewed.
+    pub renewed: u64,
+    /// The runs claimed now.
+    pub runs: Vec<ClaimedRun>,
+}
+
+/// One claimed run: submit its job configuration with its run token.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ClaimedRun {
+    /// The run (secret variables masked, as everywhere).
+    pub flow_run: FlowRun,
+    /// The rendered job configuration in full; `null` when it could not be rendered.
+    pub job_configuration: Value,
+    /// The run's job token (`PUSHPOOL_RUN_TOKEN`).
+    pub run_token: String,
+    /// Why the job configuration could not be rendered.
+    pub error: Option<String>,
+}
 
 const MAX_CLAIM: usize = 100;
 const DEFAULT_CLAIM: usize = 10;
 const DEFAULT_LEASE_SECONDS: u64 = 30;
 
-#[derive(Deserialize)]
+/// A claim: renew this controller's leases, and claim up to `limit` due runs.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ClaimRequest {
+pub struct ClaimRequest {
+    /// The calling controller's id (a name); leases are held per controller.
     controller_id: String,
+    /// How many due runs to claim now, 0–100 (default 10; 0 only renews the leases).
     #[serde(default)]
+    #[schemars(range(max = 100))]
     limit: Option<usize>,
+    /// Lease length, 5–3600 seconds (default 30).
     #[serde(default)]
+    #[schemars(range(min = 5, max = 3600))]
     lease_seconds: Option<u64>,
 }
 
@@ -43,13 +101,13 @@ fn lease_owner(caller: &Caller, controller_id: &str) -> ApiResult<String> {
 
 /// `POST …/work_pools/{name}/claim`: renews this controller's leases and claims up to `limit`
 /// due runs of the pool, each with its rendered job configuration and run token.
-pub(super) async fn claim(
+async fn claim(
     State(state): State<AppState>,
     caller: Caller,
     note: AuditNote,
     Path((_ws, pool_name)): Path<(String, String)>,
     Body(body): Body<ClaimRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ClaimAnswer>> {
     let ws = caller.workspace()?;
     let owner = lease_owner(&caller, &body.controller_id)?;
     let limit = body.limit.unwrap_or(DEFAULT_CLAIM);
@@ -98,53 +156,62 @@ pub(super) async fn claim(
             (_, Err(e)) => Err(e.to_string()),
         };
         let (job, error) = match rendered {
-            Ok(job) => (job, Value::Null),
-            Err(e) => (Value::Null, json!(e)),
+            Ok(job) => (job, None),
+            Err(e) => (Value::Null, Some(e)),
         };
         // The controller gets the job configuration in full (it must submit it); the run
         // itself is shown as everywhere else.
-        runs.push(json!({
-            "flow_run": super::run_out(&run, &super::secret_variables(&pool)),
-            "job_configuration": job, "run_token": token, "error": error,
-        }));
+        runs.push(ClaimedRun {
+            flow_run: run_out(&run, &secret_variables(&pool)),
+            job_configuration: job,
+            run_token: token,
+            error,
+        });
     }
     if !runs.is_empty() {
         note.changed();
         note.target("work_pool", &pool.name);
         note.detail(json!({"controller_id": body.controller_id, "claimed": runs.len()}));
     }
-    Ok(Json(json!({
-        "controller_id": body.controller_id,
-        "lease_seconds": lease_seconds,
-        "renewed": renewed,
-        "runs": runs,
-    })))
+    Ok(Json(ClaimAnswer {
+        controller_id: body.controller_id,
+        lease_seconds,
+        renewed,
+        runs,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A state proposal for a run this controller holds the lease of.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct SetState {
+pub struct SetState {
+    /// The calling controller's id (a name); leases are held per controller.
     controller_id: String,
+    /// The proposed state type.
     #[serde(rename = "type")]
     state_type: StateType,
+    /// Sub-state name (at most 100 characters).
     #[serde(default)]
     name: Option<String>,
+    /// Why (at most 4000 characters).
     #[serde(default)]
     message: Option<String>,
+    /// Idempotency id of the proposal; a repeated one is a no-op.
     #[serde(default)]
     transition_id: Option<String>,
+    /// With type PENDING: the provider's id of the submitted job.
     #[serde(default)]
     infrastructure_id: Option<String>,
 }
 
 /// `POST …/flow_runs/{id}/set_state`: a state proposal (or, with `infrastructure_id` and type
 /// PENDING, the infrastructure id) for a run this controller holds the lease of.
-pub(super) async fn set_state(
+async fn set_state(
     State(state): State<AppState>,
     caller: Caller,
     Path((_ws, id)): Path<(String, String)>,
     Body(body): Body<SetState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProposalAnswer>> {
     let ws = caller.workspace()?;
     let owner = lease_owner(&caller, &body.controller_id)?;
     for (field, value, max) in [
@@ -189,9 +256,11 @@ pub(super) async fn set_state(
             ));
         }
         let run = state.store.run(run.id).await?;
-        return Ok(Json(
-            json!({"status": "ACCEPT", "reason": null, "state": run.state}),
-        ));
+        return Ok(Json(ProposalAnswer {
+            status: ProposalStatus::Accept,
+            reason: None,
+            state: run.state,
+        }));
     }
     let mut proposal = Proposal::new(body.state_type);
     proposal.name = body.name;
@@ -204,5 +273,5 @@ pub(super) async fn set_state(
         lease_owner: Some(owner),
     };
     let outcome = state.store.propose_state(run.id, proposal, guard).await?;
-    Ok(Json(super::proposal_answer(&outcome)))
+    Ok(Json(proposal_answer(&outcome)))
 }

@@ -1,0 +1,309 @@
+//! Deployments: a pool, a queue, and job-variable and parameter overrides for their runs; the
+//! preview of the job configuration a run would get.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::super::table::{handler, ws, Route};
+use super::super::validate::{check_document_size, check_limit, check_name, double_option};
+use super::super::views::{
+    deployment_json, deployment_out, secret_variables, secret_variables_by_pool, secrets_in,
+};
+use super::super::{
+    Access, ApiError, ApiResult, AppState, AuditNote,
+    AuditPolicy::{Always, DeniedOnly},
+    Body, Caller, Json, OptionalBody,
+};
+use super::pools::{pool_template, prefix_field};
+use crate::access::Scope;
+use crate::job::{self, JobError, RunFacts};
+use crate::model::{Deployment, WorkPool};
+use crate::redact;
+use crate::store::{DeploymentPatch, NewDeployment};
+
+/// The routes of this file.
+pub const ROUTES: &[Route] = &[
+    Route::post(ws!("/deployments"), handler!(create_deployment))
+        .summary("Create a deployment")
+        .access(Access::Workspace(Scope::DeploymentsWrite))
+        .audit("deployment.create", Always)
+        .body::<CreateDeployment>()
+        .created::<Deployment>()
+        .errors(&[404, 409]),
+    Route::get(ws!("/deployments"), handler!(list_deployments))
+        .summary("List deployments")
+        .access(Access::Workspace(Scope::DeploymentsRead))
+        .audit("deployment.list", DeniedOnly)
+        .ok::<Vec<Deployment>>(),
+    Route::get(ws!("/deployments/{id_or_name}"), handler!(get_deployment))
+        .summary("Get a deployment")
+        .access(Access::Workspace(Scope::DeploymentsRead))
+        .audit("deployment.read", DeniedOnly)
+        .ok::<Deployment>(),
+    Route::patch(
+        ws!("/deployments/{id_or_name}"),
+        handler!(update_deployment),
+    )
+    .summary("Change a deployment")
+    .access(Access::Workspace(Scope::DeploymentsWrite))
+    .audit("deployment.update", Always)
+    .body::<UpdateDeployment>()
+    .ok::<Deployment>()
+    .errors(&[409]),
+    Route::delete(
+        ws!("/deployments/{id_or_name}"),
+        handler!(delete_deployment),
+    )
+    .summary("Delete a deployment")
+    .access(Access::Workspace(Scope::DeploymentsWrite))
+    .audit("deployment.delete", Always)
+    .no_content()
+    .errors(&[409]),
+    Route::post(ws!("/deployments/{id_or_name}/preview"), handler!(preview))
+        .summary("Render the job configuration a run would get")
+        .access(Access::Workspace(Scope::DeploymentsRead))
+        .audit("deployment.preview", DeniedOnly)
+        .optional_body::<PreviewRequest>()
+        .ok::<Preview>(),
+];
+
+/// The job configuration a run would get, and the provider's objection to it if any.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Preview {
+    /// The rendered job configuration, secrets masked.
+    pub job_configuration: Value,
+    /// Why the pool's provider could not use it (a run would be refused with 422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_error: Option<ProviderObjection>,
+}
+
+/// A provider's objection to a job configuration.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProviderObjection {
+    /// The JSON path at fault.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// A new deployment.
+pub struct CreateDeployment {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
+    name: String,
+    /// The pool's name.
+    work_pool: String,
+    /// The queue's name (default `default`).
+    #[serde(default)]
+    work_queue: Option<String>,
+    /// Overrides of the pool template's variables.
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+    /// Flow parameters.
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    /// A paused object's runs are not claimed.
+    #[serde(default)]
+    paused: bool,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Changes to a deployment; absent fields stay.
+pub struct UpdateDeployment {
+    /// Overrides of the pool template's variables.
+    #[serde(default)]
+    job_variables: Option<Map<String, Value>>,
+    /// Flow parameters.
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    /// Most active runs at once (0 or more); `null` for no limit.
+    #[serde(default, deserialize_with = "double_option")]
+    concurrency_limit: Option<Option<i64>>,
+    /// A paused object's runs are not claimed.
+    #[serde(default)]
+    paused: Option<bool>,
+    /// The queue's name (default `default`).
+    #[serde(default)]
+    work_queue: Option<String>,
+}
+
+#[derive(Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Run-level job variables to preview with.
+pub struct PreviewRequest {
+    /// Overrides of the pool template's variables.
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+}
+
+async fn create_deployment(
+    State(state): State<AppState>,
+    caller: Caller,
+    note: AuditNote,
+    Body(body): Body<CreateDeployment>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let ws = caller.workspace()?;
+    check_name("name", &body.name)?;
+    check_limit(body.concurrency_limit)?;
+    check_document_size("job_variables", &body.job_variables)?;
+    check_document_size("parameters", &body.parameters)?;
+    let pool = state.store.pool(ws.id, &body.work_pool).await?;
+    let template = pool_template(&state, &pool).await?;
+    template
+        .validate_deployment_overrides(&body.job_variables)
+        .map_err(|e| prefix_field(e, "job_variables"))?;
+    let d = state
+        .store
+        .create_deployment(
+            ws.id,
+            NewDeployment {
+                name: body.name,
+                work_pool: body.work_pool,
+                work_queue: body.work_queue,
+                job_variables: body.job_variables,
+                parameters: body.parameters,
+                concurrency_limit: body.concurrency_limit,
+                paused: body.paused,
+            },
+        )
+        .await?;
+    note.target("deployment", &d.name);
+    Ok((
+        StatusCode::CREATED,
+        Json(deployment_out(&d, &secret_variables(&pool))),
+    ))
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    let ws = caller.workspace()?;
+    let secrets = secret_variables_by_pool(&state, ws.id).await?;
+    Ok(Json(
+        state
+            .store
+            .list_deployments(ws.id)
+            .await?
+            .iter()
+            .map(|d| deployment_out(d, secrets_in(&secrets, &d.work_pool_id)))
+            .collect(),
+    ))
+}
+
+async fn get_deployment(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<Deployment>> {
+    let ws = caller.workspace()?;
+    let d = state.store.deployment(ws.id, &id).await?;
+    Ok(Json(deployment_json(&state, &d).await))
+}
+
+async fn update_deployment(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+    Body(mut body): Body<UpdateDeployment>,
+) -> ApiResult<Json<Deployment>> {
+    let ws = caller.workspace()?;
+    let current = state.store.deployment(ws.id, &id).await?;
+    if let Some(Some(limit)) = body.concurrency_limit {
+        check_limit(Some(limit))?;
+    }
+    if let Some(v) = &body.job_variables {
+        check_document_size("job_variables", v)?;
+    }
+    if let Some(p) = &body.parameters {
+        check_document_size("parameters", p)?;
+    }
+    // A deployment read from the API and written back keeps its masked secrets.
+    if let Some(vars) = body.job_variables.as_mut() {
+        redact::restore_map(vars, &current.job_variables);
+    }
+    if let Some(params) = body.parameters.as_mut() {
+        redact::restore_map(params, &current.parameters);
+    }
+    if let Some(vars) = &body.job_variables {
+        let pool = state.store.pool_by_id(current.work_pool_id).await?;
+        pool_template(&state, &pool)
+            .await?
+            .validate_deployment_overrides(vars)
+            .map_err(|e| prefix_field(e, "job_variables"))?;
+    }
+    let patch = DeploymentPatch {
+        job_variables: body.job_variables,
+        parameters: body.parameters,
+        concurrency_limit: body.concurrency_limit,
+        paused: body.paused,
+        work_queue: body.work_queue,
+    };
+    let d = state.store.update_deployment(ws.id, &id, patch).await?;
+    Ok(Json(deployment_json(&state, &d).await))
+}
+
+async fn delete_deployment(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<StatusCode> {
+    let ws = caller.workspace()?;
+    state.store.delete_deployment(ws.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Renders what a run would get; `Err` for variable problems, plus the provider's verdict and
+/// the pool it was rendered for.
+pub(crate) async fn render_for(
+    state: &AppState,
+    deployment: &Deployment,
+    run_variables: &Map<String, Value>,
+) -> ApiResult<(Value, Option<ApiError>, WorkPool)> {
+    let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
+    let refuse = |e: JobError| ApiError::unprocessable(&e.field(), e.to_string());
+    let template = job::parse_template(&pool).map_err(refuse)?;
+    let facts = RunFacts::preview(deployment, run_variables);
+    let rendered = job::render(&template, &pool, deployment, &facts).map_err(refuse)?;
+    // Without a provider for its type here, the job is shown unchecked.
+    let provider_error = state
+        .registry
+        .get(&pool.pool_type)
+        .and_then(|p| job::validate(p.as_ref(), &rendered).err())
+        .map(refuse);
+    Ok((rendered, provider_error, pool))
+}
+
+async fn preview(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+    OptionalBody(request): OptionalBody<PreviewRequest>,
+) -> ApiResult<Json<Preview>> {
+    let ws = caller.workspace()?;
+    let deployment = state.store.deployment(ws.id, &id).await?;
+    check_document_size("job_variables", &request.job_variables)?;
+    let (mut rendered, provider_error, pool) =
+        render_for(&state, &deployment, &request.job_variables).await?;
+    // Secret values never leave the server, whatever name the template renders them under.
+    let secrets = redact::render_secrets(
+        &pool.base_job_template,
+        &[&deployment.job_variables, &request.job_variables],
+    );
+    redact::mask_rendered(&mut rendered, &secrets);
+    Ok(Json(Preview {
+        job_configuration: rendered,
+        provider_error: provider_error.map(|e| ProviderObjection {
+            field: e.field,
+            message: e.message,
+        }),
+    }))
+}

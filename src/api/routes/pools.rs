@@ -1,0 +1,299 @@
+//! Work pools: a provider type plus the base job template its runs are rendered from.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::super::table::{handler, ws, Route};
+use super::super::validate::{
+    check_document_size, check_limit, check_name, check_rate, check_text, double_option,
+};
+use super::super::views::pool_out;
+use super::super::{
+    Access, ApiError, ApiResult, AppState, AuditNote,
+    AuditPolicy::{Always, DeniedOnly},
+    Body, Caller, Json, MAX_TEXT_CHARS,
+};
+use crate::access::{shorten, Scope};
+use crate::model::{BaseJobTemplateDoc, WorkPool};
+use crate::redact;
+use crate::store::{NewPool, PoolPatch};
+use crate::template::{BaseJobTemplate, TemplateError};
+
+/// The routes of this file.
+pub const ROUTES: &[Route] = &[
+    Route::post(ws!("/work_pools"), handler!(create_pool))
+        .summary("Create a work pool")
+        .access(Access::Workspace(Scope::PoolsWrite))
+        .audit("work_pool.create", Always)
+        .body::<CreatePool>()
+        .created::<WorkPool>()
+        .errors(&[409]),
+    Route::get(ws!("/work_pools"), handler!(list_pools))
+        .summary("List work pools")
+        .access(Access::Workspace(Scope::PoolsRead))
+        .audit("work_pool.list", DeniedOnly)
+        .ok::<Vec<WorkPool>>(),
+    Route::get(ws!("/work_pools/{name}"), handler!(get_pool))
+        .summary("Get a work pool")
+        .access(Access::Workspace(Scope::PoolsRead))
+        .audit("work_pool.read", DeniedOnly)
+        .ok::<WorkPool>(),
+    Route::patch(ws!("/work_pools/{name}"), handler!(update_pool))
+        .summary("Change a work pool (pause, limit, template)")
+        .access(Access::Workspace(Scope::PoolsWrite))
+        .audit("work_pool.update", Always)
+        .body::<UpdatePool>()
+        .ok::<WorkPool>()
+        .errors(&[409]),
+    Route::delete(ws!("/work_pools/{name}"), handler!(delete_pool))
+        .summary("Delete a work pool")
+        .access(Access::Workspace(Scope::PoolsWrite))
+        .audit("work_pool.delete", Always)
+        .no_content()
+        .errors(&[409]),
+];
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// A new work pool.
+pub struct CreatePool {
+    /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
+    name: String,
+    /// Provider pool type (`GET /api/pool_types`), e.g. `process`.
+    #[serde(rename = "type")]
+    pool_type: String,
+    /// Free text.
+    #[serde(default)]
+    description: Option<String>,
+    /// `{"job_configuration": …, "variables": <JSON Schema>}`; default: the type's default template.
+    #[serde(default)]
+    #[schemars(with = "Option<BaseJobTemplateDoc>")]
+    base_job_template: Option<Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    /// A paused object's runs are not claimed.
+    #[serde(default)]
+    paused: bool,
+    /// Most submissions per second per controller (above 0, at most 100000).
+    #[serde(default)]
+    submit_rate: Option<f64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Changes to a work pool; absent fields stay, `null` clears.
+pub struct UpdatePool {
+    /// Free text.
+    #[serde(default, deserialize_with = "double_option")]
+    description: Option<Option<String>>,
+    /// `{"job_configuration": …, "variables": <JSON Schema>}`; default: the type's default template.
+    #[serde(default)]
+    #[schemars(with = "Option<BaseJobTemplateDoc>")]
+    base_job_template: Option<Value>,
+    /// Most active runs at once (0 or more); `null` for no limit.
+    #[serde(default, deserialize_with = "double_option")]
+    concurrency_limit: Option<Option<i64>>,
+    /// A paused object's runs are not claimed.
+    #[serde(default)]
+    paused: Option<bool>,
+    /// Most submissions per second per controller (above 0, at most 100000).
+    #[serde(default, deserialize_with = "double_option")]
+    submit_rate: Option<Option<f64>>,
+}
+
+async fn create_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    note: AuditNote,
+    Body(body): Body<CreatePool>,
+) -> ApiResult<(StatusCode, Json<WorkPool>)> {
+    let ws = caller.workspace()?;
+    check_name("name", &body.name)?;
+    check_limit(body.concurrency_limit)?;
+    check_text("description", body.description.as_deref(), MAX_TEXT_CHARS)?;
+    if let Some(t) = &body.base_job_template {
+        check_document_size("base_job_template", t)?;
+    }
+    if state.registry.get(&body.pool_type).is_none() {
+        return Err(unknown_type(&state, &body.pool_type));
+    }
+    check_rate(body.submit_rate)?;
+    let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
+    let pool = state
+        .store
+        .create_pool(
+            ws.id,
+            NewPool {
+                name: body.name,
+                pool_type: body.pool_type,
+                description: body.description,
+                base_job_template: template.to_value(),
+                concurrency_limit: body.concurrency_limit,
+                paused: body.paused,
+                submit_rate: body.submit_rate,
+            },
+        )
+        .await?;
+    note.target("work_pool", &pool.name);
+    Ok((StatusCode::CREATED, Json(pool_out(&pool))))
+}
+
+async fn list_pools(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<WorkPool>>> {
+    let ws = caller.workspace()?;
+    Ok(Json(
+        state
+            .store
+            .list_pools(ws.id)
+            .await?
+            .iter()
+            .map(pool_out)
+            .collect(),
+    ))
+}
+
+async fn get_pool(
+    State(state): State<AppState>,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<WorkPool>> {
+    let ws = caller.workspace()?;
+    Ok(Json(pool_out(&state.store.pool(ws.id, &name).await?)))
+}
+
+async fn update_pool(
+    State(state): State<AppState>,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
+    Body(body): Body<UpdatePool>,
+) -> ApiResult<Json<WorkPool>> {
+    let ws = caller.workspace()?;
+    let pool = state.store.pool(ws.id, &name).await?;
+    if let Some(Some(limit)) = body.concurrency_limit {
+        check_limit(Some(limit))?;
+    }
+    if let Some(Some(d)) = &body.description {
+        check_text("description", Some(d), MAX_TEXT_CHARS)?;
+    }
+    if let Some(t) = &body.base_job_template {
+        check_document_size("base_job_template", t)?;
+    }
+    let template = match body.base_job_template {
+        Some(mut t) => {
+            // A template read from the API and written back keeps its masked secrets.
+            redact::restore(&mut t, &pool.base_job_template);
+            let parsed = parse_template(&state, &pool.pool_type, Some(t))?;
+            // Every deployment of the pool must still fit the new template.
+            for d in state
+                .store
+                .list_deployments(ws.id)
+                .await?
+                .iter()
+                .filter(|d| d.work_pool_id == pool.id)
+            {
+                parsed
+                    .validate_deployment_overrides(&d.job_variables)
+                    .map_err(|e| {
+                        ApiError::unprocessable(
+                            "base_job_template",
+                            format!(
+                                "deployment `{}` would no longer fit this template: {}: {}",
+                                d.name, e.field, e.message
+                            ),
+                        )
+                    })?;
+            }
+            Some(parsed.to_value())
+        }
+        None => None,
+    };
+    if let Some(rate) = body.submit_rate {
+        check_rate(rate)?;
+    }
+    let patch = PoolPatch {
+        description: body.description,
+        base_job_template: template,
+        concurrency_limit: body.concurrency_limit,
+        paused: body.paused,
+        submit_rate: body.submit_rate,
+    };
+    Ok(Json(pool_out(
+        &state.store.update_pool(ws.id, &name, patch).await?,
+    )))
+}
+
+async fn delete_pool(
+    State(state): State<AppState>,
+    Path((_ws, name)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<StatusCode> {
+    let ws = caller.workspace()?;
+    state.store.delete_pool(ws.id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) fn parse_template(
+    state: &AppState,
+    pool_type: &str,
+    template: Option<Value>,
+) -> ApiResult<BaseJobTemplate> {
+    let value = match template {
+        Some(t) => t,
+        None => state
+            .registry
+            .get(pool_type)
+            .map(|p| p.default_base_job_template())
+            .ok_or_else(|| unknown_type(state, pool_type))?,
+    };
+    let parsed = BaseJobTemplate::parse(&value).map_err(|e| {
+        let field = if e.field.starts_with("base_job_template") {
+            e.field.clone()
+        } else {
+            format!("base_job_template.{}", e.field)
+        };
+        ApiError::unprocessable(&field, e.message)
+    })?;
+    Ok(parsed)
+}
+
+pub(crate) fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {
+    ApiError::unprocessable(
+        "type",
+        format!(
+            "unknown pool type `{}`; this server knows: {}",
+            shorten(pool_type, 100),
+            state.registry.pool_types().join(", ")
+        ),
+    )
+}
+
+pub(crate) async fn pool_template(state: &AppState, pool: &WorkPool) -> ApiResult<BaseJobTemplate> {
+    BaseJobTemplate::parse(&pool.base_job_template)
+        .map_err(|e| {
+            ApiError::unprocessable(
+                "work_pool",
+                format!(
+                    "the base job template of work pool `{}` is invalid at {}: {}",
+                    pool.name, e.field, e.message
+                ),
+            )
+        })
+        .inspect(|_| {
+            let _ = state;
+        })
+}
+
+pub(crate) fn prefix_field(e: TemplateError, prefix: &str) -> ApiError {
+    let field = if e.field.starts_with(prefix) {
+        e.field
+    } else {
+        format!("{prefix}.{}", e.field)
+    };
+    ApiError::unprocessable(&field, e.message).with_rule(e.rule)
+}

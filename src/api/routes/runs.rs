@@ -1,0 +1,293 @@
+//! Flow runs of deployments: create, list, read, history, logs, cancel; and the workspace's
+//! event stream.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::super::table::{handler, ws, Reply, Route};
+use super::super::validate::check_document_size;
+use super::super::views::{
+    run_json, run_out, secret_variables, secret_variables_by_pool, secrets_in,
+};
+use super::super::{
+    Access, ApiError, ApiResult, AppState, AuditNote,
+    AuditPolicy::{Always, DeniedOnly},
+    Caller, Json, OptionalBody, Query,
+};
+use super::deployments::render_for;
+use crate::access::Scope;
+use crate::model::{Event, FlowRun, HistoryEntry, LogLine};
+use crate::state::{Proposal, StateType};
+use crate::store::{NewRun, RunFilter, TransitionGuard, TransitionOutcome};
+
+/// The routes of this file.
+pub const ROUTES: &[Route] = &[
+    Route::post(ws!("/deployments/{id_or_name}/runs"), handler!(create_run))
+        .summary("Create a flow run")
+        .access(Access::Workspace(Scope::RunsCreate))
+        .audit("flow_run.create", Always)
+        .optional_body::<CreateRun>()
+        .created::<FlowRun>()
+        .reply(Reply::json::<FlowRun>(
+            200,
+            "The run created earlier with the same idempotency key",
+        ))
+        .errors(&[409]),
+    Route::get(ws!("/flow_runs"), handler!(list_runs))
+        .summary("List flow runs (state, work_pool, deployment, limit, cursor)")
+        .access(Access::Workspace(Scope::RunsRead))
+        .audit("flow_run.list", DeniedOnly)
+        .query::<RunQuery>()
+        .ok::<Vec<FlowRun>>(),
+    Route::get(ws!("/flow_runs/{id}"), handler!(get_run))
+        .summary("Get a flow run with its state history")
+        .access(Access::Workspace(Scope::RunsRead))
+        .audit("flow_run.read", DeniedOnly)
+        .ok::<FlowRunWithHistory>(),
+    Route::get(ws!("/flow_runs/{id}/states"), handler!(run_states))
+        .summary("A flow run's state history")
+        .access(Access::Workspace(Scope::RunsRead))
+        .audit("flow_run.states", DeniedOnly)
+        .ok::<Vec<HistoryEntry>>(),
+    Route::post(ws!("/flow_runs/{id}/cancel"), handler!(cancel_run))
+        .summary("Cancel a flow run")
+        .access(Access::Workspace(Scope::RunsCancel))
+        .audit("flow_run.cancel", Always)
+        .ok::<FlowRun>()
+        .errors(&[409]),
+    Route::get(ws!("/flow_runs/{id}/logs"), handler!(run_logs))
+        .summary("A flow run's log lines")
+        .access(Access::Workspace(Scope::RunsRead))
+        .audit("flow_run.logs", DeniedOnly)
+        .ok::<Vec<LogLine>>(),
+    Route::get(ws!("/events"), handler!(list_events))
+        .summary("Newest events of the workspace")
+        .access(Access::Workspace(Scope::EventsRead))
+        .audit("event.list", DeniedOnly)
+        .ok::<Vec<Event>>(),
+];
+
+/// A flow run with its state history.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FlowRunWithHistory {
+    /// The run.
+    #[serde(flatten)]
+    pub run: FlowRun,
+    /// Every accepted transition, oldest first.
+    pub state_history: Vec<HistoryEntry>,
+}
+
+/// A new flow run; every field is optional.
+#[derive(Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// When the run is due (default now).
+    #[serde(default)]
+    scheduled_time: Option<DateTime<Utc>>,
+    /// Flow parameters.
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    /// Overrides of the pool template's variables.
+    #[serde(default)]
+    job_variables: Map<String, Value>,
+    /// 1–200 characters; a repeated key returns the run made first.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Filters of the run list; empty values are ignored.
+#[derive(Deserialize, JsonSchema)]
+pub struct RunQuery {
+    /// A state type, e.g. `RUNNING`.
+    #[schemars(with = "Option<StateType>")]
+    state: Option<String>,
+    work_pool: Option<String>,
+    deployment: Option<String>,
+    /// Page size, 1–1000.
+    #[schemars(range(min = 1, max = 1000))]
+    limit: Option<i64>,
+    /// The last id of the previous page.
+    cursor: Option<Uuid>,
+}
+
+async fn create_run(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+    note: AuditNote,
+    OptionalBody(request): OptionalBody<CreateRun>,
+) -> ApiResult<(StatusCode, Json<FlowRun>)> {
+    let ws = caller.workspace()?;
+    let deployment = state.store.deployment(ws.id, &id).await?;
+    check_document_size("job_variables", &request.job_variables)?;
+    check_document_size("parameters", &request.parameters)?;
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(ApiError::unprocessable(
+                "idempotency_key",
+                "must be 1–200 characters",
+            ));
+        }
+    }
+    let (_, provider_error, pool) = render_for(&state, &deployment, &request.job_variables).await?;
+    if let Some(e) = provider_error {
+        return Err(e);
+    }
+    let (run, created) = state
+        .store
+        .create_run(
+            &deployment,
+            NewRun {
+                scheduled_time: request.scheduled_time,
+                parameters: request.parameters,
+                job_variables: request.job_variables,
+                idempotency_key: request.idempotency_key,
+            },
+        )
+        .await?;
+    note.target("flow_run", run.id);
+    note.detail(json!({"deployment": deployment.name, "created": created}));
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(run_out(&run, &secret_variables(&pool))),
+    ))
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RunQuery>,
+) -> ApiResult<Json<Vec<FlowRun>>> {
+    let ws = caller.workspace()?;
+    let state_filter = match q.state.as_deref() {
+        Some(s) if !s.is_empty() => Some(
+            s.parse::<StateType>()
+                .map_err(|e| ApiError::unprocessable("state", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let deployment_id = match q.deployment.as_deref() {
+        Some(d) if !d.is_empty() => Some(state.store.deployment(ws.id, d).await?.id),
+        _ => None,
+    };
+    if let Some(l) = q.limit {
+        if !(1..=1000).contains(&l) {
+            return Err(ApiError::unprocessable(
+                "limit",
+                "must be between 1 and 1000",
+            ));
+        }
+    }
+    let filter = RunFilter {
+        state: state_filter,
+        work_pool: q.work_pool.filter(|p| !p.is_empty()),
+        deployment_id,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let secrets = secret_variables_by_pool(&state, ws.id).await?;
+    Ok(Json(
+        state
+            .store
+            .list_runs(ws.id, &filter)
+            .await?
+            .iter()
+            .map(|r| run_out(r, secrets_in(&secrets, &r.work_pool_id)))
+            .collect(),
+    ))
+}
+
+async fn run_in_ws(state: &AppState, caller: &Caller, id: &str) -> ApiResult<FlowRun> {
+    let ws = caller.workspace()?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("flow run", id))?;
+    Ok(state.store.run_in(ws.id, id).await?)
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<FlowRunWithHistory>> {
+    let run = run_in_ws(&state, &caller, &id).await?;
+    let state_history = state.store.state_history(run.id).await?;
+    Ok(Json(FlowRunWithHistory {
+        run: run_json(&state, &run).await,
+        state_history,
+    }))
+}
+
+async fn run_states(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<HistoryEntry>>> {
+    let run = run_in_ws(&state, &caller, &id).await?;
+    Ok(Json(state.store.state_history(run.id).await?))
+}
+
+async fn run_logs(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<LogLine>>> {
+    let run = run_in_ws(&state, &caller, &id).await?;
+    Ok(Json(state.store.logs(run.id, 10_000).await?))
+}
+
+/// Cancels a run: not yet submitted → CANCELLED at once; submitted → CANCELLING (the controller
+/// stops the infrastructure, then records CANCELLED).
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path((_ws, id)): Path<(String, String)>,
+    caller: Caller,
+) -> ApiResult<Json<FlowRun>> {
+    let mut run = run_in_ws(&state, &caller, &id).await?;
+    for _ in 0..10 {
+        let current = run.state.state_type;
+        if current == StateType::Cancelling {
+            return Ok(Json(run_json(&state, &run).await));
+        }
+        if current.is_terminal() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the run is already {current}; there is nothing to cancel"),
+            ));
+        }
+        let to = match current {
+            StateType::Scheduled | StateType::Paused => StateType::Cancelled,
+            StateType::Pending if run.infrastructure_id.is_none() => StateType::Cancelled,
+            _ => StateType::Cancelling,
+        };
+        let proposal = Proposal::new(to).with_message("cancelled by request");
+        let guard = TransitionGuard {
+            expected: Some(current),
+            lease_owner: None,
+        };
+        match state.store.propose_state(run.id, proposal, guard).await? {
+            TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => {
+                return Ok(Json(run_json(&state, &r).await))
+            }
+            TransitionOutcome::Rejected { run: r, .. } => run = r,
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "the run keeps changing state; retry",
+    ))
+}
+
+async fn list_events(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Event>>> {
+    let ws = caller.workspace()?;
+    Ok(Json(state.store.list_events(ws.id, 500).await?))
+}

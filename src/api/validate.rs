@@ -1,0 +1,75 @@
+//! Checks of request values shared by several resources; each refusal names the field and the
+//! rule.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, MAX_DOCUMENT_BYTES};
+
+pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            field,
+            "must be 1–100 characters of letters, digits, `-`, `_` or `.`, not starting with `-` or `.`",
+        ))
+    }
+}
+
+/// Refuses a JSON document above [`MAX_DOCUMENT_BYTES`].
+pub(crate) fn check_document_size(field: &str, value: &impl Serialize) -> ApiResult<()> {
+    let size = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_DOCUMENT_BYTES {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("is {size} bytes; at most {MAX_DOCUMENT_BYTES} bytes (serialized JSON)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses free text longer than `max` characters.
+pub(crate) fn check_text(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
+    if value.is_some_and(|v| v.chars().count() > max) {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_rate(rate: Option<f64>) -> ApiResult<()> {
+    match rate {
+        Some(r) if !(r.is_finite() && r > 0.0 && r <= 100_000.0) => Err(ApiError::unprocessable(
+            "submit_rate",
+            "must be a number of submissions per second above 0 and at most 100000",
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_limit(limit: Option<i64>) -> ApiResult<()> {
+    match limit {
+        Some(n) if n < 0 => Err(ApiError::unprocessable(
+            "concurrency_limit",
+            "must be 0 or more",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Deserializes a field that may be absent (`None`), null (`Some(None)`) or a value.
+pub(crate) fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
