@@ -1,49 +1,23 @@
 //! Behaviour tests of [`ProcessProvider`] against real subprocesses.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use pushpool_provider::conformance::{self, RecordedLogs as Collect};
 use pushpool_provider::{
-    CancelOutcome, JobStatus, LogSink, LogStream, Provider, ProviderError, Registry, RunSpec,
-    Secret,
+    CancelOutcome, JobStatus, LogStream, Provider, ProviderError, Registry, RunSpec,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::*;
 
-#[derive(Default)]
-struct Collect(Mutex<Vec<(LogStream, String)>>);
-
-impl LogSink for Collect {
-    fn line(&self, stream: LogStream, line: String) {
-        self.0.lock().unwrap().push((stream, line));
-    }
-}
-
-impl Collect {
-    fn lines(&self) -> Vec<(LogStream, String)> {
-        self.0.lock().unwrap().clone()
-    }
-    fn has(&self, stream: LogStream, text: &str) -> bool {
-        self.lines().iter().any(|(s, l)| *s == stream && l == text)
-    }
-}
-
 fn run_spec(sink: Arc<Collect>) -> RunSpec {
     RunSpec {
-        run_id: Uuid::new_v4(),
-        attempt: 1,
-        workspace: "default".into(),
-        work_pool: "local".into(),
-        deployment: "dep".into(),
-        parameters: json!({}),
         api_url: "http://127.0.0.1:4200".into(),
-        run_token: Secret::new("pp_token_value"),
-        logs: sink,
+        ..conformance::run_spec(sink)
     }
 }
 
@@ -586,4 +560,23 @@ async fn leftover_background_process_does_not_hold_up_the_final_status() {
     p.status(&id, &config).await.unwrap();
     assert!(again.elapsed() < Duration::from_millis(500));
     let _ = nix::sys::signal::killpg(pid_of(&id), nix::sys::signal::Signal::SIGKILL);
+}
+
+#[tokio::test]
+async fn conforms_to_the_provider_contract() {
+    let p = ProcessProvider::new();
+    conformance::check_template(&p).unwrap();
+    let run = conformance::run_spec(Arc::new(Collect::default()));
+    let (_, end) = conformance::run_to_end(
+        &p,
+        &run,
+        &json!({"command": "true"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobStatus::Completed { summary: None });
+    conformance::check_cancel(&p, &json!({"command": "sleep 30"}))
+        .await
+        .unwrap();
 }
