@@ -8,9 +8,10 @@ use std::sync::{Arc, OnceLock};
 
 use pushpool_provider::Registry;
 
-/// Registers `$provider` when the cargo feature `$feature` is on.
+/// Registers `$provider` when the cargo feature `$feature` is on (written `feature => provider`,
+/// which also keeps rustfmt from spreading a registration over several lines).
 macro_rules! register {
-    ($registry:ident, $feature:literal, $provider:expr) => {
+    ($registry:ident, $feature:literal => $provider:expr) => {
         #[cfg(feature = $feature)]
         $registry.register(Arc::new($provider));
     };
@@ -20,21 +21,9 @@ macro_rules! register {
 /// ([`pushpool_null::NullProvider::from_env`]).
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
-    register!(
-        registry,
-        "process",
-        pushpool_process::ProcessProvider::new()
-    );
-    register!(
-        registry,
-        "aws-lambda",
-        pushpool_aws_lambda::AwsLambdaProvider::new()
-    );
-    register!(
-        registry,
-        "gcp-cloud-run",
-        pushpool_gcp_cloud_run::CloudRunProvider::new()
-    );
+    register!(registry, "process" => pushpool_process::ProcessProvider::new());
+    register!(registry, "aws-lambda" => pushpool_aws_lambda::AwsLambdaProvider::new());
+    register!(registry, "gcp-cloud-run" => pushpool_gcp_cloud_run::CloudRunProvider::new());
     registry.register(Arc::new(pushpool_null::NullProvider::from_env()));
     registry
 }
