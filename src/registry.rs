@@ -24,6 +24,7 @@ pub fn default_registry() -> Registry {
     register!(registry, "process" => pushpool_process::ProcessProvider::new());
     register!(registry, "aws-lambda" => pushpool_aws_lambda::AwsLambdaProvider::new());
     register!(registry, "gcp-cloud-run" => pushpool_gcp_cloud_run::CloudRunProvider::new());
+    register!(registry, "example" => pushpool_example::ExampleProvider::new());
     registry.register(Arc::new(pushpool_null::NullProvider::from_env()));
     registry
 }
