@@ -116,6 +116,15 @@ fn placeholders(value: &Value) -> Vec<String> {
     }
 }
 
+/// The field and the rule of an [`ProviderError::InvalidConfig`]; panics on any other error
+/// (for tests of a provider's configuration parser).
+pub fn field_and_rule(err: ProviderError) -> (String, String) {
+    match err.invalid_field() {
+        Some((field, rule)) => (field.to_string(), rule.to_string()),
+        None => panic!("expected InvalidConfig, got {err:?}"),
+    }
+}
+
 /// `rendered` is refused with [`ProviderError::InvalidConfig`] naming `field`.
 pub fn check_rejects(
     provider: &dyn DynProvider,

@@ -110,13 +110,10 @@ struct Fields {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use pushpool_provider::conformance::field_and_rule as field_of;
     use serde_json::json;
 
-    fn field_of(err: ProviderError) -> (String, String) {
-        let (field, rule) = err.invalid_field().expect("InvalidConfig");
-        (field.into(), rule.into())
-    }
+    use super::*;
 
     #[test]
     fn minimal_config_takes_defaults() {

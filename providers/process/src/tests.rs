@@ -56,6 +56,30 @@ async fn run_to_end(job: &ProcessJobConfig) -> (JobStatus, Arc<Collect>, RunSpec
     (status, sink, run)
 }
 
+/// Submits `config` with a fresh run whose logs nobody reads.
+async fn submit(p: &ProcessProvider, config: &ProcessJobConfig) -> String {
+    p.submit(&run_spec(Arc::new(Collect::default())), config)
+        .await
+        .expect("submit")
+}
+
+/// Cancels the running job `id` (5 s grace) and expects it CANCELLED within 2 s.
+async fn cancel_quickly(p: &ProcessProvider, id: &str, config: &ProcessJobConfig) {
+    let start = Instant::now();
+    let outcome = p.cancel(id, config, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(outcome, CancelOutcome::Cancelled);
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(wait_final(p, id, config).await, JobStatus::Cancelled);
+}
+
+/// Cancels `id` with a one-second grace period.
+async fn cancel(p: &ProcessProvider, id: &str, config: &ProcessJobConfig) -> CancelOutcome {
+    p.cancel(id, config, Duration::from_secs(1))
+        .await
+        .expect("cancel")
+}
+
 fn pid_of(id: &str) -> Pid {
     Pid::from_raw(ProcessProvider::parse_id(id).expect("process id"))
 }
@@ -189,61 +213,28 @@ async fn validate_errors_name_command() {
 async fn cancel_stops_sleep_quickly() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
-    let start = Instant::now();
-    let outcome = p
-        .cancel(&id, &config, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(outcome, CancelOutcome::Cancelled);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    assert_eq!(wait_final(&p, &id, &config).await, JobStatus::Cancelled);
+    cancel_quickly(&p, &id, &config).await;
     let pid = pid_of(&id);
     assert!(kill(pid, None).is_err(), "leader still exists");
     assert!(!group_alive(pid), "process group still has live members");
     // A second cancel finds nothing to stop.
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::NotFound);
 }
 
 #[tokio::test]
 async fn cancel_kills_background_children_too() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60 & sleep 60 & wait");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     let pid = pid_of(&id);
     // Let the shell start its children.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) && !has_children(pid) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let start = Instant::now();
-    let outcome = p
-        .cancel(&id, &config, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(outcome, CancelOutcome::Cancelled);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    assert_eq!(wait_final(&p, &id, &config).await, JobStatus::Cancelled);
+    cancel_quickly(&p, &id, &config).await;
     assert!(!group_alive(pid), "background children survived the cancel");
 }
 
@@ -349,33 +340,20 @@ async fn unknown_ids() {
         p.status(&own, &config).await.unwrap(),
         JobStatus::Unobservable
     );
-    assert_eq!(
-        p.cancel(&own, &config, Duration::from_millis(10))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &own, &config).await, CancelOutcome::NotFound);
 }
 
 #[tokio::test]
 async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
     let p = ProcessProvider::new();
     let config = cmd("exit 0");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     assert!(id.starts_with("process:"));
     assert_eq!(
         wait_final(&p, &id, &config).await,
         JobStatus::Completed { summary: None }
     );
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::NotFound);
     p.cleanup(&id, &config).await.unwrap();
     assert!(p.lock().is_empty());
     assert!(matches!(
@@ -388,18 +366,10 @@ async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
 async fn cleanup_keeps_running_jobs() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     p.cleanup(&id, &config).await.unwrap();
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::Cancelled
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::Cancelled);
     p.cleanup(&id, &config).await.unwrap();
     assert!(p.lock().is_empty());
 }
