@@ -3,16 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pushpool_provider::Registry;
+use pushpool::auth::RunTokens;
+use pushpool::controller::{Context, Controller, ControllerConfig};
+use pushpool::metrics::Metrics;
+use pushpool::registry::default_registry;
+use pushpool::state::StateType;
+use pushpool::store::{ConnectOptions, NewDeployment, NewPool, NewRun, Store, StoreError};
+use pushpool_null::NullProvider;
 use serde::Serialize;
 use serde_json::Map;
-
-use crate::auth::RunTokens;
-use crate::controller::{Context, Controller, ControllerConfig};
-use crate::metrics::Metrics;
-use crate::null_provider::NullProvider;
-use crate::state::StateType;
-use crate::store::{ConnectOptions, NewDeployment, NewPool, NewRun, Store, StoreError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -120,7 +119,7 @@ pub async fn run_bench(
             ws.id,
             NewPool {
                 name: "bench".into(),
-                pool_type: crate::null_provider::POOL_TYPE.into(),
+                pool_type: pushpool_null::POOL_TYPE.into(),
                 description: None,
                 base_job_template: template,
                 concurrency_limit: None,
@@ -143,7 +142,8 @@ pub async fn run_bench(
             },
         )
         .await?;
-    let mut registry = Registry::new();
+    // The bench's own null provider (instead of the environment's) so it can count submissions.
+    let mut registry = default_registry();
     registry.register(Arc::new(provider.clone()));
     let tokens = RunTokens::new(b"bench".to_vec());
 

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::Map;
 use uuid::Uuid;
 
-use crate::null_provider::read_journal;
-use crate::state::StateType;
-use crate::store::{NewDeployment, NewPool, NewRun, Store, StoreError};
+use pushpool::state::StateType;
+use pushpool::store::{NewDeployment, NewPool, NewRun, Store, StoreError};
+use pushpool_null::read_journal;
 
 /// Workspace the chaos suite uses.
 pub const WORKSPACE: &str = "chaos";
@@ -22,14 +22,14 @@ pub async fn seed(store: &Store, runs: usize) -> Result<(), StoreError> {
         Err(StoreError::NotFound { .. }) => store.create_workspace(WORKSPACE).await?,
         Err(e) => return Err(e),
     };
-    let provider = crate::null_provider::NullProvider::default();
+    let provider = pushpool_null::NullProvider::default();
     if store.pool(ws.id, "chaos").await.is_err() {
         store
             .create_pool(
                 ws.id,
                 NewPool {
                     name: "chaos".into(),
-                    pool_type: crate::null_provider::POOL_TYPE.into(),
+                    pool_type: pushpool_null::POOL_TYPE.into(),
                     description: None,
                     base_job_template: pushpool_provider::Provider::default_base_job_template(
                         &provider,

@@ -7,14 +7,12 @@
 pub mod access;
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod chaos;
 pub mod controller;
 pub mod job;
 pub mod metrics;
 pub mod model;
-pub mod null_provider;
 pub mod redact;
+pub mod registry;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,5 +1,7 @@
 //! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
 
+mod bench;
+mod chaos;
 mod cli;
 
 use std::net::SocketAddr;
@@ -7,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
-use pushpool::bench::{run_bench, BenchOptions};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
 use pushpool::store::Store;
 
@@ -294,7 +296,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             let store = Store::connect(&database_url)
                 .await
                 .context("opening the store")?;
-            pushpool::chaos::seed(&store, runs).await?;
+            chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
             database_url,
@@ -303,7 +305,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             let store = Store::connect(&database_url)
                 .await
                 .context("opening the store")?;
-            let report = pushpool::chaos::check(&store, &journal_dir).await?;
+            let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");
             }

@@ -3,9 +3,10 @@
 //! Job variables and templates may carry provider credentials (a GCP service-account key, an
 //! AWS external id, …). They are stored as given and handed to the provider, but every API
 //! answer shows them as [`MASK`]. A value is secret when its key names a secret
-//! ([`is_secret_key`]: `service_account_info`, `private_key`, `external_id`, `password`,
-//! `token`, …) or when the pool's variables schema marks the variable `writeOnly: true` or
-//! `format: password`. A client that reads a deployment and writes it back with the mask in
+//! ([`is_secret_key`]: a name secret for everyone such as `password` or `token`, or a field a
+//! compiled-in provider declares secret, such as `service_account_info` or `external_id` — see
+//! [`crate::registry::secret_fields`]) or when the pool's variables schema marks the variable
+//! `writeOnly: true` or `format: password`. A client that reads a deployment and writes it back with the mask in
 //! place keeps the stored secret ([`restore`]).
 
 use serde_json::{Map, Value};
@@ -13,14 +14,11 @@ use serde_json::{Map, Value};
 /// What a secret value looks like in an API answer.
 pub const MASK: &str = "**********";
 
-/// True for object keys whose values are secrets.
+/// True for object keys whose values are secrets: names secret for every provider, and the
+/// fields the compiled-in providers declare ([`crate::registry::secret_fields`]).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     const EXACT: &[&str] = &[
-        "service_account_info",
-        "private_key",
-        "private_key_data",
-        "external_id",
         "password",
         "passwd",
         "secret",
@@ -30,13 +28,10 @@ pub fn is_secret_key(key: &str) -> bool {
         "access_token",
         "refresh_token",
         "client_secret",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "secret_access_key",
-        "session_token",
-        "credentials_json",
+        "private_key",
     ];
     EXACT.contains(&k.as_str())
+        || crate::registry::secret_fields().contains(&k.as_str())
         || k.ends_with("_secret")
         || k.ends_with("_password")
         || k.ends_with("_token")

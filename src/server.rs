@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushpool_provider::Registry;
-
 use crate::api::{router, AppState};
 use crate::auth::{generate_api_key, RunTokens, RUN_TOKEN_SECRET_SETTING};
 use crate::controller::{Context, Controller, ControllerConfig};
@@ -30,36 +28,8 @@ pub enum ServeError {
     },
 }
 
-/// The providers compiled into this binary.
-pub fn default_registry() -> Registry {
-    let mut registry = Registry::new();
-    #[cfg(feature = "process")]
-    registry.register(Arc::new(pushpool_process::ProcessProvider::new()));
-    #[cfg(feature = "aws-lambda")]
-    registry.register(Arc::new(pushpool_aws_lambda::AwsLambdaProvider::new()));
-    #[cfg(feature = "gcp-cloud-run")]
-    registry.register(Arc::new(pushpool_gcp_cloud_run::CloudRunProvider::new()));
-    registry.register(Arc::new(null_provider_from_env()));
-    registry
-}
-
-/// The null provider, tuned by `PUSHPOOL_NULL_LATENCY_MS`, `PUSHPOOL_NULL_FAIL_RATE` and
-/// `PUSHPOOL_NULL_JOURNAL_DIR` (used by the chaos suite; unset means instant, reliable, in-memory).
-pub fn null_provider_from_env() -> crate::null_provider::NullProvider {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let latency = env("PUSHPOOL_NULL_LATENCY_MS")
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::ZERO);
-    let mut p = crate::null_provider::NullProvider::new(latency);
-    if let Some(rate) = env("PUSHPOOL_NULL_FAIL_RATE").and_then(|v| v.parse().ok()) {
-        p = p.with_transient_failures(rate);
-    }
-    if let Some(dir) = env("PUSHPOOL_NULL_JOURNAL_DIR") {
-        p = p.with_journal(dir.into());
-    }
-    p
-}
+/// Kept here for callers of `pushpool::server::default_registry`; see [`crate::registry`].
+pub use crate::registry::default_registry;
 
 /// What to run.
 #[derive(Debug, Clone, Default)]

@@ -8,11 +8,11 @@ use pushpool::auth::RunTokens;
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
 use pushpool::model::Deployment;
-use pushpool::null_provider::NullProvider;
 use pushpool::state::{Proposal, StateType};
 use pushpool::store::{
     NewDeployment, NewPool, NewRun, PoolPatch, PoolSelector, Store, TransitionGuard,
 };
+use pushpool_null::NullProvider;
 use pushpool_provider::Registry;
 use pushpool_testkit::{both_backends, connect, sqlite_db, TestDb};
 use serde_json::Map;

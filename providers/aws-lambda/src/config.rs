@@ -4,13 +4,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use pushpool_provider::{ProviderError, Secret};
+use pushpool_provider::{bounded, ensure, non_blank, parse_config, ProviderError, Secret};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::payload;
 
-/// The default base job template, as written in `templates/aws-lambda.json`.
-pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/aws-lambda.json");
+/// The default base job template of the `aws-lambda:push` pool type (this crate's
+/// `template.json`, which `templates/aws-lambda.json` links to).
+pub const DEFAULT_TEMPLATE: &str = include_str!("../template.json");
 
 /// Default for [`LambdaJobConfig::timeout_seconds`]: Lambda's longest function timeout.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
@@ -131,62 +134,35 @@ impl LambdaJobConfig {
 
     /// Checks a rendered job configuration and turns it into a [`LambdaJobConfig`]; pure, no I/O.
     ///
-    /// Absent or `null` optional fields take their defaults; empty strings count as unset.
+    /// Absent or `null` optional fields take their defaults; blank strings count as unset.
     /// Unknown fields are refused, so a misspelt field is not silently dropped.
     pub fn from_rendered(rendered: &Value) -> Result<Self, ProviderError> {
-        let obj = rendered
-            .as_object()
-            .ok_or_else(|| ProviderError::invalid("", "must be a JSON object"))?;
-        const KNOWN: &[&str] = &[
-            "function_name",
-            "qualifier",
-            "invocation_type",
-            "payload",
-            "env",
-            "timeout_seconds",
-            "watchdog_grace_seconds",
-            "region",
-            "endpoint_url",
-            "result_queue_url",
-            "credentials",
-            "max_attempts",
-        ];
-        if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(ProviderError::invalid(
-                unknown.clone(),
-                format!(
-                    "is not a field of the aws-lambda:push job configuration (known: {})",
-                    KNOWN.join(", ")
-                ),
-            ));
-        }
-
-        let function_name = match optional_string(obj, "function_name")? {
-            None => {
-                return Err(ProviderError::invalid(
-                    "function_name",
-                    "is required: the name or ARN of the Lambda function to invoke",
-                ))
-            }
-            Some(name) => name,
-        };
-        check_function_name(&function_name)?;
-
-        let qualifier = optional_string(obj, "qualifier")?;
-        if let Some(q) = &qualifier {
-            if q.len() > 128
-                || !q
+        let fields: Fields = parse_config(rendered)?;
+        let function_name = non_blank(fields.function_name).ok_or_else(|| {
+            ProviderError::invalid(
+                "function_name",
+                "is required: the name or ARN of the Lambda function to invoke",
+            )
+        })?;
+        ensure(
+            function_name.len() <= 170
+                && function_name
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '$' | '-' | '_'))
-            {
-                return Err(ProviderError::invalid(
-                    "qualifier",
-                    "must be a version number, an alias name or `$LATEST` (letters, digits, `-`, `_`, `$`; at most 128 characters)",
-                ));
-            }
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '$' | '.')),
+            "function_name",
+            "must be a function name, a full ARN or a partial ARN (letters, digits, `-`, `_`, `:`, `.`, `$`; at most 170 characters)",
+        )?;
+        let qualifier = non_blank(fields.qualifier);
+        if let Some(q) = &qualifier {
+            ensure(
+                q.len() <= 128
+                    && q.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '$' | '-' | '_')),
+                "qualifier",
+                "must be a version number, an alias name or `$LATEST` (letters, digits, `-`, `_`, `$`; at most 128 characters)",
+            )?;
         }
-
-        let invocation_type = match optional_string(obj, "invocation_type")?.as_deref() {
+        let invocation_type = match non_blank(fields.invocation_type).as_deref() {
             None | Some("RequestResponse") => InvocationType::RequestResponse,
             Some("Event") => InvocationType::Event,
             Some(other) => {
@@ -196,233 +172,150 @@ impl LambdaJobConfig {
                 ))
             }
         };
-
-        let payload = match present(obj, "payload") {
-            None => default_payload(),
-            Some(Value::Object(map)) => map.clone(),
-            Some(_) => {
-                return Err(ProviderError::invalid(
-                    "payload",
-                    "must be a JSON object (pushpool adds the run's `env` to it)",
-                ))
-            }
-        };
+        let payload = fields.payload.unwrap_or_else(default_payload);
         payload::check_placeholders(&Value::Object(payload.clone()), "payload")?;
 
-        let env = string_map(obj, "env")?;
-        let timeout_seconds = bounded_int(
-            obj,
-            "timeout_seconds",
-            1,
-            MAX_TIMEOUT_SECONDS,
-            DEFAULT_TIMEOUT_SECONDS,
-        )?;
-        let watchdog_grace_seconds = bounded_int(
-            obj,
-            "watchdog_grace_seconds",
-            0,
-            MAX_WATCHDOG_GRACE_SECONDS,
-            DEFAULT_WATCHDOG_GRACE_SECONDS,
-        )?;
-        let max_attempts = bounded_int(
-            obj,
-            "max_attempts",
-            1,
-            u64::from(MAX_MAX_ATTEMPTS),
-            u64::from(DEFAULT_MAX_ATTEMPTS),
-        )? as u32;
-
-        let region = optional_string(obj, "region")?;
+        let region = non_blank(fields.region);
         if let Some(r) = &region {
-            if !r
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(ProviderError::invalid(
-                    "region",
-                    "must look like an AWS region name, e.g. `us-east-1`",
-                ));
-            }
+            ensure(
+                r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "region",
+                "must look like an AWS region name, e.g. `us-east-1`",
+            )?;
         }
-        let endpoint_url = optional_string(obj, "endpoint_url")?;
-        if let Some(url) = &endpoint_url {
-            check_url(url, "endpoint_url")?;
-        }
-        let result_queue_url = optional_string(obj, "result_queue_url")?;
-        if let Some(url) = &result_queue_url {
-            check_url(url, "result_queue_url")?;
-        }
-        let credentials = credentials(obj)?;
+        let endpoint_url = non_blank(fields.endpoint_url);
+        check_url(endpoint_url.as_deref(), "endpoint_url")?;
+        let result_queue_url = non_blank(fields.result_queue_url);
+        check_url(result_queue_url.as_deref(), "result_queue_url")?;
 
         Ok(LambdaJobConfig {
             function_name,
             qualifier,
             invocation_type,
             payload,
-            env,
-            timeout_seconds,
-            watchdog_grace_seconds,
+            env: fields.env.unwrap_or_default(),
+            timeout_seconds: bounded(
+                fields.timeout_seconds,
+                "timeout_seconds",
+                (1, MAX_TIMEOUT_SECONDS),
+                DEFAULT_TIMEOUT_SECONDS,
+            )?,
+            watchdog_grace_seconds: bounded(
+                fields.watchdog_grace_seconds,
+                "watchdog_grace_seconds",
+                (0, MAX_WATCHDOG_GRACE_SECONDS),
+                DEFAULT_WATCHDOG_GRACE_SECONDS,
+            )?,
             region,
             endpoint_url,
             result_queue_url,
-            credentials,
-            max_attempts,
+            credentials: fields
+                .credentials
+                .map(credentials)
+                .transpose()?
+                .unwrap_or_default(),
+            max_attempts: bounded(
+                fields.max_attempts.map(u64::from),
+                "max_attempts",
+                (1, u64::from(MAX_MAX_ATTEMPTS)),
+                u64::from(DEFAULT_MAX_ATTEMPTS),
+            )? as u32,
         })
     }
 }
 
+/// The job configuration as rendered; every field may be absent or `null`, unknown fields are
+/// refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fields {
+    function_name: Option<String>,
+    qualifier: Option<String>,
+    invocation_type: Option<String>,
+    payload: Option<Map<String, Value>>,
+    env: Option<BTreeMap<String, String>>,
+    timeout_seconds: Option<u64>,
+    watchdog_grace_seconds: Option<u64>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    result_queue_url: Option<String>,
+    credentials: Option<CredentialFields>,
+    max_attempts: Option<u32>,
+}
+
+/// The `credentials` object. The static-key fields are read only to be refused with a reason
+/// (their values are never kept or echoed).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialFields {
+    profile_name: Option<String>,
+    role_arn: Option<String>,
+    role_session_name: Option<String>,
+    external_id: Option<String>,
+    aws_access_key_id: Option<IgnoredAny>,
+    aws_secret_access_key: Option<IgnoredAny>,
+    aws_session_token: Option<IgnoredAny>,
+}
+
 /// The payload the default template sends: run id, attempt, parameters, API URL and run token.
 pub fn default_payload() -> Map<String, Value> {
-    let template: Value = serde_json::from_str(DEFAULT_TEMPLATE)
-        .expect("templates/aws-lambda.json is valid JSON (checked by tests)");
+    let template = pushpool_provider::builtin_template(DEFAULT_TEMPLATE);
     template["variables"]["properties"]["payload"]["default"]
         .as_object()
         .cloned()
         .unwrap_or_default()
 }
 
-fn check_function_name(name: &str) -> Result<(), ProviderError> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '$' | '.'));
-    if name.len() > 170 || !ok_chars {
-        return Err(ProviderError::invalid(
-            "function_name",
-            "must be a function name, a full ARN or a partial ARN (letters, digits, `-`, `_`, `:`, `.`, `$`; at most 170 characters)",
-        ));
-    }
-    Ok(())
-}
-
-fn check_url(url: &str, field: &str) -> Result<(), ProviderError> {
+fn check_url(url: Option<&str>, field: &str) -> Result<(), ProviderError> {
+    let Some(url) = url else { return Ok(()) };
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(()),
-        _ => Err(ProviderError::invalid(
-            field,
-            "must be an http:// or https:// URL",
-        )),
-    }
+    ensure(
+        rest.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)),
+        field,
+        "must be an http:// or https:// URL",
+    )
 }
 
-fn credentials(obj: &Map<String, Value>) -> Result<CredentialsConfig, ProviderError> {
-    let map = match present(obj, "credentials") {
-        None => return Ok(CredentialsConfig::default()),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ProviderError::invalid(
-                "credentials",
-                "must be an object (profile_name, role_arn, role_session_name, external_id)",
-            ))
-        }
-    };
-    let mut out = CredentialsConfig::default();
-    for (key, value) in map {
-        let field = format!("credentials.{key}");
-        let slot = match key.as_str() {
-            "profile_name" => &mut out.profile_name,
-            "role_arn" => &mut out.role_arn,
-            "role_session_name" => &mut out.role_session_name,
-            "external_id" => &mut out.external_id,
-            "aws_access_key_id" | "aws_secret_access_key" | "aws_session_token" => {
-                return Err(ProviderError::invalid(
-                    field,
-                    "static keys are not accepted in a job template (it is readable by every user of the pool); give the controller credentials through its environment, a profile or a role",
-                ))
-            }
-            _ => {
-                return Err(ProviderError::invalid(
-                    field,
-                    "is not a credentials setting (profile_name, role_arn, role_session_name, external_id)",
-                ))
-            }
-        };
-        *slot = match value {
-            Value::Null => None,
-            Value::String(s) if s.is_empty() => None,
-            Value::String(s) => Some(s.clone()),
-            _ => return Err(ProviderError::invalid(field, "must be a string")),
-        };
+fn credentials(fields: CredentialFields) -> Result<CredentialsConfig, ProviderError> {
+    let static_keys = [
+        ("aws_access_key_id", fields.aws_access_key_id.is_some()),
+        (
+            "aws_secret_access_key",
+            fields.aws_secret_access_key.is_some(),
+        ),
+        ("aws_session_token", fields.aws_session_token.is_some()),
+    ];
+    if let Some((key, _)) = static_keys.iter().find(|(_, given)| *given) {
+        return Err(ProviderError::invalid(
+            format!("credentials.{key}"),
+            "static keys are not accepted in a job template (it is readable by every user of the pool); give the controller credentials through its environment, a profile or a role",
+        ));
     }
+    let out = CredentialsConfig {
+        profile_name: non_blank(fields.profile_name),
+        role_arn: non_blank(fields.role_arn),
+        role_session_name: non_blank(fields.role_session_name),
+        external_id: non_blank(fields.external_id),
+    };
     if let Some(arn) = &out.role_arn {
-        if !arn.starts_with("arn:") || !arn.contains(":role/") {
-            return Err(ProviderError::invalid(
-                "credentials.role_arn",
-                "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
-            ));
-        }
+        ensure(
+            arn.starts_with("arn:") && arn.contains(":role/"),
+            "credentials.role_arn",
+            "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+        )?;
     }
     Ok(out)
 }
 
-/// The field's value, treating `null` like an absent field.
-fn present<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    obj.get(field).filter(|v| !v.is_null())
-}
-
-fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, ProviderError> {
-    match present(obj, field) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ProviderError::invalid(field, "must be a string")),
-    }
-}
-
-fn bounded_int(
-    obj: &Map<String, Value>,
-    field: &str,
-    min: u64,
-    max: u64,
-    default: u64,
-) -> Result<u64, ProviderError> {
-    match present(obj, field) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| {
-                ProviderError::invalid(field, format!("must be an integer from {min} to {max}"))
-            }),
-    }
-}
-
-fn string_map(
-    obj: &Map<String, Value>,
-    field: &str,
-) -> Result<BTreeMap<String, String>, ProviderError> {
-    match present(obj, field) {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(ProviderError::invalid(
-                    format!("{field}.{k}"),
-                    "must be a string",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(ProviderError::invalid(
-            field,
-            "must be an object mapping names to string values",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use pushpool_provider::conformance::field_and_rule as field_of;
     use serde_json::json;
 
-    fn field_of(err: ProviderError) -> (String, String) {
-        match err {
-            ProviderError::InvalidConfig { field, message } => (field, message),
-            other => panic!("expected InvalidConfig, got {other:?}"),
-        }
-    }
+    use super::*;
 
     #[test]
     fn minimal_config_takes_defaults() {

@@ -199,10 +199,9 @@ impl AwsLambdaProvider {
         Self::default()
     }
 
-    /// The parsed default base job template (`templates/aws-lambda.json`).
+    /// The parsed default base job template (this crate's `template.json`).
     pub fn template() -> Value {
-        serde_json::from_str(DEFAULT_TEMPLATE)
-            .expect("templates/aws-lambda.json is valid JSON (checked by tests)")
+        pushpool_provider::builtin_template(DEFAULT_TEMPLATE)
     }
 
     /// Synchronous invocations this provider is waiting for or holds a result of.
@@ -431,6 +430,18 @@ impl Provider for AwsLambdaProvider {
 
     fn validate(&self, rendered: &Value) -> Result<LambdaJobConfig, ProviderError> {
         LambdaJobConfig::from_rendered(rendered)
+    }
+
+    /// The role's external id, and static keys should someone put them in a template anyway
+    /// (validation refuses them, but stored variables are still masked).
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[
+            "external_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "secret_access_key",
+            "session_token",
+        ]
     }
 
     async fn submit(&self, run: &RunSpec, job: &LambdaJobConfig) -> Result<String, ProviderError> {

@@ -148,3 +148,16 @@ async fn oversized_payloads_are_refused_before_any_call() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn default_template_conforms() {
+    let p = AwsLambdaProvider::new();
+    pushpool_provider::conformance::check_template(&p).unwrap();
+    let message = pushpool_provider::conformance::check_rejects(
+        &p,
+        &json!({"function_name": "f", "timeout_seconds": "long"}),
+        "timeout_seconds",
+    )
+    .unwrap();
+    assert_eq!(message, "must be a non-negative integer");
+}

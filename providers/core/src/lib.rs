@@ -8,6 +8,12 @@
 //!
 //! A platform team adds a provider as one small crate under `providers/` that implements
 //! [`Provider`]; the blanket [`DynProvider`] impl lets the registry hold it as a trait object.
+//! [`parse_config`] turns a rendered job configuration into the provider's derived config struct,
+//! and [`conformance`] checks a provider against this contract in its own tests
+//! (`docs/providers/writing-a-provider.md` walks through it).
+
+pub mod config;
+pub mod conformance;
 
 use std::any::Any;
 use std::fmt;
@@ -18,6 +24,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
+
+pub use config::{bounded, ensure, non_blank, parse_config};
 
 /// How a provider call failed; the controller picks its reaction from the class.
 #[non_exhaustive]
@@ -64,6 +72,14 @@ impl ProviderError {
         }
     }
 
+    /// The field and the rule of an [`ProviderError::InvalidConfig`], `None` for other errors.
+    pub fn invalid_field(&self) -> Option<(&str, &str)> {
+        match self {
+            ProviderError::InvalidConfig { field, message } => Some((field, message)),
+            _ => None,
+        }
+    }
+
     /// True when retrying the same call may succeed.
     pub fn is_retriable(&self) -> bool {
         matches!(self, ProviderError::Transient { .. })
@@ -91,6 +107,13 @@ impl ProviderError {
             message: message.into(),
         }
     }
+}
+
+/// Parses a default base job template shipped with a provider (its `template.json`, read with
+/// `include_str!`). Invalid JSON gives `null`, which [`conformance::check_template`] refuses in
+/// the provider's own tests.
+pub fn builtin_template(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
@@ -287,6 +310,14 @@ pub trait Provider: Send + Sync + 'static {
     /// Pure check of a rendered job configuration; no I/O.
     fn validate(&self, rendered: &Value) -> Result<Self::JobConfig, ProviderError>;
 
+    /// Object keys that hold secrets in this provider's job variables and configuration, at any
+    /// depth (e.g. `service_account_info`, `external_id`): API answers show their values masked.
+    /// Names that are secret for every provider (`password`, `token`, `*_secret`, …) need not be
+    /// listed.
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Submissions per second a controller allows itself per pool of this type unless the pool
     /// sets its own `submit_rate` (respecting the provider's API quota); `None` = unlimited.
     fn default_submit_rate(&self) -> Option<f64> {
@@ -351,6 +382,8 @@ pub trait DynProvider: Send + Sync {
     fn default_base_job_template(&self) -> Value;
     /// See [`Provider::validate`].
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError>;
+    /// See [`Provider::secret_fields`].
+    fn secret_fields(&self) -> &'static [&'static str];
     /// See [`Provider::default_submit_rate`].
     fn default_submit_rate(&self) -> Option<f64>;
     /// See [`Provider::submit`].
@@ -389,6 +422,9 @@ impl<P: Provider> DynProvider for P {
     }
     fn default_submit_rate(&self) -> Option<f64> {
         Provider::default_submit_rate(self)
+    }
+    fn secret_fields(&self) -> &'static [&'static str] {
+        Provider::secret_fields(self)
     }
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError> {
         let config = Provider::validate(self, rendered)?;
@@ -459,6 +495,19 @@ impl Registry {
     /// All registered pool types, in registration order.
     pub fn pool_types(&self) -> Vec<&'static str> {
         self.providers.iter().map(|p| p.pool_type()).collect()
+    }
+
+    /// The secret fields every registered provider declares ([`Provider::secret_fields`]),
+    /// sorted, without duplicates.
+    pub fn secret_fields(&self) -> Vec<&'static str> {
+        let mut fields: Vec<&'static str> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.secret_fields().iter().copied())
+            .collect();
+        fields.sort_unstable();
+        fields.dedup();
+        fields
     }
 }
 

@@ -8,6 +8,7 @@
 //! retries transient errors with its own backoff and deadlines.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use google_cloud_gax::options::RequestOptionsBuilder as _;
@@ -20,6 +21,57 @@ use crate::config::{CloudRunJobConfig, Credentials};
 
 /// Per-request timeout of Admin API calls.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to give the provider credentials; part of every error about missing or unusable ones.
+pub const HOW_TO_PROVIDE_CREDENTIALS: &str = "provide credentials with the `credentials` job variable ({\"service_account_file\": PATH} or {\"service_account_info\": {…}}), with GOOGLE_APPLICATION_CREDENTIALS on the controller, or by running the controller on Google Cloud, where the metadata server provides them";
+
+/// What the controller's machine offers as Application Default Credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmbientCredentials {
+    /// A credentials file: `GOOGLE_APPLICATION_CREDENTIALS` or gcloud's
+    /// `application_default_credentials.json`.
+    File(PathBuf),
+    /// No file, but the machine is on Google Cloud: the metadata server hands out tokens.
+    MetadataServer,
+    /// Nothing: Application Default Credentials cannot work here.
+    Nothing,
+}
+
+impl AmbientCredentials {
+    /// Looks at the environment and the machine (no network call).
+    pub fn detect() -> Self {
+        if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            return AmbientCredentials::File(path.into());
+        }
+        let gcloud = std::env::var_os("HOME").map(|home| {
+            PathBuf::from(home).join(".config/gcloud/application_default_credentials.json")
+        });
+        if let Some(path) = gcloud.filter(|p| p.is_file()) {
+            return AmbientCredentials::File(path);
+        }
+        if on_google_cloud() {
+            AmbientCredentials::MetadataServer
+        } else {
+            AmbientCredentials::Nothing
+        }
+    }
+}
+
+/// True where a metadata server answers: the metadata host is configured, a Google Cloud
+/// serverless runtime says so in its environment, or the machine is a Compute Engine VM.
+fn on_google_cloud() -> bool {
+    const RUNTIME_VARS: &[&str] = &[
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_IP",
+        "K_SERVICE",
+        "CLOUD_RUN_JOB",
+        "FUNCTION_TARGET",
+        "GAE_APPLICATION",
+    ];
+    RUNTIME_VARS.iter().any(|v| std::env::var_os(v).is_some())
+        || std::fs::read_to_string("/sys/class/dmi/id/product_name")
+            .is_ok_and(|name| name.trim_start().starts_with("Google"))
+}
 
 /// An Admin API failure, before it is mapped to a [`ProviderError`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -97,9 +149,10 @@ impl ApiError {
                 retry_after,
             };
         }
-        let hint = match self.code() {
-            Some(401) | Some(403) => "; check the credentials and that their principal has roles/run.developer (and iam.serviceAccountUser on the job's service account)",
-            _ => "",
+        let hint = match (&self, self.code()) {
+            (ApiError::Auth { .. }, _) => format!("; {HOW_TO_PROVIDE_CREDENTIALS}"),
+            (_, Some(401) | Some(403)) => "; check the credentials and that their principal has roles/run.developer (and iam.serviceAccountUser on the job's service account)".into(),
+            _ => String::new(),
         };
         ProviderError::permanent(format!("{message}{hint}"))
     }
@@ -116,6 +169,9 @@ struct Clients {
 #[derive(Default)]
 pub struct CloudRunApi {
     clients: tokio::sync::Mutex<HashMap<String, Clients>>,
+    /// What Application Default Credentials may use; `None` = [`AmbientCredentials::detect`]
+    /// when a client is built.
+    ambient: Option<AmbientCredentials>,
 }
 
 impl std::fmt::Debug for CloudRunApi {
@@ -155,11 +211,17 @@ fn key_credentials(key: Value) -> Result<google_cloud_auth::credentials::Credent
 
 fn credentials(
     creds: &Credentials,
+    ambient: &AmbientCredentials,
 ) -> Result<google_cloud_auth::credentials::Credentials, ApiError> {
     match creds {
         Credentials::Anonymous => {
             Ok(google_cloud_auth::credentials::anonymous::Builder::new().build())
         }
+        // Without this check the client falls back to a metadata server that is not there, and
+        // each call fails "transiently" until the submit deadline.
+        Credentials::ApplicationDefault if *ambient == AmbientCredentials::Nothing => Err(auth(
+            "no Google Cloud credentials: the job configuration names none, GOOGLE_APPLICATION_CREDENTIALS is unset, there is no gcloud application_default_credentials.json and the controller does not run on Google Cloud (no metadata server)".into(),
+        )),
         Credentials::ApplicationDefault => google_cloud_auth::credentials::Builder::default()
             .build()
             .map_err(|e| auth(format!("no usable Application Default Credentials: {e}"))),
@@ -223,13 +285,23 @@ impl CloudRunApi {
         Self::default()
     }
 
+    /// Uses `ambient` instead of detecting what the machine offers (tests, pinned set-ups).
+    pub fn with_ambient_credentials(mut self, ambient: AmbientCredentials) -> Self {
+        self.ambient = Some(ambient);
+        self
+    }
+
     async fn clients(&self, job: &CloudRunJobConfig) -> Result<Clients, ApiError> {
         let key = format!("{} {}", job.endpoint_url, job.credentials.cache_key());
         let mut cache = self.clients.lock().await;
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let creds = credentials(&job.credentials)?;
+        let ambient = self
+            .ambient
+            .clone()
+            .unwrap_or_else(AmbientCredentials::detect);
+        let creds = credentials(&job.credentials, &ambient)?;
         let jobs = Jobs::builder()
             .with_endpoint(job.endpoint_url.clone())
             .with_credentials(creds.clone())

@@ -22,6 +22,7 @@
 //! tokens and the job body (which carries the run token) are never logged.
 
 mod api;
+mod body;
 mod config;
 mod status;
 
@@ -35,11 +36,12 @@ use pushpool_provider::{
 };
 use serde_json::{json, Value};
 
-pub use api::{ApiError, CloudRunApi};
+pub use api::{AmbientCredentials, ApiError, CloudRunApi, HOW_TO_PROVIDE_CREDENTIALS};
+pub use body::shell_split;
 pub use config::{
-    shell_split, CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION,
-    DEFAULT_TEMPLATE, DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES,
-    MAX_TIMEOUT_SECONDS, MAX_WATCHDOG_GRACE_SECONDS,
+    CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TEMPLATE,
+    DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES, MAX_TIMEOUT_SECONDS,
+    MAX_WATCHDOG_GRACE_SECONDS,
 };
 pub use status::{execution_status, Observed};
 
@@ -99,10 +101,18 @@ impl CloudRunProvider {
         }
     }
 
-    /// The parsed default base job template (`templates/cloud-run-v2.json`).
+    /// A provider whose Application Default Credentials see `ambient` instead of what the machine
+    /// offers (tests, pinned set-ups).
+    pub fn with_ambient_credentials(ambient: AmbientCredentials) -> Self {
+        CloudRunProvider {
+            api: CloudRunApi::new().with_ambient_credentials(ambient),
+            operations: Mutex::default(),
+        }
+    }
+
+    /// The parsed default base job template (this crate's `template.json`).
     pub fn template() -> Value {
-        serde_json::from_str(DEFAULT_TEMPLATE)
-            .expect("templates/cloud-run-v2.json is valid JSON (checked by tests)")
+        pushpool_provider::builtin_template(DEFAULT_TEMPLATE)
     }
 
     /// The project: from the configuration, the credentials, or the environment.
@@ -369,6 +379,16 @@ impl Provider for CloudRunProvider {
 
     fn validate(&self, rendered: &Value) -> Result<CloudRunJobConfig, ProviderError> {
         CloudRunJobConfig::from_rendered(rendered)
+    }
+
+    /// A service-account key given inline, and the fields of such a key.
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[
+            "service_account_info",
+            "private_key",
+            "private_key_data",
+            "credentials_json",
+        ]
     }
 
     async fn submit(

@@ -200,3 +200,74 @@ fn errors_are_classified() {
         .into_provider("x")
         .is_retriable());
 }
+
+#[test]
+fn default_template_conforms() {
+    let p = CloudRunProvider::new();
+    pushpool_provider::conformance::check_template(&p).unwrap();
+    pushpool_provider::conformance::check_rejects(
+        &p,
+        &rendered(json!({"keep_job": "yes"})),
+        "keep_job",
+    )
+    .unwrap();
+    pushpool_provider::conformance::check_rejects(
+        &p,
+        &rendered(json!({"env": {"A": [1]}})),
+        "env.A",
+    )
+    .unwrap();
+}
+
+#[test]
+fn prefect_style_values_are_read_leniently() {
+    let c = CloudRunJobConfig::from_rendered(&rendered(json!({
+        "timeout": "90s", "env": {"N": 3, "B": true, "GONE": null},
+        "credentials": {"$ref": {"block_document_id": "x"}}
+    })))
+    .unwrap();
+    assert_eq!(c.timeout_seconds, 90);
+    assert_eq!(c.env["N"], "3");
+    assert_eq!(c.env["B"], "true");
+    assert!(!c.env.contains_key("GONE"));
+    assert_eq!(c.credentials, Credentials::ApplicationDefault);
+    let e = CloudRunJobConfig::from_rendered(&rendered(
+        json!({"credentials": {"servce_account_file": "x"}}),
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("`credentials.servce_account_file`"),
+        "{e}"
+    );
+}
+
+/// A pool with no credentials on a machine with none: the submission fails at once, permanently,
+/// saying how to provide them (it used to be retried as transient until the submit deadline).
+#[tokio::test]
+async fn missing_credentials_fail_fast_saying_how_to_provide_them() {
+    let p = CloudRunProvider::with_ambient_credentials(AmbientCredentials::Nothing);
+    let job =
+        CloudRunJobConfig::from_rendered(&rendered(json!({"endpoint_url": "http://127.0.0.1:9"})))
+            .unwrap();
+    assert_eq!(job.credentials, Credentials::ApplicationDefault);
+    let started = std::time::Instant::now();
+    let err = p.submit(&run(1), &job).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(matches!(err, ProviderError::Permanent { .. }), "{err:?}");
+    let message = err.to_string();
+    for hint in [
+        "no Google Cloud credentials",
+        "`credentials` job variable",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "metadata server",
+    ] {
+        assert!(message.contains(hint), "{hint}: {message}");
+    }
+    let status = p
+        .status("projects/p/locations/r/jobs/j/executions/e", &job)
+        .await;
+    assert!(
+        matches!(status, Err(ProviderError::Permanent { .. })),
+        "{status:?}"
+    );
+}

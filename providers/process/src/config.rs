@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pushpool_provider::ProviderError;
+use pushpool_provider::{ensure, non_blank, parse_config, ProviderError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The default base job template, as written in `templates/process.json`.
-pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/process.json");
+/// The default base job template of the `process` pool type (this crate's `template.json`, which
+/// `templates/process.json` links to).
+pub const DEFAULT_TEMPLATE: &str = include_str!("../template.json");
 
 /// Default for [`ProcessJobConfig::max_log_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 1024 * 1024;
@@ -65,116 +66,54 @@ impl ProcessJobConfig {
 
     /// Checks a rendered job configuration and turns it into a [`ProcessJobConfig`]; pure, no I/O.
     ///
-    /// Absent or `null` optional fields take their defaults; an empty `working_dir` or `name`
+    /// Absent or `null` optional fields take their defaults; a blank `working_dir` or `name`
     /// counts as unset. Unknown fields are ignored.
     pub fn from_rendered(rendered: &Value) -> Result<Self, ProviderError> {
-        let obj = rendered
-            .as_object()
-            .ok_or_else(|| ProviderError::invalid("", "must be a JSON object"))?;
-
-        let command = match present(obj, "command") {
-            None => {
-                return Err(ProviderError::invalid(
-                    "command",
-                    "is required: the shell command to run",
-                ))
-            }
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return Err(ProviderError::invalid(
-                    "command",
-                    "must not be empty: the shell command to run",
-                ))
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(ProviderError::invalid("command", "must be a string")),
-        };
-
-        let env = string_map(obj, "env")?;
-        let labels = string_map(obj, "labels")?;
-        let working_dir = optional_string(obj, "working_dir")?.map(PathBuf::from);
-        let name = optional_string(obj, "name")?;
-
-        let stream_output = match present(obj, "stream_output") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ProviderError::invalid("stream_output", "must be a boolean")),
-        };
-
-        let max_log_bytes = match present(obj, "max_log_bytes") {
-            None => DEFAULT_MAX_LOG_BYTES,
-            Some(v) => {
-                let rule = format!("must be an integer of at least {MIN_MAX_LOG_BYTES}");
-                let n = v
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| ProviderError::invalid("max_log_bytes", rule.clone()))?;
-                if n < MIN_MAX_LOG_BYTES {
-                    return Err(ProviderError::invalid("max_log_bytes", rule));
-                }
-                n
-            }
-        };
-
+        let fields: Fields = parse_config(rendered)?;
+        let command = fields.command.ok_or_else(|| {
+            ProviderError::invalid("command", "is required: the shell command to run")
+        })?;
+        ensure(
+            !command.trim().is_empty(),
+            "command",
+            "must not be empty: the shell command to run",
+        )?;
+        let max_log_bytes = fields.max_log_bytes.unwrap_or(DEFAULT_MAX_LOG_BYTES as u64);
+        ensure(
+            max_log_bytes >= MIN_MAX_LOG_BYTES as u64,
+            "max_log_bytes",
+            format!("must be an integer of at least {MIN_MAX_LOG_BYTES}"),
+        )?;
         Ok(ProcessJobConfig {
             command,
-            env,
-            working_dir,
-            name,
-            labels,
-            stream_output,
-            max_log_bytes,
+            env: fields.env.unwrap_or_default(),
+            working_dir: non_blank(fields.working_dir).map(PathBuf::from),
+            name: non_blank(fields.name),
+            labels: fields.labels.unwrap_or_default(),
+            stream_output: fields.stream_output.unwrap_or(true),
+            max_log_bytes: usize::try_from(max_log_bytes).unwrap_or(usize::MAX),
         })
     }
 }
 
-/// The field's value, treating `null` like an absent field.
-fn present<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    obj.get(field).filter(|v| !v.is_null())
-}
-
-fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, ProviderError> {
-    match present(obj, field) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ProviderError::invalid(field, "must be a string")),
-    }
-}
-
-fn string_map(
-    obj: &Map<String, Value>,
-    field: &str,
-) -> Result<BTreeMap<String, String>, ProviderError> {
-    match present(obj, field) {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(ProviderError::invalid(
-                    format!("{field}.{k}"),
-                    "must be a string",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(ProviderError::invalid(
-            field,
-            "must be an object mapping names to string values",
-        )),
-    }
+/// The job configuration as rendered; every field may be absent or `null`.
+#[derive(Deserialize)]
+struct Fields {
+    command: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    working_dir: Option<String>,
+    name: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    stream_output: Option<bool>,
+    max_log_bytes: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use pushpool_provider::conformance::field_and_rule as field_of;
     use serde_json::json;
 
-    fn field_of(err: ProviderError) -> (String, String) {
-        match err {
-            ProviderError::InvalidConfig { field, message } => (field, message),
-            other => panic!("expected InvalidConfig, got {other:?}"),
-        }
-    }
+    use super::*;
 
     #[test]
     fn minimal_config_takes_defaults() {

@@ -93,10 +93,9 @@ impl ProcessProvider {
         Self::default()
     }
 
-    /// The parsed default base job template (`templates/process.json`).
+    /// The parsed default base job template (this crate's `template.json`).
     pub fn template() -> Value {
-        serde_json::from_str(DEFAULT_TEMPLATE)
-            .expect("templates/process.json is valid JSON (checked by tests)")
+        pushpool_provider::builtin_template(DEFAULT_TEMPLATE)
     }
 
     /// The pid in an infrastructure id of the form `process:<pid>`, if it is one.

@@ -1,49 +1,23 @@
 //! Behaviour tests of [`ProcessProvider`] against real subprocesses.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use pushpool_provider::conformance::{self, RecordedLogs as Collect};
 use pushpool_provider::{
-    CancelOutcome, JobStatus, LogSink, LogStream, Provider, ProviderError, Registry, RunSpec,
-    Secret,
+    CancelOutcome, JobStatus, LogStream, Provider, ProviderError, Registry, RunSpec,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::*;
 
-#[derive(Default)]
-struct Collect(Mutex<Vec<(LogStream, String)>>);
-
-impl LogSink for Collect {
-    fn line(&self, stream: LogStream, line: String) {
-        self.0.lock().unwrap().push((stream, line));
-    }
-}
-
-impl Collect {
-    fn lines(&self) -> Vec<(LogStream, String)> {
-        self.0.lock().unwrap().clone()
-    }
-    fn has(&self, stream: LogStream, text: &str) -> bool {
-        self.lines().iter().any(|(s, l)| *s == stream && l == text)
-    }
-}
-
 fn run_spec(sink: Arc<Collect>) -> RunSpec {
     RunSpec {
-        run_id: Uuid::new_v4(),
-        attempt: 1,
-        workspace: "default".into(),
-        work_pool: "local".into(),
-        deployment: "dep".into(),
-        parameters: json!({}),
         api_url: "http://127.0.0.1:4200".into(),
-        run_token: Secret::new("pp_token_value"),
-        logs: sink,
+        ..conformance::run_spec(sink)
     }
 }
 
@@ -80,6 +54,30 @@ async fn run_to_end(job: &ProcessJobConfig) -> (JobStatus, Arc<Collect>, RunSpec
     let id = p.submit(&run, job).await.expect("submit");
     let status = wait_final(&p, &id, job).await;
     (status, sink, run)
+}
+
+/// Submits `config` with a fresh run whose logs nobody reads.
+async fn submit(p: &ProcessProvider, config: &ProcessJobConfig) -> String {
+    p.submit(&run_spec(Arc::new(Collect::default())), config)
+        .await
+        .expect("submit")
+}
+
+/// Cancels the running job `id` (5 s grace) and expects it CANCELLED within 2 s.
+async fn cancel_quickly(p: &ProcessProvider, id: &str, config: &ProcessJobConfig) {
+    let start = Instant::now();
+    let outcome = p.cancel(id, config, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(outcome, CancelOutcome::Cancelled);
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(wait_final(p, id, config).await, JobStatus::Cancelled);
+}
+
+/// Cancels `id` with a one-second grace period.
+async fn cancel(p: &ProcessProvider, id: &str, config: &ProcessJobConfig) -> CancelOutcome {
+    p.cancel(id, config, Duration::from_secs(1))
+        .await
+        .expect("cancel")
 }
 
 fn pid_of(id: &str) -> Pid {
@@ -215,61 +213,28 @@ async fn validate_errors_name_command() {
 async fn cancel_stops_sleep_quickly() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
-    let start = Instant::now();
-    let outcome = p
-        .cancel(&id, &config, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(outcome, CancelOutcome::Cancelled);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    assert_eq!(wait_final(&p, &id, &config).await, JobStatus::Cancelled);
+    cancel_quickly(&p, &id, &config).await;
     let pid = pid_of(&id);
     assert!(kill(pid, None).is_err(), "leader still exists");
     assert!(!group_alive(pid), "process group still has live members");
     // A second cancel finds nothing to stop.
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::NotFound);
 }
 
 #[tokio::test]
 async fn cancel_kills_background_children_too() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60 & sleep 60 & wait");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     let pid = pid_of(&id);
     // Let the shell start its children.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) && !has_children(pid) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let start = Instant::now();
-    let outcome = p
-        .cancel(&id, &config, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(outcome, CancelOutcome::Cancelled);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    assert_eq!(wait_final(&p, &id, &config).await, JobStatus::Cancelled);
+    cancel_quickly(&p, &id, &config).await;
     assert!(!group_alive(pid), "background children survived the cancel");
 }
 
@@ -375,33 +340,20 @@ async fn unknown_ids() {
         p.status(&own, &config).await.unwrap(),
         JobStatus::Unobservable
     );
-    assert_eq!(
-        p.cancel(&own, &config, Duration::from_millis(10))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &own, &config).await, CancelOutcome::NotFound);
 }
 
 #[tokio::test]
 async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
     let p = ProcessProvider::new();
     let config = cmd("exit 0");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     assert!(id.starts_with("process:"));
     assert_eq!(
         wait_final(&p, &id, &config).await,
         JobStatus::Completed { summary: None }
     );
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::NotFound
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::NotFound);
     p.cleanup(&id, &config).await.unwrap();
     assert!(p.lock().is_empty());
     assert!(matches!(
@@ -414,18 +366,10 @@ async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
 async fn cleanup_keeps_running_jobs() {
     let p = ProcessProvider::new();
     let config = cmd("sleep 60");
-    let id = p
-        .submit(&run_spec(Arc::new(Collect::default())), &config)
-        .await
-        .unwrap();
+    let id = submit(&p, &config).await;
     p.cleanup(&id, &config).await.unwrap();
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
-    assert_eq!(
-        p.cancel(&id, &config, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        CancelOutcome::Cancelled
-    );
+    assert_eq!(cancel(&p, &id, &config).await, CancelOutcome::Cancelled);
     p.cleanup(&id, &config).await.unwrap();
     assert!(p.lock().is_empty());
 }
@@ -586,4 +530,23 @@ async fn leftover_background_process_does_not_hold_up_the_final_status() {
     p.status(&id, &config).await.unwrap();
     assert!(again.elapsed() < Duration::from_millis(500));
     let _ = nix::sys::signal::killpg(pid_of(&id), nix::sys::signal::Signal::SIGKILL);
+}
+
+#[tokio::test]
+async fn conforms_to_the_provider_contract() {
+    let p = ProcessProvider::new();
+    conformance::check_template(&p).unwrap();
+    let run = conformance::run_spec(Arc::new(Collect::default()));
+    let (_, end) = conformance::run_to_end(
+        &p,
+        &run,
+        &json!({"command": "true"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobStatus::Completed { summary: None });
+    conformance::check_cancel(&p, &json!({"command": "sleep 30"}))
+        .await
+        .unwrap();
 }

@@ -1,18 +1,27 @@
 //! The built-in `null` provider: submits nothing anywhere. It waits a configured latency on submit,
 //! counts submissions per run attempt (so the bench and chaos checks can prove exactly-once), and
 //! reports the job finished after `duration_ms`.
+//!
+//! `pushpool bench` and the fault-injection suite (`scripts/chaos`) drive it; the registry always
+//! includes it, tuned by the environment ([`NullProvider::from_env`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pushpool_provider::{CancelOutcome, JobStatus, Lookup, Provider, ProviderError, RunSpec};
+use pushpool_provider::{
+    ensure, parse_config, CancelOutcome, JobStatus, Lookup, Provider, ProviderError, RunSpec,
+};
 use serde_json::Value;
 use uuid::Uuid;
 
 /// Pool type of the null provider.
 pub const POOL_TYPE: &str = "null";
+
+/// The default base job template of the `null` pool type (this crate's `template.json`, which
+/// `templates/null.json` links to).
+pub const DEFAULT_TEMPLATE: &str = include_str!("../template.json");
 
 /// The typed job configuration of the null provider.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -90,6 +99,25 @@ pub fn read_journal(dir: &std::path::Path) -> Vec<JournalEntry> {
 }
 
 impl NullProvider {
+    /// The provider tuned by `PUSHPOOL_NULL_LATENCY_MS`, `PUSHPOOL_NULL_FAIL_RATE` and
+    /// `PUSHPOOL_NULL_JOURNAL_DIR` (used by the chaos suite; unset means instant, reliable,
+    /// in-memory).
+    pub fn from_env() -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let latency = env("PUSHPOOL_NULL_LATENCY_MS")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::ZERO);
+        let mut provider = NullProvider::new(latency);
+        if let Some(rate) = env("PUSHPOOL_NULL_FAIL_RATE").and_then(|v| v.parse().ok()) {
+            provider = provider.with_transient_failures(rate);
+        }
+        if let Some(dir) = env("PUSHPOOL_NULL_JOURNAL_DIR") {
+            provider = provider.with_journal(dir.into());
+        }
+        provider
+    }
+
     /// A provider that accepts every submission after `latency`.
     pub fn new(latency: Duration) -> Self {
         NullProvider {
@@ -185,18 +213,16 @@ impl Provider for NullProvider {
     }
 
     fn default_base_job_template(&self) -> Value {
-        serde_json::from_str(include_str!("../templates/null.json")).unwrap_or(Value::Null)
+        pushpool_provider::builtin_template(DEFAULT_TEMPLATE)
     }
 
     fn validate(&self, rendered: &Value) -> Result<NullJob, ProviderError> {
-        let job: NullJob = serde_json::from_value(rendered.clone())
-            .map_err(|e| ProviderError::invalid("", e.to_string()))?;
-        if job.outcome != "completed" && job.outcome != "failed" {
-            return Err(ProviderError::invalid(
-                "outcome",
-                "must be `completed` or `failed`",
-            ));
-        }
+        let job: NullJob = parse_config(rendered)?;
+        ensure(
+            job.outcome == "completed" || job.outcome == "failed",
+            "outcome",
+            "must be `completed` or `failed`",
+        )?;
         Ok(job)
     }
 
@@ -283,5 +309,33 @@ impl Provider for NullProvider {
             .find(|k| k.starts_with(&prefix))
             .map(|k| Lookup::Found(k.clone()))
             .unwrap_or(Lookup::Absent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pushpool_provider::conformance;
+    use pushpool_provider::DiscardLogs;
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn conforms_to_the_provider_contract() {
+        let provider = NullProvider::default();
+        conformance::check_template(&provider).unwrap();
+        conformance::check_rejects(&provider, &json!({"outcome": "maybe"}), "outcome").unwrap();
+        conformance::check_rejects(&provider, &json!({"duration_ms": -1}), "duration_ms").unwrap();
+        let run = conformance::run_spec(Arc::new(DiscardLogs));
+        let (_, end) = conformance::run_to_end(&provider, &run, &json!({}), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(end, JobStatus::Completed { summary: None });
+        assert_eq!(provider.double_submits(), 0);
+        conformance::check_cancel(&provider, &json!({"duration_ms": 60_000}))
+            .await
+            .unwrap();
     }
 }
