@@ -1,8 +1,9 @@
 //! [`ControlPlane`] in memory: for unit tests of the controller and for trying a controller
 //! without a database. Several controllers share one plane through
-//! [`MemoryPlane::for_controller`]. It follows the store's rules for proposals (the transition
-//! table, compare-and-set, holds, repeated transition ids, lease side effects) but has no queues,
-//! pauses or concurrency limits: every due SCHEDULED run is claimable.
+//! [`MemoryPlane::for_controller`]. Proposals go through the store's own rules
+//! ([`decide_sequence`]: the transition table, compare-and-set, holds, repeated transition ids,
+//! lease, infrastructure and attempt effects), applied to the run as the store writes them; it
+//! has no queues, pauses or concurrency limits: every due SCHEDULED run is claimable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +17,9 @@ use uuid::Uuid;
 
 use super::plane::{ControlPlane, Guard, LogEntry, PlaneError, PlaneResult};
 use crate::model::{Deployment, FlowRun, State, WorkPool};
-use crate::state::{check_transition, names, Proposal, Rejection, StateType};
+use crate::state::{
+    decide_sequence, names, Decision, Proposal, RunRecord, StateType, TransitionGuard,
+};
 use crate::store::TransitionOutcome;
 
 /// One accepted transition as the memory plane keeps it.
@@ -30,6 +33,18 @@ pub struct Transition {
     pub message: Option<String>,
     /// The proposal's id.
     pub transition_id: String,
+}
+
+impl Transition {
+    /// The history entry of `run` having just entered its state through `transition_id`.
+    fn entered(run: &FlowRun, transition_id: String) -> Self {
+        Transition {
+            state_type: run.state.state_type,
+            name: run.state.name.clone(),
+            message: run.state.message.clone(),
+            transition_id,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -186,6 +201,14 @@ impl MemoryPlane {
         self.lock().logs.get(&run_id).cloned().unwrap_or_default()
     }
 
+    /// The rules' guard for a proposal this controller makes under `guard`.
+    fn transition_guard(&self, guard: Guard) -> TransitionGuard {
+        TransitionGuard {
+            expected: guard.expected,
+            lease_owner: guard.held.then(|| self.owner.clone()),
+        }
+    }
+
     fn hold_until(&self) -> Option<DateTime<Utc>> {
         Some(Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or_default())
     }
@@ -227,87 +250,45 @@ fn is_orphan(run: &FlowRun, now: DateTime<Utc>) -> bool {
 }
 
 impl Runs {
-    /// The store's proposal rules, in memory (see `Store::propose_states_with`).
+    /// Decides `proposals` with [`decide_sequence`], the store's rules, and applies what it
+    /// decided to the run and its history the way the store writes it.
     fn propose(
         &mut self,
         run_id: Uuid,
         proposals: Vec<Proposal>,
-        guard: Guard,
-        holder: &str,
-        hold_until: Option<DateTime<Utc>>,
-        mut infrastructure_id: Option<&str>,
+        guard: &TransitionGuard,
+        infrastructure_id: Option<&str>,
     ) -> PlaneResult<Vec<TransitionOutcome>> {
-        let mut current = self
+        let run = self
             .runs
-            .get(&run_id)
-            .cloned()
+            .get_mut(&run_id)
             .ok_or_else(|| not_found("flow run", run_id))?;
         let history = self.history.entry(run_id).or_default();
-        let mut expected = guard.expected;
-        let mut outcomes = vec![];
-        for proposal in proposals {
-            if history
-                .iter()
-                .any(|t| t.transition_id == proposal.transition_id)
-            {
-                outcomes.push(TransitionOutcome::Duplicate(current.clone()));
-                expected = Some(proposal.state_type);
-                continue;
-            }
-            let from = current.state.state_type;
-            let rejection = match expected {
-                _ if from.is_terminal() => Some(Rejection::AlreadyTerminal { current: from }),
-                Some(e) if e != from => Some(Rejection::StateChanged {
-                    expected: e,
-                    current: from,
-                }),
-                _ if guard.held
-                    && from.is_active()
-                    && current.lease_owner.as_deref() != Some(holder) =>
-                {
-                    Some(Rejection::NotLeaseOwner {
-                        owner: current.lease_owner.clone(),
-                    })
-                }
-                _ => check_transition(from, proposal.state_type).err(),
-            };
-            if let Some(reason) = rejection {
-                outcomes.push(TransitionOutcome::Rejected {
+        let recorded: Vec<String> = history.iter().map(|t| t.transition_id.clone()).collect();
+        let decisions = decide_sequence(
+            &RunRecord::of(run),
+            &proposals,
+            guard,
+            &recorded,
+            infrastructure_id,
+            Utc::now(),
+        );
+        let mut outcomes = Vec::with_capacity(decisions.len());
+        for (decision, proposal) in decisions.into_iter().zip(proposals) {
+            let outcome = match decision {
+                Decision::NoOp => TransitionOutcome::Duplicate(run.clone()),
+                Decision::Rejected(reason) => TransitionOutcome::Rejected {
                     reason,
-                    run: current.clone(),
-                });
-                break;
-            }
-            let to = proposal.state_type;
-            if to.is_terminal() || to == StateType::Scheduled {
-                current.lease_owner = None;
-                current.lease_expires = None;
-            } else if to == StateType::Pending {
-                current.lease_owner = guard.held.then(|| holder.to_string());
-                current.lease_expires = hold_until;
-            }
-            if to == StateType::Scheduled {
-                current.infrastructure_id = None;
-            } else if from == StateType::Pending && current.infrastructure_id.is_none() {
-                current.infrastructure_id = infrastructure_id.take().map(str::to_string);
-            }
-            current.state = State {
-                state_type: to,
-                name: proposal.state_name(),
-                message: proposal.message.clone(),
-                timestamp: Utc::now(),
+                    run: run.clone(),
+                },
+                Decision::Accepted(transition) => {
+                    *run = transition.applied_to(run);
+                    history.push(Transition::entered(run, proposal.transition_id));
+                    TransitionOutcome::Accepted(run.clone())
+                }
             };
-            current.updated = Utc::now();
-            history.push(Transition {
-                state_type: to,
-                name: current.state.name.clone(),
-                message: current.state.message.clone(),
-                transition_id: proposal.transition_id,
-            });
-            outcomes.push(TransitionOutcome::Accepted(current.clone()));
-            expected = Some(to);
+            outcomes.push(outcome);
         }
-        self.runs.insert(run_id, current);
         Ok(outcomes)
     }
 }
@@ -320,19 +301,16 @@ impl ControlPlane for MemoryPlane {
             self.select(|r| r.state.state_type == StateType::Scheduled && r.scheduled_time <= now);
         due.sort_by_key(|r| r.scheduled_time);
         let mut claimed = vec![];
+        let guard = self.transition_guard(Guard::held_in(StateType::Scheduled));
+        let until = self.hold_until();
         let mut runs = self.lock();
         for run in due.into_iter().take(limit) {
             let claim = Proposal::new(StateType::Pending).named(names::SUBMITTING);
-            let guard = Guard::held_in(StateType::Scheduled);
-            let outcome = runs.propose(
-                run.id,
-                vec![claim],
-                guard,
-                &self.owner,
-                self.hold_until(),
-                None,
-            )?;
-            if let Some(TransitionOutcome::Accepted(run)) = outcome.into_iter().next() {
+            let outcome = runs.propose(run.id, vec![claim], &guard, None)?;
+            if let Some(TransitionOutcome::Accepted(mut run)) = outcome.into_iter().next() {
+                // A claim holds the run for this plane's lease, as the store's claim does.
+                run.lease_expires = until;
+                runs.runs.insert(run.id, run.clone());
                 claimed.push(run);
             }
         }
@@ -437,15 +415,10 @@ impl ControlPlane for MemoryPlane {
         guard: Guard,
         infrastructure_id: Option<&str>,
     ) -> PlaneResult<Vec<TransitionOutcome>> {
-        let until = self.hold_until();
-        let outcomes = self.lock().propose(
-            run_id,
-            proposals,
-            guard,
-            &self.owner,
-            until,
-            infrastructure_id,
-        )?;
+        let guard = self.transition_guard(guard);
+        let outcomes = self
+            .lock()
+            .propose(run_id, proposals, &guard, infrastructure_id)?;
         self.changes.notify_waiters();
         Ok(outcomes)
     }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::{check_transition, names, Proposal, Rejection, StateType};
-use crate::model::State;
+use crate::model::{FlowRun, State};
 
 /// How long the lease lasts that an accepted PENDING proposal gives its writer (a claim through
 /// `propose_state` rather than `claim_due`); the controller renews it from then on.
@@ -43,6 +43,19 @@ pub struct RunRecord {
     pub lease_expires: Option<DateTime<Utc>>,
     /// The provider's id of the job, once submitted.
     pub infrastructure_id: Option<String>,
+}
+
+impl RunRecord {
+    /// The columns of `run` the transition rules read.
+    pub fn of(run: &FlowRun) -> Self {
+        RunRecord {
+            state: run.state.clone(),
+            attempt: run.attempt,
+            lease_owner: run.lease_owner.clone(),
+            lease_expires: run.lease_expires,
+            infrastructure_id: run.infrastructure_id.clone(),
+        }
+    }
 }
 
 /// What an accepted transition does to the run's lease.
@@ -88,6 +101,24 @@ pub struct Transition {
     /// True when waiting controllers should look again (a run became claimable or must be
     /// cancelled).
     pub wakes_controllers: bool,
+}
+
+impl Transition {
+    /// `run` after this transition: the decided row (state, lease, infrastructure id, attempt)
+    /// written over it, updated when the new state was entered. Every writer applies an accepted
+    /// transition this way, so a run looks the same whichever plane holds it.
+    pub fn applied_to(&self, run: &FlowRun) -> FlowRun {
+        let row = self.row.clone();
+        FlowRun {
+            updated: row.state.timestamp,
+            state: row.state,
+            attempt: row.attempt,
+            lease_owner: row.lease_owner,
+            lease_expires: row.lease_expires,
+            infrastructure_id: row.infrastructure_id,
+            ..run.clone()
+        }
+    }
 }
 
 /// The answer to one proposal.

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -23,17 +22,6 @@ use crate::store::objects::{insert_event, insert_event_rows, EventRow};
 use crate::store::sql::{bind_all, get_uuid, not_found, placeholders};
 use crate::store::{Result, Store, StoreError, Tx};
 
-/// The columns of `run` the transition rules read.
-fn record_of(run: &FlowRun) -> RunRecord {
-    RunRecord {
-        state: run.state.clone(),
-        attempt: run.attempt,
-        lease_owner: run.lease_owner.clone(),
-        lease_expires: run.lease_expires,
-        infrastructure_id: run.infrastructure_id.clone(),
-    }
-}
-
 /// What the decisions on a sequence of proposals mean for the run as read: the outcome of each,
 /// the run after each accepted one, and what to write.
 struct Plan {
@@ -50,12 +38,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(
-        read: FlowRun,
-        decisions: Vec<Decision>,
-        proposals: &[Proposal],
-        now: DateTime<Utc>,
-    ) -> Self {
+    fn new(read: FlowRun, decisions: Vec<Decision>, proposals: &[Proposal]) -> Self {
         let mut plan = Plan {
             outcomes: Vec::with_capacity(decisions.len()),
             steps: vec![],
@@ -71,16 +54,7 @@ impl Plan {
                     run: plan.current.clone(),
                 },
                 Decision::Accepted(transition) => {
-                    let row = transition.row;
-                    let next = FlowRun {
-                        state: row.state,
-                        attempt: row.attempt,
-                        lease_owner: row.lease_owner,
-                        lease_expires: row.lease_expires,
-                        infrastructure_id: row.infrastructure_id,
-                        updated: now,
-                        ..plan.current.clone()
-                    };
+                    let next = transition.applied_to(&plan.current);
                     if let InfrastructureEffect::Recorded(id) = transition.infrastructure {
                         plan.infrastructure = Some(id);
                     }
@@ -169,14 +143,14 @@ impl Store {
         let (read, version, recorded) = self.lock_run(tx, run_id, &proposals).await?;
         let now = from_micros(now_micros());
         let decisions = decide_sequence(
-            &record_of(&read),
+            &RunRecord::of(&read),
             &proposals,
             guard,
             &recorded,
             infrastructure_id,
             now,
         );
-        let plan = Plan::new(read, decisions, &proposals, now);
+        let plan = Plan::new(read, decisions, &proposals);
         if plan.steps.is_empty() {
             return Ok((plan.outcomes, false, false));
         }
