@@ -166,18 +166,13 @@ async fn delete_recorded(
     id: Uuid,
     name: &str,
 ) -> Result<()> {
+    // The id as stored (text), for the row and for the event.
+    let id = id.to_string();
     sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
-        .bind(id.to_string())
+        .bind(&id)
         .execute(&mut *tx)
         .await?;
-    insert_event(
-        &mut tx,
-        workspace_id,
-        event,
-        &id.to_string(),
-        &json!({"name": name}),
-    )
-    .await?;
+    insert_event(&mut tx, workspace_id, event, &id, &json!({"name": name})).await?;
     tx.commit().await?;
     Ok(())
 }
