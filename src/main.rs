@@ -166,6 +166,20 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Opens the store the server commands name on the command line.
+async fn open_store(database_url: &str) -> anyhow::Result<Store> {
+    Store::connect(database_url)
+        .await
+        .context("opening the store")
+}
+
+/// Opens the store at `options.database_url` and serves until a shutdown signal.
+async fn connect_and_serve(options: ServeOptions) -> anyhow::Result<()> {
+    let store = open_store(&options.database_url).await?;
+    serve(store, options, shutdown_signal()).await?;
+    Ok(())
+}
+
 async fn run_server(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up {
@@ -214,46 +228,26 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             lease_seconds,
             status_deadline_seconds,
         } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("opening the store")?;
-            serve(
-                store,
-                ServeOptions {
-                    database_url,
-                    listen: None,
-                    controller: true,
-                    api_url: Some(public_api_url),
-                    home: None,
-                    controller_id: id,
-                    lease: lease_seconds.map(Duration::from_secs),
-                    status_deadline: status_deadline_seconds.map(Duration::from_secs),
-                },
-                shutdown_signal(),
-            )
+            connect_and_serve(ServeOptions {
+                database_url,
+                controller: true,
+                api_url: Some(public_api_url),
+                controller_id: id,
+                lease: lease_seconds.map(Duration::from_secs),
+                status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                ..ServeOptions::default()
+            })
             .await?;
         }
         Command::Api {
             database_url,
             listen,
         } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("opening the store")?;
-            serve(
-                store,
-                ServeOptions {
-                    database_url,
-                    listen: Some(listen),
-                    controller: false,
-                    api_url: None,
-                    home: None,
-                    controller_id: None,
-                    lease: None,
-                    status_deadline: None,
-                },
-                shutdown_signal(),
-            )
+            connect_and_serve(ServeOptions {
+                database_url,
+                listen: Some(listen),
+                ..ServeOptions::default()
+            })
             .await?;
         }
         Command::Bench {
@@ -293,18 +287,14 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::ChaosSeed { database_url, runs } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&database_url).await?;
             chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
             database_url,
             journal_dir,
         } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&database_url).await?;
             let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");

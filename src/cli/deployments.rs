@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::api::{Api, CliError};
 use super::input;
-use super::output::{emit, field, key_values, list_table, pretty, time_field};
+use super::output::{columns_table, emit, field, key_values, pretty, time_field, Column};
 use super::runs::run_summary;
 use super::watch::{self, Lines};
 use super::{create, delete, get_and_show, show, OutputFormat};
@@ -124,20 +124,7 @@ pub(super) async fn deployment(
         }
         DeploymentCommand::Ls => {
             get_and_show(api, out, api.ws_url(&["deployments"]), |v| {
-                list_table(
-                    v,
-                    &["NAME", "POOL", "QUEUE", "PAUSED", "LIMIT", "CREATED"],
-                    |d| {
-                        vec![
-                            field(d, "name"),
-                            field(d, "work_pool"),
-                            field(d, "work_queue"),
-                            field(d, "paused"),
-                            field(d, "concurrency_limit"),
-                            time_field(d, "created"),
-                        ]
-                    },
-                )
+                columns_table(v, DEPLOYMENT_COLUMNS)
             })
             .await?;
         }
@@ -249,6 +236,16 @@ pub(super) async fn deployment(
     }
     Ok(0)
 }
+
+/// The columns of `deployment ls`.
+const DEPLOYMENT_COLUMNS: &[Column] = &[
+    Column::field("NAME", "name"),
+    Column::field("POOL", "work_pool"),
+    Column::field("QUEUE", "work_queue"),
+    Column::field("PAUSED", "paused"),
+    Column::field("LIMIT", "concurrency_limit"),
+    Column::time("CREATED", "created"),
+];
 
 fn deployment_details(deployment: &Value) -> String {
     key_values(&[

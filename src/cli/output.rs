@@ -139,6 +139,50 @@ pub fn list_table(list: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<St
     table(headers, &rows)
 }
 
+/// One column of a [`columns_table`]: its header and the item field it shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    header: &'static str,
+    key: &'static str,
+    is_time: bool,
+}
+
+impl Column {
+    /// A column showing field `key` as text.
+    pub const fn field(header: &'static str, key: &'static str) -> Self {
+        Self {
+            header,
+            key,
+            is_time: false,
+        }
+    }
+
+    /// A column showing field `key` as a time.
+    pub const fn time(header: &'static str, key: &'static str) -> Self {
+        Self {
+            header,
+            key,
+            is_time: true,
+        }
+    }
+
+    fn cell(&self, item: &Value) -> String {
+        if self.is_time {
+            time_field(item, self.key)
+        } else {
+            field(item, self.key)
+        }
+    }
+}
+
+/// A list answer as a [`table`] of these columns, one row per item.
+pub fn columns_table(list: &Value, columns: &[Column]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|c| c.header).collect();
+    list_table(list, &headers, |item| {
+        columns.iter().map(|c| c.cell(item)).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::api::{Api, CliError};
 use super::input;
-use super::output::{emit, field, key_values, list_table, pretty, time_field};
+use super::output::{columns_table, emit, field, key_values, pretty, time_field, Column};
 use super::{create, delete, get_and_show, send_and_show, OutputFormat};
 
 /// `pushpool pool …`
@@ -89,15 +89,7 @@ pub(super) async fn pool(
         }
         PoolCommand::Ls => {
             get_and_show(api, out, api.ws_url(&["work_pools"]), |v| {
-                list_table(v, &["NAME", "TYPE", "PAUSED", "LIMIT", "CREATED"], |p| {
-                    vec![
-                        field(p, "name"),
-                        field(p, "type"),
-                        field(p, "paused"),
-                        field(p, "concurrency_limit"),
-                        time_field(p, "created"),
-                    ]
-                })
+                columns_table(v, POOL_COLUMNS)
             })
             .await?;
         }
@@ -124,6 +116,15 @@ pub(super) async fn pool(
     }
     Ok(0)
 }
+
+/// The columns of `pool ls`.
+const POOL_COLUMNS: &[Column] = &[
+    Column::field("NAME", "name"),
+    Column::field("TYPE", "type"),
+    Column::field("PAUSED", "paused"),
+    Column::field("LIMIT", "concurrency_limit"),
+    Column::time("CREATED", "created"),
+];
 
 async fn set_paused(
     api: &Api,

@@ -287,13 +287,9 @@ mod tests {
     fn unknown_placeholders_are_refused_with_their_path() {
         let err =
             check_placeholders(&json!({"a": ["x", "{{ flow_run.name }}"]}), "payload").unwrap_err();
-        match err {
-            ProviderError::InvalidConfig { field, message } => {
-                assert_eq!(field, "payload.a[1]");
-                assert!(message.contains("flow_run.name"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let (field, message) = pushpool_provider::conformance::field_and_rule(err);
+        assert_eq!(field, "payload.a[1]");
+        assert!(message.contains("flow_run.name"), "{message}");
     }
 
     #[test]

@@ -140,13 +140,10 @@ async fn oversized_payloads_are_refused_before_any_call() {
     job.region = Some("us-east-1".into());
     job.env
         .insert("BIG".into(), "x".repeat(ASYNC_PAYLOAD_LIMIT + 1));
-    match p.submit(&run(), &job).await.unwrap_err() {
-        ProviderError::InvalidConfig { field, message } => {
-            assert_eq!(field, "payload");
-            assert!(message.contains("at most"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let err = p.submit(&run(), &job).await.unwrap_err();
+    let (field, message) = pushpool_provider::conformance::field_and_rule(err);
+    assert_eq!(field, "payload");
+    assert!(message.contains("at most"), "{message}");
 }
 
 #[test]

@@ -3,7 +3,10 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{check_limit, deployment_from_row, insert_event, DEPLOYMENT_COLUMNS, DEPLOYMENT_FROM};
+use super::{
+    check_limit, delete_recorded, deployment_from_row, insert_event, DEPLOYMENT_COLUMNS,
+    DEPLOYMENT_FROM,
+};
 use crate::model::{now_micros, Deployment};
 use crate::state::{Proposal, StateType};
 use crate::store::sql::{get_uuid, unique_conflict};
@@ -194,20 +197,15 @@ impl Store {
             self.propose_state(run_id, proposal, TransitionGuard::default())
                 .await?;
         }
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM deployments WHERE id = $1")
-            .bind(d.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        insert_event(
-            &mut tx,
+        let tx = self.begin().await?;
+        delete_recorded(
+            tx,
+            "deployments",
             workspace_id,
             "deployment.deleted",
-            &d.id.to_string(),
-            &json!({"name": d.name}),
+            d.id,
+            &d.name,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 }

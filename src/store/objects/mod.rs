@@ -157,6 +157,26 @@ pub(crate) async fn insert_event(
     insert_event_rows(tx, &[row]).await
 }
 
+/// Deletes the row `id` of `table` inside `tx`, appends `event` naming the object, and commits.
+async fn delete_recorded(
+    mut tx: Tx,
+    table: &'static str,
+    workspace_id: Uuid,
+    event: &str,
+    id: Uuid,
+    name: &str,
+) -> Result<()> {
+    // The id as stored (text), for the row and for the event.
+    let id = id.to_string();
+    sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    insert_event(&mut tx, workspace_id, event, &id, &json!({"name": name})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Appends events inside `tx` with multi-row statements.
 pub(crate) async fn insert_event_rows(tx: &mut Tx, rows: &[EventRow]) -> Result<()> {
     let head = "INSERT INTO events (id, workspace_id, occurred, event, resource_id, payload)";

@@ -5,7 +5,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    check_limit, insert_event, pool_from_row, queue_from_row, POOL_COLUMNS, QUEUE_COLUMNS,
+    check_limit, delete_recorded, insert_event, pool_from_row, queue_from_row, POOL_COLUMNS,
+    QUEUE_COLUMNS,
 };
 use crate::model::{now_micros, WorkPool, WorkQueue};
 use crate::store::sql::{not_found, unique_conflict};
@@ -224,20 +225,15 @@ impl Store {
             .bind(pool.id.to_string())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM work_pools WHERE id = $1")
-            .bind(pool.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        insert_event(
-            &mut tx,
+        delete_recorded(
+            tx,
+            "work_pools",
             workspace_id,
             "work_pool.deleted",
-            &pool.id.to_string(),
-            &json!({"name": name}),
+            pool.id,
+            name,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     /// Adds a queue to a pool.
