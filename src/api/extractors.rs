@@ -17,7 +17,19 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let is_json = is_json_content_type(req.headers());
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| unreadable_body(e.status(), e.body_text()))?;
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the request body must be JSON with `Content-Type: application/json`",
+            ));
+        }
+        require_object(&bytes)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Body(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(wrong_shape(&e.body_text())),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
@@ -25,14 +37,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 "malformed_json",
                 format!("the request body is not valid JSON: {}", e.body_text()),
             )),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the request body must be JSON with `Content-Type: application/json`",
-            )),
             Err(other) => Err(unreadable_body(other.status(), other.body_text())),
         }
     }
+}
+
+/// `application/json` or any `application/*+json`, parameters aside (what axum's `Json` accepts).
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Every request body of this API is a JSON object. serde would also read a struct from a JSON
+/// array (its fields by position), so `[null, null]` passed as an empty change: refuse any
+/// other JSON value with a 422. Malformed JSON is left for the parser to report as 400.
+fn require_object(bytes: &[u8]) -> Result<(), ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "the request body must be a JSON object",
+    ))
 }
 
 /// A 422 from axum's text for a value of the wrong shape. serde's message reads
@@ -79,6 +119,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
                 format!("the request body is not valid JSON: {e}"),
             ));
         }
+        require_object(&bytes)?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize::<_, T>(&mut de) {
             Ok(v) => Ok(OptionalBody(v)),

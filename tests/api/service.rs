@@ -208,6 +208,30 @@ async fn bad_input_is_refused_and_nothing_is_stored(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+    // A body that is JSON but not an object is 422, and changes nothing (serde would read a
+    // struct from an array by position: `[null, null]` once passed as an empty PATCH).
+    for (method, path, body) in [
+        ("PATCH", "/work_pools/local", "[null, null]"),
+        ("PATCH", "/deployments/job", "[true]"),
+        ("POST", "/deployments", r#"["bad", "local"]"#),
+        ("POST", "/deployments/job/preview", "[]"),
+    ] {
+        let r = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&app.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(status, 422, "{method} {path} {body}: {answer}");
+        assert_eq!(answer["message"], "the request body must be a JSON object");
+    }
+    let (_, pool) = app.get("/work_pools/local").await;
+    assert_eq!(pool["paused"], false, "{pool}");
     // A missing key is 401.
     let r = app.client.get(app.url("/work_pools")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
