@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use pushpool::auth::RunTokens;
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
-use pushpool::registry::default_registry;
+use pushpool::registry::registry_with_null;
 use pushpool::state::StateType;
 use pushpool::store::{ConnectOptions, NewDeployment, NewPool, NewRun, Store, StoreError};
 use pushpool_null::NullProvider;
@@ -143,7 +143,7 @@ pub async fn run_bench(
         )
         .await?;
     // The bench's own null provider (instead of the environment's) so it can count submissions.
-    let mut registry = default_registry();
+    let mut registry = registry_with_null();
     registry.register(Arc::new(provider.clone()));
     let tokens = RunTokens::new(b"bench".to_vec());
 

@@ -3,6 +3,11 @@
 //! A provider crate behind a cargo feature is registered with [`register!`] when the feature is
 //! on. The API, the controller, `bench` and [`crate::redact`] (through [`secret_fields`]) all
 //! start from [`default_registry`].
+//!
+//! The `null` provider (no real work: for benchmarks, chaos runs and tests) is registered only
+//! on opt-in: `PUSHPOOL_ENABLE_NULL_PROVIDER=1` in the environment (see [`NULL_PROVIDER_ENV`]),
+//! or [`registry_with_null`] from the bench and test code paths. In production it would let a
+//! workspace hold controller capacity with runs that cost it nothing.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,15 +22,37 @@ macro_rules! register {
     };
 }
 
-/// Every provider compiled into this binary, the `null` provider tuned by the environment
-/// ([`pushpool_null::NullProvider::from_env`]).
+/// The environment variable that registers the `null` provider when set to `1`.
+pub const NULL_PROVIDER_ENV: &str = "PUSHPOOL_ENABLE_NULL_PROVIDER";
+
+/// Every provider compiled into this binary; the `null` provider (tuned by the environment,
+/// [`pushpool_null::NullProvider::from_env`]) only when [`NULL_PROVIDER_ENV`] is `1` (always in
+/// this crate's unit tests).
 pub fn default_registry() -> Registry {
+    let opted_in = null_provider_opt_in(std::env::var(NULL_PROVIDER_ENV).ok().as_deref());
+    registry_for(opted_in || cfg!(test))
+}
+
+/// [`default_registry`] plus the `null` provider, whatever the environment: for benchmarks and
+/// tests.
+pub fn registry_with_null() -> Registry {
+    registry_for(true)
+}
+
+/// Whether the value of [`NULL_PROVIDER_ENV`] opts in: exactly `1`.
+fn null_provider_opt_in(value: Option<&str>) -> bool {
+    value == Some("1")
+}
+
+fn registry_for(include_null: bool) -> Registry {
     let mut registry = Registry::new();
     register!(registry, "process" => pushpool_process::ProcessProvider::new());
     register!(registry, "aws-lambda" => pushpool_aws_lambda::AwsLambdaProvider::new());
     register!(registry, "gcp-cloud-run" => pushpool_gcp_cloud_run::CloudRunProvider::new());
     register!(registry, "example" => pushpool_example::ExampleProvider::new());
-    registry.register(Arc::new(pushpool_null::NullProvider::from_env()));
+    if include_null {
+        registry.register(Arc::new(pushpool_null::NullProvider::from_env()));
+    }
     registry
 }
 
@@ -98,5 +125,16 @@ mod tests {
     fn secret_fields_come_from_the_providers() {
         assert!(secret_fields().contains(&"service_account_info"));
         assert!(secret_fields().contains(&"external_id"));
+    }
+
+    /// Regression (issue 19 item 7): the test-only `null` provider was registered in production.
+    #[test]
+    fn the_null_provider_is_opt_in() {
+        assert!(registry_for(false).get(pushpool_null::POOL_TYPE).is_none());
+        assert!(registry_for(true).get(pushpool_null::POOL_TYPE).is_some());
+        assert!(!null_provider_opt_in(None));
+        assert!(!null_provider_opt_in(Some("0")));
+        assert!(!null_provider_opt_in(Some("")));
+        assert!(null_provider_opt_in(Some("1")));
     }
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, MAX_DOCUMENT_BYTES};
+use crate::controller::rate::{MAX_RATE as SUBMIT_RATE_MAX, MIN_RATE as SUBMIT_RATE_MIN};
 
 pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
@@ -47,13 +48,36 @@ pub(crate) fn check_text(field: &str, value: Option<&str>, max: usize) -> ApiRes
     Ok(())
 }
 
+/// Lowest (first claimed) accepted queue `priority`.
+pub const PRIORITY_MIN: i64 = -1000;
+/// Highest (last claimed) accepted queue `priority`.
+pub const PRIORITY_MAX: i64 = 1000;
+
+/// Refuses a `submit_rate` outside `SUBMIT_RATE_MIN..=SUBMIT_RATE_MAX` (or not a number).
 pub(crate) fn check_rate(rate: Option<f64>) -> ApiResult<()> {
     match rate {
-        Some(r) if !(r.is_finite() && r > 0.0 && r <= 100_000.0) => Err(ApiError::unprocessable(
-            "submit_rate",
-            "must be a number of submissions per second above 0 and at most 100000",
-        )),
+        Some(r) if !(SUBMIT_RATE_MIN..=SUBMIT_RATE_MAX).contains(&r) => {
+            Err(ApiError::unprocessable(
+                "submit_rate",
+                format!(
+                    "must be a number of submissions per second from {SUBMIT_RATE_MIN} to {SUBMIT_RATE_MAX}"
+                ),
+            ))
+        }
         _ => Ok(()),
+    }
+}
+
+/// Refuses a queue `priority` outside `PRIORITY_MIN..=PRIORITY_MAX`: one workspace's queues
+/// cannot jump every other workspace's in the claim order.
+pub(crate) fn check_priority(priority: i64) -> ApiResult<()> {
+    if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            "priority",
+            format!("must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}"),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::FutureExt;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
@@ -78,16 +79,16 @@ impl Controller {
             wake
         };
         let ctx = self.ctx.clone();
-        let in_flight = self.in_flight.clone();
+        let slot = SlotGuard {
+            in_flight: self.in_flight.clone(),
+            run_id: run.id,
+        };
         let shutdown = self.shutdown.subscribe();
-        let run_id = run.id;
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.spawn(async move {
+            // Moved in first, so it is dropped however the task ends (a panic included).
+            let _slot = slot;
             drive(ctx, RunWork::new(run, adopted), wake, shutdown).await;
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&run_id);
         });
         // Reap finished tasks so the set does not grow without bound.
         while tasks.try_join_next().is_some() {}
@@ -283,6 +284,49 @@ impl Controller {
     }
 }
 
+/// A run's in-flight slot: freed when the run's task ends by any path, a panic or an abort
+/// included, so no bug can hold capacity for ever.
+struct SlotGuard {
+    in_flight: Arc<Mutex<HashMap<Uuid, Arc<Notify>>>>,
+    run_id: Uuid,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.run_id);
+    }
+}
+
+/// The text of a panic's payload (a `&str` or `String` for `panic!` with a message).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+/// Ends a run whose processing panicked as CRASHED with the panic's message: retrying would
+/// panic again (after every restart too), holding the run for ever.
+async fn crash_after_panic(ctx: &Context, work: &mut RunWork, text: &str) {
+    tracing::error!(run_id = %work.run.id, panic = text, "processing the run panicked; crashing it");
+    // The panic may have struck after a write: propose from what is stored now.
+    if let Ok(run) = ctx.plane.run(work.run.id).await {
+        work.run = run;
+    }
+    if work.run.state.state_type.is_terminal() {
+        return;
+    }
+    let message = format!("the controller panicked while processing this run: {text}");
+    let proposal = Proposal::new(StateType::Crashed).with_message(message);
+    if let Err(e) = propose(work, ctx, proposal).await {
+        tracing::warn!(run_id = %work.run.id, error = %e, "could not crash the run after a panic");
+    }
+}
+
 /// One run's task: reconcile, sleep for the returned action (woken early by changes), repeat
 /// until done; at shutdown, drain briefly or hand the run back.
 async fn drive(
@@ -327,9 +371,17 @@ async fn drive(
             }
         }
         fresh = false;
-        let action = match reconcile(&mut work, &ctx).await {
-            Ok(a) => a,
-            Err(e) => error_policy(&work, &e, &ctx),
+        // A panic (a provider's or our bug) is caught here, not left to kill the task silently.
+        let outcome = std::panic::AssertUnwindSafe(reconcile(&mut work, &ctx))
+            .catch_unwind()
+            .await;
+        let action = match outcome {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => error_policy(&work, &e, &ctx),
+            Err(payload) => {
+                crash_after_panic(&ctx, &mut work, panic_text(payload.as_ref())).await;
+                return;
+            }
         };
         let Some(delay) = action.requeue_after() else {
             return;

@@ -34,6 +34,8 @@ struct Script {
     submitted: Vec<String>,
     cancelled: Vec<String>,
     cleaned: Vec<String>,
+    /// Submit panics (a provider bug) instead of answering.
+    panic_on_submit: bool,
 }
 
 /// A provider that answers what the test scripted, in order, and records what it was asked.
@@ -100,6 +102,10 @@ impl Provider for ScriptedProvider {
         let mut script = self.script();
         let n = script.submitted.len() + 1;
         script.submitted.push(job.command.clone());
+        if script.panic_on_submit {
+            drop(script);
+            panic!("provider bug: submit panicked");
+        }
         script
             .submits
             .pop_front()
@@ -521,4 +527,28 @@ async fn the_claim_loop_drives_runs_to_the_end_over_any_plane() {
     let runs = b.plane.held_runs().await.unwrap();
     assert!(runs.is_empty(), "{runs:?}");
     assert_eq!(b.provider.submitted().len(), 3);
+}
+
+/// Regression (issue 19 item 7): a panic while processing a run held its in-flight slot for ever
+/// and left the run PENDING (panicking again after every restart).
+#[tokio::test]
+async fn a_panicking_provider_crashes_the_run_and_frees_the_slot() {
+    let b = bench();
+    b.provider.script().panic_on_submit = true;
+    let run = b.plane.add_run(&b.deployment, Utc::now());
+    let controller = Controller::new(b.ctx);
+    assert_eq!(controller.tick().await.unwrap().claimed, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while controller.in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let run = b.plane.get(run.id).unwrap();
+    assert_eq!(run.state.state_type, StateType::Crashed, "{:?}", run.state);
+    let message = run.state.message.unwrap_or_default();
+    assert!(message.contains("panicked"), "{message}");
+    assert!(message.contains("provider bug"), "{message}");
 }

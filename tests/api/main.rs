@@ -8,4 +8,5 @@ mod authz;
 mod fuzz;
 mod openapi;
 mod openapi_valid;
+mod ranges;
 mod service;

@@ -78,8 +78,9 @@ pub struct CreatePool {
     /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: bool,
-    /// Most submissions per second per controller (above 0, at most 100000).
+    /// Most submissions per second per controller: 0.001 to 10000; `null` for no limit.
     #[serde(default)]
+    #[schemars(range(min = 0.001, max = 10000.0))]
     submit_rate: Option<f64>,
 }
 
@@ -100,8 +101,9 @@ pub struct UpdatePool {
     /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: Option<bool>,
-    /// Most submissions per second per controller (above 0, at most 100000).
+    /// Most submissions per second per controller: 0.001 to 10000; `null` for no limit.
     #[serde(default, deserialize_with = "double_option")]
+    #[schemars(range(min = 0.001, max = 10000.0))]
     submit_rate: Option<Option<f64>>,
 }
 

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::super::table::{handler, ws, Route};
-use super::super::validate::{check_limit, check_name};
+use super::super::validate::{check_limit, check_name, check_priority};
 use super::super::{
     Access, ApiResult, AppState, AuditNote,
     AuditPolicy::{Always, DeniedOnly},
@@ -38,8 +38,9 @@ pub const ROUTES: &[Route] = &[
 pub struct CreateQueue {
     /// Name: 1–100 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
     name: String,
-    /// Claim order: lower numbers first (default 1).
+    /// Claim order: lower numbers first; -1000 to 1000 (default 1).
     #[serde(default = "default_priority")]
+    #[schemars(range(min = -1000, max = 1000))]
     priority: i64,
     /// Most active runs at once (0 or more); `null` for no limit.
     #[serde(default)]
@@ -63,6 +64,7 @@ async fn create_queue(
     let ws = caller.workspace()?;
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
+    check_priority(body.priority)?;
     let q = state
         .store
         .create_queue(

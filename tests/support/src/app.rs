@@ -8,7 +8,8 @@ use crate::db::{self, TestDb};
 use crate::server::{bootstrap_fresh, Server};
 use pushpool::controller::{Context, Controller, ControllerConfig};
 use pushpool::metrics::Metrics;
-use pushpool::server::{default_registry, run_tokens, ServeOptions};
+use pushpool::registry::registry_with_null;
+use pushpool::server::{run_tokens, ServeOptions};
 use pushpool::store::Store;
 use serde_json::{json, Value};
 
@@ -45,7 +46,7 @@ impl Controllerd {
             };
             let controller = Controller::new(Context::new(
                 store,
-                default_registry(),
+                registry_with_null(),
                 config,
                 tokens,
                 Arc::new(Metrics::default()),
