@@ -78,3 +78,18 @@ async fn out_of_range_rates_and_priorities_are_refused_and_nothing_is_stored(db:
         assert_eq!(s, 201, "{b}");
     }
 }
+
+/// The OpenAPI document states both ranges, for create and change.
+#[test]
+fn the_openapi_document_states_the_ranges() {
+    let doc = pushpool::api::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["CreatePool", "UpdatePool"] {
+        let rate = serde_json::to_string(&schemas[body]["properties"]["submit_rate"]).unwrap();
+        assert!(rate.contains("\"minimum\":0.001"), "{body}: {rate}");
+        assert!(rate.contains("\"maximum\":10000.0"), "{body}: {rate}");
+    }
+    let priority = &schemas["CreateQueue"]["properties"]["priority"];
+    assert_eq!(priority["minimum"], json!(-1000), "{priority}");
+    assert_eq!(priority["maximum"], json!(1000), "{priority}");
+}
