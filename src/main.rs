@@ -190,13 +190,21 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             status_deadline_seconds,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
-            std::fs::create_dir_all(&home)
-                .with_context(|| format!("creating {}", home.display()))?;
+            pushpool::server::prepare_home(&home)?;
+            let default_db = home.join("pushpool.db");
+            if database_url.is_none() {
+                pushpool::server::secure_sqlite_files(&default_db)?;
+            }
             let url = database_url
-                .unwrap_or_else(|| format!("sqlite://{}", home.join("pushpool.db").display()));
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", default_db.display()));
             let store = Store::connect(&url).await.with_context(|| {
                 format!("opening the store at {}", pushpool::store::redact_url(&url))
             })?;
+            if database_url.is_none() {
+                // The connection may have just made `-wal`/`-shm`.
+                pushpool::server::secure_sqlite_files(&default_db)?;
+            }
             if let Some(key) = bootstrap(&store, &home).await? {
                 println!("Created workspace `default` and its owner API key (shown once, also saved to {}):", home.join("owner.key").display());
                 println!("{key}");

@@ -62,13 +62,17 @@ pub async fn run_tokens(store: &Store) -> Result<RunTokens, StoreError> {
 }
 
 /// On a store without workspaces: creates `default` and an owner key, writes the key to
-/// `home/owner.key` (mode 0600) and returns it so it can be printed once.
+/// `home/owner.key` (mode 0600, created new: an existing file or a pre-placed symlink there is
+/// refused, never followed or truncated) and returns it so it can be printed once.
 pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, ServeError> {
     if !store.list_workspaces().await?.is_empty() {
         return Ok(None);
     }
+    let path = home.join("owner.key");
+    // Claimed before the workspace exists, so a refused file leaves no key nobody was shown.
+    let mut file = create_secret_file(&path)?;
     let key = generate_api_key();
-    store
+    let created = store
         .create_workspace_with_owner(
             "default",
             WorkspaceOwner::NewUser {
@@ -84,26 +88,95 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
                 expires: None,
             },
         )
-        .await?;
-    let path = home.join("owner.key");
-    write_secret_file(&path, key.key.expose()).map_err(|source| ServeError::Io {
-        context: format!("writing {}", path.display()),
-        source,
-    })?;
+        .await;
+    if let Err(e) = created {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(e.into());
+    }
+    use std::io::Write as _;
+    file.write_all(key.key.expose().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .map_err(|source| io_error(format!("writing {}", path.display()), source))?;
     Ok(Some(key.key.expose().to_string()))
 }
 
-fn write_secret_file(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+fn io_error(context: String, source: std::io::Error) -> ServeError {
+    ServeError::Io { context, source }
+}
+
+/// Creates a secret file with mode 0600. `create_new` is `O_CREAT|O_EXCL`, which fails with
+/// `EEXIST` on any existing path, a symlink (even a dangling one) included, without following
+/// it; so a pre-placed file or link is never truncated or written through.
+fn create_secret_file(path: &Path) -> Result<std::fs::File, ServeError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
         .write(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.write_all(b"\n")
+        .open(path)
+        .map_err(|source| {
+            let context = if source.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "refusing to write the owner key to {}: something (a file or a symlink) is already there; move it away and start again",
+                    path.display()
+                )
+            } else {
+                format!("creating {}", path.display())
+            };
+            io_error(context, source)
+        })
+}
+
+/// Creates the data directory with mode 0700, or tightens an existing one that group or others
+/// can read (with a warning): it holds the store and the owner key.
+pub fn prepare_home(home: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .map_err(|e| io_error(format!("creating {}", home.display()), e))?;
+    let mode = std::fs::metadata(home)
+        .map_err(|e| io_error(format!("reading {}", home.display()), e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "data directory {} had mode {:o}; tightening it to 0700",
+            home.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_error(format!("setting the mode of {}", home.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Makes the SQLite store file `db` and its `-wal`/`-shm` companions mode 0600: creates `db`
+/// empty with 0600 when missing (SQLite gives new companions the database file's mode) and
+/// tightens whichever exist. Symlinks are left alone.
+pub fn secure_sqlite_files(db: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(format!("creating {}", db.display()), e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if is_file {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_error(format!("setting the mode of {}", path.display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -225,4 +298,80 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Issue 19 item 9: a symlink (dangling or not) or a file pre-placed at `owner.key` is refused
+    /// with a clear error, never followed or truncated, and no workspace is left without a key.
+    #[tokio::test]
+    async fn bootstrap_never_follows_or_truncates_a_pre_placed_owner_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        prepare_home(&home).unwrap();
+        let store = Store::connect(&format!("{}", home.join("pushpool.db").display()))
+            .await
+            .unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, home.join("owner.key")).unwrap();
+        let err = bootstrap(&store, &home).await.unwrap_err().to_string();
+        assert!(
+            err.contains("refusing") && err.contains("owner.key"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(store.list_workspaces().await.unwrap().is_empty());
+
+        // A dangling symlink is refused too (O_CREAT|O_EXCL does not follow it).
+        std::fs::remove_file(home.join("owner.key")).unwrap();
+        let target = dir.path().join("not-yet");
+        std::os::unix::fs::symlink(&target, home.join("owner.key")).unwrap();
+        assert!(bootstrap(&store, &home).await.is_err());
+        assert!(!target.exists());
+
+        std::fs::remove_file(home.join("owner.key")).unwrap();
+        let key = bootstrap(&store, &home).await.unwrap().unwrap();
+        let path = home.join("owner.key");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{key}\n"));
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// Issue 19 item 9: the data directory is 0700 (an existing looser one is tightened) and the
+    /// SQLite files are 0600.
+    #[tokio::test]
+    async fn the_data_directory_and_store_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        prepare_home(&home).unwrap();
+        assert_eq!(mode(&home), 0o700);
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_home(&home).unwrap();
+        assert_eq!(mode(&home), 0o700);
+
+        let db = home.join("pushpool.db");
+        secure_sqlite_files(&db).unwrap();
+        let store = Store::connect(&format!("{}", db.display())).await.unwrap();
+        store.list_workspaces().await.unwrap();
+        let wal = home.join("pushpool.db-wal");
+        if wal.exists() {
+            std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        secure_sqlite_files(&db).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", db.display()));
+            if path.exists() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+    }
 }

@@ -97,6 +97,23 @@ pub fn cell(s: &str) -> String {
         .collect()
 }
 
+/// Untrusted text (job output) made safe to print on a terminal: every control character except
+/// tab (C0 incl. ESC, DEL, C1, and a newline or carriage return inside one line) is written as a
+/// visible escape (`\x1b`, `\n`, `\r`), so escape sequences never reach the terminal raw.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The default sub-state name of a state type: `RUNNING` → `Running`.
 pub fn default_state_name(state_type: &str) -> String {
     let lower = state_type.to_ascii_lowercase();

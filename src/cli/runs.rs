@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::api::{Api, CliError};
-use super::output::{field, items, key_values, list_table, state_label, time_field};
+use super::output::{field, items, key_values, list_table, state_label, terminal_safe, time_field};
 use super::watch::{self, Lines};
 use super::{get_and_show, send_and_show, OutputFormat};
 
@@ -183,20 +183,18 @@ pub(super) async fn flow_run(
             .await?;
         }
         RunCommand::Logs { id } => {
-            get_and_show(api, out, api.ws_url(&["flow_runs", &id, "logs"]), |v| {
-                items(v)
-                    .iter()
-                    .map(|l| {
-                        l.get("line")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string()
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .await?;
+            get_and_show(api, out, api.ws_url(&["flow_runs", &id, "logs"]), log_lines).await?;
         }
     }
     Ok(0)
+}
+
+/// The text of a page of log lines, one per line. Job output is untrusted: it is shown through
+/// [`terminal_safe`] so a job's escape codes never reach the viewer's terminal raw.
+pub(super) fn log_lines(page: &Value) -> String {
+    items(page)
+        .iter()
+        .map(|l| terminal_safe(l.get("line").and_then(Value::as_str).unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

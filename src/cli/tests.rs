@@ -345,3 +345,27 @@ fn audit_and_workspace_commands_parse() {
         })
     ));
 }
+
+/// Issue 19 item 12: `run logs` never writes a job's control characters raw (ESC sequences, C1,
+/// a newline inside one line); tabs and printable text stay as they are.
+#[test]
+fn run_logs_escape_terminal_control_characters() {
+    let page = serde_json::json!([
+        {"line": "plain\ttabbed ünïcode"},
+        {"line": "\u{1b}]0;pwned\u{7}\u{1b}[2Jred\u{1b}[31m"},
+        {"line": "fake\nsecond line\r\u{9b}31m\u{7f}"},
+    ]);
+    let shown = runs::log_lines(&page);
+    assert_eq!(shown.lines().count(), 3, "{shown:?}");
+    assert!(
+        !shown
+            .chars()
+            .any(|c| c.is_control() && c != '\t' && c != '\n'),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown,
+        "plain\ttabbed ünïcode\n\\x1b]0;pwned\\x07\\x1b[2Jred\\x1b[31m\n\
+         fake\\nsecond line\\r\\x9b31m\\x7f"
+    );
+}

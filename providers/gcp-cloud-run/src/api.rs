@@ -459,3 +459,50 @@ impl CloudRunApi {
         to_json(op)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A job whose credentials are this inline service-account key.
+    fn job_with_key(private_key: &str) -> CloudRunJobConfig {
+        let key = json!({
+            "type": "service_account", "project_id": "proj",
+            "client_email": "runner@proj.iam.gserviceaccount.com",
+            "private_key_id": "0123456789abcdef", "private_key": private_key,
+        });
+        CloudRunJobConfig::from_rendered(&json!({
+            "region": "us-central1", "project": "proj", "endpoint_url": "http://127.0.0.1:9",
+            "credentials": {"service_account_info": key},
+            "job_body": {"template": {"template": {"containers": [{"image": "img"}]}}}
+        }))
+        .unwrap()
+    }
+
+    /// Issue 19 item 4: workspace B copies A's `client_email` and `private_key_id` (both public:
+    /// they travel in every JWT header) with a junk key. B must not be handed A's cached client
+    /// (it would sign B's calls with A's key), and B's junk must not replace A's entry.
+    #[tokio::test]
+    async fn a_copied_email_and_key_id_never_reach_another_credentials_client() {
+        let api = CloudRunApi::new();
+        let a =
+            job_with_key("-----BEGIN PRIVATE KEY-----\nA-real-key\n-----END PRIVATE KEY-----\n");
+        let b = job_with_key("junk");
+        let a_first = api.clients(&a).await.is_ok();
+        let b_result = api.clients(&b).await;
+        let cache = api.clients.lock().await;
+        // B either fails on its own junk key or gets a client of its own, never A's entry.
+        assert!(
+            b_result.is_err() || cache.len() == usize::from(a_first) + 1,
+            "B was served from the cache entry of A's credentials"
+        );
+        for key in cache.keys() {
+            assert!(
+                !key.contains("A-real-key") && !key.contains("junk"),
+                "{key}"
+            );
+        }
+    }
+}

@@ -75,19 +75,20 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// A key identifying these credentials in the token cache (no secret in it).
+    /// A key identifying these credentials in the client/token cache: a SHA-256 of the whole
+    /// inline key, never the secret itself. Why the whole key: `client_email` and
+    /// `private_key_id` are public (they travel in every JWT header), so a workspace copying them
+    /// with a junk key must not share (or poison) another workspace's cached client.
     pub(crate) fn cache_key(&self) -> String {
+        use sha2::{Digest as _, Sha256};
         match self {
             Credentials::ApplicationDefault => "adc".into(),
             Credentials::Anonymous => "anonymous".into(),
             Credentials::ServiceAccountFile(p) => format!("file:{p}"),
             Credentials::ServiceAccountInfo(s) => {
-                let v: Value = serde_json::from_str(s.expose()).unwrap_or(Value::Null);
-                format!(
-                    "info:{}:{}",
-                    v["client_email"].as_str().unwrap_or(""),
-                    v["private_key_id"].as_str().unwrap_or("")
-                )
+                let digest = Sha256::digest(s.expose().as_bytes());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                format!("info-sha256:{hex}")
             }
         }
     }
