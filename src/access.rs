@@ -239,9 +239,114 @@ pub fn parse_scopes(names: &[String]) -> Result<Scopes, (usize, String)> {
     Ok(out)
 }
 
+/// What one credential holds in its workspace: whose it is, what it may do there (principal
+/// role ∩ key cap), until when, and whether its principal is special (administrator, owner).
+///
+/// Used both for the caller's own key and for a key (or role) the caller is about to hand out:
+/// [`check_grant`] compares the two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The principal the credential acts for.
+    pub principal: uuid::Uuid,
+    /// Effective scopes in the workspace.
+    pub scopes: Scopes,
+    /// Expiry in microseconds since the epoch; `None` = never.
+    pub expires: Option<i64>,
+    /// The principal is an instance administrator.
+    pub admin: bool,
+    /// The principal is an owner of the workspace.
+    pub owner: bool,
+}
+
+/// The one rule for every credential-minting or principal-changing action (create or rotate a
+/// key, create a service account with its key, add a member, change a role): what `caller`
+/// hands out (`given`) may never hold more than `caller` holds itself.
+///
+/// - no scope the caller's effective grant lacks;
+/// - no later expiry than the caller's key (a key without expiry outlives an expiring one);
+/// - an administrator's key only by the administrator itself (nobody else mints or rotates
+///   one; it confers administrator powers only in its home workspace, see the guard);
+/// - another principal's owner key only by a full owner (every scope), so a `keys:write` role
+///   can never rotate an owner out with a zero grace period.
+///
+/// The error is the message of a 403, naming the rule.
+pub fn check_grant(caller: &Grant, given: &Grant) -> Result<(), String> {
+    let for_other = given.principal != caller.principal;
+    if given.admin && for_other {
+        return Err(
+            "an administrator's keys are minted and rotated only by that administrator: \
+                    nobody else may hold an administrator's key"
+                .into(),
+        );
+    }
+    if let Some(missing) = given.scopes.iter().find(|s| !caller.scopes.contains(s)) {
+        return Err(format!(
+            "the result would hold `{missing}`, which you do not hold: nothing you hand out may \
+             exceed your own grant (your role ∩ your key's cap)"
+        ));
+    }
+    if let Some(mine) = caller.expires {
+        if given.expires.is_none_or(|theirs| theirs > mine) {
+            return Err(
+                "the key would outlive yours: a key you hand out expires no later than \
+                        the key you call with"
+                    .into(),
+            );
+        }
+    }
+    if given.owner && for_other && !Scope::ALL.iter().all(|s| caller.scopes.contains(s)) {
+        return Err(
+            "only an owner may mint or rotate another owner's key (a rotation could lock them out)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant(principal: u128, role: &str, expires: Option<i64>) -> Grant {
+        Grant {
+            principal: uuid::Uuid::from_u128(principal),
+            scopes: builtin_scopes(role).unwrap(),
+            expires,
+            admin: false,
+            owner: role == "owner",
+        }
+    }
+
+    #[test]
+    fn a_grant_never_exceeds_its_giver() {
+        let owner = grant(1, "owner", None);
+        assert_eq!(check_grant(&owner, &grant(2, "owner", None)), Ok(()));
+        assert_eq!(check_grant(&owner, &grant(1, "viewer", Some(5))), Ok(()));
+        // Scopes: a viewer-capped key mints no owner key, not even for its own principal.
+        let capped = grant(1, "viewer", Some(10));
+        let err = check_grant(&capped, &grant(1, "owner", Some(10))).unwrap_err();
+        assert!(err.contains("which you do not hold"), "{err}");
+        // Lifetime: never later than the caller's key, never unlimited.
+        assert_eq!(check_grant(&capped, &grant(1, "viewer", Some(10))), Ok(()));
+        for later in [Some(11), None] {
+            let err = check_grant(&capped, &grant(1, "viewer", later)).unwrap_err();
+            assert!(err.contains("outlive"), "{err}");
+        }
+        // Administrators: only by themselves.
+        let mut admin = grant(3, "owner", None);
+        admin.admin = true;
+        let err = check_grant(&owner, &admin).unwrap_err();
+        assert!(err.contains("administrator"), "{err}");
+        assert_eq!(check_grant(&admin, &admin), Ok(()));
+        // Owners: another owner's key (even a capped one) only by a full owner.
+        let mut key_admin = grant(4, "viewer", None);
+        key_admin.scopes = [Scope::KeysSelf, Scope::KeysRead, Scope::KeysWrite].into();
+        let mut owner_capped = grant(2, "owner", None);
+        owner_capped.scopes = [Scope::KeysSelf].into();
+        let err = check_grant(&key_admin, &owner_capped).unwrap_err();
+        assert!(err.contains("only an owner"), "{err}");
+        assert_eq!(check_grant(&owner, &owner_capped), Ok(()));
+    }
 
     #[test]
     fn builtin_roles_nest_and_controller_is_narrow() {

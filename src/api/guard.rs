@@ -287,6 +287,17 @@ async fn workspace_id_by_name(state: &AppState, name: Option<&str>) -> Option<Uu
     state.store.workspace(name?).await.ok().map(|w| w.id)
 }
 
+/// True for an administrator's uncapped key of its home workspace (the first it became a member
+/// of). A key an administrator holds in any other workspace is an ordinary member's key: being
+/// added to a workspace never hands its owners a way to administrator powers.
+async fn admin_at_home(state: &AppState, key: &KeyWithPrincipal) -> bool {
+    if !key.principal.admin || key.key.role.is_some() {
+        return false;
+    }
+    let home = state.store.home_workspace(key.principal.id).await;
+    matches!(home, Ok(Some(home)) if home == key.key.workspace_id)
+}
+
 /// Decides whether the request may proceed, and as whom.
 async fn authorize(
     state: &AppState,
@@ -323,10 +334,10 @@ async fn authorize(
                     None,
                 ));
             };
-            if spec.access == Access::Admin && !(key.principal.admin && key.key.role.is_none()) {
+            if spec.access == Access::Admin && !admin_at_home(state, key).await {
                 return Err(deny(
                     ApiError::forbidden(
-                        "only an instance administrator's API key (without a role cap) may do this",
+                        "only an instance administrator's API key (without a role cap, of its home workspace) may do this",
                     ),
                     &actor,
                     None,

@@ -5,6 +5,7 @@
 
 mod audit;
 mod authz;
+mod escalation;
 mod fuzz;
 mod openapi;
 mod openapi_valid;

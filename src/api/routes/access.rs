@@ -20,12 +20,13 @@ use super::super::{
 };
 use super::api_keys::{new_key_json, NewApiKeyView};
 use crate::access::{
-    builtin_description, builtin_scopes, check_custom_role_name, parse_scopes, shorten, Scope,
-    Scopes, BUILTIN_ROLES,
+    builtin_description, builtin_scopes, check_custom_role_name, check_grant, parse_scopes,
+    shorten, Grant, Scope, Scopes, BUILTIN_ROLES,
 };
 use crate::auth::generate_api_key;
 use crate::model::Workspace;
 use crate::store::{CustomRole, Member, NewApiKey, Principal, ServiceAccount, WorkspaceOwner};
+use uuid::Uuid;
 
 /// The routes of this file.
 pub const ROUTES: &[Route] = &[
@@ -216,11 +217,17 @@ pub(super) async fn grantable(
             ),
         )
     })?;
-    if let Some(missing) = scopes.iter().find(|s| !caller.has(**s)) {
-        return Err(ApiError::forbidden(&format!(
-            "you cannot grant role `{role}`: it includes `{missing}`, which you do not hold"
-        )));
-    }
+    // A role is no credential of its own: the lifetime part of the rule applies to keys.
+    let mine = super::api_keys::caller_grant(caller)?;
+    let given = Grant {
+        principal: Uuid::nil(),
+        scopes: scopes.clone(),
+        expires: mine.expires,
+        admin: false,
+        owner: false,
+    };
+    check_grant(&mine, &given)
+        .map_err(|rule| ApiError::forbidden(&format!("you cannot grant role `{role}`: {rule}")))?;
     Ok(scopes)
 }
 
@@ -435,7 +442,11 @@ async fn create_service_account(
             prefix: generated.prefix.clone(),
             hash: generated.hash.clone(),
             role: None,
-            expires: None,
+            // The account's first key never outlives the caller's key.
+            expires: caller
+                .key()
+                .and_then(|k| k.key.expires)
+                .map(crate::model::to_micros),
         })
         .await?;
     note.target("service_account", &sa.name);

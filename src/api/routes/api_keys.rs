@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::super::guard::role_scopes;
 use super::super::table::{handler, ws, Route};
 use super::super::{
     Access, ApiError, ApiResult, AppState, AuditNote,
@@ -15,8 +16,9 @@ use super::super::{
     Body, Caller, Json, OptionalBody,
 };
 use super::access::grantable;
-use crate::access::Scope;
+use crate::access::{check_grant, Grant, Scope, Scopes};
 use crate::auth::generate_api_key;
+use crate::model::Workspace;
 use crate::store::{NewApiKey, Principal, PrincipalKind, StoredApiKey};
 
 /// The routes of this file.
@@ -178,6 +180,63 @@ fn check_expiry(expires_at: Option<DateTime<Utc>>) -> ApiResult<Option<i64>> {
     }
 }
 
+/// The caller's own effective grant: its principal, scopes (role ∩ key cap) and key expiry.
+pub(super) fn caller_grant(caller: &Caller) -> ApiResult<Grant> {
+    let key = caller
+        .key()
+        .ok_or_else(|| ApiError::internal("route without a principal"))?;
+    Ok(Grant {
+        principal: key.principal.id,
+        scopes: caller.scopes.clone(),
+        expires: key.key.expires.map(crate::model::to_micros),
+        admin: key.principal.admin,
+        owner: caller.role.as_deref() == Some("owner"),
+    })
+}
+
+/// Refuses (403, naming the rule) what would exceed the caller's own grant; see [`check_grant`].
+pub(super) fn within_grant(caller: &Caller, given: &Grant) -> ApiResult<()> {
+    check_grant(&caller_grant(caller)?, given).map_err(|rule| ApiError::forbidden(&rule))
+}
+
+/// What a key of `principal` in `ws` with role cap `cap` and expiry `expires` would hold.
+async fn key_grant(
+    state: &AppState,
+    ws: &Workspace,
+    principal: &Principal,
+    cap: Option<&str>,
+    expires: Option<i64>,
+) -> ApiResult<Grant> {
+    let role = state
+        .store
+        .workspace_access(&ws.name, principal.id)
+        .await?
+        .and_then(|(_, role)| role);
+    let mut scopes = match &role {
+        Some(r) => role_scopes(state, ws.id, r).await?.unwrap_or_default(),
+        None => Scopes::new(),
+    };
+    if let Some(cap) = cap {
+        let capped = role_scopes(state, ws.id, cap).await?.unwrap_or_default();
+        scopes.retain(|s| capped.contains(s));
+    }
+    Ok(Grant {
+        principal: principal.id,
+        scopes,
+        expires,
+        admin: principal.admin,
+        owner: role.as_deref() == Some("owner"),
+    })
+}
+
+/// The earlier of two expiries (`None` = never).
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// `POST …/api_keys`: a key for the caller (needs `keys:self`), or for a service account or a
 /// member user of the workspace (needs `keys:write`). The key is shown once.
 async fn create_api_key(
@@ -188,7 +247,10 @@ async fn create_api_key(
 ) -> ApiResult<(StatusCode, Json<NewApiKeyView>)> {
     let ws = caller.workspace()?;
     check_label("name", &body.name)?;
-    let expires = check_expiry(body.expires_at)?;
+    let mine = caller_grant(&caller)?;
+    // Without an expiry or a cap of its own, a key inherits the caller's: a capped or expiring
+    // key never mints a wider or longer-lived one.
+    let expires = check_expiry(body.expires_at)?.or(mine.expires);
     let own = caller.principal()?.clone();
     let principal = match (&body.service_account_id, &body.user) {
         (Some(_), Some(_)) => {
@@ -223,6 +285,14 @@ async fn create_api_key(
     if let Some(role) = &body.role {
         grantable(&state, &caller, &ws, "role", role).await?;
     }
+    let role = body
+        .role
+        .clone()
+        .or_else(|| caller.key().and_then(|k| k.key.role.clone()));
+    within_grant(
+        &caller,
+        &key_grant(&state, &ws, &principal, role.as_deref(), expires).await?,
+    )?;
     let generated = generate_api_key();
     let key = state
         .store
@@ -233,7 +303,7 @@ async fn create_api_key(
                 name: body.name.clone(),
                 prefix: generated.prefix.clone(),
                 hash: generated.hash.clone(),
-                role: body.role.clone(),
+                role,
                 expires,
             },
         )
@@ -300,8 +370,8 @@ pub struct RotateKey {
     grace_seconds: Option<i64>,
 }
 
-/// `POST …/api_keys/{id}/rotate`: a new key for the same principal, name, role and expiry; the
-/// old key keeps working for `grace_seconds` (default 3600, at most 30 days), then stops.
+/// `POST …/api_keys/{id}/rotate`: a new key for the same principal, name, role and expiry (never
+/// beyond the caller's own grant: see [`check_grant`]); the old key keeps working for `grace_seconds` (default 3600, at most 30 days), then stops.
 async fn rotate_api_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -317,6 +387,24 @@ async fn rotate_api_key(
         ));
     }
     let key = manageable_key(&state, &caller, &id).await?;
+    // The new key never outlives the caller's, and must be one the caller could mint.
+    let expires = earliest(
+        key.expires.map(crate::model::to_micros),
+        caller_grant(&caller)?.expires,
+    );
+    let principal = state.store.principal(key.principal_id).await?;
+    let ws = caller.workspace()?;
+    let mut role = key.role.clone();
+    let grant = key_grant(&state, &ws, &principal, role.as_deref(), expires).await?;
+    if principal.id == caller.principal()?.id && within_grant(&caller, &grant).is_err() {
+        // Rotating one's own wider key through a capped one narrows the new key to the
+        // caller's cap instead of handing the wider key back.
+        role = caller.key().and_then(|k| k.key.role.clone());
+    }
+    within_grant(
+        &caller,
+        &key_grant(&state, &ws, &principal, role.as_deref(), expires).await?,
+    )?;
     let generated = generate_api_key();
     let until = crate::model::now_micros() + grace * 1_000_000;
     let (new, old) = state
@@ -329,14 +417,13 @@ async fn rotate_api_key(
                 name: old.name.clone(),
                 prefix: generated.prefix.clone(),
                 hash: generated.hash.clone(),
-                role: old.role.clone(),
-                expires: old.expires.map(crate::model::to_micros),
+                role: role.clone(),
+                expires,
             },
             until,
         )
         .await?;
     note.detail(json!({"new_key_id": new.id, "old_valid_until": old.expires}));
-    let principal = state.store.principal(new.principal_id).await?;
     Ok(Json(Rotated {
         api_key: new_key_json(&new, &principal, generated.key.expose()),
         previous: key_json(&old, Some(&principal)),

@@ -202,6 +202,20 @@ impl Store {
         tx.commit().await
     }
 
+    /// The home workspace of `principal_id`: the first one it became a member of (for the
+    /// bootstrap administrator, `default`); `None` for a principal of no workspace.
+    pub async fn home_workspace(&self, principal_id: Uuid) -> Result<Option<Uuid>> {
+        let query = sqlx::query(
+            "SELECT workspace_id FROM memberships WHERE principal_id = $1 \
+             ORDER BY created, workspace_id LIMIT 1",
+        )
+        .bind(principal_id.to_string());
+        let homes = self
+            .fetch_rows(query, |row| get_uuid(row, "workspace_id"))
+            .await?;
+        Ok(homes.into_iter().next())
+    }
+
     /// Adds a user to a workspace with a role.
     pub async fn add_member(&self, workspace_id: Uuid, user: &str, role: &str) -> Result<Member> {
         let user = self.user(user).await?;
