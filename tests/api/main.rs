@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod fuzz;
+mod hardening;
 mod openapi;
 mod openapi_valid;
 mod service;
