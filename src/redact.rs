@@ -153,16 +153,24 @@ pub fn mask_rendered(rendered: &mut Value, secrets: &[String]) {
 
 /// A write that sends [`MASK`] back where a secret was keeps the stored value.
 pub fn restore(new: &mut Value, old: &Value) {
+    restore_collecting(new, old, &mut vec![]);
+}
+
+/// [`restore`], adding the strings it put back to `restored` (for [`scrub`]).
+pub fn restore_collecting(new: &mut Value, old: &Value, restored: &mut Vec<String>) {
     match new {
-        Value::String(s) if s == MASK && !old.is_null() => *new = old.clone(),
+        Value::String(s) if s == MASK && !old.is_null() => {
+            string_leaves(old, restored);
+            *new = old.clone();
+        }
         Value::Object(m) => {
             for (k, v) in m.iter_mut() {
-                restore(v, old.get(k).unwrap_or(&Value::Null));
+                restore_collecting(v, old.get(k).unwrap_or(&Value::Null), restored);
             }
         }
         Value::Array(a) => {
             for (i, v) in a.iter_mut().enumerate() {
-                restore(v, old.get(i).unwrap_or(&Value::Null));
+                restore_collecting(v, old.get(i).unwrap_or(&Value::Null), restored);
             }
         }
         _ => {}
@@ -171,10 +179,46 @@ pub fn restore(new: &mut Value, old: &Value) {
 
 /// [`restore`] on maps.
 pub fn restore_map(new: &mut Map<String, Value>, old: &Map<String, Value>) {
-    let old = Value::Object(old.clone());
-    for (k, v) in new.iter_mut() {
-        restore(v, old.get(k).unwrap_or(&Value::Null));
+    restore_map_collecting(new, old, &mut vec![]);
+}
+
+/// [`restore_collecting`] on maps.
+pub fn restore_map_collecting(
+    new: &mut Map<String, Value>,
+    old: &Map<String, Value>,
+    restored: &mut Vec<String>,
+) {
+    let mut new_value = Value::Object(std::mem::take(new));
+    restore_collecting(&mut new_value, &Value::Object(old.clone()), restored);
+    if let Value::Object(m) = new_value {
+        *new = m;
     }
+}
+
+/// Every string inside `value`.
+fn string_leaves(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Object(m) => m.values().for_each(|x| string_leaves(x, out)),
+        Value::Array(a) => a.iter().for_each(|x| string_leaves(x, out)),
+        _ => {}
+    }
+}
+
+/// `text` (an error message, an audit detail) with every non-empty one of `secrets` replaced
+/// by [`MASK`]: a message names the field and the rule, never a secret value.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets
+        .iter()
+        .filter(|s| !s.is_empty() && s.as_str() != MASK)
+    {
+        out = out.replace(secret.as_str(), MASK);
+        // A validator may quote the value JSON-escaped.
+        let quoted = Value::String(secret.clone()).to_string();
+        out = out.replace(&quoted[1..quoted.len() - 1], MASK);
+    }
+    out
 }
 
 /// Masks a base job template: defaults of secret variables and literal secrets in the job

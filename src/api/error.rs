@@ -40,6 +40,13 @@ pub struct ErrorBody {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
+    /// The same error with every one of `secrets` masked in its message (values restored
+    /// from a mask must never come back in a refusal or in the audit log).
+    pub(crate) fn scrubbed(mut self, secrets: &[String]) -> Self {
+        self.message = crate::redact::scrub(&self.message, secrets);
+        self
+    }
+
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,

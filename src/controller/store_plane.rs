@@ -167,7 +167,8 @@ impl ControlPlane for StorePlane {
     }
 
     async fn append_logs(&self, run_id: Uuid, lines: &[LogEntry]) -> PlaneResult<()> {
-        Ok(self.store.append_logs(run_id, lines).await?)
+        self.store.append_logs(run_id, lines).await?;
+        Ok(())
     }
 
     async fn pool_of(&self, run: &FlowRun) -> PlaneResult<WorkPool> {

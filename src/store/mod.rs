@@ -22,7 +22,8 @@ pub use access::{
 };
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
-    NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome, ACTIVE_STATES_SQL,
+    quota_marker, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
+    ACTIVE_STATES_SQL, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES,
 };
 
 /// Which database a [`Store`] talks to.

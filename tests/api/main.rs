@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod escalation;
 mod fuzz;
+mod hardening;
 mod openapi;
 mod openapi_valid;
 mod ranges;

@@ -226,19 +226,21 @@ async fn update_deployment(
     if let Some(p) = &body.parameters {
         check_document_size("parameters", p)?;
     }
-    // A deployment read from the API and written back keeps its masked secrets.
+    // A deployment read from the API and written back keeps its masked secrets; the values
+    // put back never appear in a refusal.
+    let mut restored = vec![];
     if let Some(vars) = body.job_variables.as_mut() {
-        redact::restore_map(vars, &current.job_variables);
+        redact::restore_map_collecting(vars, &current.job_variables, &mut restored);
     }
     if let Some(params) = body.parameters.as_mut() {
-        redact::restore_map(params, &current.parameters);
+        redact::restore_map_collecting(params, &current.parameters, &mut restored);
     }
     if let Some(vars) = &body.job_variables {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
         pool_template(&state, &pool)
             .await?
             .validate_deployment_overrides(vars)
-            .map_err(|e| prefix_field(e, "job_variables"))?;
+            .map_err(|e| prefix_field(e, "job_variables").scrubbed(&restored))?;
     }
     let patch = DeploymentPatch {
         job_variables: body.job_variables,

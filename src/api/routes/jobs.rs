@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -191,12 +192,16 @@ async fn job_heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Header of a log report's answer: how many of the lines the run kept (fewer than sent once
+/// the run's log quota is reached).
+pub const LINES_ACCEPTED_HEADER: &str = "pushpool-lines-accepted";
+
 async fn job_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     caller: Caller,
     Body(body): Body<JobLogs>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<impl IntoResponse> {
     let run = own_run(&state, &caller, &id).await?;
     if body.lines.len() > 1000 {
         return Err(ApiError::unprocessable(
@@ -225,6 +230,10 @@ async fn job_logs(
         };
         lines.push((now, stream.to_string(), l.line));
     }
-    state.store.append_logs(run.id, &lines).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // Past the run's log quota lines are dropped; the job learns how many were kept.
+    let accepted = state.store.append_logs(run.id, &lines).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(LINES_ACCEPTED_HEADER, accepted.to_string())],
+    ))
 }

@@ -10,7 +10,7 @@ use super::super::table::{handler, ws, Route};
 use super::super::validate::{
     check_document_size, check_limit, check_name, check_rate, check_text, double_option,
 };
-use super::super::views::pool_out;
+use super::super::views::{self, pool_out};
 use super::super::{
     Access, ApiError, ApiResult, AppState, AuditNote,
     AuditPolicy::{Always, DeniedOnly},
@@ -188,9 +188,14 @@ async fn update_pool(
     }
     let template = match body.base_job_template {
         Some(mut t) => {
-            // A template read from the API and written back keeps its masked secrets.
-            redact::restore(&mut t, &pool.base_job_template);
-            let parsed = parse_template(&state, &pool.pool_type, Some(t))?;
+            // A template read from the API and written back keeps its masked secrets; the
+            // values put back (and the deployments' secrets) never appear in a refusal.
+            let mut secrets = vec![];
+            redact::restore_collecting(&mut t, &pool.base_job_template, &mut secrets);
+            let mut secret_variables = redact::schema_secret_variables(&t["variables"]);
+            secret_variables.extend(views::secret_variables(&pool));
+            let parsed = parse_template(&state, &pool.pool_type, Some(t))
+                .map_err(|e| e.scrubbed(&secrets))?;
             // Every deployment of the pool must still fit the new template.
             for d in state
                 .store
@@ -202,6 +207,8 @@ async fn update_pool(
                 parsed
                     .validate_deployment_overrides(&d.job_variables)
                     .map_err(|e| {
+                        let variables = Value::Object(d.job_variables.clone());
+                        secrets.extend(redact::secret_strings(&variables, &secret_variables));
                         ApiError::unprocessable(
                             "base_job_template",
                             format!(
@@ -209,6 +216,7 @@ async fn update_pool(
                                 d.name, e.field, e.message
                             ),
                         )
+                        .scrubbed(&secrets)
                     })?;
             }
             Some(parsed.to_value())

@@ -289,5 +289,8 @@ async fn cancel_run(
 
 async fn list_events(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Event>>> {
     let ws = caller.workspace()?;
-    Ok(Json(state.store.list_events(ws.id, 500).await?))
+    // Each event is shown only to readers who may read what it is about.
+    let mut events = state.store.list_events(ws.id, 500).await?;
+    events.retain(|e| caller.has(crate::access::event_read_scope(&e.event)));
+    Ok(Json(events))
 }

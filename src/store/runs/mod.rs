@@ -5,6 +5,7 @@
 mod claim;
 mod leases;
 mod logs;
+pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
 mod queries;
 mod transitions;
 
