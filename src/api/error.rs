@@ -109,9 +109,6 @@ impl ApiError {
             "internal error",
         )
     }
-    pub(crate) fn with_rule(self, _rule: &str) -> Self {
-        self
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -169,6 +166,14 @@ impl From<StoreError> for ApiError {
                 )
             }
         }
+    }
+}
+
+/// A job that cannot be built (pool template, layered variables, provider check): a 422 naming
+/// the field, in the job module's one wording.
+impl From<crate::job::JobError> for ApiError {
+    fn from(e: crate::job::JobError) -> Self {
+        ApiError::unprocessable(&e.field(), e.to_string())
     }
 }
 

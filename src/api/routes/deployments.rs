@@ -17,9 +17,9 @@ use super::super::{
     AuditPolicy::{Always, DeniedOnly},
     Body, Caller, Json, OptionalBody,
 };
-use super::pools::{pool_template, prefix_field};
+use super::pools::prefix_field;
 use crate::access::Scope;
-use crate::job::{self, JobError, RunFacts};
+use crate::job::{self, RunFacts};
 use crate::model::{Deployment, WorkPool};
 use crate::redact;
 use crate::store::{DeploymentPatch, NewDeployment};
@@ -156,7 +156,7 @@ async fn create_deployment(
     check_document_size("job_variables", &body.job_variables)?;
     check_document_size("parameters", &body.parameters)?;
     let pool = state.store.pool(ws.id, &body.work_pool).await?;
-    let template = pool_template(&state, &pool).await?;
+    let template = job::parse_template(&pool)?;
     template
         .validate_deployment_overrides(&body.job_variables)
         .map_err(|e| prefix_field(e, "job_variables"))?;
@@ -237,8 +237,7 @@ async fn update_deployment(
     }
     if let Some(vars) = &body.job_variables {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
-        pool_template(&state, &pool)
-            .await?
+        job::parse_template(&pool)?
             .validate_deployment_overrides(vars)
             .map_err(|e| prefix_field(e, "job_variables").scrubbed(&restored))?;
     }
@@ -271,16 +270,15 @@ pub(crate) async fn render_for(
     run_variables: &Map<String, Value>,
 ) -> ApiResult<(Value, Option<ApiError>, WorkPool)> {
     let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
-    let refuse = |e: JobError| ApiError::unprocessable(&e.field(), e.to_string());
-    let template = job::parse_template(&pool).map_err(refuse)?;
+    let template = job::parse_template(&pool)?;
     let facts = RunFacts::preview(deployment, run_variables);
-    let rendered = job::render(&template, &pool, deployment, &facts).map_err(refuse)?;
+    let rendered = job::render(&template, &pool, deployment, &facts)?;
     // Without a provider for its type here, the job is shown unchecked.
     let provider_error = state
         .registry
         .get(&pool.pool_type)
         .and_then(|p| job::validate(p.as_ref(), &rendered).err())
-        .map(refuse);
+        .map(ApiError::from);
     Ok((rendered, provider_error, pool))
 }
 

@@ -283,27 +283,11 @@ pub(crate) fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {
     )
 }
 
-pub(crate) async fn pool_template(state: &AppState, pool: &WorkPool) -> ApiResult<BaseJobTemplate> {
-    BaseJobTemplate::parse(&pool.base_job_template)
-        .map_err(|e| {
-            ApiError::unprocessable(
-                "work_pool",
-                format!(
-                    "the base job template of work pool `{}` is invalid at {}: {}",
-                    pool.name, e.field, e.message
-                ),
-            )
-        })
-        .inspect(|_| {
-            let _ = state;
-        })
-}
-
 pub(crate) fn prefix_field(e: TemplateError, prefix: &str) -> ApiError {
     let field = if e.field.starts_with(prefix) {
         e.field
     } else {
         format!("{prefix}.{}", e.field)
     };
-    ApiError::unprocessable(&field, e.message).with_rule(e.rule)
+    ApiError::unprocessable(&field, e.message)
 }
