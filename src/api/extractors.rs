@@ -63,16 +63,56 @@ fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
 /// Every request body of this API is a JSON object. serde would also read a struct from a JSON
 /// array (its fields by position), so `[null, null]` passed as an empty change: refuse any
 /// other JSON value with a 422. Malformed JSON is left for the parser to report as 400.
+///
+/// No string in it (key or value) may hold the NUL character: PostgreSQL stores neither a `TEXT`
+/// nor a `JSONB` with one, and a store must not answer 500 where the input is at fault (422,
+/// naming the field).
 fn require_object(bytes: &[u8]) -> Result<(), ApiError> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Ok(());
+    };
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the request body must be a JSON object",
+        ));
     }
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "the request body must be a JSON object",
-    ))
+    match nul_at(&value, String::new()) {
+        None => Ok(()),
+        Some(path) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{path}: must not contain the NUL character (U+0000)"),
+        )
+        .field(path)),
+    }
+}
+
+/// The path (`a.b[0]`, serde_path_to_error's spelling) of the first string, or key, holding NUL.
+fn nul_at(value: &serde_json::Value, path: String) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "\\u0000")))
+            } else {
+                nul_at(v, join(k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// A 422 from axum's text for a value of the wrong shape. serde's message reads

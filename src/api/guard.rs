@@ -498,6 +498,13 @@ pub(super) async fn answer_unread(body: axum::body::Body, error: ApiError) -> Re
     response
 }
 
+/// Whether the path or query string decodes to a NUL character. No name or filter holds one,
+/// and PostgreSQL cannot even compare against one (a 500 otherwise); a URL cannot carry a raw NUL.
+fn holds_nul(uri: &axum::http::Uri) -> bool {
+    let encoded = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    encoded(uri.path()) || uri.query().is_some_and(encoded)
+}
+
 /// Enforces the route table on every request and writes the audit log.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(matched) = req.extensions().get::<MatchedPath>().cloned() else {
@@ -509,6 +516,14 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         let allowed = routes::methods_at(matched.as_str());
         return answer_unread(req.into_body(), ApiError::method_not_allowed(&allowed)).await;
     };
+    if holds_nul(req.uri()) {
+        let error = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the URL must not contain the NUL character (%00)",
+        );
+        return answer_unread(req.into_body(), error).await;
+    }
     if spec.access == Access::Public {
         return next.run(req).await;
     }

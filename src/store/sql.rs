@@ -155,3 +155,15 @@ pub(crate) fn bind_all<'q>(
     }
     query
 }
+
+/// Text as PostgreSQL can store it: the NUL character (U+0000), which neither its `TEXT` nor its
+/// `JSONB` accepts, becomes U+FFFD. For text the store takes from jobs and providers (log lines,
+/// state messages), which it keeps rather than refuses; API input with a NUL is refused at the
+/// boundary instead.
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}

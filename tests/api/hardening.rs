@@ -11,6 +11,7 @@ both_backends!(
     run_logs_stop_at_the_quota_with_one_marker_and_pages_are_byte_bounded,
     a_restored_secret_never_comes_back_in_a_refusal_or_the_audit_log,
     viewers_do_not_see_security_events,
+    nul_characters_are_refused_at_the_api_and_replaced_in_job_output,
 );
 
 /// `method …/api/workspaces/default{path}` with `key`.
@@ -251,4 +252,110 @@ async fn viewers_do_not_see_security_events(db: TestDb) {
     let seen = kinds(&events);
     assert!(seen.iter().any(|k| k == "work_pool.created"), "{seen:?}");
     assert!(!seen.iter().any(security), "{seen:?}");
+}
+
+/// PostgreSQL stores no NUL character (U+0000) in `TEXT` or `JSONB`: the API refuses one in a
+/// body (422 naming the field) or in the URL (400), and the store replaces one in text it keeps
+/// from jobs and providers. Found by the body fuzzer as a 500 on PostgreSQL (CI, stop 20).
+async fn nul_characters_are_refused_at_the_api_and_replaced_in_job_output(db: TestDb) {
+    let served = serve_fresh(&db.url, false).await;
+    let owner = served.admin_key.clone();
+    let (s, sa) = call(
+        &served,
+        "POST",
+        "/service_accounts",
+        &owner,
+        Some(json!({"name": "ci", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{sa}");
+
+    let refusals = [
+        (
+            "PATCH",
+            "/service_accounts/ci",
+            json!({"role": "\u{0}"}),
+            "role",
+        ),
+        (
+            "POST",
+            "/work_pools",
+            json!({"name": "a\u{0}b", "type": "process"}),
+            "name",
+        ),
+        (
+            "POST",
+            "/work_pools",
+            json!({"name": "p", "type": "process", "base_job_template": {"variables": {"properties": {"x\u{0}": {}}}}}),
+            "base_job_template.variables.properties.x\\u0000",
+        ),
+    ];
+    for (method, path, body, field) in refusals {
+        let (s, b) = call(&served, method, path, &owner, Some(body)).await;
+        assert_eq!(s, 422, "{method} {path}: {b}");
+        assert_eq!(b["field"], field, "{method} {path}: {b}");
+        assert!(
+            b["message"].as_str().unwrap().contains("NUL character"),
+            "{b}"
+        );
+    }
+    for path in [
+        "/work_pools/a%00b",
+        "/flow_runs?state=%00",
+        "/work_pools?name=x%00",
+    ] {
+        let (s, b) = call(&served, "GET", path, &owner, None).await;
+        assert_eq!(s, 400, "GET {path}: {b}");
+    }
+    // Nothing changed: the service account keeps its role, no pool was made.
+    let (s, accounts) = call(&served, "GET", "/service_accounts", &owner, None).await;
+    assert_eq!(s, 200, "{accounts}");
+    let ci = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "ci")
+        .unwrap();
+    assert_eq!(ci["role"], "viewer", "{ci}");
+    let (s, pools) = call(&served, "GET", "/work_pools", &owner, None).await;
+    assert_eq!(s, 200, "{pools}");
+    assert_eq!(pools.as_array().unwrap().len(), 0, "{pools}");
+
+    // A job's output with NUL bytes (through the controller's log sink) is kept, NUL replaced.
+    pool_and_deployment(&served, json!({"command": "true"})).await;
+    let (s, run) = call(
+        &served,
+        "POST",
+        "/deployments/job/runs",
+        &owner,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{run}");
+    let id: uuid::Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    // Reported by the job itself through the API, it is refused like any body.
+    let token = pushpool::server::run_tokens(&served.store)
+        .await
+        .unwrap()
+        .issue(id, 1);
+    let r = served
+        .client
+        .post(format!("{}/api/runs/{id}/logs", served.base))
+        .bearer_auth(&token)
+        .json(&json!({"lines": [{"line": "fine"}, {"line": "a\u{0}b"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["field"], "lines[1].line", "{b}");
+    let kept = served
+        .store
+        .append_logs(id, &[(0, "stdout".into(), "a\u{0}b".into())])
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    let lines = served.store.logs(id, 10).await.unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].line, "a\u{FFFD}b");
 }

@@ -5,7 +5,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::model::{from_micros, LogLine, Micros};
-use crate::store::sql::insert_rows;
+use crate::store::sql::{insert_rows, storable};
 use crate::store::{Backend, Result, Store};
 
 /// Most bytes of log lines one run keeps (10 MiB). Lines past it are dropped, one
@@ -58,7 +58,11 @@ impl Store {
                     break;
                 }
                 used += size;
-                kept.push((*ts, stream.clone(), line.clone()));
+                kept.push((
+                    *ts,
+                    storable(stream).into_owned(),
+                    storable(line).into_owned(),
+                ));
             }
         }
         let accepted = kept.iter().filter(|(_, _, l)| *l != marker).count();

@@ -19,7 +19,7 @@ use crate::state::{
     StateType, TransitionGuard,
 };
 use crate::store::objects::{insert_event, insert_event_rows, EventRow};
-use crate::store::sql::{bind_all, get_uuid, not_found, placeholders};
+use crate::store::sql::{bind_all, get_uuid, not_found, placeholders, storable};
 use crate::store::{Result, Store, StoreError, Tx};
 
 /// What the decisions on a sequence of proposals mean for the run as read: the outcome of each,
@@ -115,6 +115,9 @@ impl Store {
         guard: TransitionGuard,
         infrastructure_id: Option<&str>,
     ) -> Result<Vec<TransitionOutcome>> {
+        let proposals: Vec<Proposal> = proposals.into_iter().map(storable_proposal).collect();
+        let infrastructure_id = infrastructure_id.map(storable);
+        let infrastructure_id = infrastructure_id.as_deref();
         let mut tx = self.begin().await?;
         let (outcomes, wakes, changed) = self
             .apply_proposals(&mut tx, run_id, proposals, &guard, infrastructure_id)
@@ -283,6 +286,8 @@ impl Store {
         owner: &str,
         infrastructure_id: &str,
     ) -> Result<bool> {
+        let infrastructure_id = storable(infrastructure_id);
+        let infrastructure_id = infrastructure_id.as_ref();
         let mut tx = self.begin().await?;
         let now = now_micros();
         let row = sqlx::query(
@@ -344,4 +349,22 @@ impl Store {
         tx.commit().await?;
         Ok(runs.iter().map(|r| r.id).collect())
     }
+}
+
+/// A proposal whose texts PostgreSQL can store (they come from jobs and providers: see
+/// [`storable`]).
+fn storable_proposal(mut proposal: Proposal) -> Proposal {
+    let fix = |t: &mut Option<String>| {
+        if let Some(text) = t.as_mut() {
+            if let std::borrow::Cow::Owned(fixed) = storable(text) {
+                *text = fixed;
+            }
+        }
+    };
+    fix(&mut proposal.name);
+    fix(&mut proposal.message);
+    if let std::borrow::Cow::Owned(fixed) = storable(&proposal.transition_id) {
+        proposal.transition_id = fixed;
+    }
+    proposal
 }
