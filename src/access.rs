@@ -312,13 +312,34 @@ pub fn check_grant(caller: &Grant, given: &Grant) -> Result<(), String> {
             );
         }
     }
-    if given.owner && for_other && !Scope::ALL.iter().all(|s| caller.scopes.contains(s)) {
+    if given.owner && for_other && !full_owner(caller) {
         return Err(
             "only an owner may mint or rotate another owner's key (a rotation could lock them out)"
                 .into(),
         );
     }
     Ok(())
+}
+
+/// The same rule for taking away instead of handing out (revoking a key): another principal's
+/// owner key is revoked only by a full owner (every scope), so a `keys:write` role can never
+/// lock an owner out. `target` is what the key holds now; its scopes and expiry do not matter
+/// (revoking a key nobody needs is never an escalation).
+///
+/// The error is the message of a 403, naming the rule.
+pub fn check_revoke(caller: &Grant, target: &Grant) -> Result<(), String> {
+    if target.owner && target.principal != caller.principal && !full_owner(caller) {
+        return Err(
+            "only an owner may revoke another owner's key (a revocation could lock them out)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The caller holds every scope (an owner with an uncapped or owner-capped key).
+fn full_owner(caller: &Grant) -> bool {
+    Scope::ALL.iter().all(|s| caller.scopes.contains(s))
 }
 
 #[cfg(test)]
@@ -364,6 +385,17 @@ mod tests {
         let err = check_grant(&key_admin, &owner_capped).unwrap_err();
         assert!(err.contains("only an owner"), "{err}");
         assert_eq!(check_grant(&owner, &owner_capped), Ok(()));
+        // Revocation: another owner's key only by a full owner; anyone else's with keys:write.
+        let err = check_revoke(&key_admin, &owner_capped).unwrap_err();
+        assert!(err.contains("only an owner may revoke"), "{err}");
+        assert_eq!(check_revoke(&owner, &owner_capped), Ok(()));
+        assert_eq!(
+            check_revoke(&key_admin, &grant(5, "developer", None)),
+            Ok(())
+        );
+        let mut own_capped = grant(2, "owner", None);
+        own_capped.scopes = [Scope::KeysSelf].into();
+        assert_eq!(check_revoke(&own_capped, &grant(2, "owner", None)), Ok(()));
     }
 
     #[test]

@@ -300,7 +300,12 @@ impl Case<'_> {
         let mut ws_keys = vec![];
         for i in 0..2 {
             let created = world
-                .ok("POST", "/workspaces", &admin_key, json!({"name": case.ws[i]}))
+                .ok(
+                    "POST",
+                    "/workspaces",
+                    &admin_key,
+                    json!({"name": case.ws[i]}),
+                )
                 .await;
             case.ws_ids[i] = Uuid::parse_str(created["id"].as_str().unwrap()).unwrap();
             let key = created["api_key"]["key"].as_str().unwrap().to_string();
@@ -368,7 +373,12 @@ impl Case<'_> {
         let own1 = case.keys[0].secret.clone();
         let (a, b) = (case.ws[0].clone(), case.ws[1].clone());
         world
-            .ok("DELETE", &format!("/workspaces/{a}/members/admin"), &own1, json!(null))
+            .ok(
+                "DELETE",
+                &format!("/workspaces/{a}/members/admin"),
+                &own1,
+                json!(null),
+            )
             .await;
         let sa = world
             .ok(
@@ -391,14 +401,7 @@ impl Case<'_> {
         );
         // B: the administrator stays an owner, with the key the workspace was created with.
         let _ = b;
-        case.push_key(
-            1,
-            &ws_keys[1].1,
-            "admin@B".into(),
-            all_scopes(),
-            None,
-            None,
-        );
+        case.push_key(1, &ws_keys[1].1, "admin@B".into(), all_scopes(), None, None);
         case
     }
 
@@ -568,10 +571,22 @@ impl Case<'_> {
             .world
             .call(method, &path, &caller.secret, body.clone())
             .await;
-        let shown_path = self.readable(&path.replacen(&format!("/workspaces/{}", self.ws[ws]), &format!("/workspaces/{}", ws_label(ws)), 1));
-        let shown_body = body.map(|b| format!(" {}", self.readable(&b.to_string()))).unwrap_or_default();
+        let shown_path = self.readable(&path.replacen(
+            &format!("/workspaces/{}", self.ws[ws]),
+            &format!("/workspaces/{}", ws_label(ws)),
+            1,
+        ));
+        let shown_body = body
+            .map(|b| format!(" {}", self.readable(&b.to_string())))
+            .unwrap_or_default();
         let why = if status >= 400 {
-            format!(" ({})", answer["detail"].as_str().or(answer["message"].as_str()).unwrap_or(""))
+            format!(
+                " ({})",
+                answer["detail"]
+                    .as_str()
+                    .or(answer["message"].as_str())
+                    .unwrap_or("")
+            )
         } else {
             String::new()
         };
@@ -595,7 +610,14 @@ impl Case<'_> {
     }
 
     /// Updates the model with a successful answer.
-    fn learn(&mut self, step: &Step, by: usize, ws: usize, caller: &KeySnap, answer: &Value) -> Vec<usize> {
+    fn learn(
+        &mut self,
+        step: &Step,
+        by: usize,
+        ws: usize,
+        caller: &KeySnap,
+        answer: &Value,
+    ) -> Vec<usize> {
         let creator = Some(self.keys[by].principal);
         let bound = caller.eff.clone();
         let exp = caller.expires;
@@ -603,8 +625,15 @@ impl Case<'_> {
         let mut new = vec![];
         match &step.act {
             Act::Mint { .. } => {
-                let p = answer["principal"]["name"].as_str().unwrap_or("?").to_string();
-                let label = format!("key {} of {p}@{} made by {by_label}", answer["name"].as_str().unwrap_or("?"), ws_label(ws));
+                let p = answer["principal"]["name"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
+                let label = format!(
+                    "key {} of {p}@{} made by {by_label}",
+                    answer["name"].as_str().unwrap_or("?"),
+                    ws_label(ws)
+                );
                 new.push(self.push_key(ws, answer, label, bound, exp, creator));
             }
             Act::Rotate { .. } => {
@@ -628,7 +657,11 @@ impl Case<'_> {
                 } else {
                     Uuid::parse_str(answer["user_id"].as_str().unwrap()).unwrap()
                 };
-                for k in self.keys.iter_mut().filter(|k| k.principal == p && k.ws == ws) {
+                for k in self
+                    .keys
+                    .iter_mut()
+                    .filter(|k| k.principal == p && k.ws == ws)
+                {
                     k.bound.extend(bound.iter().copied());
                 }
             }
@@ -658,13 +691,17 @@ impl Case<'_> {
                     return Err("a key acted in another workspace".into());
                 }
                 if let Act::CreateRole { .. } = step.act {
-                    let scopes: Scopes = serde_json::from_value::<Vec<String>>(answer["scopes"].clone())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|s| s.parse().ok())
-                        .collect();
+                    let scopes: Scopes =
+                        serde_json::from_value::<Vec<String>>(answer["scopes"].clone())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|s| s.parse().ok())
+                            .collect();
                     if !scopes.is_subset(&caller.eff) {
-                        return Err(format!("role {scopes:?} exceeds its creator's {:?}", caller.eff));
+                        return Err(format!(
+                            "role {scopes:?} exceeds its creator's {:?}",
+                            caller.eff
+                        ));
                     }
                 }
                 new = self.learn(step, by, ws, &caller, &answer);
@@ -712,10 +749,15 @@ impl Case<'_> {
                 continue;
             }
             let Some(m) = model.get(id) else {
-                return Err(format!("key {id} exists without an answer that handed it out"));
+                return Err(format!(
+                    "key {id} exists without an answer that handed it out"
+                ));
             };
             if k.ws != m.ws {
-                return Err(format!("`{}` acts in another workspace than its creator", m.label));
+                return Err(format!(
+                    "`{}` acts in another workspace than its creator",
+                    m.label
+                ));
             }
             if !k.eff.is_subset(&m.bound) {
                 let extra: Vec<&str> = k.eff.difference(&m.bound).map(|s| s.as_str()).collect();
@@ -732,9 +774,7 @@ impl Case<'_> {
                     ));
                 }
             }
-            if k.principal == self.world.admin
-                && m.creator.is_some_and(|c| c != self.world.admin)
-            {
+            if k.principal == self.world.admin && m.creator.is_some_and(|c| c != self.world.admin) {
                 return Err(format!(
                     "ITEM 3: `{}` is an administrator's key that {} made",
                     m.label,
@@ -743,7 +783,8 @@ impl Case<'_> {
             }
         }
         // Owners: what they held stays theirs unless they or a full owner took it.
-        let full_owner = caller.is_some_and(|c| c.active && c.eff == all_scopes() && c.ws == call_ws);
+        let full_owner =
+            caller.is_some_and(|c| c.active && c.eff == all_scopes() && c.ws == call_ws);
         for ws in 0..2 {
             if after.owners(ws).is_empty() {
                 return Err(format!("workspace {} has no owner", ws_label(ws)));
@@ -781,13 +822,17 @@ impl Case<'_> {
 
 async fn random_sequences_never_escalate(db: TestDb) {
     let url = db.url.clone();
-    tokio::task::spawn_blocking(move || explore(&url))
+    let outcome = tokio::task::spawn_blocking(move || explore(&url))
         .await
         .unwrap();
     drop(db);
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
 }
 
-fn explore(url: &str) {
+/// Runs the cases on a server of its own; the failure (shrunk) as text.
+fn explore(url: &str) -> Result<(), String> {
     let world = runtime().block_on(async {
         let served = serve_fresh(url, false).await;
         let client = &served.client;
@@ -802,7 +847,10 @@ fn explore(url: &str) {
             )
             .await;
             assert_eq!(s, 201, "{b}");
-            users.insert(name.to_string(), Uuid::parse_str(b["id"].as_str().unwrap()).unwrap());
+            users.insert(
+                name.to_string(),
+                Uuid::parse_str(b["id"].as_str().unwrap()).unwrap(),
+            );
         }
         let admin = served.store.user("admin").await.unwrap().id;
         users.insert("admin".into(), admin);
@@ -824,14 +872,9 @@ fn explore(url: &str) {
             let mut case = Case::setup(&world).await;
             let outcome = case.run(&steps).await;
             outcome.map_err(|e| {
-                TestCaseError::fail(format!(
-                    "{e}\nsequence:\n{}",
-                    case.transcript.join("\n")
-                ))
+                TestCaseError::fail(format!("{e}\nsequence:\n{}", case.transcript.join("\n")))
             })
         })
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    result.map_err(|e| e.to_string())
 }
