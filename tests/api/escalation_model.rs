@@ -22,12 +22,13 @@
 //!   (revoked, rotated out, the owner demoted or removed), the caller was that owner itself or
 //!   a full owner (its key holds every scope); each workspace keeps an owner.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 48), `PROPTEST_RNG_SEED` fixes the seed. A
-//! failure is shrunk by proptest and its message is the transcript of the minimal sequence.
+//! `PROPTEST_CASES` sets the number of cases (default 48), `PROPTEST_RNG_SEED` fixes the seed,
+//! `PUSHPOOL_ESCALATION_TRACE=1` prints every case's transcript (with `--no-capture`). A failure
+//! is shrunk by proptest and its message is the transcript of the minimal sequence.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use proptest::prelude::*;
@@ -121,6 +122,23 @@ enum Act {
     },
 }
 
+impl Act {
+    fn kind(&self) -> &'static str {
+        match self {
+            Act::Mint { .. } => "mint",
+            Act::Rotate { .. } => "rotate",
+            Act::Revoke { .. } => "revoke",
+            Act::AddMember { .. } => "add member",
+            Act::PatchMember { .. } => "patch member",
+            Act::RemoveMember { .. } => "remove member",
+            Act::CreateSa { .. } => "create service account",
+            Act::PatchSa { .. } => "patch service account",
+            Act::DeleteSa { .. } => "delete service account",
+            Act::CreateRole { .. } => "create role",
+        }
+    }
+}
+
 /// One step: the caller's key (an index into the model's keys), whether it calls the other
 /// workspace, and what it does.
 #[derive(Debug, Clone)]
@@ -161,13 +179,20 @@ fn arb_act() -> impl Strategy<Value = Act> {
     ]
 }
 
+/// The caller: often one of the setup keys that may hand something out (owners, the developer
+/// who owns `B`, the `keyadmin` users, the administrator in `B`: indices in the order
+/// `Case::setup` makes them), else any key.
+fn arb_caller() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        prop::sample::select(vec![0usize, 5, 7, 8, 9, 11]),
+        0usize..32,
+    ]
+}
+
 fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
-        (0usize..32, prop::bool::weighted(0.15), arb_act()).prop_map(|(by, other_ws, act)| Step {
-            by,
-            other_ws,
-            act,
-        }),
+        (arb_caller(), prop::bool::weighted(0.15), arb_act())
+            .prop_map(|(by, other_ws, act)| Step { by, other_ws, act }),
         1..=12,
     )
 }
@@ -233,6 +258,8 @@ struct World {
     admin: Uuid,
     users: HashMap<String, Uuid>,
     case: AtomicUsize,
+    /// Per kind of step: (answered 2xx, refused), shown at the end.
+    stats: Mutex<BTreeMap<&'static str, (usize, usize)>>,
 }
 
 /// One case's state.
@@ -246,6 +273,8 @@ struct Case<'a> {
     names: HashMap<Uuid, String>,
     transcript: Vec<String>,
     made: usize,
+    /// An owner itself left its workspace without a working owner key.
+    owners_gave_up: [bool; 2],
 }
 
 fn all_scopes() -> Scopes {
@@ -296,6 +325,7 @@ impl Case<'_> {
             names: world.users.iter().map(|(n, id)| (*id, n.clone())).collect(),
             transcript: vec![],
             made: 0,
+            owners_gave_up: [false; 2],
         };
         let mut ws_keys = vec![];
         for i in 0..2 {
@@ -492,11 +522,20 @@ impl Case<'_> {
         self.made += 1;
         let n = self.made;
         let user = |u: usize| USERS[u % USERS.len()];
-        let sa = |s: usize, sas: &[(usize, Uuid, String)]| {
-            if sas.is_empty() {
+        // Keys and service accounts of the workspace called (another one's would be a 404).
+        let here: Vec<Uuid> = self
+            .keys
+            .iter()
+            .filter(|k| k.ws == ws)
+            .map(|k| k.id)
+            .collect();
+        let key_id = |k: usize| here[k % here.len()];
+        let sas_here: Vec<Uuid> = self.sas.iter().filter(|s| s.0 == ws).map(|s| s.1).collect();
+        let sa = |s: usize, _: &[(usize, Uuid, String)]| {
+            if sas_here.is_empty() {
                 Uuid::nil()
             } else {
-                sas[s % sas.len()].1
+                sas_here[s % sas_here.len()]
             }
         };
         let (method, path, body): (&str, String, Option<Value>) = match &step.act {
@@ -516,12 +555,12 @@ impl Case<'_> {
                 ("POST", format!("{base}/api_keys"), Some(body))
             }
             Act::Rotate { key, grace } => {
-                let id = self.keys[key % self.keys.len()].id;
+                let id = key_id(*key);
                 let body = grace.map(|g| json!({"grace_seconds": g}));
                 ("POST", format!("{base}/api_keys/{id}/rotate"), body)
             }
             Act::Revoke { key } => {
-                let id = self.keys[key % self.keys.len()].id;
+                let id = key_id(*key);
                 ("DELETE", format!("{base}/api_keys/{id}"), None)
             }
             Act::AddMember { user: u, role } => (
@@ -590,6 +629,13 @@ impl Case<'_> {
         } else {
             String::new()
         };
+        let counts = &mut self.world.stats.lock().unwrap();
+        let count = counts.entry(step.act.kind()).or_default();
+        if (200..300).contains(&status) {
+            count.0 += 1;
+        } else {
+            count.1 += 1;
+        }
         self.transcript.push(format!(
             "{n}. with {} : {method} {shown_path}{shown_body} → {status}{why}",
             caller.label
@@ -708,6 +754,31 @@ impl Case<'_> {
             }
             let after = self.snapshot().await;
             self.check(&before, &after, caller_key.principal, caller.as_ref(), ws)?;
+            // Each workspace keeps an owner with a working uncapped key, unless an owner gave
+            // it up itself (revoking or rotating out its own keys is its right).
+            for w in 0..2 {
+                let working = after.keys.values().any(|k| {
+                    k.ws == w
+                        && k.active
+                        && k.eff == all_scopes()
+                        && after.owners(w).contains(&k.principal)
+                });
+                if !working && !self.owners_gave_up[w] {
+                    if before
+                        .roles
+                        .get(&(w, caller_key.principal))
+                        .map(String::as_str)
+                        == Some("owner")
+                    {
+                        self.owners_gave_up[w] = true;
+                    } else {
+                        return Err(format!(
+                            "LOCKOUT: workspace {} has no owner with a working key",
+                            ws_label(w)
+                        ));
+                    }
+                }
+            }
             self.probe_admin_routes(&new).await?;
             before = after;
         }
@@ -726,8 +797,8 @@ impl Case<'_> {
                 let (s, b) = self.world.call(method, path, &k.secret, body).await;
                 if s != 403 && s != 401 {
                     return Err(format!(
-                        "ITEM 3: `{}` reached the administrator route {method} /api{path}: {s} {b}",
-                        k.label
+                        "ITEM 3: `{}` reached the administrator route {method} /api{path}: {s} {:.120}",
+                        k.label, b.to_string()
                     ));
                 }
             }
@@ -783,14 +854,13 @@ impl Case<'_> {
             }
         }
         // Owners: what they held stays theirs unless they or a full owner took it.
-        let full_owner =
-            caller.is_some_and(|c| c.active && c.eff == all_scopes() && c.ws == call_ws);
+        let full_owner = caller.is_some_and(|c| c.active && c.eff == all_scopes());
         for ws in 0..2 {
             if after.owners(ws).is_empty() {
                 return Err(format!("workspace {} has no owner", ws_label(ws)));
             }
             for owner in before.owners(ws) {
-                if owner == caller_principal || full_owner {
+                if owner == caller_principal || (full_owner && ws == call_ws) {
                     continue;
                 }
                 let demoted = after.roles.get(&(ws, owner)).map(String::as_str) != Some("owner");
@@ -859,6 +929,7 @@ fn explore(url: &str) -> Result<(), String> {
             admin,
             users,
             case: AtomicUsize::new(0),
+            stats: Mutex::default(),
         }
     });
     let mut runner = TestRunner::new(Config {
@@ -871,10 +942,17 @@ fn explore(url: &str) -> Result<(), String> {
         runtime().block_on(async {
             let mut case = Case::setup(&world).await;
             let outcome = case.run(&steps).await;
+            if std::env::var_os("PUSHPOOL_ESCALATION_TRACE").is_some() {
+                eprintln!("{}\n", case.transcript.join("\n"));
+            }
             outcome.map_err(|e| {
                 TestCaseError::fail(format!("{e}\nsequence:\n{}", case.transcript.join("\n")))
             })
         })
     });
+    eprintln!(
+        "steps answered 2xx / refused, by kind: {:?}",
+        world.stats.lock().unwrap()
+    );
     result.map_err(|e| e.to_string())
 }
