@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use pushpool::store::Store;
 use pushpool_testkit::{bootstrap_fresh, both_backends, connect, App, TestDb};
 use serde_json::{json, Value};
 
