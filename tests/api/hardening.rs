@@ -719,3 +719,93 @@ async fn plain_secrets_of_an_older_store_still_read_and_rotation_encrypts_them(d
     );
     store.close().await;
 }
+
+/// `pushpool secrets rotate-key` (the real binary, offline, on the store in `--home`): it
+/// re-encrypts with the new key file it creates (0600), prints the counts and what to do next;
+/// afterwards only the new key opens the store, and a wrong current key is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotate_key_command_re_encrypts_the_store_under_a_new_key_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("pushpool.db");
+    let url = format!("sqlite://{}", db.display());
+    // What `pushpool up` does: the key file in the home, the run-token secret in the store.
+    let options = pushpool::store::crypto::KeyOptions {
+        home: home.path().to_path_buf(),
+        create: true,
+        ..Default::default()
+    };
+    let old = pushpool::store::crypto::resolve_key(&options).unwrap();
+    let store = open_with(&url, &old).await;
+    let secret = pushpool::server::run_tokens(&store)
+        .await
+        .map(|_| ())
+        .and(
+            store
+                .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+                .await,
+        )
+        .unwrap()
+        .unwrap();
+    store.close().await;
+
+    let rotate = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pushpool"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PUSHPOOL_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(["secrets", "rotate-key", "--home"])
+            .arg(home.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let new_file = home.path().join("new.key");
+    let out = rotate(&["--new-key-file", new_file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = pushpool::store::SecretKey::read_file(&new_file).unwrap();
+    assert!(
+        stdout.contains("1 setting(s)")
+            && stdout.contains(new.id())
+            && stdout.contains("secret.key"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::metadata(&new_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let with_old = open_with(&url, &old).await;
+    let err = with_old
+        .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(new.id()) && err.contains(old.id()), "{err}");
+    with_old.close().await;
+    let with_new = open_with(&url, &new).await;
+    assert_eq!(
+        with_new
+            .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+            .await
+            .unwrap(),
+        Some(secret)
+    );
+    with_new.close().await;
+
+    // The old key is still in secret.key: the next rotation is refused, naming that file.
+    let out = rotate(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("secret.key") && stderr.contains(old.id()) && stderr.contains(new.id()),
+        "{stderr}"
+    );
+}
