@@ -250,7 +250,7 @@ fn secret_key(
 
 /// Opens the store the server commands name on the command line, sealing secrets with `key`.
 async fn open_store(database_url: &str, key: SecretKey) -> anyhow::Result<Store> {
-    Store::connect_with(
+    let store = Store::connect_with(
         database_url,
         ConnectOptions {
             secret_key: Some(key),
@@ -263,7 +263,11 @@ async fn open_store(database_url: &str, key: SecretKey) -> anyhow::Result<Store>
             "opening the store at {}",
             pushpool::store::redact_url(database_url)
         )
-    })
+    })?;
+    // Fails at once, naming the key's source, when the key is not the one the store was
+    // written with (the run-token secret is made here on a fresh store).
+    pushpool::server::run_tokens(&store).await?;
+    Ok(store)
 }
 
 /// Opens the store at `options.database_url` and serves until a shutdown signal.

@@ -506,7 +506,7 @@ pub(crate) fn row_aad(table: &str, id: &impl std::fmt::Display, column: &str) ->
 
 /// The place a setting's value is sealed for.
 pub(crate) fn setting_aad(name: &str) -> String {
-    format!("settings/{name}/value#")
+    format!("settings/{name}/value")
 }
 
 /// What [`Store::reseal_all`] re-encrypted.

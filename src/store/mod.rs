@@ -74,7 +74,7 @@ pub enum StoreError {
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
     /// A secret could not be decrypted (wrong or missing key, altered value).
-    #[error("{0}")]
+    #[error(transparent)]
     Secret(#[from] crypto::SecretError),
 }
 
