@@ -579,6 +579,38 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
     );
     assert_eq!(aws_job["env"]["VAULT"], vault, "{aws_job}");
 
+    // A ciphertext copied into another row does not decrypt there (the row is associated data).
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let (aws_vars,): (String,) =
+        sqlx::query_as("SELECT job_variables FROM deployments WHERE name = 'aws-job'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    let (gcp_vars,): (String,) =
+        sqlx::query_as("SELECT job_variables FROM deployments WHERE name = 'gcp-job'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    let set_gcp_vars = |text: String| {
+        sqlx::query("UPDATE deployments SET job_variables = $1 WHERE name = 'gcp-job'").bind(text)
+    };
+    set_gcp_vars(aws_vars).execute(&raw).await.unwrap();
+    let ws = served.store.workspace("default").await.unwrap().id;
+    let err = served
+        .store
+        .deployment(ws, "gcp-job")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("moved") && err.contains("job_variables"),
+        "{err}"
+    );
+    set_gcp_vars(gcp_vars).execute(&raw).await.unwrap();
+    raw.close().await;
+    served.store.deployment(ws, "gcp-job").await.unwrap();
+
     // A wrong key: a clear error naming the key's source, never garbage.
     let wrong = pushpool::store::SecretKey::generate("the file /wrong/secret.key");
     let other = open_with(&db.url, &wrong).await;
