@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
-use pushpool::store::Store;
+use pushpool::store::crypto::{resolve_key, KeyOptions, SECRET_KEY_ENV};
+use pushpool::store::{ConnectOptions, SecretKey, Store};
 
 /// pushpool — run workflow runs on serverless infrastructure through push work pools.
 #[derive(Parser, Debug)]
@@ -44,6 +45,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -67,6 +72,13 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// The API alone.
     Api {
@@ -76,6 +88,18 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
         listen: SocketAddr,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+    },
+    /// Secrets at rest: re-encrypt the store's secrets (see docs/security.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.
     Bench {
@@ -107,6 +131,13 @@ enum Command {
         /// Runs to create.
         #[arg(long)]
         runs: usize,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// Fault-injection suite: check the invariants and print the summary line (used by scripts/chaos).
     #[command(hide = true)]
@@ -117,9 +148,41 @@ enum Command {
         /// The null provider's journal directory.
         #[arg(long)]
         journal_dir: PathBuf,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsCommand {
+    /// Re-encrypt every secret of the store with a new key, in one transaction. Stop every
+    /// pushpool process on the store first; afterwards put the new key where the old one was.
+    RotateKey {
+        /// Data directory (default $PUSHPOOL_HOME, else ./.pushpool): its pushpool.db is the
+        /// store unless --database-url is given, its secret.key the current key unless
+        /// --secret-key-file or $PUSHPOOL_SECRET_KEY say otherwise.
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The store (default: the SQLite file in --home).
+        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+        /// The new key: read when the file exists, else created (mode 0600) with a fresh key.
+        /// Without it, secrets are re-encrypted with the current key (encrypting any value
+        /// still stored in plain text).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 fn init_tracing() {
@@ -166,16 +229,50 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Opens the store the server commands name on the command line.
-async fn open_store(database_url: &str) -> anyhow::Result<Store> {
-    Store::connect(database_url)
-        .await
-        .context("opening the store")
+/// The secret key of a server command: `--secret-key-file`, else `$PUSHPOOL_SECRET_KEY`, else
+/// `home/secret.key`, created (0600) when missing and `create`.
+fn secret_key(
+    home: Option<PathBuf>,
+    file: Option<PathBuf>,
+    create: bool,
+) -> anyhow::Result<SecretKey> {
+    let options = KeyOptions {
+        file,
+        env: std::env::var(SECRET_KEY_ENV).ok(),
+        home: home.unwrap_or_else(|| PathBuf::from(".pushpool")),
+        create,
+    };
+    if create && options.file.is_none() && options.env.as_deref().is_none_or(str::is_empty) {
+        pushpool::server::prepare_home(&options.home)?;
+    }
+    Ok(resolve_key(&options)?)
+}
+
+/// Opens the store the server commands name on the command line, sealing secrets with `key`.
+async fn open_store(database_url: &str, key: SecretKey) -> anyhow::Result<Store> {
+    let store = Store::connect_with(
+        database_url,
+        ConnectOptions {
+            secret_key: Some(key),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening the store at {}",
+            pushpool::store::redact_url(database_url)
+        )
+    })?;
+    // Fails at once, naming the key's source, when the key is not the one the store was
+    // written with (the run-token secret is made here on a fresh store).
+    pushpool::server::run_tokens(&store).await?;
+    Ok(store)
 }
 
 /// Opens the store at `options.database_url` and serves until a shutdown signal.
-async fn connect_and_serve(options: ServeOptions) -> anyhow::Result<()> {
-    let store = open_store(&options.database_url).await?;
+async fn connect_and_serve(options: ServeOptions, key: SecretKey) -> anyhow::Result<()> {
+    let store = open_store(&options.database_url, key).await?;
     serve(store, options, shutdown_signal()).await?;
     Ok(())
 }
@@ -188,9 +285,11 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             status_deadline_seconds,
+            secret_key_file,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
+            let key = secret_key(Some(home.clone()), secret_key_file, true)?;
             let default_db = home.join("pushpool.db");
             if database_url.is_none() {
                 pushpool::server::secure_sqlite_files(&default_db)?;
@@ -198,9 +297,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             let url = database_url
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", default_db.display()));
-            let store = Store::connect(&url).await.with_context(|| {
-                format!("opening the store at {}", pushpool::store::redact_url(&url))
-            })?;
+            let store = open_store(&url, key).await?;
             if database_url.is_none() {
                 // The connection may have just made `-wal`/`-shm`.
                 pushpool::server::secure_sqlite_files(&default_db)?;
@@ -235,28 +332,73 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             id,
             lease_seconds,
             status_deadline_seconds,
+            home,
+            secret_key_file,
         } => {
-            connect_and_serve(ServeOptions {
-                database_url,
-                controller: true,
-                api_url: Some(public_api_url),
-                controller_id: id,
-                lease: lease_seconds.map(Duration::from_secs),
-                status_deadline: status_deadline_seconds.map(Duration::from_secs),
-                ..ServeOptions::default()
-            })
+            let key = secret_key(home, secret_key_file, true)?;
+            connect_and_serve(
+                ServeOptions {
+                    database_url,
+                    controller: true,
+                    api_url: Some(public_api_url),
+                    controller_id: id,
+                    lease: lease_seconds.map(Duration::from_secs),
+                    status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    ..ServeOptions::default()
+                },
+                key,
+            )
             .await?;
         }
         Command::Api {
             database_url,
             listen,
+            home,
+            secret_key_file,
         } => {
-            connect_and_serve(ServeOptions {
-                database_url,
-                listen: Some(listen),
-                ..ServeOptions::default()
-            })
+            let key = secret_key(home, secret_key_file, true)?;
+            connect_and_serve(
+                ServeOptions {
+                    database_url,
+                    listen: Some(listen),
+                    ..ServeOptions::default()
+                },
+                key,
+            )
             .await?;
+        }
+        Command::Secrets {
+            command:
+                SecretsCommand::RotateKey {
+                    home,
+                    database_url,
+                    secret_key_file,
+                    new_key_file,
+                },
+        } => {
+            let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
+            let url = database_url
+                .unwrap_or_else(|| format!("sqlite://{}", home.join("pushpool.db").display()));
+            let current = secret_key(Some(home), secret_key_file, false)?;
+            let new = match &new_key_file {
+                None => current.clone(),
+                Some(path) if path.exists() => SecretKey::read_file(path)?,
+                Some(path) => SecretKey::create_file(path)?,
+            };
+            let store = open_store(&url, current.clone()).await?;
+            let report = store.reseal_all(&new).await?;
+            println!(
+                "re-encrypted the secrets of {} setting(s), {} work pool(s), {} deployment(s) and {} flow run(s) with key {} (was {})",
+                report.settings, report.work_pools, report.deployments, report.flow_runs,
+                new.id(), current.id()
+            );
+            if let Some(path) = new_key_file {
+                println!(
+                    "now replace the key from {} with the one in {} before starting pushpool again",
+                    current.source(),
+                    path.display()
+                );
+            }
         }
         Command::Bench {
             store,
@@ -294,15 +436,22 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::ChaosSeed { database_url, runs } => {
-            let store = open_store(&database_url).await?;
+        Command::ChaosSeed {
+            database_url,
+            runs,
+            home,
+            secret_key_file,
+        } => {
+            let store = open_store(&database_url, secret_key(home, secret_key_file, true)?).await?;
             chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
             database_url,
             journal_dir,
+            home,
+            secret_key_file,
         } => {
-            let store = open_store(&database_url).await?;
+            let store = open_store(&database_url, secret_key(home, secret_key_file, true)?).await?;
             let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");

@@ -9,6 +9,7 @@ use super::{
     QUEUE_COLUMNS,
 };
 use crate::model::{now_micros, WorkPool, WorkQueue};
+use crate::store::crypto;
 use crate::store::sql::{not_found, unique_conflict};
 use crate::store::{Result, Store, StoreError, Tx};
 
@@ -91,7 +92,11 @@ impl Store {
             .bind(&new.name)
             .bind(&new.pool_type)
             .bind(new.description.clone())
-            .bind(new.base_job_template.to_string())
+            .bind(crypto::seal_template(
+                self.secret_key(),
+                &crypto::row_aad("work_pools", &id, "base_job_template"),
+                &new.base_job_template,
+            ))
             .bind(new.concurrency_limit)
             .bind(new.paused as i64)
             .bind(now);
@@ -131,8 +136,10 @@ impl Store {
     pub async fn pool_by_id(&self, id: Uuid) -> Result<WorkPool> {
         let sql = format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE id = $1");
         let query = sqlx::query(&sql).bind(id.to_string());
-        self.fetch_found(query, "work pool", id, pool_from_row)
-            .await
+        self.fetch_found(query, "work pool", id, |r| {
+            pool_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A pool by name in a workspace.
@@ -140,8 +147,10 @@ impl Store {
         let sql =
             format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE workspace_id = $1 AND name = $2");
         let query = sqlx::query(&sql).bind(workspace_id.to_string()).bind(name);
-        self.fetch_found(query, "work pool", name, pool_from_row)
-            .await
+        self.fetch_found(query, "work pool", name, |r| {
+            pool_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A workspace's pools, by name.
@@ -149,7 +158,8 @@ impl Store {
         let sql =
             format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE workspace_id = $1 ORDER BY name");
         let query = sqlx::query(&sql).bind(workspace_id.to_string());
-        self.fetch_rows(query, pool_from_row).await
+        self.fetch_rows(query, |r| pool_from_row(r, self.secret_key()))
+            .await
     }
 
     /// Changes a pool.
@@ -180,7 +190,11 @@ impl Store {
         );
         let mut q = sqlx::query(&sql)
             .bind(description)
-            .bind(template.to_string())
+            .bind(crypto::seal_template(
+                self.secret_key(),
+                &crypto::row_aad("work_pools", &current.id, "base_job_template"),
+                &template,
+            ))
             .bind(limit)
             .bind(paused as i64)
             .bind(now_micros())
