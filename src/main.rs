@@ -248,12 +248,40 @@ fn secret_key(
     Ok(resolve_key(&options)?)
 }
 
+/// The secret key of a command that serves a store named by `--database-url` (`api`,
+/// `controller`): as [`secret_key`], but a missing `secret.key` is created only in a data directory
+/// named with `--home`/`$PUSHPOOL_HOME`. Without one, no key and no file in `./.pushpool`, the
+/// process runs without a key: secrets it writes are stored in plain text (a warning says so)
+/// and a store holding encrypted secrets refuses to open, naming the way to configure the key.
+/// Creating a key in whatever directory a replica happens to start in would give each replica
+/// its own key, and the second replica on a shared store could not start.
+fn optional_secret_key(
+    home: Option<PathBuf>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<SecretKey>> {
+    let configured = file.is_some()
+        || std::env::var(SECRET_KEY_ENV).is_ok_and(|v| !v.trim().is_empty())
+        || home.is_some()
+        || PathBuf::from(".pushpool").join("secret.key").exists();
+    if configured {
+        return Ok(Some(secret_key(home, file, true)?));
+    }
+    tracing::warn!(
+        "no secret key configured ({SECRET_KEY_ENV}, --secret-key-file or --home): provider \
+         credentials and the run-token secret this process writes are stored unencrypted"
+    );
+    Ok(None)
+}
+
 /// Opens the store the server commands name on the command line, sealing secrets with `key`.
-async fn open_store(database_url: &str, key: SecretKey) -> anyhow::Result<Store> {
+async fn open_store(
+    database_url: &str,
+    key: impl Into<Option<SecretKey>>,
+) -> anyhow::Result<Store> {
     let store = Store::connect_with(
         database_url,
         ConnectOptions {
-            secret_key: Some(key),
+            secret_key: key.into(),
             ..ConnectOptions::default()
         },
     )
@@ -271,7 +299,7 @@ async fn open_store(database_url: &str, key: SecretKey) -> anyhow::Result<Store>
 }
 
 /// Opens the store at `options.database_url` and serves until a shutdown signal.
-async fn connect_and_serve(options: ServeOptions, key: SecretKey) -> anyhow::Result<()> {
+async fn connect_and_serve(options: ServeOptions, key: Option<SecretKey>) -> anyhow::Result<()> {
     let store = open_store(&options.database_url, key).await?;
     serve(store, options, shutdown_signal()).await?;
     Ok(())
@@ -335,7 +363,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             home,
             secret_key_file,
         } => {
-            let key = secret_key(home, secret_key_file, true)?;
+            let key = optional_secret_key(home, secret_key_file)?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
@@ -356,7 +384,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             home,
             secret_key_file,
         } => {
-            let key = secret_key(home, secret_key_file, true)?;
+            let key = optional_secret_key(home, secret_key_file)?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
@@ -442,7 +470,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             home,
             secret_key_file,
         } => {
-            let store = open_store(&database_url, secret_key(home, secret_key_file, true)?).await?;
+            let store =
+                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
             chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
@@ -451,7 +480,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             home,
             secret_key_file,
         } => {
-            let store = open_store(&database_url, secret_key(home, secret_key_file, true)?).await?;
+            let store =
+                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
             let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");
