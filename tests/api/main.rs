@@ -10,5 +10,6 @@ mod fuzz;
 mod hardening;
 mod openapi;
 mod openapi_valid;
+mod overrides;
 mod ranges;
 mod service;
