@@ -54,13 +54,7 @@ async fn member_key(app: &Served, name: &str, role: &str) -> String {
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    ok(
-        app,
-        "POST",
-        "/members",
-        json!({"user": name, "role": role}),
-    )
-    .await;
+    ok(app, "POST", "/members", json!({"user": name, "role": role})).await;
     let key = ok(
         app,
         "POST",
@@ -132,7 +126,10 @@ async fn a_runner_cannot_change_what_a_run_executes(db: TestDb) {
     assert_eq!(log.as_array().map(Vec::len), Some(3), "{log}");
 
     // Starting a run as the deployment says needs only runs:create.
-    for body in [json!({}), json!({"job_variables": {}, "parameters": {"x": 1}})] {
+    for body in [
+        json!({}),
+        json!({"job_variables": {}, "parameters": {"x": 1}}),
+    ] {
         let (s, b) = call(&app, "POST", "/deployments/etl/runs", &runner, Some(body)).await;
         assert_eq!(s, 201, "a runner still starts runs: {b}");
     }
@@ -314,7 +311,11 @@ async fn a_pool_limits_which_variables_a_run_may_override(db: TestDb) {
         json!({"description": "d"}),
     )
     .await;
-    assert_eq!(patched["overridable_variables"], json!(["env"]), "{patched}");
+    assert_eq!(
+        patched["overridable_variables"],
+        json!(["env"]),
+        "{patched}"
+    );
 
     // A run made before the pool was locked is not handed out with its override: the claim
     // answers the same rule instead of a job configuration.

@@ -985,7 +985,10 @@ async fn pool_overridable_variables_are_kept_changed_and_cleared(db: TestDb) {
                 )
                 .await
                 .unwrap();
-            assert_eq!(&kept.overridable_variables, next, "a patch without it keeps it");
+            assert_eq!(
+                &kept.overridable_variables, next,
+                "a patch without it keeps it"
+            );
         }
     }
 }

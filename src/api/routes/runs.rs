@@ -30,6 +30,10 @@ pub const ROUTES: &[Route] = &[
     Route::post(ws!("/deployments/{id_or_name}/runs"), handler!(create_run))
         .summary("Create a flow run")
         .access(Access::Workspace(Scope::RunsCreate))
+        .conditional_scope(
+            Scope::RunsOverride,
+            "the body has non-empty `job_variables`",
+        )
         .audit("flow_run.create", Always)
         .optional_body::<CreateRun>()
         .created::<FlowRun>()
