@@ -106,12 +106,18 @@ pub fn check_run_overrides(
     let Some(allowed) = &pool.overridable_variables else {
         return Ok(());
     };
+    if run_variables.is_empty() {
+        return Ok(());
+    }
+    let allowed_set: std::collections::BTreeSet<&str> =
+        allowed.iter().map(String::as_str).collect();
+    // Sorted, so the refusal names the same key whatever the request's key order.
     let mut keys: Vec<&String> = run_variables.keys().collect();
     keys.sort();
     for key in keys {
         // `env.FOO` overrides the variable `env`.
         let var = key.split('.').next().unwrap_or(key);
-        if allowed.iter().any(|a| a == var) {
+        if allowed_set.contains(var) {
             continue;
         }
         let listed = if allowed.is_empty() {

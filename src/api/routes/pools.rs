@@ -305,10 +305,12 @@ pub(crate) fn parse_template(
 /// `variables` schema, none twice. `given`: the list is in the request (else a new template is,
 /// and the stored list must still fit it).
 fn check_overridable(template: &BaseJobTemplate, names: &[String], given: bool) -> ApiResult<()> {
+    // A set, not a scan of the earlier names: the list may be as long as the body allows.
+    let mut seen = std::collections::HashSet::new();
     for (i, name) in names.iter().enumerate() {
         let field = format!("overridable_variables[{i}]");
         let shown = shorten(name, 100);
-        if names[..i].contains(name) {
+        if !seen.insert(name.as_str()) {
             return Err(ApiError::unprocessable(
                 &field,
                 format!("`{shown}` is listed twice"),
@@ -326,6 +328,7 @@ fn check_overridable(template: &BaseJobTemplate, names: &[String], given: bool) 
                     .join(", ")
             })
             .filter(|d| !d.is_empty())
+            .map(|d| shorten(&d, 500))
             .unwrap_or_else(|| "none".into());
         let message = if given {
             format!(
