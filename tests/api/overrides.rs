@@ -420,3 +420,36 @@ async fn overridable_variables_must_name_variables_of_the_pool(db: TestDb) {
     .await;
     assert_eq!(patched["overridable_variables"], json!(["command"]));
 }
+
+/// The OpenAPI document tells the truth about both: the pool field in requests and answers, and
+/// the further scope of a run with `job_variables`.
+#[test]
+fn the_openapi_document_states_the_scope_and_the_field() {
+    let doc = pushpool::api::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    for schema in ["CreatePool", "UpdatePool", "WorkPool"] {
+        let field = serde_json::to_string(&schemas[schema]["properties"]["overridable_variables"])
+            .unwrap();
+        assert!(
+            field.contains("\"array\"") && field.contains("\"null\""),
+            "{schema}: {field}"
+        );
+        assert!(field.contains("\"string\""), "{schema}: {field}");
+    }
+    let create_run = &doc["paths"]["/api/workspaces/{ws}/deployments/{id_or_name}/runs"]["post"];
+    assert_eq!(create_run["x-pushpool-scope"], "runs:create");
+    assert_eq!(
+        create_run["x-pushpool-conditional-scope"]["scope"],
+        "runs:override"
+    );
+    assert!(
+        create_run["description"]
+            .as_str()
+            .unwrap()
+            .contains("`runs:override`"),
+        "{create_run}"
+    );
+    for status in ["403", "422"] {
+        assert!(create_run["responses"][status].is_object(), "{status}");
+    }
+}
