@@ -428,8 +428,8 @@ fn the_openapi_document_states_the_scope_and_the_field() {
     let doc = pushpool::api::openapi::document();
     let schemas = &doc["components"]["schemas"];
     for schema in ["CreatePool", "UpdatePool", "WorkPool"] {
-        let field = serde_json::to_string(&schemas[schema]["properties"]["overridable_variables"])
-            .unwrap();
+        let field =
+            serde_json::to_string(&schemas[schema]["properties"]["overridable_variables"]).unwrap();
         assert!(
             field.contains("\"array\"") && field.contains("\"null\""),
             "{schema}: {field}"
