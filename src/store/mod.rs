@@ -243,6 +243,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "access",
         include_str!("../../migrations/0004_access.sql"),
     ),
+    (
+        5,
+        "pool_overridable_variables",
+        include_str!("../../migrations/0005_pool_overridable_variables.sql"),
+    ),
 ];
 
 /// Turns a user-given location into a database URL: `postgres://…` stays, `sqlite:…` stays, and a

@@ -11,5 +11,6 @@ mod fuzz;
 mod hardening;
 mod openapi;
 mod openapi_valid;
+mod overrides;
 mod ranges;
 mod service;

@@ -50,6 +50,7 @@ async fn env(db: &TestDb, provider: NullProvider) -> Env {
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await

@@ -19,7 +19,7 @@ pub use deployments::{DeploymentPatch, NewDeployment};
 pub use pools::{NewPool, NewQueue, PoolPatch};
 
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
-     concurrency_limit, paused, created, updated, submit_rate";
+     concurrency_limit, paused, created, updated, submit_rate, overridable_variables";
 const QUEUE_COLUMNS: &str =
     "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
 const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
@@ -81,6 +81,11 @@ fn pool_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<WorkPool> {
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
         submit_rate: row.try_get("submit_rate")?,
+        overridable_variables: row
+            .try_get::<Option<String>, _>("overridable_variables")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("overridable_variables: {e}")))?,
     })
 }
 
