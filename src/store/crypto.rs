@@ -82,7 +82,8 @@ pub enum SecretError {
     /// A value is sealed but the store was opened without a key.
     #[error(
         "cannot decrypt {aad}: it is encrypted (secret key {stored}) and no secret key is \
-         configured (set {SECRET_KEY_ENV} or use --secret-key-file)"
+         configured (set {SECRET_KEY_ENV}, use --secret-key-file, or point --home at the data \
+         directory holding secret.key)"
     )]
     NoKey {
         /// Which value.

@@ -694,6 +694,7 @@ async fn plain_secrets_of_an_older_store_still_read_and_rotation_encrypts_them(d
             concurrency_limit: None,
             paused: false,
             submit_rate: None,
+            overridable_variables: None,
         },
     )
     .await
