@@ -93,7 +93,6 @@ impl Context {
             .clone()
     }
 
-
     /// Renders and validates the run's job. `Ok(Err(_))` is a job that cannot be built (the run
     /// crashes with that message); `Err(_)` is the control plane failing (retried).
     pub(super) async fn prepare(

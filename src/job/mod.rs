@@ -108,7 +108,15 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    match tokio::time::timeout(TIME_BUDGET, tokio::task::spawn_blocking(work)).await {
+    bounded_within(TIME_BUDGET, work).await
+}
+
+async fn bounded_within<T, F>(budget: Duration, work: F) -> Result<T, OverBudget>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(work)).await {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Cancelled: only when the runtime shuts down.

@@ -779,14 +779,20 @@ fn nested_quantifiers_get_a_correct_verdict_on_large_values() {
     let e = t
         .resolve(&Map::new(), &map(json!({"x": items})))
         .expect_err("an item with `!` does not match");
-    assert_eq!((e.field.as_str(), e.rule), ("job_variables.x[1234]", "schema"));
+    assert_eq!(
+        (e.field.as_str(), e.rule),
+        ("job_variables.x[1234]", "schema")
+    );
 }
 
 #[test]
 fn patterns_are_counted_and_bounded_in_length() {
     let mut props = Map::new();
     for i in 0..MAX_TEMPLATE_PATTERNS {
-        props.insert(format!("v{i:03}"), json!({"type": "string", "pattern": "^a$"}));
+        props.insert(
+            format!("v{i:03}"),
+            json!({"type": "string", "pattern": "^a$"}),
+        );
     }
     let at_cap = json!({"job_configuration": {}, "variables": {"type": "object", "properties": props.clone()}});
     BaseJobTemplate::parse(&at_cap).expect("the cap itself is allowed");
@@ -794,7 +800,8 @@ fn patterns_are_counted_and_bounded_in_length() {
         "zzz".into(),
         json!({"type": "object", "patternProperties": {"^b": {"type": "string"}}}),
     );
-    let over = json!({"job_configuration": {}, "variables": {"type": "object", "properties": props}});
+    let over =
+        json!({"job_configuration": {}, "variables": {"type": "object", "properties": props}});
     let e = parse_err(over);
     assert_eq!(
         (e.field.as_str(), e.rule),

@@ -470,8 +470,12 @@ async fn regex_patterns_cannot_stall_the_runtime_and_previews_are_audited(db: Te
                     "{}/api/workspaces/default/deployments/{d}/preview",
                     served.base
                 );
-                let (client, clock, owner, bad) =
-                    (served.client.clone(), clock.clone(), owner.clone(), bad.clone());
+                let (client, clock, owner, bad) = (
+                    served.client.clone(),
+                    clock.clone(),
+                    owner.clone(),
+                    bad.clone(),
+                );
                 tokio::spawn(async move {
                     let sent = clock.fetch_add(1, Ordering::SeqCst);
                     let answer = call_json(&client, "POST", &url, &owner, Some(bad)).await;
@@ -516,7 +520,14 @@ async fn regex_patterns_cannot_stall_the_runtime_and_previews_are_audited(db: Te
     );
 
     // Items that all match: a 200.
-    let (s, b) = call(&served, "POST", "/deployments/nested/preview", &owner, Some(good)).await;
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/deployments/nested/preview",
+        &owner,
+        Some(good),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["job_configuration"]["x"].as_array().unwrap().len(), 2_400);
 
@@ -537,7 +548,10 @@ async fn regex_patterns_cannot_stall_the_runtime_and_previews_are_audited(db: Te
     assert!(b["message"].as_str().unwrap().contains("lookaround"), "{b}");
     let mut props = serde_json::Map::new();
     for i in 0..=pushpool::job::template::MAX_TEMPLATE_PATTERNS {
-        props.insert(format!("v{i:03}"), json!({"type": "string", "pattern": "^a$"}));
+        props.insert(
+            format!("v{i:03}"),
+            json!({"type": "string", "pattern": "^a$"}),
+        );
     }
     let template = json!({"job_configuration": {"command": "true"},
         "variables": {"type": "object", "properties": props}});
@@ -573,5 +587,9 @@ async fn regex_patterns_cannot_stall_the_runtime_and_previews_are_audited(db: Te
     assert_eq!(s, 200, "{log}");
     let log = log.as_array().unwrap();
     let outcomes = |o: &str| log.iter().filter(|e| e["outcome"] == o).count();
-    assert_eq!((outcomes("success"), outcomes("failed")), (1, 24), "{log:?}");
+    assert_eq!(
+        (outcomes("success"), outcomes("failed")),
+        (1, 24),
+        "{log:?}"
+    );
 }
