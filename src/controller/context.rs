@@ -93,16 +93,6 @@ impl Context {
             .clone()
     }
 
-    fn template_for(&self, pool: &WorkPool) -> Result<Arc<BaseJobTemplate>, JobError> {
-        let key = (pool.id, pool.updated.timestamp_micros());
-        if let Some(t) = self.templates.get(&key) {
-            return Ok(t);
-        }
-        let parsed = Arc::new(job::parse_template(pool)?);
-        self.templates.insert(key, parsed.clone());
-        Ok(parsed)
-    }
-
     /// Renders and validates the run's job. `Ok(Err(_))` is a job that cannot be built (the run
     /// crashes with that message); `Err(_)` is the control plane failing (retried).
     pub(super) async fn prepare(
@@ -129,20 +119,39 @@ impl Context {
             }
             other => other?,
         };
-        Ok(self.build(run, &pool, &deployment))
+        Ok(self.build(run, &pool, &deployment).await)
     }
 
-    fn build(
+    async fn build(
         &self,
         run: &FlowRun,
         pool: &WorkPool,
         deployment: &Deployment,
     ) -> Result<PreparedJob, JobError> {
         let provider = job::provider_for(&self.registry, &pool.pool_type)?;
-        let template = self.template_for(pool)?;
         let token = self.tokens.issue(run.id, run.attempt);
-        let facts = RunFacts::of_run(run, &self.config.api_url, &token);
-        let job = job::prepare(&template, provider.as_ref(), pool, deployment, &facts)?;
+        // Parsing (cached per pool version), rendering and the provider's check run off the
+        // async runtime, within the time budget (issue 19 item 6).
+        let key = (pool.id, pool.updated.timestamp_micros());
+        let cached: Option<Arc<BaseJobTemplate>> = self.templates.get(&key);
+        let miss = cached.is_none();
+        let (template, job) = {
+            let (provider, pool, deployment) = (provider.clone(), pool.clone(), deployment.clone());
+            let (run, api_url, token) = (run.clone(), self.config.api_url.clone(), token.clone());
+            job::bounded(move || {
+                let template = match cached {
+                    Some(t) => t,
+                    None => Arc::new(job::parse_template(&pool)?),
+                };
+                let facts = RunFacts::of_run(&run, &api_url, &token);
+                let job = job::prepare(&template, provider.as_ref(), &pool, &deployment, &facts)?;
+                Ok::<_, JobError>((template, job))
+            })
+            .await??
+        };
+        if miss {
+            self.templates.insert(key, template);
+        }
         let spec = RunSpec {
             run_id: run.id,
             attempt: u32::try_from(run.attempt).unwrap_or(1),

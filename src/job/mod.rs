@@ -14,6 +14,7 @@ pub mod template;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pushpool_provider::{DynProvider, ProviderError, Registry, ValidatedJob};
 use serde_json::{json, Map, Value};
@@ -84,6 +85,42 @@ pub fn render_context(
     match v {
         Value::Object(m) => m,
         _ => Map::new(),
+    }
+}
+
+/// Longest that template work done for one request or one run (checking a template, validating
+/// job variables against its schema, rendering) may take before it is answered as over budget.
+/// Patterns are matched in linear time ([`template::MAX_TEMPLATE_PATTERNS`]), so this is a
+/// backstop, far above what any real template needs.
+pub const TIME_BUDGET: Duration = Duration::from_secs(10);
+
+/// Template work ran past [`TIME_BUDGET`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("checking the template and job variables took longer than the time budget of {} s; simplify the template's schema or the values", TIME_BUDGET.as_secs())]
+pub struct OverBudget;
+
+/// Runs template work off the async runtime (on the blocking pool), so a slow schema check never
+/// holds a runtime worker, and gives up waiting after [`TIME_BUDGET`]. The work itself is not
+/// stopped (a thread cannot be cancelled); the engine's limits are what bound it. A panic in the
+/// work is resumed here.
+pub async fn bounded<T, F>(work: F) -> Result<T, OverBudget>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    bounded_within(TIME_BUDGET, work).await
+}
+
+async fn bounded_within<T, F>(budget: Duration, work: F) -> Result<T, OverBudget>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down.
+        Ok(Err(_)) | Err(_) => Err(OverBudget),
     }
 }
 
@@ -197,6 +234,12 @@ pub fn prepare(
     validate(provider, &render(template, pool, deployment, run)?)
 }
 
+impl From<OverBudget> for JobError {
+    fn from(_: OverBudget) -> Self {
+        JobError::OverBudget
+    }
+}
+
 /// Why a run's job cannot be built. One set of messages for every place that builds jobs: a
 /// crashed run's state message, a 422 of the API and the `error` of a claimed run all use it.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +277,8 @@ pub enum JobError {
         /// The provider's reason.
         message: String,
     },
+    /// Checking or rendering took longer than [`TIME_BUDGET`].
+    OverBudget,
     /// The provider's check failed in another way.
     Provider {
         /// The pool type.
@@ -270,6 +315,7 @@ impl JobError {
                 e.field.clone()
             }
             JobError::InvalidVariables(e) => format!("job_variables.{}", e.field),
+            JobError::OverBudget => "job_variables".into(),
             JobError::NoProvider { .. } => "type".into(),
             JobError::Refused { field, .. } if !field.is_empty() => {
                 format!("job_configuration.{field}")
@@ -279,12 +325,14 @@ impl JobError {
     }
 
     /// The rule broken: the template engine's rule names (`invalid_template`, `unknown_variable`,
-    /// `schema`, …), or `not_found`, `unknown_pool_type`, `provider_config`, `provider`.
+    /// `schema`, …), or `not_found`, `time_budget`, `unknown_pool_type`, `provider_config`,
+    /// `provider`.
     pub fn rule(&self) -> &'static str {
         match self {
             JobError::Gone { .. } => "not_found",
             JobError::InvalidTemplate { source, .. } => source.rule,
             JobError::InvalidVariables(e) => e.rule,
+            JobError::OverBudget => "time_budget",
             JobError::NoProvider { .. } => "unknown_pool_type",
             JobError::Refused { .. } => "provider_config",
             JobError::Provider { .. } => "provider",
@@ -307,6 +355,7 @@ impl fmt::Display for JobError {
                 self.field(),
                 e.message
             ),
+            JobError::OverBudget => write!(f, "{OverBudget}"),
             JobError::NoProvider { pool_type, served } => write!(
                 f,
                 "no provider for pool type `{pool_type}` here (this build serves: {served}); build pushpool with that provider's feature"

@@ -247,3 +247,21 @@ fn a_pool_type_without_provider_says_what_is_served() {
     );
     assert_eq!(JobError::deployment_gone("d").field(), "deployment");
 }
+
+#[tokio::test]
+async fn template_work_past_its_budget_is_a_422_on_the_job_variables() {
+    // The work waits until released, so it is still running when the (zero) budget is up.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let over = bounded_within(std::time::Duration::ZERO, move || wait.recv().is_ok())
+        .await
+        .expect_err("over budget");
+    release.send(()).unwrap();
+    let e = JobError::from(over);
+    assert_eq!(
+        (e.field().as_str(), e.rule()),
+        ("job_variables", "time_budget")
+    );
+    assert!(e.to_string().contains("time budget of 10 s"), "{e}");
+    // Within its budget the work's answer comes back.
+    assert_eq!(bounded(|| 7).await, Ok(7));
+}

@@ -1,9 +1,13 @@
 //! Regression tests for the security review (issue 19): a run's logs are bounded in bytes on
 //! write and on read (item 8), a secret restored from a mask never comes back in a refusal or
-//! the audit log (item 10), and the event stream shows each reader only what its scopes cover
-//! (item 11).
+//! the audit log (item 10), the event stream shows each reader only what its scopes cover
+//! (item 11), and a template's regular expressions cannot stall the server (item 6).
 
-use pushpool::store::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushpool::store::{quota_marker, NewDeployment, NewPool, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
 use pushpool_testkit::{both_backends, call_json, serve_fresh, Served, TestDb};
 use serde_json::{json, Value};
 
@@ -14,6 +18,7 @@ both_backends!(
     nul_characters_are_refused_at_the_api_and_replaced_in_job_output,
     secrets_are_encrypted_at_rest_and_read_back_whole,
     plain_secrets_of_an_older_store_still_read_and_rotation_encrypts_them,
+    regex_patterns_cannot_stall_the_runtime_and_previews_are_audited,
 );
 
 /// `method …/api/workspaces/default{path}` with `key`.
@@ -840,5 +845,235 @@ async fn the_rotate_key_command_re_encrypts_the_store_under_a_new_key_file() {
     assert!(
         stderr.contains("secret.key") && stderr.contains(old.id()) && stderr.contains(new.id()),
         "{stderr}"
+    );
+}
+
+/// A base job template whose array variable `x` has items matching `pattern`.
+fn items_pattern_template(pattern: &str) -> Value {
+    json!({
+        "job_configuration": {"command": "true", "x": "{{ x }}"},
+        "variables": {"type": "object", "properties": {
+            "x": {"type": "array", "items": {"type": "string", "pattern": pattern}}
+        }}
+    })
+}
+
+/// Issue 19 item 6: `items.pattern "^(a+)+(?!a)b"` and two 70 KB previews stalled the runtime
+/// for ~38 s (`/healthz` took 36 s). Such a pattern is now refused when a pool is created, one
+/// stored before is answered with a 422 at once, the linear-time engine gives a correct verdict
+/// on nested quantifiers, `/healthz` answers while previews are in flight, and previews are
+/// audited.
+async fn regex_patterns_cannot_stall_the_runtime_and_previews_are_audited(db: TestDb) {
+    let served = serve_fresh(&db.url, false).await;
+    let owner = served.admin_key.clone();
+    // A pool stored before the fix (the store takes templates as checked), and its deployment.
+    let ws = served.store.workspace("default").await.unwrap();
+    let legacy = items_pattern_template("^(a+)+(?!a)b");
+    served
+        .store
+        .create_pool(
+            ws.id,
+            NewPool {
+                name: "legacy".into(),
+                pool_type: "process".into(),
+                description: None,
+                base_job_template: legacy.clone(),
+                concurrency_limit: None,
+                paused: false,
+                submit_rate: None,
+                overridable_variables: None,
+            },
+        )
+        .await
+        .unwrap();
+    served
+        .store
+        .create_deployment(
+            ws.id,
+            NewDeployment {
+                name: "legacy".into(),
+                work_pool: "legacy".into(),
+                work_queue: None,
+                job_variables: Default::default(),
+                parameters: Default::default(),
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+    // Nested quantifiers the linear-time engine takes: a pool made through the API.
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/work_pools",
+        &owner,
+        Some(json!({"name": "nested", "type": "process",
+            "base_job_template": items_pattern_template("^(a+)+$")})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let body = json!({"name": "nested", "work_pool": "nested"});
+    let (s, b) = call(&served, "POST", "/deployments", &owner, Some(body)).await;
+    assert_eq!(s, 201, "{b}");
+
+    // ~70 KB of items that each cost a backtracking engine a million steps.
+    let mut items = vec![json!("a".repeat(27)); 2_400];
+    let good = json!({"job_variables": {"x": items.clone()}});
+    items[2_000] = json!("aaaa!");
+    let bad = json!({"job_variables": {"x": items}});
+    assert!(bad.to_string().len() > 70_000);
+
+    // Previews, four at a time, while /healthz is asked in a loop; a shared clock orders every
+    // request's sending and answer.
+    let clock = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let healthz = {
+        let (client, url) = (served.client.clone(), format!("{}/healthz", served.base));
+        let (clock, done) = (clock.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut answered = vec![];
+            // Bounded: stops when the previews are done.
+            for _ in 0..100_000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let sent = clock.fetch_add(1, Ordering::SeqCst);
+                let r = client.get(&url).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                answered.push((sent, clock.fetch_add(1, Ordering::SeqCst)));
+            }
+            answered
+        })
+    };
+    let work = async {
+        let mut previews = vec![];
+        for _round in 0..6 {
+            let batch = ["legacy", "nested", "legacy", "nested"].map(|d| {
+                let url = format!(
+                    "{}/api/workspaces/default/deployments/{d}/preview",
+                    served.base
+                );
+                let (client, clock, owner, bad) = (
+                    served.client.clone(),
+                    clock.clone(),
+                    owner.clone(),
+                    bad.clone(),
+                );
+                tokio::spawn(async move {
+                    let sent = clock.fetch_add(1, Ordering::SeqCst);
+                    let answer = call_json(&client, "POST", &url, &owner, Some(bad)).await;
+                    (d, sent, clock.fetch_add(1, Ordering::SeqCst), answer)
+                })
+            });
+            for p in batch {
+                previews.push(p.await.unwrap());
+            }
+        }
+        previews
+    };
+    let previews = tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("previews answered (a backtracking engine takes ~45 s for each)");
+    done.store(true, Ordering::SeqCst);
+    let healthz = healthz.await.unwrap();
+
+    for (d, _, _, (s, b)) in &previews {
+        assert_eq!(*s, 422, "{d}: {b}");
+        if *d == "legacy" {
+            // The template itself is refused, naming the pattern.
+            assert_eq!(b["field"], "work_pool", "{b}");
+            let message = b["message"].as_str().unwrap();
+            assert!(
+                message.contains("base_job_template.variables.properties.x.items.pattern"),
+                "{b}"
+            );
+        } else {
+            assert_eq!(b["field"], "job_variables.x[2000]", "{b}");
+        }
+    }
+    let during = healthz.iter().any(|(h_sent, h_answered)| {
+        previews
+            .iter()
+            .any(|(_, p_sent, p_answered, _)| p_sent < h_sent && h_answered < p_answered)
+    });
+    assert!(
+        during,
+        "/healthz never answered while a preview was in flight ({} answers)",
+        healthz.len()
+    );
+
+    // Items that all match: a 200.
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/deployments/nested/preview",
+        &owner,
+        Some(good),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["job_configuration"]["x"].as_array().unwrap().len(), 2_400);
+
+    // The issue's pattern is refused at pool creation, naming it; so are too many patterns.
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/work_pools",
+        &owner,
+        Some(json!({"name": "redos", "type": "process", "base_job_template": legacy})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(
+        b["field"],
+        "base_job_template.variables.properties.x.items.pattern"
+    );
+    assert!(b["message"].as_str().unwrap().contains("lookaround"), "{b}");
+    let mut props = serde_json::Map::new();
+    for i in 0..=pushpool::job::template::MAX_TEMPLATE_PATTERNS {
+        props.insert(
+            format!("v{i:03}"),
+            json!({"type": "string", "pattern": "^a$"}),
+        );
+    }
+    let template = json!({"job_configuration": {"command": "true"},
+        "variables": {"type": "object", "properties": props}});
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/work_pools",
+        &owner,
+        Some(json!({"name": "many", "type": "process", "base_job_template": template})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(
+        b["field"],
+        format!(
+            "base_job_template.variables.properties.v{:03}.pattern",
+            pushpool::job::template::MAX_TEMPLATE_PATTERNS
+        )
+    );
+    let (s, b) = call(&served, "GET", "/work_pools", &owner, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(b.as_array().unwrap().len(), 2, "nothing stored: {b}");
+
+    // Previews are audited, answered or refused.
+    let (s, log) = call(
+        &served,
+        "GET",
+        "/audit_log?action=deployment.preview&limit=1000",
+        &owner,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{log}");
+    let log = log.as_array().unwrap();
+    let outcomes = |o: &str| log.iter().filter(|e| e["outcome"] == o).count();
+    assert_eq!(
+        (outcomes("success"), outcomes("failed")),
+        (1, 24),
+        "{log:?}"
     );
 }

@@ -347,16 +347,35 @@ async fn moto_sqs_results_queue_completes_and_fails_event_runs() {
                "timeout_seconds": 60, "watchdog_grace_seconds": 0}),
     )
     .await;
+    // Another deployment with its own results queue (issue 19 item 12).
+    let own_queue = create_queue(&moto, &unique("results")).await;
+    app.deployment(
+        "elsewhere",
+        &fake.url,
+        &function,
+        json!({"invocation_type": "Event", "result_queue_url": own_queue,
+               "timeout_seconds": 60, "watchdog_grace_seconds": 0}),
+    )
+    .await;
     // A record of somebody else's invocation must be left in the queue for its reader.
     let foreign = json!({"version": "1.0", "requestContext": {"requestId": "someone-else", "condition": "Success", "approximateInvokeCount": 1},
                          "responseContext": {"statusCode": 200}, "responsePayload": {"other": true}});
     send_message(&moto, &queue, &foreign).await;
 
+    let elsewhere = app.run("elsewhere").await;
+    let elsewhere_infra = infra(&app.wait_running(&elsewhere, Duration::from_secs(20)).await);
     let ok = app.run("job").await;
     let failing = app.run("job").await;
     let ok_infra = infra(&app.wait_running(&ok, Duration::from_secs(20)).await);
     let failing_infra = infra(&app.wait_running(&failing, Duration::from_secs(20)).await);
     let function_arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}:$LATEST");
+    // A forged record for the other deployment's run, in this queue: it must not end that run.
+    let forged = |summary: &str| {
+        json!({"version": "1.0", "requestContext": {"requestId": request_id(&elsewhere_infra),
+                   "functionArn": function_arn, "condition": "Success", "approximateInvokeCount": 1},
+               "responseContext": {"statusCode": 200}, "responsePayload": {"from": summary}})
+    };
+    send_message(&moto, &queue, &forged("the wrong queue")).await;
     // What Lambda's on-success / on-failure destinations would write (moto runs no code).
     send_message(
         &moto,
@@ -400,11 +419,26 @@ async fn moto_sqs_results_queue_completes_and_fails_event_runs() {
         app.history(&failing).await,
         ["SCHEDULED", "PENDING", "RUNNING", "FAILED"]
     );
-    // Both records were deleted once the runs' final states were stored; the foreign one stays.
+    // The forged record was read along with the others and handed back: the run it names is
+    // still running, and ends only by a record from its own queue.
+    assert_eq!(state(&app.flow_run(&elsewhere).await).0, "RUNNING");
+    send_message(&moto, &own_queue, &forged("its own queue")).await;
+    let run = app.wait_terminal(&elsewhere, Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&run),
+        (
+            "COMPLETED",
+            format!("Lambda function `{function}` returned: {{\"from\":\"its own queue\"}}")
+                .as_str()
+        ),
+        "{run}"
+    );
+    // Both records were deleted once the runs' final states were stored; the foreign and the
+    // forged ones stay.
     let start = Instant::now();
     loop {
         let left = visible_messages(&moto, &queue).await;
-        if left == 1 {
+        if left == 2 {
             break;
         }
         assert!(
@@ -413,7 +447,7 @@ async fn moto_sqs_results_queue_completes_and_fails_event_runs() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(fake.invocations(&function).len(), 2);
+    assert_eq!(fake.invocations(&function).len(), 3);
     app.stop().await;
 }
 

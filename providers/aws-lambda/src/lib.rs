@@ -53,7 +53,7 @@ pub use errors::{
 pub use payload::{
     function_error_message, redact_tokens, result_summary, PAYLOAD_PLACEHOLDERS, SUMMARY_LIMIT,
 };
-pub use results::{parse_record, DestinationRecord};
+pub use results::{parse_record, DestinationRecord, QueuedResult, ResultSource, ResultsMap};
 
 /// The pool type served by [`AwsLambdaProvider`].
 pub const POOL_TYPE: &str = "aws-lambda:push";
@@ -162,21 +162,13 @@ struct SyncJob {
     task: tokio::task::AbortHandle,
 }
 
-/// A result record read from a queue for a run this provider watches.
-#[derive(Clone)]
-struct QueuedResult {
-    status: JobStatus,
-    queue_url: String,
-    receipt_handle: Option<String>,
-}
-
 /// Invokes AWS Lambda functions (pool type `aws-lambda:push`).
 #[derive(Default)]
 pub struct AwsLambdaProvider {
     clients: ClientCache,
     sync_jobs: Mutex<HashMap<String, SyncJob>>,
-    /// Request ids of Event invocations whose status was asked, with their record once read.
-    watched: Mutex<HashMap<String, Option<QueuedResult>>>,
+    /// Event invocations whose status was asked, with their record once read.
+    watched: Mutex<ResultsMap>,
     queue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -223,27 +215,29 @@ impl AwsLambdaProvider {
             .clone()
     }
 
-    fn cached_result(&self, request_id: &str) -> Option<JobStatus> {
+    fn cached_result(&self, source: &ResultSource, request_id: &str) -> Option<JobStatus> {
         lock(&self.watched)
-            .get(request_id)
-            .and_then(|r| r.as_ref().map(|r| r.status.clone()))
+            .result(source, request_id)
+            .map(|r| r.status.clone())
     }
 
     /// Reads the results queue for the record of `id`'s request; keeps records of other runs this
-    /// provider watches, and hands the rest back to the queue for other controllers.
+    /// provider watches on the same queue, and hands the rest back to the queue for other
+    /// controllers.
     async fn check_queue(
         &self,
-        queue_url: &str,
+        source: &ResultSource,
         id: &InfraId,
         job: &LambdaJobConfig,
     ) -> Result<Option<JobStatus>, ProviderError> {
-        lock(&self.watched).entry(id.key.clone()).or_insert(None);
-        if let Some(s) = self.cached_result(&id.key) {
+        let queue_url = source.queue_url.as_str();
+        lock(&self.watched).watch(source, &id.key);
+        if let Some(s) = self.cached_result(source, &id.key) {
             return Ok(Some(s));
         }
         let queue = self.queue_lock(queue_url);
         let _reading = queue.lock().await;
-        if let Some(s) = self.cached_result(&id.key) {
+        if let Some(s) = self.cached_result(source, &id.key) {
             return Ok(Some(s));
         }
         let clients = self.clients.get(job).await;
@@ -267,23 +261,8 @@ impl AwsLambdaProvider {
             for m in messages {
                 let record = m.body().and_then(|body| parse_record(body, &id.function));
                 let receipt = m.receipt_handle().map(str::to_string);
-                let mine = {
-                    let mut watched = lock(&self.watched);
-                    match record {
-                        Some(r) if watched.contains_key(&r.request_id) => {
-                            watched.insert(
-                                r.request_id,
-                                Some(QueuedResult {
-                                    status: r.status,
-                                    queue_url: queue_url.to_string(),
-                                    receipt_handle: receipt.clone(),
-                                }),
-                            );
-                            true
-                        }
-                        _ => false,
-                    }
-                };
+                let mine =
+                    record.is_some_and(|r| lock(&self.watched).offer(source, r, receipt.clone()));
                 if !mine {
                     if let Some(receipt) = receipt {
                         let _ = clients
@@ -297,11 +276,11 @@ impl AwsLambdaProvider {
                     }
                 }
             }
-            if self.cached_result(&id.key).is_some() {
+            if self.cached_result(source, &id.key).is_some() {
                 break;
             }
         }
-        Ok(self.cached_result(&id.key))
+        Ok(self.cached_result(source, &id.key))
     }
 }
 
@@ -565,8 +544,8 @@ impl Provider for AwsLambdaProvider {
                 })
             }
             InvocationType::Event => {
-                if let Some(queue) = &job.result_queue_url {
-                    if let Some(status) = self.check_queue(queue, &id, job).await? {
+                if let Some(source) = ResultSource::of(job) {
+                    if let Some(status) = self.check_queue(&source, &id, job).await? {
                         return Ok(status);
                     }
                 }
@@ -595,14 +574,16 @@ impl Provider for AwsLambdaProvider {
     async fn cancel(
         &self,
         infrastructure_id: &str,
-        _job: &LambdaJobConfig,
+        job: &LambdaJobConfig,
         _grace: Duration,
     ) -> Result<CancelOutcome, ProviderError> {
         if let Ok(id) = infrastructure_id.parse::<InfraId>() {
             if let Some(entry) = lock(&self.sync_jobs).remove(&id.key) {
                 entry.task.abort();
             }
-            lock(&self.watched).remove(&id.key);
+            if let Some(source) = ResultSource::of(job) {
+                lock(&self.watched).forget(&source, &id.key);
+            }
         }
         Ok(CancelOutcome::Unsupported)
     }
@@ -620,9 +601,9 @@ impl Provider for AwsLambdaProvider {
         if let Some(entry) = lock(&self.sync_jobs).remove(&id.key) {
             entry.task.abort();
         }
-        let record = lock(&self.watched).remove(&id.key).flatten();
+        let record = ResultSource::of(job).and_then(|s| lock(&self.watched).forget(&s, &id.key));
         if let Some(QueuedResult {
-            queue_url,
+            source: ResultSource { queue_url, .. },
             receipt_handle: Some(receipt),
             ..
         }) = record

@@ -7,6 +7,7 @@
 //! also renews the leases the controller already holds, so calling it at least every
 //! `lease_seconds / 2` (with `limit: 0` when it wants nothing new) keeps its runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -137,7 +138,13 @@ async fn claim(
             lease,
         )
         .await?;
-    let template = job::parse_template(&pool);
+    // Template work runs off the async runtime, within the time budget (issue 19 item 6).
+    let template = {
+        let pool = pool.clone();
+        job::bounded(move || job::parse_template(&pool).map(Arc::new))
+            .await
+            .unwrap_or_else(|over| Err(over.into()))
+    };
     let mut runs = Vec::with_capacity(claimed.len());
     for run in claimed {
         let token = state.tokens.issue(run.id, run.attempt);
@@ -149,8 +156,15 @@ async fn claim(
                 .await,
         ) {
             (Ok(template), Ok(deployment)) => {
-                let facts = RunFacts::of_run(&run, &state.api_url, &token);
-                job::render(template, &pool, &deployment, &facts).map_err(|e| e.to_string())
+                let (template, pool, run) = (template.clone(), pool.clone(), run.clone());
+                let (api_url, token) = (state.api_url.clone(), token.clone());
+                job::bounded(move || {
+                    let facts = RunFacts::of_run(&run, &api_url, &token);
+                    job::render(&template, &pool, &deployment, &facts)
+                })
+                .await
+                .unwrap_or_else(|over| Err(over.into()))
+                .map_err(|e| e.to_string())
             }
             (Err(e), _) => Err(e.to_string()),
             (_, Err(e)) => Err(e.to_string()),

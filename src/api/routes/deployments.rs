@@ -65,7 +65,7 @@ pub const ROUTES: &[Route] = &[
     Route::post(ws!("/deployments/{id_or_name}/preview"), handler!(preview))
         .summary("Render the job configuration a run would get")
         .access(Access::Workspace(Scope::DeploymentsRead))
-        .audit("deployment.preview", DeniedOnly)
+        .audit("deployment.preview", Always)
         .optional_body::<PreviewRequest>()
         .ok::<Preview>(),
 ];
@@ -159,10 +159,18 @@ async fn create_deployment(
     check_document_size("job_variables", &body.job_variables)?;
     check_document_size("parameters", &body.parameters)?;
     let pool = state.store.pool(ws.id, &body.work_pool).await?;
-    let template = job::parse_template(&pool)?;
-    template
-        .validate_deployment_overrides(&body.job_variables)
-        .map_err(|e| prefix_field(e, "job_variables"))?;
+    let job_variables = body.job_variables;
+    let (checked, job_variables, pool) = job::bounded(move || {
+        let checked = job::parse_template(&pool).map(|template| {
+            template
+                .validate_deployment_overrides(&job_variables)
+                .map_err(|e| prefix_field(e, "job_variables"))
+        });
+        (checked, job_variables, pool)
+    })
+    .await
+    .map_err(over_budget)?;
+    checked??;
     let d = state
         .store
         .create_deployment(
@@ -171,7 +179,7 @@ async fn create_deployment(
                 name: body.name,
                 work_pool: body.work_pool,
                 work_queue: body.work_queue,
-                job_variables: body.job_variables,
+                job_variables,
                 parameters: body.parameters,
                 concurrency_limit: body.concurrency_limit,
                 paused: body.paused,
@@ -238,11 +246,20 @@ async fn update_deployment(
     if let Some(params) = body.parameters.as_mut() {
         redact::restore_map_collecting(params, &current.parameters, &mut restored);
     }
-    if let Some(vars) = &body.job_variables {
+    if let Some(vars) = body.job_variables.take() {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
-        job::parse_template(&pool)?
-            .validate_deployment_overrides(vars)
-            .map_err(|e| prefix_field(e, "job_variables").scrubbed(&restored))?;
+        let (checked, vars) = job::bounded(move || {
+            let checked = job::parse_template(&pool).map(|template| {
+                template
+                    .validate_deployment_overrides(&vars)
+                    .map_err(|e| prefix_field(e, "job_variables"))
+            });
+            (checked, vars)
+        })
+        .await
+        .map_err(over_budget)?;
+        checked?.map_err(|e| e.scrubbed(&restored))?;
+        body.job_variables = Some(vars);
     }
     let patch = DeploymentPatch {
         job_variables: body.job_variables,
@@ -273,16 +290,24 @@ pub(crate) async fn render_for(
     run_variables: &Map<String, Value>,
 ) -> ApiResult<(Value, Option<ApiError>, WorkPool)> {
     let pool = state.store.pool_by_id(deployment.work_pool_id).await?;
-    let template = job::parse_template(&pool)?;
-    let facts = RunFacts::preview(deployment, run_variables);
-    let rendered = job::render(&template, &pool, deployment, &facts)?;
-    // Without a provider for its type here, the job is shown unchecked.
-    let provider_error = state
-        .registry
-        .get(&pool.pool_type)
-        .and_then(|p| job::validate(p.as_ref(), &rendered).err())
-        .map(ApiError::from);
-    Ok((rendered, provider_error, pool))
+    let provider = state.registry.get(&pool.pool_type);
+    let (deployment, run_variables) = (deployment.clone(), run_variables.clone());
+    let (rendered, provider_error, pool) = job::bounded(move || {
+        let template = job::parse_template(&pool)?;
+        let facts = RunFacts::preview(&deployment, &run_variables);
+        let rendered = job::render(&template, &pool, &deployment, &facts)?;
+        // Without a provider for its type here, the job is shown unchecked.
+        let provider_error = provider.and_then(|p| job::validate(p.as_ref(), &rendered).err());
+        Ok::<_, job::JobError>((rendered, provider_error, pool))
+    })
+    .await
+    .map_err(over_budget)??;
+    Ok((rendered, provider_error.map(ApiError::from), pool))
+}
+
+/// Template work past its time budget: a 422 on the job variables checked.
+fn over_budget(over: job::OverBudget) -> ApiError {
+    ApiError::from(job::JobError::from(over))
 }
 
 async fn preview(

@@ -18,7 +18,7 @@ use super::super::{
 };
 use crate::access::{shorten, Scope};
 use crate::job;
-use crate::model::{BaseJobTemplateDoc, WorkPool};
+use crate::model::{BaseJobTemplateDoc, Deployment, WorkPool};
 use crate::redact;
 use crate::store::{NewPool, PoolPatch};
 use crate::template::{BaseJobTemplate, TemplateError};
@@ -135,7 +135,7 @@ async fn create_pool(
         return Err(unknown_type(&state, &body.pool_type));
     }
     check_rate(body.submit_rate)?;
-    let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
+    let template = parse_template(&state, &body.pool_type, body.base_job_template).await?;
     if let Some(names) = &body.overridable_variables {
         check_overridable(&template, names, true)?;
     }
@@ -210,29 +210,38 @@ async fn update_pool(
             let mut secret_variables = redact::schema_secret_variables(&t["variables"]);
             secret_variables.extend(views::secret_variables(&pool));
             let parsed = parse_template(&state, &pool.pool_type, Some(t))
+                .await
                 .map_err(|e| e.scrubbed(&secrets))?;
             // Every deployment of the pool must still fit the new template.
-            for d in state
+            let deployments: Vec<Deployment> = state
                 .store
                 .list_deployments(ws.id)
                 .await?
-                .iter()
+                .into_iter()
                 .filter(|d| d.work_pool_id == pool.id)
-            {
-                parsed
-                    .validate_deployment_overrides(&d.job_variables)
-                    .map_err(|e| {
-                        let variables = Value::Object(d.job_variables.clone());
-                        secrets.extend(redact::secret_strings(&variables, &secret_variables));
-                        ApiError::unprocessable(
-                            "base_job_template",
-                            format!(
-                                "deployment `{}` would no longer fit this template: {}: {}",
-                                d.name, e.field, e.message
-                            ),
-                        )
-                        .scrubbed(&secrets)
-                    })?;
+                .collect();
+            let (parsed, misfit) = job::bounded(move || {
+                let misfit = deployments.into_iter().find_map(|d| {
+                    parsed
+                        .validate_deployment_overrides(&d.job_variables)
+                        .err()
+                        .map(|e| (d, e))
+                });
+                (parsed, misfit)
+            })
+            .await
+            .map_err(|over| ApiError::unprocessable("base_job_template", over.to_string()))?;
+            if let Some((d, e)) = misfit {
+                let variables = Value::Object(d.job_variables.clone());
+                secrets.extend(redact::secret_strings(&variables, &secret_variables));
+                return Err(ApiError::unprocessable(
+                    "base_job_template",
+                    format!(
+                        "deployment `{}` would no longer fit this template: {}: {}",
+                        d.name, e.field, e.message
+                    ),
+                )
+                .scrubbed(&secrets));
             }
             Some(parsed)
         }
@@ -277,7 +286,9 @@ async fn delete_pool(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) fn parse_template(
+/// Parses and checks a pool's template (the type's default when `None`) off the async runtime,
+/// within [`job::TIME_BUDGET`].
+pub(crate) async fn parse_template(
     state: &AppState,
     pool_type: &str,
     template: Option<Value>,
@@ -290,7 +301,10 @@ pub(crate) fn parse_template(
             .map(|p| p.default_base_job_template())
             .ok_or_else(|| unknown_type(state, pool_type))?,
     };
-    let parsed = BaseJobTemplate::parse(&value).map_err(|e| {
+    let parsed = job::bounded(move || BaseJobTemplate::parse(&value))
+        .await
+        .map_err(|over| ApiError::unprocessable("base_job_template", over.to_string()))?;
+    let parsed = parsed.map_err(|e| {
         let field = if e.field.starts_with("base_job_template") {
             e.field.clone()
         } else {
