@@ -190,7 +190,11 @@ impl Bench {
     /// A due run claimed by this controller, as its task starts with it.
     async fn claimed(&self) -> RunWork {
         self.plane.add_run(&self.deployment, Utc::now());
-        let mut claimed = self.plane.claim_due(1).await.unwrap();
+        let mut claimed = self
+            .plane
+            .claim_due(1, &WorkspaceQuota::unlimited())
+            .await
+            .unwrap();
         RunWork::new(claimed.remove(0), false)
     }
 
@@ -367,7 +371,12 @@ async fn the_job_failing_or_the_infrastructure_vanishing_ends_the_run() {
 async fn a_job_that_cannot_be_built_crashes_with_the_job_modules_message() {
     let b = bench();
     b.plane.add_run(&b.deployment, Utc::now());
-    let mut run = b.plane.claim_due(1).await.unwrap().remove(0);
+    let mut run = b
+        .plane
+        .claim_due(1, &WorkspaceQuota::unlimited())
+        .await
+        .unwrap()
+        .remove(0);
     run.job_variables.insert("command".into(), json!(""));
     b.plane.put_run(run.clone());
     let mut work = RunWork::new(run, false);
@@ -423,7 +432,11 @@ async fn orphan_for_c2(lookup: Lookup) -> (Bench, RunWork) {
     let b = bench_with(shared, provider, "c2");
     let gone = b.plane.for_controller("gone");
     gone.add_run(&b.deployment, Utc::now());
-    let mut run = gone.claim_due(1).await.unwrap().remove(0);
+    let mut run = gone
+        .claim_due(1, &WorkspaceQuota::unlimited())
+        .await
+        .unwrap()
+        .remove(0);
     run.lease_expires = Some(Utc::now() - chrono::Duration::seconds(1));
     b.plane.put_run(run);
     let orphans = b.plane.orphans(10).await.unwrap();
