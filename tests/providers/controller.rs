@@ -584,6 +584,15 @@ async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    eprintln!(
+        "workspace B's run started {:?} after it was created",
+        created.elapsed()
+    );
+    assert_eq!(
+        a_in_flight,
+        ControllerConfig::default().workspace_quota(),
+        "workspace A holds its quota (half of max_in_flight), no more"
+    );
     c.shutdown();
     loop_task.abort();
 }

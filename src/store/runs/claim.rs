@@ -227,12 +227,17 @@ impl Store {
         // Fair share: rank due runs within their workspace (priority, then schedule) and take
         // rank 1 of every workspace first, then rank 2, … so one workspace's backlog can neither
         // fill the batch nor push other workspaces' runs out of the scan window. The ranking is a
-        // subquery because PostgreSQL refuses FOR UPDATE next to a window function.
+        // subquery because PostgreSQL refuses FOR UPDATE next to a window function; it is sorted
+        // itself so PostgreSQL locks rows lazily in that order up to the LIMIT (the outer ORDER
+        // BY is then free) instead of joining and sorting the whole backlog once more.
         let sql = format!(
-            "SELECT r.id, r.workspace_id, r.pool_id, r.queue_id, r.deployment_id, \
-             p.concurrency_limit AS pool_limit, q.concurrency_limit AS queue_limit, \
-             d.concurrency_limit AS deployment_limit \
-             FROM (SELECT r.id AS run_id, ROW_NUMBER() OVER (PARTITION BY r.workspace_id \
+            "SELECT c.run_id AS id, c.workspace_id, c.pool_id, c.queue_id, c.deployment_id, \
+             c.pool_limit, c.queue_limit, c.deployment_limit \
+             FROM (SELECT r.id AS run_id, r.workspace_id, r.pool_id, r.queue_id, r.deployment_id, \
+                   p.concurrency_limit AS pool_limit, q.concurrency_limit AS queue_limit, \
+                   d.concurrency_limit AS deployment_limit, q.priority AS priority, \
+                   r.scheduled_time AS scheduled_time, \
+                   ROW_NUMBER() OVER (PARTITION BY r.workspace_id \
                    ORDER BY q.priority, r.scheduled_time, r.id) AS fair_rank \
                    FROM flow_runs r \
                    JOIN work_pools p ON p.id = r.pool_id \
@@ -240,13 +245,11 @@ impl Store {
                    JOIN deployments d ON d.id = r.deployment_id \
                    WHERE r.state_type = 'SCHEDULED' AND r.scheduled_time <= $1 AND {pool_cond}{not_full} \
                    AND p.paused = 0 AND q.paused = 0 AND d.paused = 0 \
-                   AND {} AND {} AND {}) ranked \
-             JOIN flow_runs r ON r.id = ranked.run_id \
-             JOIN work_pools p ON p.id = r.pool_id \
-             JOIN work_queues q ON q.id = r.queue_id \
-             JOIN deployments d ON d.id = r.deployment_id \
+                   AND {} AND {} AND {} \
+                   ORDER BY fair_rank, priority, scheduled_time, run_id) c \
+             JOIN flow_runs r ON r.id = c.run_id \
              WHERE r.state_type = 'SCHEDULED' \
-             ORDER BY ranked.fair_rank, q.priority, r.scheduled_time, r.id LIMIT {scan}{lock}",
+             ORDER BY c.fair_rank, c.priority, c.scheduled_time, c.run_id LIMIT {scan}{lock}",
             active_count("pool_id", "p"),
             active_count("queue_id", "q"),
             active_count("deployment_id", "d"),
