@@ -44,6 +44,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Most runs of one workspace this controller drives at once (fair share: one
+        /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
+        #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_in_flight_per_workspace: Option<u64>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -67,6 +71,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Most runs of one workspace this controller drives at once (fair share: one
+        /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
+        #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_in_flight_per_workspace: Option<u64>,
     },
     /// The API alone.
     Api {
@@ -180,6 +188,11 @@ async fn connect_and_serve(options: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The per-workspace in-flight quota flag as a count (clap bounds it to 1..=1,000,000).
+fn per_workspace(flag: Option<u64>) -> Option<usize> {
+    flag.map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 async fn run_server(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up {
@@ -188,6 +201,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             status_deadline_seconds,
+            max_in_flight_per_workspace,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -224,6 +238,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller_id: None,
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                 },
                 shutdown_signal(),
             )
@@ -235,6 +250,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             id,
             lease_seconds,
             status_deadline_seconds,
+            max_in_flight_per_workspace,
         } => {
             connect_and_serve(ServeOptions {
                 database_url,
@@ -243,6 +259,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 controller_id: id,
                 lease: lease_seconds.map(Duration::from_secs),
                 status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                 ..ServeOptions::default()
             })
             .await?;
