@@ -35,6 +35,11 @@ pub enum Scope {
     /// Create flow runs of deployments.
     #[serde(rename = "runs:create")]
     RunsCreate,
+    /// Create flow runs with run-level `job_variables`, which change what the run executes
+    /// (its command, image, function, endpoint); `runs:create` alone starts runs as their
+    /// deployment says.
+    #[serde(rename = "runs:override")]
+    RunsOverride,
     /// Cancel flow runs.
     #[serde(rename = "runs:cancel")]
     RunsCancel,
@@ -99,13 +104,14 @@ pub fn event_read_scope(event: &str) -> Scope {
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 20] = [
+    pub const ALL: [Scope; 21] = [
         Scope::PoolsRead,
         Scope::PoolsWrite,
         Scope::DeploymentsRead,
         Scope::DeploymentsWrite,
         Scope::RunsRead,
         Scope::RunsCreate,
+        Scope::RunsOverride,
         Scope::RunsCancel,
         Scope::RunsClaim,
         Scope::RunsReport,
@@ -131,6 +137,7 @@ impl Scope {
             Scope::DeploymentsWrite => "deployments:write",
             Scope::RunsRead => "runs:read",
             Scope::RunsCreate => "runs:create",
+            Scope::RunsOverride => "runs:override",
             Scope::RunsCancel => "runs:cancel",
             Scope::RunsClaim => "runs:claim",
             Scope::RunsReport => "runs:report",
@@ -199,6 +206,7 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
                 PoolsWrite,
                 DeploymentsWrite,
                 RunsCreate,
+                RunsOverride,
                 RunsCancel,
                 KeysSelf,
             ],
@@ -216,8 +224,8 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
 pub fn builtin_description(role: &str) -> &'static str {
     match role {
         "owner" => "Everything in the workspace: members, service accounts, keys, roles, audit log.",
-        "developer" => "Work pools, deployments and runs; reads everything but security settings.",
-        "runner" => "Creates and cancels runs; reads pools, deployments, runs and events.",
+        "developer" => "Work pools, deployments and runs (also with run-level job variables); reads everything but security settings.",
+        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs and events.",
         "viewer" => "Reads pools, deployments, runs and events.",
         "controller" => "What a controller working through the API needs: claim due runs of a pool and report their states. Nothing else.",
         _ => "",
@@ -312,13 +320,34 @@ pub fn check_grant(caller: &Grant, given: &Grant) -> Result<(), String> {
             );
         }
     }
-    if given.owner && for_other && !Scope::ALL.iter().all(|s| caller.scopes.contains(s)) {
+    if given.owner && for_other && !full_owner(caller) {
         return Err(
             "only an owner may mint or rotate another owner's key (a rotation could lock them out)"
                 .into(),
         );
     }
     Ok(())
+}
+
+/// The same rule for taking away instead of handing out (revoking a key): another principal's
+/// owner key is revoked only by a full owner (every scope), so a `keys:write` role can never
+/// lock an owner out. `target` is what the key holds now; its scopes and expiry do not matter
+/// (revoking a key nobody needs is never an escalation).
+///
+/// The error is the message of a 403, naming the rule.
+pub fn check_revoke(caller: &Grant, target: &Grant) -> Result<(), String> {
+    if target.owner && target.principal != caller.principal && !full_owner(caller) {
+        return Err(
+            "only an owner may revoke another owner's key (a revocation could lock them out)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The caller holds every scope (an owner with an uncapped or owner-capped key).
+fn full_owner(caller: &Grant) -> bool {
+    Scope::ALL.iter().all(|s| caller.scopes.contains(s))
 }
 
 #[cfg(test)]
@@ -364,6 +393,17 @@ mod tests {
         let err = check_grant(&key_admin, &owner_capped).unwrap_err();
         assert!(err.contains("only an owner"), "{err}");
         assert_eq!(check_grant(&owner, &owner_capped), Ok(()));
+        // Revocation: another owner's key only by a full owner; anyone else's with keys:write.
+        let err = check_revoke(&key_admin, &owner_capped).unwrap_err();
+        assert!(err.contains("only an owner may revoke"), "{err}");
+        assert_eq!(check_revoke(&owner, &owner_capped), Ok(()));
+        assert_eq!(
+            check_revoke(&key_admin, &grant(5, "developer", None)),
+            Ok(())
+        );
+        let mut own_capped = grant(2, "owner", None);
+        own_capped.scopes = [Scope::KeysSelf].into();
+        assert_eq!(check_revoke(&own_capped, &grant(2, "owner", None)), Ok(()));
     }
 
     #[test]
@@ -380,6 +420,10 @@ mod tests {
             [Scope::RunsClaim, Scope::RunsReport].into_iter().collect()
         );
         assert!(!dev.contains(&Scope::AuditRead) && !dev.contains(&Scope::KeysWrite));
+        // Run-level job variables change what a run executes: authors only (issue 19 item 5).
+        assert!(owner.contains(&Scope::RunsOverride) && dev.contains(&Scope::RunsOverride));
+        assert!(!runner.contains(&Scope::RunsOverride) && !viewer.contains(&Scope::RunsOverride));
+        assert!(!controller.contains(&Scope::RunsOverride));
         assert!(builtin_scopes("admin").is_none());
     }
 

@@ -125,6 +125,7 @@ pub async fn run_bench(
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await?;

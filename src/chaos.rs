@@ -37,6 +37,7 @@ pub async fn seed(store: &Store, runs: usize) -> Result<(), StoreError> {
                     concurrency_limit: None,
                     paused: false,
                     submit_rate: None,
+                    overridable_variables: None,
                 },
             )
             .await?;

@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
-use pushpool::store::Store;
+use pushpool::store::crypto::{resolve_key, KeyOptions, SECRET_KEY_ENV};
+use pushpool::store::{ConnectOptions, SecretKey, Store};
 
 /// pushpool — run workflow runs on serverless infrastructure through push work pools.
 #[derive(Parser, Debug)]
@@ -48,6 +49,10 @@ enum Command {
         /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
         #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         max_in_flight_per_workspace: Option<u64>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -75,6 +80,13 @@ enum Command {
         /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
         #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         max_in_flight_per_workspace: Option<u64>,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// The API alone.
     Api {
@@ -84,6 +96,18 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
         listen: SocketAddr,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+    },
+    /// Secrets at rest: re-encrypt the store's secrets (see docs/security.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.
     Bench {
@@ -115,6 +139,13 @@ enum Command {
         /// Runs to create.
         #[arg(long)]
         runs: usize,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     /// Fault-injection suite: check the invariants and print the summary line (used by scripts/chaos).
     #[command(hide = true)]
@@ -125,9 +156,41 @@ enum Command {
         /// The null provider's journal directory.
         #[arg(long)]
         journal_dir: PathBuf,
+        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsCommand {
+    /// Re-encrypt every secret of the store with a new key, in one transaction. Stop every
+    /// pushpool process on the store first; afterwards put the new key where the old one was.
+    RotateKey {
+        /// Data directory (default $PUSHPOOL_HOME, else ./.pushpool): its pushpool.db is the
+        /// store unless --database-url is given, its secret.key the current key unless
+        /// --secret-key-file or $PUSHPOOL_SECRET_KEY say otherwise.
+        #[arg(long, env = "PUSHPOOL_HOME")]
+        home: Option<PathBuf>,
+        /// The store (default: the SQLite file in --home).
+        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+        /// or the key in $PUSHPOOL_SECRET_KEY).
+        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+        /// The new key: read when the file exists, else created (mode 0600) with a fresh key.
+        /// Without it, secrets are re-encrypted with the current key (encrypting any value
+        /// still stored in plain text).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 fn init_tracing() {
@@ -174,16 +237,78 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Opens the store the server commands name on the command line.
-async fn open_store(database_url: &str) -> anyhow::Result<Store> {
-    Store::connect(database_url)
-        .await
-        .context("opening the store")
+/// The secret key of a server command: `--secret-key-file`, else `$PUSHPOOL_SECRET_KEY`, else
+/// `home/secret.key`, created (0600) when missing and `create`.
+fn secret_key(
+    home: Option<PathBuf>,
+    file: Option<PathBuf>,
+    create: bool,
+) -> anyhow::Result<SecretKey> {
+    let options = KeyOptions {
+        file,
+        env: std::env::var(SECRET_KEY_ENV).ok(),
+        home: home.unwrap_or_else(|| PathBuf::from(".pushpool")),
+        create,
+    };
+    if create && options.file.is_none() && options.env.as_deref().is_none_or(str::is_empty) {
+        pushpool::server::prepare_home(&options.home)?;
+    }
+    Ok(resolve_key(&options)?)
+}
+
+/// The secret key of a command that serves a store named by `--database-url` (`api`,
+/// `controller`): as [`secret_key`], but a missing `secret.key` is created only in a data directory
+/// named with `--home`/`$PUSHPOOL_HOME`. Without one, no key and no file in `./.pushpool`, the
+/// process runs without a key: secrets it writes are stored in plain text (a warning says so)
+/// and a store holding encrypted secrets refuses to open, naming the way to configure the key.
+/// Creating a key in whatever directory a replica happens to start in would give each replica
+/// its own key, and the second replica on a shared store could not start.
+fn optional_secret_key(
+    home: Option<PathBuf>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<SecretKey>> {
+    let configured = file.is_some()
+        || std::env::var(SECRET_KEY_ENV).is_ok_and(|v| !v.trim().is_empty())
+        || home.is_some()
+        || PathBuf::from(".pushpool").join("secret.key").exists();
+    if configured {
+        return Ok(Some(secret_key(home, file, true)?));
+    }
+    tracing::warn!(
+        "no secret key configured ({SECRET_KEY_ENV}, --secret-key-file or --home): provider \
+         credentials and the run-token secret this process writes are stored unencrypted"
+    );
+    Ok(None)
+}
+
+/// Opens the store the server commands name on the command line, sealing secrets with `key`.
+async fn open_store(
+    database_url: &str,
+    key: impl Into<Option<SecretKey>>,
+) -> anyhow::Result<Store> {
+    let store = Store::connect_with(
+        database_url,
+        ConnectOptions {
+            secret_key: key.into(),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening the store at {}",
+            pushpool::store::redact_url(database_url)
+        )
+    })?;
+    // Fails at once, naming the key's source, when the key is not the one the store was
+    // written with (the run-token secret is made here on a fresh store).
+    pushpool::server::run_tokens(&store).await?;
+    Ok(store)
 }
 
 /// Opens the store at `options.database_url` and serves until a shutdown signal.
-async fn connect_and_serve(options: ServeOptions) -> anyhow::Result<()> {
-    let store = open_store(&options.database_url).await?;
+async fn connect_and_serve(options: ServeOptions, key: Option<SecretKey>) -> anyhow::Result<()> {
+    let store = open_store(&options.database_url, key).await?;
     serve(store, options, shutdown_signal()).await?;
     Ok(())
 }
@@ -202,9 +327,11 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             public_api_url,
             status_deadline_seconds,
             max_in_flight_per_workspace,
+            secret_key_file,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
+            let key = secret_key(Some(home.clone()), secret_key_file, true)?;
             let default_db = home.join("pushpool.db");
             if database_url.is_none() {
                 pushpool::server::secure_sqlite_files(&default_db)?;
@@ -212,9 +339,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             let url = database_url
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", default_db.display()));
-            let store = Store::connect(&url).await.with_context(|| {
-                format!("opening the store at {}", pushpool::store::redact_url(&url))
-            })?;
+            let store = open_store(&url, key).await?;
             if database_url.is_none() {
                 // The connection may have just made `-wal`/`-shm`.
                 pushpool::server::secure_sqlite_files(&default_db)?;
@@ -251,29 +376,74 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             lease_seconds,
             status_deadline_seconds,
             max_in_flight_per_workspace,
+            home,
+            secret_key_file,
         } => {
-            connect_and_serve(ServeOptions {
-                database_url,
-                controller: true,
-                api_url: Some(public_api_url),
-                controller_id: id,
-                lease: lease_seconds.map(Duration::from_secs),
-                status_deadline: status_deadline_seconds.map(Duration::from_secs),
-                max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
-                ..ServeOptions::default()
-            })
+            let key = optional_secret_key(home, secret_key_file)?;
+            connect_and_serve(
+                ServeOptions {
+                    database_url,
+                    controller: true,
+                    api_url: Some(public_api_url),
+                    controller_id: id,
+                    lease: lease_seconds.map(Duration::from_secs),
+                    status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
+                    ..ServeOptions::default()
+                },
+                key,
+            )
             .await?;
         }
         Command::Api {
             database_url,
             listen,
+            home,
+            secret_key_file,
         } => {
-            connect_and_serve(ServeOptions {
-                database_url,
-                listen: Some(listen),
-                ..ServeOptions::default()
-            })
+            let key = optional_secret_key(home, secret_key_file)?;
+            connect_and_serve(
+                ServeOptions {
+                    database_url,
+                    listen: Some(listen),
+                    ..ServeOptions::default()
+                },
+                key,
+            )
             .await?;
+        }
+        Command::Secrets {
+            command:
+                SecretsCommand::RotateKey {
+                    home,
+                    database_url,
+                    secret_key_file,
+                    new_key_file,
+                },
+        } => {
+            let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
+            let url = database_url
+                .unwrap_or_else(|| format!("sqlite://{}", home.join("pushpool.db").display()));
+            let current = secret_key(Some(home), secret_key_file, false)?;
+            let new = match &new_key_file {
+                None => current.clone(),
+                Some(path) if path.exists() => SecretKey::read_file(path)?,
+                Some(path) => SecretKey::create_file(path)?,
+            };
+            let store = open_store(&url, current.clone()).await?;
+            let report = store.reseal_all(&new).await?;
+            println!(
+                "re-encrypted the secrets of {} setting(s), {} work pool(s), {} deployment(s) and {} flow run(s) with key {} (was {})",
+                report.settings, report.work_pools, report.deployments, report.flow_runs,
+                new.id(), current.id()
+            );
+            if let Some(path) = new_key_file {
+                println!(
+                    "now replace the key from {} with the one in {} before starting pushpool again",
+                    current.source(),
+                    path.display()
+                );
+            }
         }
         Command::Bench {
             store,
@@ -311,15 +481,24 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::ChaosSeed { database_url, runs } => {
-            let store = open_store(&database_url).await?;
+        Command::ChaosSeed {
+            database_url,
+            runs,
+            home,
+            secret_key_file,
+        } => {
+            let store =
+                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
             chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
             database_url,
             journal_dir,
+            home,
+            secret_key_file,
         } => {
-            let store = open_store(&database_url).await?;
+            let store =
+                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
             let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");

@@ -64,6 +64,11 @@ pub struct WorkPool {
     pub updated: DateTime<Utc>,
     /// Most submissions per second per controller; `None` means the provider's default.
     pub submit_rate: Option<f64>,
+    /// The job variables a run may override (run-level `job_variables`); `None` means any
+    /// variable of the template's schema, `[]` none. Deployment-level job variables are not
+    /// restricted by it.
+    #[serde(default)]
+    pub overridable_variables: Option<Vec<String>>,
 }
 
 /// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.

@@ -149,6 +149,28 @@ impl Caller {
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }
+    /// A 403 like the guard's unless the caller holds `scope`, for what a route's body asks
+    /// beyond the route's own scope; `why` says which part of the request needs it.
+    pub fn require(&self, scope: Scope, why: &str) -> Result<(), ApiError> {
+        if self.has(scope) {
+            return Ok(());
+        }
+        let role = self.role.as_deref().unwrap_or("none");
+        let cap = self.key().and_then(|k| k.key.role.as_deref());
+        Err(ApiError::forbidden(&format!(
+            "{} ({why})",
+            missing_scope(scope, role, cap)
+        )))
+    }
+}
+
+/// The message of a 403 for a missing scope, naming the role (and the key's cap) that lacks it.
+fn missing_scope(scope: Scope, role: &str, cap: Option<&str>) -> String {
+    let held = match cap {
+        Some(cap) if cap != role => format!("role `{role}` capped by the key's role `{cap}`"),
+        _ => format!("role `{role}`"),
+    };
+    format!("this needs the `{scope}` permission, which your {held} does not include")
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -381,16 +403,8 @@ async fn authorize(
                 scopes = scopes.intersection(&cap_scopes).copied().collect();
             }
             if !scopes.contains(&scope) {
-                let held = match &key.key.role {
-                    Some(cap) if cap != &role => {
-                        format!("role `{role}` capped by the key's role `{cap}`")
-                    }
-                    _ => format!("role `{role}`"),
-                };
                 return Err(deny(
-                    ApiError::forbidden(&format!(
-                        "this needs the `{scope}` permission, which your {held} does not include"
-                    )),
+                    ApiError::forbidden(&missing_scope(scope, &role, key.key.role.as_deref())),
                     &actor,
                     Some(ws.id),
                 ));

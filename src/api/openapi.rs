@@ -145,7 +145,14 @@ fn operation(
     match route.access {
         Access::Public => op["security"] = json!([]),
         Access::Workspace(scope) => {
-            op["description"] = json!(format!("Authorization: {}", route.access.describe()));
+            let mut description = format!("Authorization: {}", route.access.describe());
+            if let Some((extra, when)) = route.conditional_scope {
+                description.push_str(&format!(
+                    "; also `{extra}` when {when} (403 naming it otherwise)"
+                ));
+                op["x-pushpool-conditional-scope"] = json!({"scope": extra.as_str(), "when": when});
+            }
+            op["description"] = json!(description);
             op["x-pushpool-scope"] = json!(scope.as_str());
         }
         other => op["description"] = json!(format!("Authorization: {}", other.describe())),

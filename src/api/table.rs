@@ -134,6 +134,10 @@ pub struct Route {
     pub summary: &'static str,
     /// Who may call it (default: an instance administrator, so a forgotten rule fails closed).
     pub access: Access,
+    /// A further scope the handler asks for when the request does something more (the scope,
+    /// and when), e.g. `runs:override` for a run with `job_variables`; documented in the
+    /// OpenAPI document, enforced by the handler ([`super::Caller::require`]).
+    pub conditional_scope: Option<(crate::access::Scope, &'static str)>,
     /// Audit action name, `<object>.<verb>`.
     pub action: &'static str,
     /// What is audited.
@@ -158,6 +162,7 @@ impl Route {
             path,
             summary: "",
             access: Access::Admin,
+            conditional_scope: None,
             action: "",
             audit: AuditPolicy::Always,
             handler,
@@ -191,6 +196,15 @@ impl Route {
     /// Sets who may call it.
     pub const fn access(mut self, access: Access) -> Route {
         self.access = access;
+        self
+    }
+    /// Documents a further scope the handler requires `when` the request asks for more.
+    pub const fn conditional_scope(
+        mut self,
+        scope: crate::access::Scope,
+        when: &'static str,
+    ) -> Route {
+        self.conditional_scope = Some((scope, when));
         self
     }
     /// Sets the audit action and policy.

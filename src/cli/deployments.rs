@@ -67,7 +67,8 @@ pub enum DeploymentCommand {
         /// When the run is due (RFC 3339); default now.
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
-        /// Run-level job variable override. Repeatable.
+        /// Run-level job variable override (needs the `runs:override` scope; the pool's
+        /// `overridable_variables` may limit which). Repeatable.
         #[arg(long = "var", value_name = "KEY=JSON")]
         vars: Vec<String>,
         /// Flow parameter. Repeatable.

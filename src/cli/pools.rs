@@ -18,6 +18,37 @@ pub struct PoolArgs {
     pub command: PoolCommand,
 }
 
+/// Which job variables a run may override (run-level `job_variables`); deployment-level job
+/// variables are not restricted by it.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverridableArgs {
+    /// A job variable runs of this pool may override (`--var` of `deployment run`); repeatable.
+    /// Without any, runs may override every variable.
+    #[arg(long = "overridable-variable", value_name = "NAME", conflicts_with_all = ["no_run_overrides", "any_run_overrides"])]
+    pub overridable_variables: Vec<String>,
+    /// Runs of this pool may override no job variable (`overridable_variables: []`).
+    #[arg(long, conflicts_with = "any_run_overrides")]
+    pub no_run_overrides: bool,
+    /// Runs of this pool may override any job variable again (`overridable_variables: null`).
+    #[arg(long)]
+    pub any_run_overrides: bool,
+}
+
+impl OverridableArgs {
+    /// The `overridable_variables` value to send, if the flags set one.
+    pub fn value(&self) -> Option<Value> {
+        if self.no_run_overrides {
+            Some(json!([]))
+        } else if self.any_run_overrides {
+            Some(Value::Null)
+        } else if !self.overridable_variables.is_empty() {
+            Some(json!(self.overridable_variables))
+        } else {
+            None
+        }
+    }
+}
+
 /// Work-pool commands.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum PoolCommand {
@@ -34,6 +65,15 @@ pub enum PoolCommand {
         /// Most runs of this pool in flight at once.
         #[arg(long, value_name = "N")]
         concurrency_limit: Option<u32>,
+        #[command(flatten)]
+        overrides: OverridableArgs,
+    },
+    /// Change which job variables runs of a pool may override (`overridable_variables`).
+    Update {
+        /// Pool name.
+        name: String,
+        #[command(flatten)]
+        overrides: OverridableArgs,
     },
     /// List work pools.
     #[command(visible_alias = "list")]
@@ -77,6 +117,7 @@ pub(super) async fn pool(
             pool_type,
             template,
             concurrency_limit,
+            overrides,
         } => {
             let mut body = json!({"name": name, "type": pool_type});
             if let Some(path) = template {
@@ -85,7 +126,28 @@ pub(super) async fn pool(
             if let Some(limit) = concurrency_limit {
                 body["concurrency_limit"] = json!(limit);
             }
+            if let Some(list) = overrides.value() {
+                body["overridable_variables"] = list;
+            }
             create(api, out, "work_pools", &body, pool_details).await?;
+        }
+        PoolCommand::Update { name, overrides } => {
+            let Some(list) = overrides.value() else {
+                return Err(CliError::Usage(
+                    "nothing to change: give --overridable-variable NAME (repeatable), \
+                     --no-run-overrides or --any-run-overrides"
+                        .into(),
+                ));
+            };
+            send_and_show(
+                api,
+                out,
+                Method::PATCH,
+                api.ws_url(&["work_pools", &name]),
+                Some(&json!({ "overridable_variables": list })),
+                pool_details,
+            )
+            .await?;
         }
         PoolCommand::Ls => {
             get_and_show(api, out, api.ws_url(&["work_pools"]), |v| {
@@ -144,6 +206,23 @@ async fn set_paused(
     Ok(())
 }
 
+/// What runs of the pool may override: `any`, `none`, or the names.
+fn overridable(pool: &Value) -> String {
+    match pool.get("overridable_variables").and_then(Value::as_array) {
+        None => "any (runs may override every job variable)".into(),
+        Some(names) if names.is_empty() => "none".into(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| n.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn pool_details(pool: &Value) -> String {
     let mut text = key_values(&[
         ("name", field(pool, "name")),
@@ -152,6 +231,7 @@ fn pool_details(pool: &Value) -> String {
         ("description", field(pool, "description")),
         ("paused", field(pool, "paused")),
         ("concurrency_limit", field(pool, "concurrency_limit")),
+        ("overridable_variables", overridable(pool)),
         ("created", time_field(pool, "created")),
         ("updated", time_field(pool, "updated")),
     ]);

@@ -369,3 +369,58 @@ fn run_logs_escape_terminal_control_characters() {
          fake\\nsecond line\\r\\x9b31m\\x7f"
     );
 }
+
+/// Issue 19 item 5: `pool create|update` set which job variables runs may override.
+#[test]
+fn pool_overridable_variables_flags_parse() {
+    let overrides = |args: &[&str]| match parse(args).unwrap() {
+        ClientCommand::Pool(PoolArgs {
+            command: PoolCommand::Create { overrides, .. } | PoolCommand::Update { overrides, .. },
+        }) => overrides.value(),
+        other => panic!("parsed as {other:?}"),
+    };
+    let create = [
+        "pool",
+        "create",
+        "p",
+        "--type",
+        "process",
+        "--overridable-variable",
+        "env",
+        "--overridable-variable",
+        "command",
+    ];
+    assert_eq!(
+        overrides(&create),
+        Some(serde_json::json!(["env", "command"]))
+    );
+    assert_eq!(overrides(&create[..5]), None, "the server's default: any");
+    assert_eq!(
+        overrides(&["pool", "update", "p", "--no-run-overrides"]),
+        Some(serde_json::json!([]))
+    );
+    assert_eq!(
+        overrides(&["pool", "update", "p", "--any-run-overrides"]),
+        Some(serde_json::Value::Null)
+    );
+    assert_eq!(overrides(&["pool", "update", "p"]), None);
+    for clash in [
+        &[
+            "pool",
+            "update",
+            "p",
+            "--no-run-overrides",
+            "--any-run-overrides",
+        ][..],
+        &[
+            "pool",
+            "update",
+            "p",
+            "--overridable-variable",
+            "env",
+            "--no-run-overrides",
+        ],
+    ] {
+        assert!(parse(clash).is_err(), "{clash:?}");
+    }
+}

@@ -104,6 +104,7 @@ impl MemoryPlane {
             created: now,
             updated: now,
             submit_rate: None,
+            overridable_variables: None,
         };
         self.lock().pools.insert(pool.id, pool.clone());
         pool

@@ -95,13 +95,67 @@ pub fn parse_template(pool: &WorkPool) -> Result<BaseJobTemplate, JobError> {
     })
 }
 
+/// Refuses a run-level override of a variable the pool's `overridable_variables` does not list
+/// (rule `not_overridable`, field `job_variables.<key>`). `None` lets a run override any
+/// variable; deployment-level job variables are never checked here (their authors hold
+/// `deployments:write`).
+pub fn check_run_overrides(
+    pool: &WorkPool,
+    run_variables: &Map<String, Value>,
+) -> Result<(), TemplateError> {
+    let Some(allowed) = &pool.overridable_variables else {
+        return Ok(());
+    };
+    if run_variables.is_empty() {
+        return Ok(());
+    }
+    let allowed_set: std::collections::BTreeSet<&str> =
+        allowed.iter().map(String::as_str).collect();
+    // Sorted, so the refusal names the same key whatever the request's key order.
+    let mut keys: Vec<&String> = run_variables.keys().collect();
+    keys.sort();
+    for key in keys {
+        // `env.FOO` overrides the variable `env`.
+        let var = key.split('.').next().unwrap_or(key);
+        if allowed_set.contains(var) {
+            continue;
+        }
+        let listed = if allowed.is_empty() {
+            "lists none, so runs may not override any job variable".to_string()
+        } else {
+            format!(
+                "lists only {}",
+                allowed
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(TemplateError {
+            field: format!("job_variables.{key}"),
+            rule: "not_overridable",
+            message: format!(
+                "a run may not override job variable `{}` of work pool `{}`: the pool's \
+                 `overridable_variables` {listed} (set it in the deployment's job_variables, \
+                 or have the pool's `overridable_variables` list it)",
+                crate::access::shorten(var, 100),
+                pool.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Resolves the job variables (defaults < deployment < run) and renders the job configuration.
+/// Run-level overrides must be allowed by the pool ([`check_run_overrides`]).
 pub fn render(
     template: &BaseJobTemplate,
     pool: &WorkPool,
     deployment: &Deployment,
     run: &RunFacts,
 ) -> Result<Value, JobError> {
+    check_run_overrides(pool, run.job_variables).map_err(JobError::InvalidVariables)?;
     let values = template
         .resolve(&deployment.job_variables, run.job_variables)
         .map_err(JobError::InvalidVariables)?;

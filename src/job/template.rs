@@ -615,6 +615,11 @@ impl BaseJobTemplate {
         self.variables.get("properties").and_then(Value::as_object)
     }
 
+    /// True when `name` is a property of the `variables` schema.
+    pub fn declares(&self, name: &str) -> bool {
+        self.properties().is_some_and(|p| p.contains_key(name))
+    }
+
     /// Defaults from the schema, null ones dropped.
     pub fn defaults(&self) -> Map<String, Value> {
         self.properties()

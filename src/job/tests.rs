@@ -29,6 +29,7 @@ fn pool(template: Value) -> WorkPool {
         created: Utc::now(),
         updated: Utc::now(),
         submit_rate: None,
+        overridable_variables: None,
     }
 }
 
@@ -119,6 +120,41 @@ fn preview_facts_stand_in_for_a_run_not_created_yet() {
         (&r["api"], &r["token"]),
         (&json!("<api url>"), &json!("<run token>"))
     );
+}
+
+/// Issue 19 item 5: a pool's `overridable_variables` bounds what a run may override, wherever a
+/// job is built (run creation, preview, the controller, the claim API).
+#[test]
+fn a_pool_bounds_which_variables_a_run_overrides() {
+    let mut p = pool(template());
+    let d = deployment(&p, json!({"image": "a", "command": "deployment's"}));
+    let t = parse_template(&p).unwrap();
+    let run_vars = map(json!({"command": "id"}));
+    let facts = RunFacts::preview(&d, &run_vars);
+    assert_eq!(render(&t, &p, &d, &facts).unwrap()["command"], "id");
+    p.overridable_variables = Some(vec!["image".into()]);
+    let e = render(&t, &p, &d, &facts).unwrap_err();
+    assert_eq!(
+        (e.field().as_str(), e.rule()),
+        ("job_variables.command", "not_overridable")
+    );
+    assert!(e.to_string().contains("lists only `image`"), "{e}");
+    // The deployment's own values are not run-level overrides.
+    let none = Map::new();
+    let r = render(&t, &p, &d, &RunFacts::preview(&d, &none)).unwrap();
+    assert_eq!(r["command"], "deployment's");
+    let image = map(json!({"image": "b"}));
+    assert!(render(&t, &p, &d, &RunFacts::preview(&d, &image)).is_ok());
+    p.overridable_variables = Some(vec![]);
+    let e = render(&t, &p, &d, &RunFacts::preview(&d, &image)).unwrap_err();
+    assert_eq!(e.field(), "job_variables.image");
+    assert!(e.to_string().contains("lists none"), "{e}");
+    assert!(render(&t, &p, &d, &RunFacts::preview(&d, &none)).is_ok());
+    // A dotted key overrides its first segment.
+    p.overridable_variables = Some(vec!["image".into()]);
+    let dotted = map(json!({"command.x": "y"}));
+    let e = check_run_overrides(&p, &dotted).unwrap_err();
+    assert_eq!(e.field, "job_variables.command.x");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! notifications) the code branches on [`Backend`]. Migrations are embedded and applied at connect.
 
 mod access;
+pub mod crypto;
 mod objects;
 mod runs;
 mod sql;
@@ -20,6 +21,7 @@ pub use access::{
     AuditEntry, AuditFilter, CustomRole, KeyWithPrincipal, Member, NewApiKey, NewAuditEntry,
     Principal, PrincipalKind, ServiceAccount, StoredApiKey, WorkspaceOwner,
 };
+pub use crypto::SecretKey;
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
@@ -71,6 +73,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// A secret could not be decrypted (wrong or missing key, altered value).
+    #[error(transparent)]
+    Secret(#[from] crypto::SecretError),
 }
 
 impl StoreError {
@@ -181,6 +186,8 @@ struct Inner {
     changed: Arc<Notify>,
     /// SQLite only: serializes this process's writers.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Seals secrets before they are written; `None` stores them as given.
+    secret_key: Option<crypto::SecretKey>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -204,6 +211,9 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long to wait for a connection (and for SQLite, for the write lock).
     pub acquire_timeout: Duration,
+    /// The key that encrypts secrets at rest ([`crypto`]). Without one, secrets are written as
+    /// given and an encrypted value cannot be read; the server commands always set one.
+    pub secret_key: Option<crypto::SecretKey>,
 }
 
 impl Default for ConnectOptions {
@@ -211,6 +221,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
+            secret_key: None,
         }
     }
 }
@@ -231,6 +242,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "access",
         include_str!("../../migrations/0004_access.sql"),
+    ),
+    (
+        5,
+        "pool_overridable_variables",
+        include_str!("../../migrations/0005_pool_overridable_variables.sql"),
     ),
 ];
 
@@ -316,10 +332,16 @@ impl Store {
                 changed,
                 write_lock,
                 url,
+                secret_key: options.secret_key,
             }),
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The key secrets are sealed with, if any.
+    pub fn secret_key(&self) -> Option<&crypto::SecretKey> {
+        self.inner.secret_key.as_ref()
     }
 
     /// Which backend this is.
@@ -486,36 +508,68 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
-    /// Reads a server setting.
+    /// Reads a server setting (decrypted).
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(self.db())
             .await?;
-        Ok(row.map(|r| r.get::<String, _>(0)))
+        row.map(|r| self.open_setting(key, &r.get::<String, _>(0)))
+            .transpose()
     }
 
-    /// Returns the setting, storing `make()` first if it is absent (first writer wins).
+    /// A stored setting value as plain text: envelopes are opened, plain (older) values kept.
+    fn open_setting(&self, key: &str, stored: &str) -> Result<String> {
+        if !stored.starts_with(crypto::ENVELOPE_PREFIX) {
+            return Ok(stored.to_string());
+        }
+        match crypto::open(self.secret_key(), &crypto::setting_aad(key), stored)? {
+            serde_json::Value::String(s) => Ok(s),
+            _ => Err(StoreError::Corrupt(format!("setting {key}: not a string"))),
+        }
+    }
+
+    /// A setting value as stored: sealed when the store has a key (settings hold secrets).
+    fn seal_setting(&self, key: &str, value: &str) -> String {
+        match crypto::seal(
+            self.secret_key(),
+            &crypto::setting_aad(key),
+            &serde_json::Value::String(value.to_string()),
+        ) {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }
+    }
+
+    /// Returns the setting, storing `make()` first if it is absent (first writer wins). The
+    /// value is stored encrypted; a plain one written before encryption is encrypted now.
     pub async fn setting_or_init(
         &self,
         key: &str,
         make: impl FnOnce() -> String,
     ) -> Result<String> {
-        if let Some(v) = self.setting(key).await? {
-            return Ok(v);
-        }
-        let value = make();
         let mut tx = self.begin().await?;
         let existing = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(r) = existing {
-            return Ok(r.get::<String, _>(0));
+            let stored = r.get::<String, _>(0);
+            let value = self.open_setting(key, &stored)?;
+            if self.secret_key().is_some() && !stored.starts_with(crypto::ENVELOPE_PREFIX) {
+                sqlx::query("UPDATE settings SET value = $1 WHERE key = $2")
+                    .bind(self.seal_setting(key, &value))
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            return Ok(value);
         }
+        let value = make();
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
             .bind(key)
-            .bind(&value)
+            .bind(self.seal_setting(key, &value))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

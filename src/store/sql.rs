@@ -42,15 +42,6 @@ pub(crate) fn opt_time(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>>
     Ok(row.try_get::<Option<i64>, _>(col)?.map(from_micros))
 }
 
-/// A JSON object column.
-pub(crate) fn get_json_map(
-    row: &AnyRow,
-    col: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
-}
-
 /// A boolean column (stored as 0/1).
 pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
     Ok(row.try_get::<i64, _>(col)? != 0)

@@ -1033,6 +1033,44 @@ async fn every_route_every_role_own_and_foreign_workspace_and_bad_keys(db: TestD
         );
     }
 
+    // Run-level job variables change what a run executes: besides the route's `runs:create` they
+    // need `runs:override` (issue 19 item 5), held by owners and developers only; a run without
+    // them needs `runs:create` alone (the route's case above).
+    let create_run = "/api/workspaces/{ws}/deployments/{id_or_name}/runs";
+    assert_eq!(
+        doc["paths"][create_run]["post"]["x-pushpool-conditional-scope"]["scope"], "runs:override",
+        "documented conditional scope"
+    );
+    for w in &who {
+        let path = format!(
+            "/api/workspaces/{}/deployments/{}/runs",
+            a.name, a.deployment
+        );
+        let body = json!({"scheduled_time": "2099-01-01T00:00:00Z",
+                          "job_variables": {"command": "echo matrix override"}});
+        let (status, value, text) = env
+            .call("post", &path, w.bearer.as_deref(), Some(&body))
+            .await;
+        calls += 1;
+        let want = expected_status(Roles("OD", "runs:override"), w, 201, false);
+        check(
+            status == want,
+            format!(
+                "{} post {path} with job_variables: want {want}, got {status}: {text}",
+                w.label
+            ),
+        );
+        // Runners hold the route's scope: their refusal names the one they lack.
+        if w.letter == Some('R') {
+            check(
+                value["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("`runs:override`")),
+                format!("{}: the refusal names runs:override: {text}", w.label),
+            );
+        }
+    }
+
     // Missing, malformed, expired, revoked, rotated-out and deleted-account credentials.
     let bad = bad_credentials(&env, &a).await;
     for (method, template, allowed) in MATRIX {

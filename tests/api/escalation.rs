@@ -11,6 +11,7 @@ both_backends!(
     a_capped_key_mints_only_keys_within_its_cap_and_lifetime,
     keys_write_cannot_mint_or_rotate_beyond_the_callers_grant,
     administrator_keys_are_only_for_the_administrator_at_home,
+    keys_write_cannot_revoke_an_owners_key,
 );
 
 async fn spawn_app(db: &TestDb) -> App {
@@ -253,5 +254,63 @@ async fn administrator_keys_are_only_for_the_administrator_at_home(db: TestDb) {
     let (s, b) = get(&app, "/users", k).await;
     assert_eq!(s, 200, "{b}");
     assert_audited_denied(&app, "other", &admin_other, "api_key.create").await;
+    app.stop().await;
+}
+
+/// Found by the generative test (`escalation_model`): a custom role with `keys:write` revoked an
+/// owner's only key, locking the owner out; revoking another owner's key needs a full owner.
+async fn keys_write_cannot_revoke_an_owners_key(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let k = &app.key;
+    let (s, b) = post(
+        &app,
+        "/workspaces/default/roles",
+        k,
+        json!({"name": "keyadmin", "scopes": ["keys:self", "keys:read", "keys:write"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    for (user, role) in [
+        ("bob", "owner"),
+        ("mallory", "keyadmin"),
+        ("carol", "runner"),
+    ] {
+        let (s, b) = post(&app, "/users", k, json!({"name": user})).await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = post(
+            &app,
+            "/workspaces/default/members",
+            k,
+            json!({"user": user, "role": role}),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (bob, bob_id, _) = mint(&app, "default", k, json!({"name": "b", "user": "bob"})).await;
+    let (_, bob_capped_id, _) = mint(
+        &app,
+        "default",
+        k,
+        json!({"name": "bc", "user": "bob", "role": "viewer"}),
+    )
+    .await;
+    let (mallory, _, _) = mint(&app, "default", k, json!({"name": "m", "user": "mallory"})).await;
+    let (_, carol_id, _) = mint(&app, "default", k, json!({"name": "c", "user": "carol"})).await;
+
+    for id in [&bob_id, &bob_capped_id] {
+        let path = format!("/workspaces/default/api_keys/{id}");
+        let (s, b) = call(&app, Method::DELETE, &path, &mallory, None).await;
+        assert_refused(s, &b, "only an owner may revoke another owner's key");
+    }
+    let (s, b) = get(&app, "/workspaces/default/members", &bob).await;
+    assert_eq!(s, 200, "bob is not locked out: {b}");
+    assert_audited_denied(&app, "default", k, "api_key.revoke").await;
+    // `keys:write` still revokes a non-owner's key, and an owner revokes another owner's.
+    let path = format!("/workspaces/default/api_keys/{carol_id}");
+    let (s, b) = call(&app, Method::DELETE, &path, &mallory, None).await;
+    assert_eq!(s, 200, "{b}");
+    let path = format!("/workspaces/default/api_keys/{bob_id}");
+    let (s, b) = call(&app, Method::DELETE, &path, k, None).await;
+    assert_eq!(s, 200, "{b}");
     app.stop().await;
 }

@@ -12,6 +12,8 @@ both_backends!(
     a_restored_secret_never_comes_back_in_a_refusal_or_the_audit_log,
     viewers_do_not_see_security_events,
     nul_characters_are_refused_at_the_api_and_replaced_in_job_output,
+    secrets_are_encrypted_at_rest_and_read_back_whole,
+    plain_secrets_of_an_older_store_still_read_and_rotation_encrypts_them,
 );
 
 /// `method …/api/workspaces/default{path}` with `key`.
@@ -358,4 +360,485 @@ async fn nul_characters_are_refused_at_the_api_and_replaced_in_job_output(db: Te
     let lines = served.store.logs(id, 10).await.unwrap();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, "a\u{FFFD}b");
+}
+
+/// Every row of the tables that may hold secrets, as one text, read with plain sqlx (no key).
+async fn raw_rows(url: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(url).await.unwrap();
+    let mut out = String::new();
+    for sql in [
+        "SELECT key || ' ' || value FROM settings",
+        "SELECT base_job_template FROM work_pools",
+        "SELECT job_variables || parameters FROM deployments",
+        "SELECT job_variables || parameters FROM flow_runs",
+        "SELECT payload FROM events",
+    ] {
+        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&raw).await.unwrap();
+        for (text,) in rows {
+            out.push_str(&text);
+            out.push('\n');
+        }
+    }
+    raw.close().await;
+    out
+}
+
+/// Asserts no secret, nor its base64, is in `raw`.
+fn assert_absent(raw: &str, secrets: &[(&str, String)]) {
+    use base64::Engine as _;
+    for (what, secret) in secrets {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        assert!(
+            !raw.contains(secret.as_str()),
+            "the {what} is stored in plain text:\n{raw}"
+        );
+        assert!(
+            !raw.contains(&b64),
+            "the {what} is stored as base64:\n{raw}"
+        );
+    }
+}
+
+/// A store on `url` opened with `key`.
+async fn open_with(url: &str, key: &pushpool::store::SecretKey) -> pushpool::store::Store {
+    pushpool::store::Store::connect_with(
+        url,
+        pushpool::store::ConnectOptions {
+            secret_key: Some(key.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The job configuration run `run_id` of `deployment` gets, rendered from what `store` reads.
+async fn rendered_job(store: &pushpool::store::Store, deployment: &str, run_id: &str) -> Value {
+    let ws = store.workspace("default").await.unwrap().id;
+    let d = store.deployment(ws, deployment).await.unwrap();
+    let pool = store.pool_by_id(d.work_pool_id).await.unwrap();
+    let run = store.run(run_id.parse().unwrap()).await.unwrap();
+    let template = pushpool::job::parse_template(&pool).unwrap();
+    let facts = pushpool::job::RunFacts::of_run(&run, "http://api", "token");
+    pushpool::job::render(&template, &pool, &d, &facts).unwrap()
+}
+
+/// Issue 19 item 9: provider credentials (a Cloud Run service-account key in a pool template's
+/// defaults, an AWS external id in deployment and run variables, a variable the pool's schema
+/// marks `writeOnly`) and the run-token secret are stored encrypted: the raw rows hold neither
+/// them nor their base64, while the API and the jobs still get the real values. A wrong key is
+/// a clear error naming the key's source; rotation re-encrypts everything under a new key.
+async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
+    let served = serve_fresh(&db.url, false).await;
+    let owner = served.admin_key.clone();
+    let private_key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-private-4711";
+    let external_id = "ext-id-deployment-0815";
+    let run_external_id = "ext-id-run-4242";
+    let vault = "vault-pass-1234";
+
+    // Cloud Run pool: the service-account key is the template's default credentials.
+    let (s, pool) = call(
+        &served,
+        "POST",
+        "/work_pools",
+        &owner,
+        Some(json!({"name": "gcp", "type": "cloud-run-v2:push"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{pool}");
+    let mut template = pool["base_job_template"].clone();
+    template["variables"]["properties"]["credentials"]["default"] = json!({
+        "service_account_info": {"type": "service_account", "client_email": "a@p.iam",
+                                 "private_key": private_key}
+    });
+    let (s, b) = call(
+        &served,
+        "PATCH",
+        "/work_pools/gcp",
+        &owner,
+        Some(json!({"base_job_template": template})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/deployments",
+        &owner,
+        Some(json!({
+            "name": "gcp-job", "work_pool": "gcp",
+            "job_variables": {"image": "img", "project": "p", "region": "us-central1"}
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+
+    // AWS pool with a schema-secret variable; the external id in deployment and run variables.
+    let (s, pool) = call(
+        &served,
+        "POST",
+        "/work_pools",
+        &owner,
+        Some(json!({"name": "aws", "type": "aws-lambda:push"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{pool}");
+    let mut template = pool["base_job_template"].clone();
+    template["variables"]["properties"]["vault"] = json!({"type": "string", "writeOnly": true});
+    template["job_configuration"]["env"] = json!({"VAULT": "{{ vault }}"});
+    let (s, b) = call(
+        &served,
+        "PATCH",
+        "/work_pools/aws",
+        &owner,
+        Some(json!({"base_job_template": template})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let creds = |id: &str| json!({"role_arn": "arn:aws:iam::1:role/r", "external_id": id});
+    let (s, b) = call(
+        &served,
+        "POST",
+        "/deployments",
+        &owner,
+        Some(json!({
+            "name": "aws-job", "work_pool": "aws",
+            "job_variables": {"function_name": "etl", "region": "us-east-1",
+                              "credentials": creds(external_id), "vault": vault}
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, aws_run) = call(
+        &served,
+        "POST",
+        "/deployments/aws-job/runs",
+        &owner,
+        Some(json!({"job_variables": {"credentials": creds(run_external_id)}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{aws_run}");
+    let aws_run = aws_run["id"].as_str().unwrap().to_string();
+    let (s, gcp_run) = call(
+        &served,
+        "POST",
+        "/deployments/gcp-job/runs",
+        &owner,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{gcp_run}");
+    let gcp_run = gcp_run["id"].as_str().unwrap().to_string();
+
+    // `serve` made the run-token secret.
+    let run_token_secret = served
+        .store
+        .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+        .await
+        .unwrap()
+        .unwrap();
+    let secrets = [
+        ("service-account private key", private_key.to_string()),
+        ("deployment external id", external_id.to_string()),
+        ("run external id", run_external_id.to_string()),
+        ("writeOnly variable", vault.to_string()),
+        ("run-token secret", run_token_secret.clone()),
+    ];
+    let raw = raw_rows(&db.url).await;
+    assert_absent(&raw, &secrets);
+    let key = pushpool_testkit::test_secret_key();
+    assert!(raw.contains(&format!("ppenc:v1:{}:", key.id())), "{raw}");
+
+    // The API works as before: masked answers, previews render.
+    let (s, d) = call(&served, "GET", "/deployments/aws-job", &owner, None).await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(
+        d["job_variables"]["credentials"]["external_id"],
+        pushpool::redact::MASK
+    );
+    let (s, p) = call(
+        &served,
+        "POST",
+        "/deployments/gcp-job/preview",
+        &owner,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    // The jobs get the real values.
+    let gcp_job = rendered_job(&served.store, "gcp-job", &gcp_run).await;
+    assert_eq!(
+        gcp_job["credentials"]["service_account_info"]["private_key"], private_key,
+        "{gcp_job}"
+    );
+    let aws_job = rendered_job(&served.store, "aws-job", &aws_run).await;
+    assert_eq!(
+        aws_job["credentials"]["external_id"], run_external_id,
+        "{aws_job}"
+    );
+    assert_eq!(aws_job["env"]["VAULT"], vault, "{aws_job}");
+
+    // A ciphertext copied into another row does not decrypt there (the row is associated data).
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let (aws_vars,): (String,) =
+        sqlx::query_as("SELECT job_variables FROM deployments WHERE name = 'aws-job'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    let (gcp_vars,): (String,) =
+        sqlx::query_as("SELECT job_variables FROM deployments WHERE name = 'gcp-job'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    let set_gcp_vars = |text: String| {
+        sqlx::query("UPDATE deployments SET job_variables = $1 WHERE name = 'gcp-job'").bind(text)
+    };
+    set_gcp_vars(aws_vars).execute(&raw).await.unwrap();
+    let ws = served.store.workspace("default").await.unwrap().id;
+    let err = served
+        .store
+        .deployment(ws, "gcp-job")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("moved") && err.contains("job_variables"),
+        "{err}"
+    );
+    set_gcp_vars(gcp_vars).execute(&raw).await.unwrap();
+    raw.close().await;
+    served.store.deployment(ws, "gcp-job").await.unwrap();
+
+    // A wrong key: a clear error naming the key's source, never garbage.
+    let wrong = pushpool::store::SecretKey::generate("the file /wrong/secret.key");
+    let other = open_with(&db.url, &wrong).await;
+    let err = pushpool::server::run_tokens(&other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/wrong/secret.key") && err.contains(key.id()) && err.contains(wrong.id()),
+        "{err}"
+    );
+    let ws = other.workspace("default").await.unwrap().id;
+    let err = other
+        .deployment(ws, "aws-job")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/wrong/secret.key") && err.contains("job_variables"),
+        "{err}"
+    );
+    other.close().await;
+
+    // Rotation: everything re-encrypted under the new key; the old one no longer decrypts.
+    let new = pushpool::store::SecretKey::generate("the file new.key");
+    let report = served.store.reseal_all(&new).await.unwrap();
+    assert_eq!(
+        (
+            report.settings,
+            report.work_pools,
+            report.deployments,
+            report.flow_runs
+        ),
+        (1, 2, 2, 2)
+    );
+    let raw = raw_rows(&db.url).await;
+    assert_absent(&raw, &secrets);
+    assert!(!raw.contains(&format!("ppenc:v1:{}:", key.id())), "{raw}");
+    assert!(raw.contains(&format!("ppenc:v1:{}:", new.id())), "{raw}");
+    let err = served
+        .store
+        .deployment(ws, "aws-job")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(new.id()), "{err}");
+    let rotated = open_with(&db.url, &new).await;
+    let tokens_secret = rotated
+        .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+        .await
+        .unwrap();
+    assert_eq!(tokens_secret.as_deref(), Some(run_token_secret.as_str()));
+    let gcp_job = rendered_job(&rotated, "gcp-job", &gcp_run).await;
+    assert_eq!(
+        gcp_job["credentials"]["service_account_info"]["private_key"],
+        private_key
+    );
+    let aws_job = rendered_job(&rotated, "aws-job", &aws_run).await;
+    assert_eq!(aws_job["credentials"]["external_id"], run_external_id);
+    assert_eq!(aws_job["env"]["VAULT"], vault);
+    let d = rotated.deployment(ws, "aws-job").await.unwrap();
+    assert_eq!(d.job_variables["credentials"]["external_id"], external_id);
+    rotated.close().await;
+}
+
+/// A store written before encryption (no key): its plain secrets read as they are with a key,
+/// the run-token secret is encrypted at the next start, and rotation encrypts the rest.
+async fn plain_secrets_of_an_older_store_still_read_and_rotation_encrypts_them(db: TestDb) {
+    let secret = "plain-api-token-9876";
+    let old = pushpool::store::Store::connect(&db.url).await.unwrap();
+    pushpool::server::run_tokens(&old).await.unwrap();
+    let ws = old.create_workspace("default").await.unwrap().id;
+    old.create_pool(
+        ws,
+        pushpool::store::NewPool {
+            name: "local".into(),
+            pool_type: "process".into(),
+            description: None,
+            base_job_template: json!({"job_configuration": {"command": "{{ command }}"},
+            "variables": {"properties": {"command": {"type": "string"}}}}),
+            concurrency_limit: None,
+            paused: false,
+            submit_rate: None,
+            overridable_variables: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut vars = serde_json::Map::new();
+    vars.insert("env".into(), json!({"API_TOKEN": secret}));
+    old.create_deployment(
+        ws,
+        pushpool::store::NewDeployment {
+            name: "job".into(),
+            work_pool: "local".into(),
+            work_queue: None,
+            job_variables: vars,
+            parameters: Default::default(),
+            concurrency_limit: None,
+            paused: false,
+        },
+    )
+    .await
+    .unwrap();
+    let plain_run_token = old
+        .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+        .await
+        .unwrap()
+        .unwrap();
+    old.close().await;
+    assert!(raw_rows(&db.url).await.contains(secret));
+
+    let key = pushpool_testkit::test_secret_key();
+    let store = open_with(&db.url, &key).await;
+    let d = store.deployment(ws, "job").await.unwrap();
+    assert_eq!(d.job_variables["env"]["API_TOKEN"], secret);
+    // The next start encrypts the run-token secret, keeping its value.
+    pushpool::server::run_tokens(&store).await.unwrap();
+    assert_eq!(
+        store
+            .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(plain_run_token.as_str())
+    );
+    let secrets = [("run-token secret", plain_run_token.clone())];
+    assert_absent(&raw_rows(&db.url).await, &secrets);
+    // Rotation with the same key encrypts what is still plain.
+    store.reseal_all(&key).await.unwrap();
+    let secrets = [
+        ("API token", secret.to_string()),
+        ("run-token secret", plain_run_token),
+    ];
+    assert_absent(&raw_rows(&db.url).await, &secrets);
+    assert_eq!(
+        store.deployment(ws, "job").await.unwrap().job_variables["env"]["API_TOKEN"],
+        secret
+    );
+    store.close().await;
+}
+
+/// `pushpool secrets rotate-key` (the real binary, offline, on the store in `--home`): it
+/// re-encrypts with the new key file it creates (0600), prints the counts and what to do next;
+/// afterwards only the new key opens the store, and a wrong current key is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotate_key_command_re_encrypts_the_store_under_a_new_key_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("pushpool.db");
+    let url = format!("sqlite://{}", db.display());
+    // What `pushpool up` does: the key file in the home, the run-token secret in the store.
+    let options = pushpool::store::crypto::KeyOptions {
+        home: home.path().to_path_buf(),
+        create: true,
+        ..Default::default()
+    };
+    let old = pushpool::store::crypto::resolve_key(&options).unwrap();
+    let store = open_with(&url, &old).await;
+    let secret = pushpool::server::run_tokens(&store)
+        .await
+        .map(|_| ())
+        .and(
+            store
+                .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+                .await,
+        )
+        .unwrap()
+        .unwrap();
+    store.close().await;
+
+    let rotate = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pushpool"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PUSHPOOL_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(["secrets", "rotate-key", "--home"])
+            .arg(home.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let new_file = home.path().join("new.key");
+    let out = rotate(&["--new-key-file", new_file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = pushpool::store::SecretKey::read_file(&new_file).unwrap();
+    assert!(
+        stdout.contains("1 setting(s)")
+            && stdout.contains(new.id())
+            && stdout.contains("secret.key"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::metadata(&new_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let with_old = open_with(&url, &old).await;
+    let err = with_old
+        .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(new.id()) && err.contains(old.id()), "{err}");
+    with_old.close().await;
+    let with_new = open_with(&url, &new).await;
+    assert_eq!(
+        with_new
+            .setting(pushpool::auth::RUN_TOKEN_SECRET_SETTING)
+            .await
+            .unwrap(),
+        Some(secret)
+    );
+    with_new.close().await;
+
+    // The old key is still in secret.key: the next rotation is refused, naming that file.
+    let out = rotate(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("secret.key") && stderr.contains(old.id()) && stderr.contains(new.id()),
+        "{stderr}"
+    );
 }

@@ -1,14 +1,16 @@
 //! The API end to end, on SQLite and PostgreSQL: a user's lifecycle over HTTP with a controller
 //! (`service`), the authorization matrix (`authz`), the audit log (`audit`) and random bodies
-//! thrown at every endpoint (`fuzz`), the OpenAPI document (`openapi`: complete for every route,
+//! thrown at every endpoint (`fuzz`), random sequences of security calls (`escalation_model`), the OpenAPI document (`openapi`: complete for every route,
 //! 405 for unserved methods; `openapi_valid`: the real binary's document is valid OpenAPI 3.1).
 
 mod audit;
 mod authz;
 mod escalation;
+mod escalation_model;
 mod fuzz;
 mod hardening;
 mod openapi;
 mod openapi_valid;
+mod overrides;
 mod ranges;
 mod service;

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use pushpool::store::Store;
 use pushpool_testkit::{bootstrap_fresh, both_backends, connect, App, TestDb};
 use serde_json::{json, Value};
 
@@ -87,7 +86,7 @@ async fn process_run_goes_scheduled_pending_running_completed(db: TestDb) {
 
 async fn spawn_app_existing(db: &TestDb) -> App {
     // Same store, a new owner key is not created: make a fresh key of the admin user directly.
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = pushpool_testkit::open_store(&db.url).await;
     let ws = store.workspace("default").await.unwrap();
     let admin = store.user("admin").await.unwrap();
     let k = pushpool::auth::generate_api_key();
@@ -309,7 +308,7 @@ async fn run_tokens_act_on_their_own_run_only_and_docs_are_served(db: TestDb) {
     app.pool_and_deployment("sleep 30").await;
     let a = app.run("job").await;
     let b = app.run("job").await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = pushpool_testkit::open_store(&db.url).await;
     let tokens = pushpool::server::run_tokens(&store).await.unwrap();
     let token_a = tokens.issue(a.parse().unwrap(), 1);
     let job = |path: String, body: Value, token: &str| {

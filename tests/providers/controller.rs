@@ -51,6 +51,7 @@ async fn env(db: &TestDb, provider: NullProvider) -> Env {
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await
@@ -504,6 +505,7 @@ async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await

@@ -89,6 +89,7 @@ async fn api_answers_503_during_an_outage_and_everything_recovers() {
         ConnectOptions {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(2),
+            secret_key: Some(pushpool_testkit::test_secret_key()),
         },
     )
     .await

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 both_backends!(
     pool_submit_rate_goes_from_none_to_a_value_and_back,
+    pool_overridable_variables_are_kept_changed_and_cleared,
     migrations_are_applied_once_and_versioned,
     pool_names_are_unique_per_workspace,
     deployment_needs_an_existing_pool_and_queue,
@@ -67,6 +68,7 @@ impl Fixture {
                     concurrency_limit: limit,
                     paused: false,
                     submit_rate: None,
+                    overridable_variables: None,
                 },
             )
             .await
@@ -133,11 +135,11 @@ impl Fixture {
 
 async fn migrations_are_applied_once_and_versioned(db: TestDb) {
     let a = connect(&db, 2).await;
-    assert_eq!(a.schema_version().await.unwrap(), 4);
+    assert_eq!(a.schema_version().await.unwrap(), 5);
     a.create_workspace("w").await.unwrap();
     // A second connect (another controller starting) must not re-run or fail.
     let b = connect(&db, 2).await;
-    assert_eq!(b.schema_version().await.unwrap(), 4);
+    assert_eq!(b.schema_version().await.unwrap(), 5);
     assert_eq!(b.list_workspaces().await.unwrap().len(), 1);
 }
 
@@ -156,6 +158,7 @@ async fn pool_names_are_unique_per_workspace(db: TestDb) {
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await;
@@ -173,6 +176,7 @@ async fn pool_names_are_unique_per_workspace(db: TestDb) {
                 concurrency_limit: None,
                 paused: false,
                 submit_rate: None,
+                overridable_variables: None,
             },
         )
         .await
@@ -978,6 +982,7 @@ async fn pool_submit_rate_goes_from_none_to_a_value_and_back(db: TestDb) {
                     concurrency_limit: None,
                     paused: false,
                     submit_rate: rate,
+                    overridable_variables: None,
                 },
             )
             .await
@@ -996,6 +1001,62 @@ async fn pool_submit_rate_goes_from_none_to_a_value_and_back(db: TestDb) {
                 .await
                 .unwrap();
             assert_eq!(patched.submit_rate, next.unwrap());
+        }
+    }
+}
+
+/// `overridable_variables` (issue 19 item 5): `None` (any), a list and `[]` (none) are three
+/// different things and each is read back as written; a patch without it keeps it.
+async fn pool_overridable_variables_are_kept_changed_and_cleared(db: TestDb) {
+    let store = connect(&db, 1).await;
+    let ws = store.create_workspace("w").await.unwrap();
+    let lists = [None, Some(vec!["env".to_string()]), Some(vec![])];
+    for (i, list) in lists.iter().enumerate() {
+        let pool = store
+            .create_pool(
+                ws.id,
+                NewPool {
+                    name: format!("p{i}"),
+                    pool_type: "process".into(),
+                    description: None,
+                    base_job_template: json!({"job_configuration": {}, "variables": {"type": "object", "properties": {}}}),
+                    concurrency_limit: None,
+                    paused: false,
+                    submit_rate: None,
+                    overridable_variables: list.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(&pool.overridable_variables, list);
+        for next in lists.iter().rev() {
+            let patched = store
+                .update_pool(
+                    ws.id,
+                    &pool.name,
+                    PoolPatch {
+                        overridable_variables: Some(next.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(&patched.overridable_variables, next);
+            let kept = store
+                .update_pool(
+                    ws.id,
+                    &pool.name,
+                    PoolPatch {
+                        paused: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                &kept.overridable_variables, next,
+                "a patch without it keeps it"
+            );
         }
     }
 }

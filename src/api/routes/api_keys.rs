@@ -16,7 +16,7 @@ use super::super::{
     Body, Caller, Json, OptionalBody,
 };
 use super::access::grantable;
-use crate::access::{check_grant, Grant, Scope, Scopes};
+use crate::access::{check_grant, check_revoke, Grant, Scope, Scopes};
 use crate::auth::generate_api_key;
 use crate::model::Workspace;
 use crate::store::{NewApiKey, Principal, PrincipalKind, StoredApiKey};
@@ -36,7 +36,7 @@ pub const ROUTES: &[Route] = &[
         .audit("api_key.list", DeniedOnly)
         .ok::<Vec<ApiKeyView>>(),
     Route::delete(ws!("/api_keys/{id}"), handler!(revoke_api_key))
-        .summary("Revoke an API key (own; any with `keys:write`)")
+        .summary("Revoke an API key (own; any with `keys:write`; another owner's only by an owner)")
         .access(Access::Workspace(Scope::KeysSelf))
         .audit("api_key.revoke", Always)
         .ok::<ApiKeyView>()
@@ -356,6 +356,11 @@ async fn revoke_api_key(
     Path((_ws, id)): Path<(String, String)>,
 ) -> ApiResult<Json<ApiKeyView>> {
     let key = manageable_key(&state, &caller, &id).await?;
+    // Taking an owner's key away is as sensitive as rotating it: only a full owner may.
+    let ws = caller.workspace()?;
+    let principal = state.store.principal(key.principal_id).await?;
+    let target = key_grant(&state, &ws, &principal, key.role.as_deref(), None).await?;
+    check_revoke(&caller_grant(&caller)?, &target).map_err(|rule| ApiError::forbidden(&rule))?;
     let revoked = state.store.revoke_api_key(key.workspace_id, key.id).await?;
     Ok(Json(key_json(&revoked, None)))
 }

@@ -100,7 +100,8 @@ pub struct CreateDeployment {
     /// The queue's name (default `default`).
     #[serde(default)]
     work_queue: Option<String>,
-    /// Overrides of the pool template's variables.
+    /// Overrides of the pool template's variables (not restricted by the pool's
+    /// `overridable_variables`, which bounds run-level overrides only).
     #[serde(default)]
     job_variables: Map<String, Value>,
     /// Flow parameters.
@@ -118,7 +119,8 @@ pub struct CreateDeployment {
 #[serde(deny_unknown_fields)]
 /// Changes to a deployment; absent fields stay.
 pub struct UpdateDeployment {
-    /// Overrides of the pool template's variables.
+    /// Overrides of the pool template's variables (not restricted by the pool's
+    /// `overridable_variables`, which bounds run-level overrides only).
     #[serde(default)]
     job_variables: Option<Map<String, Value>>,
     /// Flow parameters.
@@ -139,7 +141,8 @@ pub struct UpdateDeployment {
 #[serde(deny_unknown_fields)]
 /// Run-level job variables to preview with.
 pub struct PreviewRequest {
-    /// Overrides of the pool template's variables.
+    /// Run-level overrides of the pool template's variables, checked as a run's would be
+    /// (also against the pool's `overridable_variables`).
     #[serde(default)]
     job_variables: Map<String, Value>,
 }

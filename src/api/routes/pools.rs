@@ -17,6 +17,7 @@ use super::super::{
     Body, Caller, Json, MAX_TEXT_CHARS,
 };
 use crate::access::{shorten, Scope};
+use crate::job;
 use crate::model::{BaseJobTemplateDoc, WorkPool};
 use crate::redact;
 use crate::store::{NewPool, PoolPatch};
@@ -82,6 +83,11 @@ pub struct CreatePool {
     #[serde(default)]
     #[schemars(range(min = 0.001, max = 10000.0))]
     submit_rate: Option<f64>,
+    /// The job variables a run may override (run-level `job_variables`), each a property of the
+    /// template's `variables`, once; `null` (default) for any, `[]` for none. Deployment-level
+    /// job variables are not restricted by it.
+    #[serde(default)]
+    overridable_variables: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -105,6 +111,11 @@ pub struct UpdatePool {
     #[serde(default, deserialize_with = "double_option")]
     #[schemars(range(min = 0.001, max = 10000.0))]
     submit_rate: Option<Option<f64>>,
+    /// The job variables a run may override (run-level `job_variables`), each a property of the
+    /// template's `variables`, once; `null` for any, `[]` for none. Deployment-level job
+    /// variables are not restricted by it.
+    #[serde(default, deserialize_with = "double_option")]
+    overridable_variables: Option<Option<Vec<String>>>,
 }
 
 async fn create_pool(
@@ -125,6 +136,9 @@ async fn create_pool(
     }
     check_rate(body.submit_rate)?;
     let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
+    if let Some(names) = &body.overridable_variables {
+        check_overridable(&template, names, true)?;
+    }
     let pool = state
         .store
         .create_pool(
@@ -137,6 +151,7 @@ async fn create_pool(
                 concurrency_limit: body.concurrency_limit,
                 paused: body.paused,
                 submit_rate: body.submit_rate,
+                overridable_variables: body.overridable_variables,
             },
         )
         .await?;
@@ -186,7 +201,7 @@ async fn update_pool(
     if let Some(t) = &body.base_job_template {
         check_document_size("base_job_template", t)?;
     }
-    let template = match body.base_job_template {
+    let parsed = match body.base_job_template {
         Some(mut t) => {
             // A template read from the API and written back keeps its masked secrets; the
             // values put back (and the deployments' secrets) never appear in a refusal.
@@ -219,19 +234,33 @@ async fn update_pool(
                         .scrubbed(&secrets)
                     })?;
             }
-            Some(parsed.to_value())
+            Some(parsed)
         }
         None => None,
     };
     if let Some(rate) = body.submit_rate {
         check_rate(rate)?;
     }
+    // The list in force after this change must name variables of the template in force.
+    let list_given = body.overridable_variables.is_some();
+    let names = match &body.overridable_variables {
+        Some(given) => given.as_ref(),
+        None => pool.overridable_variables.as_ref(),
+    };
+    if let Some(names) = names.filter(|_| list_given || parsed.is_some()) {
+        match &parsed {
+            Some(t) => check_overridable(t, names, list_given)?,
+            None => check_overridable(&job::parse_template(&pool)?, names, list_given)?,
+        }
+    }
+    let template = parsed.map(|t| t.to_value());
     let patch = PoolPatch {
         description: body.description,
         base_job_template: template,
         concurrency_limit: body.concurrency_limit,
         paused: body.paused,
         submit_rate: body.submit_rate,
+        overridable_variables: body.overridable_variables,
     };
     Ok(Json(pool_out(
         &state.store.update_pool(ws.id, &name, patch).await?,
@@ -270,6 +299,52 @@ pub(crate) fn parse_template(
         ApiError::unprocessable(&field, e.message)
     })?;
     Ok(parsed)
+}
+
+/// Checks a pool's `overridable_variables` against its template: each name a property of the
+/// `variables` schema, none twice. `given`: the list is in the request (else a new template is,
+/// and the stored list must still fit it).
+fn check_overridable(template: &BaseJobTemplate, names: &[String], given: bool) -> ApiResult<()> {
+    // A set, not a scan of the earlier names: the list may be as long as the body allows.
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("overridable_variables[{i}]");
+        let shown = shorten(name, 100);
+        if !seen.insert(name.as_str()) {
+            return Err(ApiError::unprocessable(
+                &field,
+                format!("`{shown}` is listed twice"),
+            ));
+        }
+        if template.declares(name) {
+            continue;
+        }
+        let declared = template.variables_schema()["properties"]
+            .as_object()
+            .map(|p| {
+                p.keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|d| !d.is_empty())
+            .map(|d| shorten(&d, 500))
+            .unwrap_or_else(|| "none".into());
+        let message = if given {
+            format!(
+                "`{shown}` is not a variable of the pool's base job template: each name must be \
+                 a property of its `variables` (declared: {declared})"
+            )
+        } else {
+            format!(
+                "the new base_job_template does not declare `{shown}`, which the pool's \
+                 overridable_variables lists: keep the variable, or change overridable_variables \
+                 in the same request (declared: {declared})"
+            )
+        };
+        return Err(ApiError::unprocessable(&field, message));
+    }
+    Ok(())
 }
 
 pub(crate) fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {

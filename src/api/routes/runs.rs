@@ -30,6 +30,10 @@ pub const ROUTES: &[Route] = &[
     Route::post(ws!("/deployments/{id_or_name}/runs"), handler!(create_run))
         .summary("Create a flow run")
         .access(Access::Workspace(Scope::RunsCreate))
+        .conditional_scope(
+            Scope::RunsOverride,
+            "the body has non-empty `job_variables`",
+        )
         .audit("flow_run.create", Always)
         .optional_body::<CreateRun>()
         .created::<FlowRun>()
@@ -92,7 +96,9 @@ pub struct CreateRun {
     /// Flow parameters.
     #[serde(default)]
     parameters: Map<String, Value>,
-    /// Overrides of the pool template's variables.
+    /// Overrides of the pool template's variables. A non-empty object needs the `runs:override`
+    /// scope (403 otherwise), and each variable must be one the pool's `overridable_variables`
+    /// lists, when it lists any (422 `job_variables.<name>` otherwise).
     #[serde(default)]
     job_variables: Map<String, Value>,
     /// 1–200 characters; a repeated key returns the run made first.
@@ -123,6 +129,15 @@ async fn create_run(
     OptionalBody(request): OptionalBody<CreateRun>,
 ) -> ApiResult<(StatusCode, Json<FlowRun>)> {
     let ws = caller.workspace()?;
+    // Run-level job variables change what the run executes (its command, image, function,
+    // endpoint): that is authoring, not starting (issue 19 item 5).
+    if !request.job_variables.is_empty() {
+        caller.require(
+            Scope::RunsOverride,
+            "a run with `job_variables` overrides what its deployment runs; without them, \
+             `runs:create` is enough",
+        )?;
+    }
     let deployment = state.store.deployment(ws.id, &id).await?;
     check_document_size("job_variables", &request.job_variables)?;
     check_document_size("parameters", &request.parameters)?;

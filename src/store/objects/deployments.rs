@@ -79,8 +79,20 @@ impl Store {
         .bind(&new.name)
         .bind(pool.id.to_string())
         .bind(queue.id.to_string())
-        .bind(Value::Object(new.job_variables.clone()).to_string())
-        .bind(Value::Object(new.parameters.clone()).to_string())
+        .bind(self.seal_variables(
+            "deployments",
+            id,
+            "job_variables",
+            &new.job_variables,
+            &pool.base_job_template,
+        ))
+        .bind(self.seal_variables(
+            "deployments",
+            id,
+            "parameters",
+            &new.parameters,
+            &Value::Null,
+        ))
         .bind(new.concurrency_limit)
         .bind(new.paused as i64)
         .bind(now)
@@ -113,8 +125,10 @@ impl Store {
         let query = sqlx::query(&sql)
             .bind(workspace_id.to_string())
             .bind(id_or_name);
-        self.fetch_found(query, "deployment", id_or_name, deployment_from_row)
-            .await
+        self.fetch_found(query, "deployment", id_or_name, |r| {
+            deployment_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A workspace's deployments, by name.
@@ -123,7 +137,8 @@ impl Store {
             "SELECT {DEPLOYMENT_COLUMNS} FROM {DEPLOYMENT_FROM} WHERE d.workspace_id = $1 ORDER BY d.name"
         );
         let query = sqlx::query(&sql).bind(workspace_id.to_string());
-        self.fetch_rows(query, deployment_from_row).await
+        self.fetch_rows(query, |r| deployment_from_row(r, self.secret_key()))
+            .await
     }
 
     /// Changes a deployment (job variables must already be checked).
@@ -139,29 +154,32 @@ impl Store {
             Some(q) => self.queue(current.work_pool_id, q).await?.id,
             None => current.work_queue_id,
         };
+        // Its schema says which job variables are secret.
+        let pool = self.pool_by_id(current.work_pool_id).await?;
         let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE deployments SET job_variables = $1, parameters = $2, concurrency_limit = $3, \
              paused = $4, queue_id = $5, updated = $6 WHERE id = $7",
         )
         .bind(
-            Value::Object(
+            self.seal_variables(
+                "deployments",
+                current.id,
+                "job_variables",
                 patch
                     .job_variables
-                    .clone()
-                    .unwrap_or(current.job_variables.clone()),
-            )
-            .to_string(),
+                    .as_ref()
+                    .unwrap_or(&current.job_variables),
+                &pool.base_job_template,
+            ),
         )
-        .bind(
-            Value::Object(
-                patch
-                    .parameters
-                    .clone()
-                    .unwrap_or(current.parameters.clone()),
-            )
-            .to_string(),
-        )
+        .bind(self.seal_variables(
+            "deployments",
+            current.id,
+            "parameters",
+            patch.parameters.as_ref().unwrap_or(&current.parameters),
+            &Value::Null,
+        ))
         .bind(patch.concurrency_limit.unwrap_or(current.concurrency_limit))
         .bind(patch.paused.unwrap_or(current.paused) as i64)
         .bind(queue_id.to_string())

@@ -3,12 +3,13 @@
 mod deployments;
 mod pools;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::sql::{get_bool, get_json_map, get_uuid, insert_rows, unique_conflict};
+use super::crypto::{self, SecretKey};
+use super::sql::{get_bool, get_uuid, insert_rows, unique_conflict};
 use super::{Result, Store, StoreError, Tx};
 use crate::model::{
     from_micros, now_micros, Deployment, Event, Micros, WorkPool, WorkQueue, Workspace,
@@ -18,7 +19,7 @@ pub use deployments::{DeploymentPatch, NewDeployment};
 pub use pools::{NewPool, NewQueue, PoolPatch};
 
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
-     concurrency_limit, paused, created, updated, submit_rate";
+     concurrency_limit, paused, created, updated, submit_rate, overridable_variables";
 const QUEUE_COLUMNS: &str =
     "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
 const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
@@ -36,21 +37,55 @@ pub(crate) fn workspace_from_row(row: &AnyRow) -> Result<Workspace> {
     })
 }
 
-fn pool_from_row(row: &AnyRow) -> Result<WorkPool> {
+/// A stored JSON column of row `id` of `table`, its sealed secrets opened.
+pub(crate) fn open_json(
+    key: Option<&SecretKey>,
+    table: &str,
+    id: Uuid,
+    column: &str,
+    text: &str,
+) -> Result<Value> {
+    let mut value: Value =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))?;
+    crypto::open_walk(key, &crypto::row_aad(table, &id, column), "", &mut value)?;
+    Ok(value)
+}
+
+/// A JSON object column of row `id` of `table`, its sealed secrets opened.
+pub(crate) fn open_json_map(
+    key: Option<&SecretKey>,
+    row: &AnyRow,
+    table: &str,
+    id: Uuid,
+    column: &str,
+) -> Result<Map<String, Value>> {
+    let text: String = row.try_get(column)?;
+    match open_json(key, table, id, column, &text)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(StoreError::Corrupt(format!("{column}: not an object"))),
+    }
+}
+
+fn pool_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<WorkPool> {
     let template: String = row.try_get("base_job_template")?;
+    let id = get_uuid(row, "id")?;
     Ok(WorkPool {
-        id: get_uuid(row, "id")?,
+        id,
         workspace_id: get_uuid(row, "workspace_id")?,
         name: row.try_get("name")?,
         pool_type: row.try_get("type")?,
         description: row.try_get("description")?,
-        base_job_template: serde_json::from_str(&template)
-            .map_err(|e| StoreError::Corrupt(format!("base_job_template: {e}")))?,
+        base_job_template: open_json(key, "work_pools", id, "base_job_template", &template)?,
         concurrency_limit: row.try_get("concurrency_limit")?,
         paused: get_bool(row, "paused")?,
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
         submit_rate: row.try_get("submit_rate")?,
+        overridable_variables: row
+            .try_get::<Option<String>, _>("overridable_variables")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("overridable_variables: {e}")))?,
     })
 }
 
@@ -67,17 +102,18 @@ fn queue_from_row(row: &AnyRow) -> Result<WorkQueue> {
     })
 }
 
-fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
+fn deployment_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<Deployment> {
+    let id = get_uuid(row, "id")?;
     Ok(Deployment {
-        id: get_uuid(row, "id")?,
+        id,
         workspace_id: get_uuid(row, "workspace_id")?,
         name: row.try_get("name")?,
         work_pool: row.try_get("pool_name")?,
         work_pool_id: get_uuid(row, "pool_id")?,
         work_queue: row.try_get("queue_name")?,
         work_queue_id: get_uuid(row, "queue_id")?,
-        job_variables: get_json_map(row, "job_variables")?,
-        parameters: get_json_map(row, "parameters")?,
+        job_variables: open_json_map(key, row, "deployments", id, "job_variables")?,
+        parameters: open_json_map(key, row, "deployments", id, "parameters")?,
         concurrency_limit: row.try_get("concurrency_limit")?,
         paused: get_bool(row, "paused")?,
         created: from_micros(row.try_get("created")?),
@@ -192,6 +228,25 @@ pub(crate) async fn insert_event_rows(tx: &mut Tx, rows: &[EventRow]) -> Result<
 }
 
 impl Store {
+    /// The JSON text of `map` for `column` of row `id` of `table`, its secret values sealed:
+    /// those under secret keys and the variables `template`'s schema marks secret.
+    pub(crate) fn seal_variables(
+        &self,
+        table: &str,
+        id: Uuid,
+        column: &str,
+        map: &Map<String, Value>,
+        template: &Value,
+    ) -> String {
+        let extra = crate::redact::schema_secret_variables(&template["variables"]);
+        crypto::seal_map(
+            self.secret_key(),
+            &crypto::row_aad(table, &id, column),
+            map,
+            &extra,
+        )
+    }
+
     /// Creates a workspace.
     pub async fn create_workspace(&self, name: &str) -> Result<Workspace> {
         let mut tx = self.begin().await?;

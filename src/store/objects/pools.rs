@@ -9,6 +9,7 @@ use super::{
     QUEUE_COLUMNS,
 };
 use crate::model::{now_micros, WorkPool, WorkQueue};
+use crate::store::crypto;
 use crate::store::sql::{not_found, unique_conflict};
 use crate::store::{Result, Store, StoreError, Tx};
 
@@ -29,6 +30,8 @@ pub struct NewPool {
     pub paused: bool,
     /// Most submissions per second per controller (`None`: the provider's default).
     pub submit_rate: Option<f64>,
+    /// Checked names of the variables a run may override (`None`: any).
+    pub overridable_variables: Option<Vec<String>>,
 }
 
 /// Changes to a pool; `None` leaves a field as it is.
@@ -44,6 +47,8 @@ pub struct PoolPatch {
     pub paused: Option<bool>,
     /// New submission rate (`Some(None)` returns to the provider default).
     pub submit_rate: Option<Option<f64>>,
+    /// New checked list of the variables a run may override (`Some(None)`: any).
+    pub overridable_variables: Option<Option<Vec<String>>>,
 }
 
 /// A queue to create.
@@ -72,6 +77,11 @@ fn float_param(value: Option<f64>, n: usize) -> String {
     }
 }
 
+/// A list of names as stored: a JSON array, or NULL for none.
+fn names_json(names: Option<&[String]>) -> Option<String> {
+    names.map(|n| serde_json::Value::from(n.to_vec()).to_string())
+}
+
 impl Store {
     /// Creates a pool and its `default` queue.
     pub async fn create_pool(&self, workspace_id: Uuid, new: NewPool) -> Result<WorkPool> {
@@ -81,9 +91,9 @@ impl Store {
         let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO work_pools (id, workspace_id, name, type, description, base_job_template, \
-             concurrency_limit, paused, created, updated, submit_rate) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9,{})",
-            float_param(new.submit_rate, 10)
+             concurrency_limit, paused, created, updated, overridable_variables, submit_rate) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9,$10,{})",
+            float_param(new.submit_rate, 11)
         );
         let mut q = sqlx::query(&sql)
             .bind(id.to_string())
@@ -91,10 +101,15 @@ impl Store {
             .bind(&new.name)
             .bind(&new.pool_type)
             .bind(new.description.clone())
-            .bind(new.base_job_template.to_string())
+            .bind(crypto::seal_template(
+                self.secret_key(),
+                &crypto::row_aad("work_pools", &id, "base_job_template"),
+                &new.base_job_template,
+            ))
             .bind(new.concurrency_limit)
             .bind(new.paused as i64)
-            .bind(now);
+            .bind(now)
+            .bind(names_json(new.overridable_variables.as_deref()));
         if let Some(rate) = new.submit_rate {
             q = q.bind(rate);
         }
@@ -131,8 +146,10 @@ impl Store {
     pub async fn pool_by_id(&self, id: Uuid) -> Result<WorkPool> {
         let sql = format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE id = $1");
         let query = sqlx::query(&sql).bind(id.to_string());
-        self.fetch_found(query, "work pool", id, pool_from_row)
-            .await
+        self.fetch_found(query, "work pool", id, |r| {
+            pool_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A pool by name in a workspace.
@@ -140,8 +157,10 @@ impl Store {
         let sql =
             format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE workspace_id = $1 AND name = $2");
         let query = sqlx::query(&sql).bind(workspace_id.to_string()).bind(name);
-        self.fetch_found(query, "work pool", name, pool_from_row)
-            .await
+        self.fetch_found(query, "work pool", name, |r| {
+            pool_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A workspace's pools, by name.
@@ -149,7 +168,8 @@ impl Store {
         let sql =
             format!("SELECT {POOL_COLUMNS} FROM work_pools WHERE workspace_id = $1 ORDER BY name");
         let query = sqlx::query(&sql).bind(workspace_id.to_string());
-        self.fetch_rows(query, pool_from_row).await
+        self.fetch_rows(query, |r| pool_from_row(r, self.secret_key()))
+            .await
     }
 
     /// Changes a pool.
@@ -172,19 +192,28 @@ impl Store {
         let limit = patch.concurrency_limit.unwrap_or(current.concurrency_limit);
         let paused = patch.paused.unwrap_or(current.paused);
         let submit_rate = patch.submit_rate.unwrap_or(current.submit_rate);
+        let overridable = patch
+            .overridable_variables
+            .clone()
+            .unwrap_or(current.overridable_variables.clone());
         let mut tx = self.begin().await?;
         let sql = format!(
             "UPDATE work_pools SET description = $1, base_job_template = $2, concurrency_limit = $3, \
-             paused = $4, updated = $5, submit_rate = {} WHERE id = $6",
-            float_param(submit_rate, 7)
+             paused = $4, updated = $5, overridable_variables = $7, submit_rate = {} WHERE id = $6",
+            float_param(submit_rate, 8)
         );
         let mut q = sqlx::query(&sql)
             .bind(description)
-            .bind(template.to_string())
+            .bind(crypto::seal_template(
+                self.secret_key(),
+                &crypto::row_aad("work_pools", &current.id, "base_job_template"),
+                &template,
+            ))
             .bind(limit)
             .bind(paused as i64)
             .bind(now_micros())
-            .bind(current.id.to_string());
+            .bind(current.id.to_string())
+            .bind(names_json(overridable.as_deref()));
         if let Some(rate) = submit_rate {
             q = q.bind(rate);
         }

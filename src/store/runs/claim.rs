@@ -331,8 +331,12 @@ impl Store {
             q = q.bind(id.clone());
         }
         let rows = q.fetch_all(&mut *tx).await?;
-        let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
-        // Same order as admitted (workspaces in turn, priority, schedule): RETURNING does not promise one.
+        let mut runs = rows
+            .iter()
+            .map(|r| run_from_row(r, self.secret_key()))
+            .collect::<Result<Vec<_>>>()?;
+        // Same order as admitted (workspaces in turn, priority, schedule): RETURNING does not
+        // promise one.
         let order: HashMap<&str, usize> = admitted
             .iter()
             .enumerate()

@@ -73,7 +73,8 @@ impl Store {
         );
         let mut q = sqlx::query(&sql).bind(to_micros(now));
         q = bind_all(q, args);
-        self.fetch_rows(q, run_from_row).await
+        self.fetch_rows(q, |r| run_from_row(r, self.secret_key()))
+            .await
     }
 
     /// Takes over an active run whose lease is gone or expired. Returns the run when this caller won it.
@@ -99,7 +100,7 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        let run = run_from_row(&row)?;
+        let run = run_from_row(&row, self.secret_key())?;
         insert_event(
             &mut tx,
             run.workspace_id,
@@ -129,7 +130,9 @@ impl Store {
         .bind(owner)
         .fetch_all(self.db())
         .await?;
-        rows.iter().map(run_from_row).collect()
+        rows.iter()
+            .map(|r| run_from_row(r, self.secret_key()))
+            .collect()
     }
 
     /// RUNNING runs whose job sent heartbeats and then fell silent for longer than `silence`.
@@ -149,7 +152,8 @@ impl Store {
         );
         let mut q = sqlx::query(&sql).bind(now_micros() - lease_micros(silence));
         q = bind_all(q, args);
-        self.fetch_rows(q, run_from_row).await
+        self.fetch_rows(q, |r| run_from_row(r, self.secret_key()))
+            .await
     }
 
     /// Records a heartbeat from the job.

@@ -18,8 +18,10 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::crypto::SecretKey;
+use super::objects::open_json_map;
 use super::objects::EventRow;
-use super::sql::{get_json_map, get_state_type, get_uuid, insert_rows, opt_time, placeholders};
+use super::sql::{get_state_type, get_uuid, insert_rows, opt_time, placeholders};
 use super::{Result, Tx};
 use crate::model::{from_micros, to_micros, FlowRun, State};
 use crate::state::{Rejection, StateType};
@@ -131,9 +133,10 @@ impl TransitionOutcome {
     }
 }
 
-fn run_from_row(row: &AnyRow) -> Result<FlowRun> {
+fn run_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<FlowRun> {
+    let id = get_uuid(row, "id")?;
     Ok(FlowRun {
-        id: get_uuid(row, "id")?,
+        id,
         workspace_id: get_uuid(row, "workspace_id")?,
         deployment_id: get_uuid(row, "deployment_id")?,
         deployment: row.try_get("deployment_name")?,
@@ -141,8 +144,8 @@ fn run_from_row(row: &AnyRow) -> Result<FlowRun> {
         work_pool_id: get_uuid(row, "pool_id")?,
         work_queue: row.try_get("queue_name")?,
         work_queue_id: get_uuid(row, "queue_id")?,
-        parameters: get_json_map(row, "parameters")?,
-        job_variables: get_json_map(row, "job_variables")?,
+        parameters: open_json_map(key, row, "flow_runs", id, "parameters")?,
+        job_variables: open_json_map(key, row, "flow_runs", id, "job_variables")?,
         scheduled_time: from_micros(row.try_get("scheduled_time")?),
         state: State {
             state_type: get_state_type(row, "state_type")?,

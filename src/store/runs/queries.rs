@@ -34,6 +34,15 @@ impl Store {
         let mut parameters = deployment.parameters.clone();
         parameters.extend(new.parameters.clone());
         let id = Uuid::now_v7();
+        // The pool's schema says which job variables are secret (read only when sealing).
+        let template = match self.secret_key() {
+            Some(_) => {
+                self.pool_by_id(deployment.work_pool_id)
+                    .await?
+                    .base_job_template
+            }
+            None => Value::Null,
+        };
         let mut tx = self.begin().await?;
         let res = sqlx::query(&format!(
             "INSERT INTO flow_runs (id, workspace_id, deployment_id, deployment_name, pool_id, pool_name, \
@@ -50,8 +59,14 @@ impl Store {
         .bind(&deployment.work_pool)
         .bind(deployment.work_queue_id.to_string())
         .bind(&deployment.work_queue)
-        .bind(Value::Object(parameters).to_string())
-        .bind(Value::Object(new.job_variables.clone()).to_string())
+        .bind(self.seal_variables("flow_runs", id, "parameters", &parameters, &Value::Null))
+        .bind(self.seal_variables(
+            "flow_runs",
+            id,
+            "job_variables",
+            &new.job_variables,
+            &template,
+        ))
         .bind(scheduled)
         .bind(now)
         .bind(new.idempotency_key.clone())
@@ -70,7 +85,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let run = run_from_row(&row)?;
+        let run = run_from_row(&row, self.secret_key())?;
         insert_history(
             &mut tx,
             &[HistoryRow {
@@ -103,14 +118,19 @@ impl Store {
         .bind(key)
         .fetch_optional(self.db())
         .await?;
-        row.as_ref().map(run_from_row).transpose()
+        row.as_ref()
+            .map(|r| run_from_row(r, self.secret_key()))
+            .transpose()
     }
 
     /// A run by id, in any workspace (controller side).
     pub async fn run(&self, id: Uuid) -> Result<FlowRun> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE id = $1");
         let query = sqlx::query(&sql).bind(id.to_string());
-        self.fetch_found(query, "flow run", id, run_from_row).await
+        self.fetch_found(query, "flow run", id, |r| {
+            run_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// A run by id within a workspace (API side): another workspace's run is "not found".
@@ -144,8 +164,10 @@ impl Store {
         }
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        self.fetch_rows(bind_all(sqlx::query(&sql), args), run_from_row)
-            .await
+        self.fetch_rows(bind_all(sqlx::query(&sql), args), |r| {
+            run_from_row(r, self.secret_key())
+        })
+        .await
     }
 
     /// Every run of a workspace, newest first (reads in pages of 1,000).

@@ -196,7 +196,7 @@ impl Store {
                 false,
             ));
         };
-        let stored = run_from_row(&row)?;
+        let stored = run_from_row(&row, self.secret_key())?;
         if let Some(TransitionOutcome::Accepted(last)) = outcomes
             .iter_mut()
             .rev()
@@ -259,7 +259,7 @@ impl Store {
             .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| not_found("flow run", run_id))?;
-        let run = run_from_row(&row)?;
+        let run = run_from_row(&row, self.secret_key())?;
         let version: i64 = row.try_get("version")?;
         let mut recorded: Vec<String> = vec![];
         if row.try_get::<i64, _>("seen")? != 0 {
@@ -341,7 +341,10 @@ impl Store {
             .bind(now - lease_micros(threshold));
         q = bind_all(q, args);
         let rows = q.fetch_all(&mut *tx).await?;
-        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let runs = rows
+            .iter()
+            .map(|r| run_from_row(r, self.secret_key()))
+            .collect::<Result<Vec<_>>>()?;
         if runs.is_empty() {
             return Ok(vec![]);
         }

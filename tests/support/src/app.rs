@@ -32,7 +32,7 @@ impl Controllerd {
             .unwrap();
         let (url, id, api_url) = (db_url.to_string(), id.to_string(), api_url.to_string());
         rt.spawn(async move {
-            let store = Store::connect(&url).await.unwrap();
+            let store = crate::db::open_store(&url).await;
             let tokens = run_tokens(&store).await.unwrap();
             let config = ControllerConfig {
                 id,

@@ -1,6 +1,6 @@
 //! A fresh store per test on SQLite (temp file) or PostgreSQL (fresh database).
 
-use pushpool::store::{ConnectOptions, Store};
+use pushpool::store::{ConnectOptions, SecretKey, Store};
 
 /// Where a test store lives; dropped = removed.
 pub struct TestDb {
@@ -65,12 +65,36 @@ pub async fn postgres_db() -> Option<TestDb> {
     Some(TestDb { url, _dir: None })
 }
 
-/// Connects a store to a test database with `max` connections.
+/// The secret key every store of the test suites is opened with (as `pushpool up` always opens
+/// its store with one), so the suites run with secrets encrypted at rest.
+pub fn test_secret_key() -> SecretKey {
+    SecretKey::from_base64(
+        "cHVzaHBvb2wtdGVzdC1zZWNyZXQta2V5LTMyLWJ5dGU=",
+        "the test suites' key",
+    )
+    .expect("a 32-byte key")
+}
+
+/// Connects a store at `url` with the suites' secret key ([`test_secret_key`]).
+pub async fn open_store(url: &str) -> Store {
+    Store::connect_with(
+        url,
+        ConnectOptions {
+            secret_key: Some(test_secret_key()),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("connect store")
+}
+
+/// Connects a store to a test database with `max` connections (and the suites' secret key).
 pub async fn connect(db: &TestDb, max: u32) -> Store {
     Store::connect_with(
         &db.url,
         ConnectOptions {
             max_connections: max,
+            secret_key: Some(test_secret_key()),
             ..ConnectOptions::default()
         },
     )

@@ -11,5 +11,7 @@ pub mod env;
 pub mod server;
 
 pub use app::{infra, spawn_app, state, App, Controllerd};
-pub use db::{connect, postgres_base_url, postgres_db, sqlite_db, TestDb};
+pub use db::{
+    connect, open_store, postgres_base_url, postgres_db, sqlite_db, test_secret_key, TestDb,
+};
 pub use server::{bootstrap_fresh, call_json, http, log_warnings, serve_fresh, Served, Server};

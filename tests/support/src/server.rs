@@ -114,7 +114,7 @@ pub struct Served {
 /// Bootstraps the store at `url` and serves it on a free loopback port; returns once `/healthz`
 /// answers.
 pub async fn serve_fresh(url: &str, controller: bool) -> Served {
-    let store = Store::connect(url).await.expect("connect store");
+    let store = crate::db::open_store(url).await;
     let (admin_key, home) = bootstrap_fresh(&store).await;
     let options = ServeOptions {
         database_url: url.to_string(),
