@@ -530,8 +530,9 @@ async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
     let c = e.controller("c1", |c| c.shutdown_drain = Duration::ZERO);
     let runner = c.clone();
     let loop_task = tokio::spawn(async move { runner.run(Duration::from_secs(5)).await });
-    // Let A take every slot it can: the controller's in-flight count stops growing and all of
-    // them are submitted (RUNNING).
+    // Let A take every slot it can: at least its quota in flight, all submitted (RUNNING), and
+    // no more claimed for a second (a slow claim under load must not pass for "settled").
+    let quota = ControllerConfig::default().workspace_quota();
     let start = Instant::now();
     let mut last = (0, Instant::now());
     loop {
@@ -547,10 +548,8 @@ async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
             .into_iter()
             .find(|(s, _)| *s == StateType::Running)
             .map_or(0, |(_, n)| n);
-        if n > 0
-            && usize::try_from(running).unwrap() == n
-            && last.1.elapsed() > Duration::from_secs(1)
-        {
+        let all_running = usize::try_from(running).unwrap() == n;
+        if n >= quota && all_running && last.1.elapsed() > Duration::from_secs(1) {
             break;
         }
         assert!(
@@ -591,8 +590,7 @@ async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
         created.elapsed()
     );
     assert_eq!(
-        a_in_flight,
-        ControllerConfig::default().workspace_quota(),
+        a_in_flight, quota,
         "workspace A holds its quota (half of max_in_flight), no more"
     );
     c.shutdown();
