@@ -45,6 +45,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Most runs of one workspace this controller drives at once (fair share: one
+        /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
+        #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_in_flight_per_workspace: Option<u64>,
         /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
         /// or the key in $PUSHPOOL_SECRET_KEY).
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
@@ -72,6 +76,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Most runs of one workspace this controller drives at once (fair share: one
+        /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
+        #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_in_flight_per_workspace: Option<u64>,
         /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
         #[arg(long, env = "PUSHPOOL_HOME")]
         home: Option<PathBuf>,
@@ -305,6 +313,11 @@ async fn connect_and_serve(options: ServeOptions, key: Option<SecretKey>) -> any
     Ok(())
 }
 
+/// The per-workspace in-flight quota flag as a count (clap bounds it to 1..=1,000,000).
+fn per_workspace(flag: Option<u64>) -> Option<usize> {
+    flag.map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 async fn run_server(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up {
@@ -313,6 +326,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             status_deadline_seconds,
+            max_in_flight_per_workspace,
             secret_key_file,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
@@ -349,6 +363,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller_id: None,
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                 },
                 shutdown_signal(),
             )
@@ -360,6 +375,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             id,
             lease_seconds,
             status_deadline_seconds,
+            max_in_flight_per_workspace,
             home,
             secret_key_file,
         } => {
@@ -372,6 +388,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller_id: id,
                     lease: lease_seconds.map(Duration::from_secs),
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                     ..ServeOptions::default()
                 },
                 key,

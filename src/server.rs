@@ -51,6 +51,9 @@ pub struct ServeOptions {
     /// How long a provider may keep failing status polls with transient errors before the run is
     /// CRASHED (default 600 s).
     pub status_deadline: Option<Duration>,
+    /// Most runs of one workspace the controller drives at once (default half of its
+    /// `max_in_flight`).
+    pub max_in_flight_per_workspace: Option<usize>,
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -248,7 +251,10 @@ pub async fn serve(
         if let Some(deadline) = options.status_deadline {
             config.status_deadline = deadline;
         }
-        tracing::info!(controller_id = %config.id, pool_types = ?registry.pool_types(), "controller starting");
+        if let Some(quota) = options.max_in_flight_per_workspace {
+            config.max_in_flight_per_workspace = Some(quota);
+        }
+        tracing::info!(controller_id = %config.id, pool_types = ?registry.pool_types(), max_in_flight = config.max_in_flight, max_in_flight_per_workspace = config.workspace_quota(), "controller starting");
         Controller::new(Context::new(store.clone(), registry.clone(), config, tokens.clone(), metrics.clone()))
     });
     let controller_task = controller.clone().map(|c| {

@@ -68,8 +68,9 @@ pub(crate) fn check_rate(rate: Option<f64>) -> ApiResult<()> {
     }
 }
 
-/// Refuses a queue `priority` outside `PRIORITY_MIN..=PRIORITY_MAX`: one workspace's queues
-/// cannot jump every other workspace's in the claim order.
+/// Refuses a queue `priority` outside `PRIORITY_MIN..=PRIORITY_MAX`, a sane range. (Priority only
+/// orders runs within a workspace: claims take workspaces in turn, so no value of one workspace's
+/// queues jumps another workspace's runs.)
 pub(crate) fn check_priority(priority: i64) -> ApiResult<()> {
     if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
         Ok(())

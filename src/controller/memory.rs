@@ -3,7 +3,8 @@
 //! [`MemoryPlane::for_controller`]. Proposals go through the store's own rules
 //! ([`decide_sequence`]: the transition table, compare-and-set, holds, repeated transition ids,
 //! lease, infrastructure and attempt effects), applied to the run as the store writes them; it
-//! has no queues, pauses or concurrency limits: every due SCHEDULED run is claimable.
+//! has no queues, pauses or concurrency limits: every due SCHEDULED run is claimable, workspaces
+//! in turn within the claim's per-workspace quota, like the store's claim.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +21,7 @@ use crate::model::{Deployment, FlowRun, State, WorkPool};
 use crate::state::{
     decide_sequence, names, Decision, Proposal, RunRecord, StateType, TransitionGuard,
 };
-use crate::store::TransitionOutcome;
+use crate::store::{round_robin, TransitionOutcome, WorkspaceQuota};
 
 /// One accepted transition as the memory plane keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,22 +297,33 @@ impl Runs {
 
 #[async_trait]
 impl ControlPlane for MemoryPlane {
-    async fn claim_due(&self, limit: usize) -> PlaneResult<Vec<FlowRun>> {
+    async fn claim_due(&self, limit: usize, quota: &WorkspaceQuota) -> PlaneResult<Vec<FlowRun>> {
         let now = Utc::now();
         let mut due =
             self.select(|r| r.state.state_type == StateType::Scheduled && r.scheduled_time <= now);
-        due.sort_by_key(|r| r.scheduled_time);
+        due.sort_by_key(|r| (r.scheduled_time, r.id));
+        // As the store claims: workspaces in turn, none past its quota.
+        let due = round_robin(due, |r| r.workspace_id);
+        let mut taken: HashMap<Uuid, usize> = HashMap::new();
         let mut claimed = vec![];
         let guard = self.transition_guard(Guard::held_in(StateType::Scheduled));
         let until = self.hold_until();
         let mut runs = self.lock();
-        for run in due.into_iter().take(limit) {
+        for run in due {
+            if claimed.len() >= limit {
+                break;
+            }
+            let workspace_taken = taken.entry(run.workspace_id).or_default();
+            if *workspace_taken >= quota.room(&run.workspace_id) {
+                continue;
+            }
             let claim = Proposal::new(StateType::Pending).named(names::SUBMITTING);
             let outcome = runs.propose(run.id, vec![claim], &guard, None)?;
             if let Some(TransitionOutcome::Accepted(mut run)) = outcome.into_iter().next() {
                 // A claim holds the run for this plane's lease, as the store's claim does.
                 run.lease_expires = until;
                 runs.runs.insert(run.id, run.clone());
+                *workspace_taken += 1;
                 claimed.push(run);
             }
         }

@@ -33,6 +33,8 @@ use std::time::Duration;
 use pushpool_provider::ProviderError;
 use uuid::Uuid;
 
+/// The per-workspace quota a claim honours (defined by the store's claim).
+pub use crate::store::WorkspaceQuota;
 pub use cache::TtlCache;
 pub use context::{Context, PreparedJob, RunWork};
 pub use logs::LogWriter;
@@ -54,6 +56,10 @@ pub struct ControllerConfig {
     pub lease: Duration,
     /// Most runs this controller drives at once.
     pub max_in_flight: usize,
+    /// Most runs of one workspace this controller drives at once, so one workspace's backlog
+    /// cannot take every slot (`--max-in-flight-per-workspace`); `None`: half of
+    /// `max_in_flight`, rounded up. See [`ControllerConfig::workspace_quota`].
+    pub max_in_flight_per_workspace: Option<usize>,
     /// Most runs claimed per claim query.
     pub claim_batch: usize,
     /// How long transient submit errors are retried before the run is CRASHED.
@@ -84,6 +90,7 @@ impl Default for ControllerConfig {
             api_url: "http://127.0.0.1:4300".into(),
             lease: Duration::from_secs(30),
             max_in_flight: 2000,
+            max_in_flight_per_workspace: None,
             claim_batch: 200,
             submit_deadline: Duration::from_secs(300),
             status_deadline: Duration::from_secs(600),
@@ -95,6 +102,17 @@ impl Default for ControllerConfig {
             heartbeat_silence: Duration::from_secs(600),
             shutdown_drain: Duration::from_secs(20),
         }
+    }
+}
+
+impl ControllerConfig {
+    /// Most runs of one workspace this controller drives at once: the configured value, else
+    /// half of `max_in_flight` rounded up (1,000 of the default 2,000), at least 1. Half leaves
+    /// a flooding workspace room to run at scale while the other half stays free for the rest.
+    pub fn workspace_quota(&self) -> usize {
+        self.max_in_flight_per_workspace
+            .unwrap_or_else(|| self.max_in_flight.div_ceil(2))
+            .max(1)
     }
 }
 

@@ -7,7 +7,8 @@
 //! controller, which is why the trait speaks in terms of the run's life, not of the store:
 //!
 //! - **Holding a run.** A plane is bound to one controller (its identity is given when the plane
-//!   is built). [`ControlPlane::claim_due`] hands out runs this controller now *holds*; holding is
+//!   is built). [`ControlPlane::claim_due`] hands out runs this controller now *holds*, fairly
+//!   between workspaces (in turn, within the controller's per-workspace quota); holding is
 //!   exclusive (no two controllers submit one run). The store implements it with a lease row;
 //!   Prefect implements it with the PENDING proposal that its orchestration rules make the lock
 //!   (`get_scheduled_flow_runs`, then `set_state` PENDING; an ABORT means someone else has it).
@@ -42,7 +43,7 @@ use uuid::Uuid;
 
 use crate::model::{Deployment, FlowRun, Micros, WorkPool};
 use crate::state::{Proposal, StateType};
-use crate::store::TransitionOutcome;
+use crate::store::{TransitionOutcome, WorkspaceQuota};
 
 /// Any error a plane's backend reports.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,9 +112,11 @@ pub type LogEntry = (Micros, String, String);
 /// contract a new implementation must keep.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
-    /// Claims up to `limit` due runs of the pools this controller serves, honouring pauses and
-    /// concurrency limits; each comes back PENDING and held by this controller.
-    async fn claim_due(&self, limit: usize) -> PlaneResult<Vec<FlowRun>>;
+    /// Claims up to `limit` due runs of the pools this controller serves, honouring pauses,
+    /// concurrency limits and `quota` (no workspace gets more than its room); workspaces take
+    /// turns (round-robin), priority and schedule order runs within a workspace. Each comes back
+    /// PENDING and held by this controller.
+    async fn claim_due(&self, limit: usize, quota: &WorkspaceQuota) -> PlaneResult<Vec<FlowRun>>;
 
     /// When the next run of the served pools falls due, if any is scheduled.
     async fn next_due(&self) -> PlaneResult<Option<DateTime<Utc>>>;

@@ -16,6 +16,7 @@ use super::plane::{Guard, PlaneError};
 use super::reconcile::{error_policy, propose, reconcile};
 use crate::model::FlowRun;
 use crate::state::{Proposal, StateType};
+use crate::store::WorkspaceQuota;
 
 /// Orphaned runs looked at per tick.
 const ORPHANS_PER_TICK: usize = 100;
@@ -35,11 +36,22 @@ pub struct TickReport {
     pub zombies: usize,
 }
 
+/// One run in flight: how to wake its task, and its workspace (for the per-workspace quota).
+struct Slot {
+    wake: Arc<Notify>,
+    workspace: Uuid,
+}
+
+/// Runs in flight by run id.
+type Slots = Arc<Mutex<HashMap<Uuid, Slot>>>;
+
 /// A controller: the claim loop plus one task per run in flight.
 #[derive(Clone)]
 pub struct Controller {
     ctx: Arc<Context>,
-    in_flight: Arc<Mutex<HashMap<Uuid, Arc<Notify>>>>,
+    in_flight: Slots,
+    /// Notified when a slot is freed, so a claim loop waiting for room wakes at once.
+    freed: Arc<Notify>,
     tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -50,6 +62,7 @@ impl Controller {
         Controller {
             ctx: Arc::new(ctx),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            freed: Arc::new(Notify::new()),
             tasks: Arc::new(Mutex::new(tokio::task::JoinSet::new())),
             shutdown: watch::channel(false).0,
         }
@@ -68,6 +81,16 @@ impl Controller {
             .len()
     }
 
+    /// Runs this controller is driving now, per workspace.
+    pub fn in_flight_by_workspace(&self) -> HashMap<Uuid, usize> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held: HashMap<Uuid, usize> = HashMap::new();
+        for slot in map.values() {
+            *held.entry(slot.workspace).or_default() += 1;
+        }
+        held
+    }
+
     fn spawn_run(&self, run: FlowRun, adopted: bool) {
         let wake = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,12 +98,17 @@ impl Controller {
                 return; // one task per run, never two
             }
             let wake = Arc::new(Notify::new());
-            map.insert(run.id, wake.clone());
+            let slot = Slot {
+                wake: wake.clone(),
+                workspace: run.workspace_id,
+            };
+            map.insert(run.id, slot);
             wake
         };
         let ctx = self.ctx.clone();
         let slot = SlotGuard {
             in_flight: self.in_flight.clone(),
+            freed: self.freed.clone(),
             run_id: run.id,
         };
         let shutdown = self.shutdown.subscribe();
@@ -116,7 +144,7 @@ impl Controller {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&run.id)
-                .cloned();
+                .map(|slot| slot.wake.clone());
             match wake {
                 Some(wake) if run.state.state_type == StateType::Cancelling => wake.notify_one(),
                 Some(_) => {}
@@ -159,7 +187,9 @@ impl Controller {
         Ok(crashed)
     }
 
-    /// Claims due runs up to the free capacity and starts a task for each; returns how many.
+    /// Claims due runs up to the free capacity, no workspace past its quota, and starts a task
+    /// for each; returns how many. Counting this controller's own slots needs no lock between
+    /// replicas: each has its own quota, and one controller's claims never overlap.
     async fn claim(&self) -> Result<usize, PlaneError> {
         let capacity = self
             .ctx
@@ -170,8 +200,12 @@ impl Controller {
         if limit == 0 {
             return Ok(0);
         }
+        let quota = WorkspaceQuota::new(
+            self.ctx.config.workspace_quota(),
+            self.in_flight_by_workspace(),
+        );
         let started = Instant::now();
-        let claimed = self.ctx.plane.claim_due(limit).await?;
+        let claimed = self.ctx.plane.claim_due(limit, &quota).await?;
         self.ctx.metrics.claim_latency.observe(started.elapsed());
         let n = claimed.len();
         for run in claimed {
@@ -207,14 +241,17 @@ impl Controller {
     }
 
     /// How long the claim loop may sleep: until the next run falls due, at most `idle_max`, and
-    /// at most 250 ms while runs are in flight (to see cancellations and orphans soon).
+    /// at most 250 ms while runs are in flight (to see cancellations and orphans soon). Runs
+    /// already due that the last claim left (a full limit, a workspace at its quota, no free
+    /// slot) wait for a change or a freed slot, which wake the loop, not for a 5 ms poll that
+    /// would rescan a large backlog continuously.
     async fn idle_time(&self) -> Duration {
         let idle_max = self.ctx.config.idle_max;
         let sleep_for = match self.ctx.plane.next_due().await {
-            Ok(Some(next)) => (next - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .clamp(Duration::from_millis(5), idle_max),
+            Ok(Some(next)) => match (next - Utc::now()).to_std() {
+                Ok(wait) if !wait.is_zero() => wait.clamp(Duration::from_millis(5), idle_max),
+                _ => FULL_TICK_EVERY.min(idle_max),
+            },
             _ => idle_max,
         };
         if self.in_flight() > 0 {
@@ -272,6 +309,7 @@ impl Controller {
             let sleep_for = self.idle_time().await;
             tokio::select! {
                 _ = &mut notified => {}
+                _ = self.freed.notified() => {}
                 _ = tokio::time::sleep(sleep_for) => {}
                 _ = shutdown.changed() => {}
             }
@@ -287,7 +325,8 @@ impl Controller {
 /// A run's in-flight slot: freed when the run's task ends by any path, a panic or an abort
 /// included, so no bug can hold capacity for ever.
 struct SlotGuard {
-    in_flight: Arc<Mutex<HashMap<Uuid, Arc<Notify>>>>,
+    in_flight: Slots,
+    freed: Arc<Notify>,
     run_id: Uuid,
 }
 
@@ -297,6 +336,8 @@ impl Drop for SlotGuard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.run_id);
+        // A stored permit if the loop is not waiting yet: the wake-up is never lost.
+        self.freed.notify_one();
     }
 }
 

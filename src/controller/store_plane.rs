@@ -14,7 +14,9 @@ use super::plane::{ControlPlane, Guard, LogEntry, PlaneError, PlaneResult};
 use super::ControllerConfig;
 use crate::model::{Deployment, FlowRun, WorkPool};
 use crate::state::{Proposal, StateType};
-use crate::store::{PoolSelector, Store, StoreError, TransitionGuard, TransitionOutcome};
+use crate::store::{
+    PoolSelector, Store, StoreError, TransitionGuard, TransitionOutcome, WorkspaceQuota,
+};
 
 impl From<StoreError> for PlaneError {
     fn from(e: StoreError) -> Self {
@@ -67,10 +69,11 @@ impl StorePlane {
 
 #[async_trait]
 impl ControlPlane for StorePlane {
-    async fn claim_due(&self, limit: usize) -> PlaneResult<Vec<FlowRun>> {
+    async fn claim_due(&self, limit: usize, quota: &WorkspaceQuota) -> PlaneResult<Vec<FlowRun>> {
+        let (pools, owner) = (&self.pools, &self.owner);
         let claim = self
             .store
-            .claim_due(&self.pools, Utc::now(), limit, &self.owner, self.lease);
+            .claim_due_within(pools, Utc::now(), limit, owner, self.lease, quota);
         Ok(claim.await?)
     }
 

@@ -190,7 +190,11 @@ impl Bench {
     /// A due run claimed by this controller, as its task starts with it.
     async fn claimed(&self) -> RunWork {
         self.plane.add_run(&self.deployment, Utc::now());
-        let mut claimed = self.plane.claim_due(1).await.unwrap();
+        let mut claimed = self
+            .plane
+            .claim_due(1, &WorkspaceQuota::unlimited())
+            .await
+            .unwrap();
         RunWork::new(claimed.remove(0), false)
     }
 
@@ -367,7 +371,12 @@ async fn the_job_failing_or_the_infrastructure_vanishing_ends_the_run() {
 async fn a_job_that_cannot_be_built_crashes_with_the_job_modules_message() {
     let b = bench();
     b.plane.add_run(&b.deployment, Utc::now());
-    let mut run = b.plane.claim_due(1).await.unwrap().remove(0);
+    let mut run = b
+        .plane
+        .claim_due(1, &WorkspaceQuota::unlimited())
+        .await
+        .unwrap()
+        .remove(0);
     run.job_variables.insert("command".into(), json!(""));
     b.plane.put_run(run.clone());
     let mut work = RunWork::new(run, false);
@@ -423,7 +432,11 @@ async fn orphan_for_c2(lookup: Lookup) -> (Bench, RunWork) {
     let b = bench_with(shared, provider, "c2");
     let gone = b.plane.for_controller("gone");
     gone.add_run(&b.deployment, Utc::now());
-    let mut run = gone.claim_due(1).await.unwrap().remove(0);
+    let mut run = gone
+        .claim_due(1, &WorkspaceQuota::unlimited())
+        .await
+        .unwrap()
+        .remove(0);
     run.lease_expires = Some(Utc::now() - chrono::Duration::seconds(1));
     b.plane.put_run(run);
     let orphans = b.plane.orphans(10).await.unwrap();
@@ -551,4 +564,50 @@ async fn a_panicking_provider_crashes_the_run_and_frees_the_slot() {
     let message = run.state.message.unwrap_or_default();
     assert!(message.contains("panicked"), "{message}");
     assert!(message.contains("provider bug"), "{message}");
+}
+
+/// Issue 19 item 7: a controller full of one workspace's runs still had no room for another's.
+/// With `max_in_flight` 4 (quota 2 per workspace), A's 5 due runs, whose jobs never end, take
+/// 2 slots and B's run, due after them, still gets one; A gets no more while it holds 2.
+#[tokio::test]
+async fn a_workspace_gets_at_most_its_quota_and_others_still_get_slots() {
+    let plane = MemoryPlane::new("c1", Duration::from_secs(30));
+    let provider = ScriptedProvider::default(); // status Pending for ever: slots stay held
+    let mut registry = Registry::new();
+    registry.register(Arc::new(provider.clone()));
+    let pool = plane.add_pool("fakes", FAKE, provider.default_base_job_template());
+    let a = plane.add_deployment(&pool, "d", Map::new());
+    let mut b = a.clone();
+    b.workspace_id = Uuid::from_u128(2);
+    for _ in 0..5 {
+        plane.add_run(&a, Utc::now() - chrono::Duration::seconds(10));
+    }
+    let b_run = plane.add_run(&b, Utc::now());
+    let config = ControllerConfig {
+        max_in_flight: 4,
+        ..config("c1")
+    };
+    assert_eq!(config.workspace_quota(), 2, "half of max_in_flight");
+    let controller = Controller::new(Context::with_plane(
+        Arc::new(plane.clone()),
+        registry,
+        config,
+        RunTokens::new(b"t".to_vec()),
+        Arc::new(Metrics::default()),
+    ));
+    assert_eq!(controller.tick().await.unwrap().claimed, 3);
+    let held = controller.in_flight_by_workspace();
+    assert_eq!(
+        (held.get(&a.workspace_id), held.get(&b.workspace_id)),
+        (Some(&2), Some(&1)),
+        "A holds its quota, B has its run"
+    );
+    let b_state = plane.get(b_run.id).unwrap().state.state_type;
+    assert_ne!(b_state, StateType::Scheduled, "B's run was not claimed");
+    assert_eq!(
+        controller.tick().await.unwrap().claimed,
+        0,
+        "A at its quota gets no more, though a slot is free"
+    );
+    controller.shutdown();
 }

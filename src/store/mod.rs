@@ -24,8 +24,8 @@ pub use access::{
 pub use crypto::SecretKey;
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
-    quota_marker, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
-    ACTIVE_STATES_SQL, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES,
+    quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
+    WorkspaceQuota, ACTIVE_STATES_SQL, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES,
 };
 
 /// Which database a [`Store`] talks to.

@@ -15,7 +15,7 @@ use pushpool::store::{
 use pushpool_null::NullProvider;
 use pushpool_provider::Registry;
 use pushpool_testkit::{both_backends, connect, sqlite_db, TestDb};
-use serde_json::Map;
+use serde_json::{json, Map};
 use uuid::Uuid;
 
 both_backends!(
@@ -26,6 +26,7 @@ both_backends!(
     transient_submit_errors_are_retried_then_completed,
     run_cancelled_before_submission_goes_straight_to_cancelled,
     shutdown_hands_back_unsubmitted_runs,
+    a_flooding_workspace_does_not_starve_another,
 );
 
 struct Env {
@@ -425,4 +426,173 @@ async fn pool_submit_rate_smooths_a_burst() {
         within_first_half_second <= 7,
         "{within_first_half_second} submissions in the first 0.5 s"
     );
+}
+
+/// Copies run `template` `n` times with fresh ids in a few multi-row SQL inserts (10,000 API
+/// calls would take minutes); the copies have no history rows, which claims do not need.
+async fn copy_run(db: &TestDb, template: Uuid, n: usize) {
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(1000);
+        left -= chunk;
+        // Fresh v7 ids are plain hex and dashes: safe to inline.
+        let ids = (0..chunk)
+            .map(|_| format!("('{}')", Uuid::now_v7()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO flow_runs (id, workspace_id, deployment_id, deployment_name, pool_id, \
+             pool_name, queue_id, queue_name, parameters, job_variables, scheduled_time, state_type, \
+             state_name, state_timestamp, attempt, created, updated) \
+             SELECT v.column1, t.workspace_id, t.deployment_id, t.deployment_name, t.pool_id, \
+             t.pool_name, t.queue_id, t.queue_name, t.parameters, t.job_variables, t.scheduled_time, \
+             t.state_type, t.state_name, t.state_timestamp, t.attempt, t.created, t.updated \
+             FROM flow_runs t, (VALUES {ids}) AS v WHERE t.id = $1"
+        );
+        sqlx::query(&sql)
+            .bind(template.to_string())
+            .execute(&raw)
+            .await
+            .unwrap();
+    }
+    raw.close().await;
+}
+
+/// Issue 19, item 7 (acceptance): workspace A floods 10,000 due runs whose jobs never finish;
+/// workspace B's run, created after, starts within 1 s. The controller runs with the real
+/// defaults (`max_in_flight` 2,000, so A's backlog is five times its capacity).
+async fn a_flooding_workspace_does_not_starve_another(db: TestDb) {
+    let e = env(&db, NullProvider::default()).await;
+    let slow = e
+        .store
+        .create_deployment(
+            e.ws,
+            NewDeployment {
+                name: "slow".into(),
+                work_pool: "nulls".into(),
+                work_queue: None,
+                // An hour: longer than the test, so A's runs never give a slot back.
+                job_variables: json!({"duration_ms": 3_600_000})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                parameters: Map::new(),
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+    let due = NewRun {
+        scheduled_time: Some(Utc::now() - chrono::Duration::seconds(1)),
+        ..NewRun::default()
+    };
+    let first = e.store.create_run(&slow, due).await.unwrap().0;
+    copy_run(&db, first.id, 9_999).await;
+
+    let ws_b = e.store.create_workspace("b").await.unwrap().id;
+    let template = pushpool_provider::Provider::default_base_job_template(&e.provider);
+    e.store
+        .create_pool(
+            ws_b,
+            NewPool {
+                name: "nulls".into(),
+                pool_type: "null".into(),
+                description: None,
+                base_job_template: template,
+                concurrency_limit: None,
+                paused: false,
+                submit_rate: None,
+                overridable_variables: None,
+            },
+        )
+        .await
+        .unwrap();
+    let dep_b = e
+        .store
+        .create_deployment(
+            ws_b,
+            NewDeployment {
+                name: "d".into(),
+                work_pool: "nulls".into(),
+                work_queue: None,
+                job_variables: Map::new(),
+                parameters: Map::new(),
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+
+    let c = e.controller("c1", |c| c.shutdown_drain = Duration::ZERO);
+    let runner = c.clone();
+    let loop_task = tokio::spawn(async move { runner.run(Duration::from_secs(5)).await });
+    // Let A take every slot it can: at least its quota in flight, all submitted (RUNNING), and
+    // no more claimed for a second (a slow claim under load must not pass for "settled").
+    let quota = ControllerConfig::default().workspace_quota();
+    let start = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let n = c.in_flight();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        let running = e
+            .store
+            .count_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| *s == StateType::Running)
+            .map_or(0, |(_, n)| n);
+        let all_running = usize::try_from(running).unwrap() == n;
+        if n >= quota && all_running && last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "workspace A's runs did not settle: {n} in flight, {running} RUNNING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a_in_flight = c.in_flight();
+
+    let created = Instant::now();
+    let b_run = e
+        .store
+        .create_run(&dep_b, NewRun::default())
+        .await
+        .unwrap()
+        .0;
+    loop {
+        let run = e.store.run(b_run.id).await.unwrap();
+        if matches!(
+            run.state.state_type,
+            StateType::Pending | StateType::Running | StateType::Completed
+        ) {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "workspace B's run was still {} ({}) 1 s after it was created: workspace A's \
+             backlog of 10,000 due runs holds {a_in_flight} of the controller's {} in-flight slots",
+            run.state.state_type,
+            run.state.name,
+            ControllerConfig::default().max_in_flight,
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "workspace B's run started {:?} after it was created",
+        created.elapsed()
+    );
+    assert_eq!(
+        a_in_flight, quota,
+        "workspace A holds its quota (half of max_in_flight), no more"
+    );
+    c.shutdown();
+    loop_task.abort();
 }

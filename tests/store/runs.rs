@@ -9,7 +9,7 @@ use pushpool::model::Deployment;
 use pushpool::state::{Proposal, Rejection, StateType};
 use pushpool::store::{
     NewDeployment, NewPool, NewQueue, NewRun, PoolPatch, PoolSelector, Store, StoreError,
-    TransitionGuard, TransitionOutcome,
+    TransitionGuard, TransitionOutcome, WorkspaceQuota,
 };
 use pushpool_testkit::{both_backends, connect, TestDb};
 use serde_json::{json, Map};
@@ -28,6 +28,7 @@ both_backends!(
     compare_and_set_and_lease_owner_are_enforced,
     claim_orders_by_priority_then_schedule_and_skips_future_runs,
     claim_skips_paused_pools_queues_and_deployments,
+    claims_take_workspaces_in_turn_within_their_quota,
     limits_hold_without_starving_free_runs,
     leases_renew_release_expire_and_adopt,
     logs_and_data_survive_reconnect,
@@ -473,6 +474,73 @@ async fn claim_orders_by_priority_then_schedule_and_skips_future_runs(db: TestDb
     assert!(f.claim(10).await.is_empty(), "a future run is not due");
     let next = f.store.next_due(&PoolSelector::All).await.unwrap().unwrap();
     assert!(next > Utc::now() + chrono::Duration::seconds(3500));
+}
+
+/// Issue 19, item 7: priority orders runs within a workspace only; workspaces take turns, a
+/// backlog larger than the claim's scan window hides no other workspace's run, and a workspace at
+/// its quota gets nothing while the others still do.
+async fn claims_take_workspaces_in_turn_within_their_quota(db: TestDb) {
+    let a = fixture(&db).await;
+    a.pool("p", None).await;
+    a.store
+        .create_queue(
+            a.ws,
+            "p",
+            NewQueue {
+                name: "urgent".into(),
+                priority: 0,
+                concurrency_limit: None,
+                paused: false,
+            },
+        )
+        .await
+        .unwrap();
+    let flood = a.deployment("flood", "p", Some("urgent"), None).await;
+    let mut a_runs = vec![];
+    // More than the scan window of a small claim (64 rows), all earlier and of a higher priority.
+    for _ in 0..100 {
+        a_runs.push(a.run(&flood, -60).await);
+    }
+    let b = Fixture {
+        store: a.store.clone(),
+        ws: a.store.create_workspace("b").await.unwrap().id,
+    };
+    b.pool("p", None).await;
+    let d = b.deployment("d", "p", None, None).await;
+    let (b1, b2, b3) = (
+        b.run(&d, -1).await,
+        b.run(&d, -1).await,
+        b.run(&d, -1).await,
+    );
+
+    assert_eq!(
+        a.claim(2).await,
+        vec![a_runs[0], b1],
+        "one run of each workspace, not two of the flooding one"
+    );
+    let within = |per_workspace: usize, held: &[(Uuid, usize)], limit: usize| {
+        let quota = WorkspaceQuota::new(per_workspace, held.iter().copied().collect());
+        let store = a.store.clone();
+        async move {
+            store
+                .claim_due_within(&PoolSelector::All, Utc::now(), limit, OWNER, LEASE, &quota)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Each holds 1 of 2: one more of each, though A has 99 due.
+    assert_eq!(
+        within(2, &[(a.ws, 1), (b.ws, 1)], 10).await,
+        vec![a_runs[1], b2]
+    );
+    // A at its quota: only B's run, however many of A's are due.
+    assert!(within(2, &[(a.ws, 2), (b.ws, 2)], 10).await.is_empty());
+    assert_eq!(within(3, &[(a.ws, 3), (b.ws, 2)], 10).await, vec![b3]);
+    // Without a quota, A's backlog goes on in order.
+    assert_eq!(a.claim(3).await, a_runs[2..5].to_vec());
 }
 
 async fn claim_skips_paused_pools_queues_and_deployments(db: TestDb) {

@@ -3,6 +3,7 @@
 //! writes.
 
 mod claim;
+pub use claim::{round_robin, WorkspaceQuota};
 mod leases;
 mod logs;
 pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
