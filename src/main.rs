@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
+use pushpool::execution::{ProcessPools, ProcessSandbox, SandboxLevel};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
 use pushpool::store::Store;
 
@@ -22,6 +23,51 @@ struct Cli {
     client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Who may run local processes (`process` pools).
+#[derive(clap::Args, Debug, Clone)]
+struct ProcessPoolsArg {
+    /// Which workspaces may have `process` pools: `disabled` (none), `admin` (only the
+    /// bootstrap workspace `default`, the administrator's) or `all` (any workspace owner may run
+    /// commands as this server's user, inside the sandbox).
+    #[arg(
+        long,
+        env = "PUSHPOOL_PROCESS_POOLS",
+        value_enum,
+        default_value = "admin"
+    )]
+    process_pools: ProcessPools,
+}
+
+/// How the controller's `process` jobs are sandboxed.
+#[derive(clap::Args, Debug, Clone)]
+struct SandboxArgs {
+    /// `best-effort`: Landlock where the kernel has it, else run with a clean environment and
+    /// a private directory only (each run's logs say which); `required`: refuse to run jobs
+    /// Landlock cannot restrict.
+    #[arg(
+        long,
+        env = "PUSHPOOL_PROCESS_SANDBOX",
+        value_enum,
+        default_value = "best-effort"
+    )]
+    process_sandbox: SandboxLevel,
+    /// Where each process job gets its private directory (default
+    /// <temp dir>/pushpool-runs-<uid>; never inside the data directory).
+    #[arg(long, env = "PUSHPOOL_RUNS_DIR")]
+    runs_dir: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    /// The sandbox setting, with this binary as the Landlock supervisor.
+    fn sandbox(&self) -> anyhow::Result<ProcessSandbox> {
+        Ok(ProcessSandbox {
+            supervisor: std::env::current_exe().ok(),
+            runs_dir: self.runs_dir.clone(),
+            required: self.process_sandbox == SandboxLevel::Required,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +90,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -67,6 +117,10 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// The API alone.
     Api {
@@ -76,6 +130,8 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
         listen: SocketAddr,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.
     Bench {
@@ -132,6 +188,15 @@ fn init_tracing() {
 }
 
 fn main() {
+    // The sandbox supervisor of process jobs: restrict this process, then exec the job's
+    // command. Before anything else (no runtime, no threads: Landlock restricts one thread).
+    #[cfg(feature = "process")]
+    {
+        let mut args = std::env::args_os();
+        if args.nth(1).as_deref() == Some(pushpool_process::sandbox::SUPERVISOR_ARG.as_ref()) {
+            std::process::exit(pushpool_process::sandbox::supervise(args));
+        }
+    }
     // Usage errors exit 1 (the contract); --help and --version exit 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -188,6 +253,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             status_deadline_seconds,
+            process_pools,
+            sandbox,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -224,6 +291,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller_id: None,
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    process_pools: process_pools.process_pools,
+                    process_sandbox: sandbox.sandbox()?,
                 },
                 shutdown_signal(),
             )
@@ -235,6 +304,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             id,
             lease_seconds,
             status_deadline_seconds,
+            process_pools,
+            sandbox,
         } => {
             connect_and_serve(ServeOptions {
                 database_url,
@@ -243,6 +314,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 controller_id: id,
                 lease: lease_seconds.map(Duration::from_secs),
                 status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                process_pools: process_pools.process_pools,
+                process_sandbox: sandbox.sandbox()?,
                 ..ServeOptions::default()
             })
             .await?;
@@ -250,10 +323,12 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::Api {
             database_url,
             listen,
+            process_pools,
         } => {
             connect_and_serve(ServeOptions {
                 database_url,
                 listen: Some(listen),
+                process_pools: process_pools.process_pools,
                 ..ServeOptions::default()
             })
             .await?;

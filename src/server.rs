@@ -8,6 +8,9 @@ use std::time::Duration;
 use crate::api::{router, AppState};
 use crate::auth::{generate_api_key, RunTokens, RUN_TOKEN_SECRET_SETTING};
 use crate::controller::{Context, Controller, ControllerConfig};
+use crate::execution::{
+    configure_sandbox, ProcessGate, ProcessPools, ProcessSandbox, BOOTSTRAP_WORKSPACE_SETTING,
+};
 use crate::metrics::Metrics;
 use crate::store::{NewApiKey, Store, StoreError, WorkspaceOwner};
 
@@ -51,6 +54,29 @@ pub struct ServeOptions {
     /// How long a provider may keep failing status polls with transient errors before the run is
     /// CRASHED (default 600 s).
     pub status_deadline: Option<Duration>,
+    /// Which workspaces may use `process` pools (`--process-pools`; default `admin`).
+    pub process_pools: ProcessPools,
+    /// How the `process` provider sandboxes its jobs (`--process-sandbox`, `--runs-dir`).
+    pub process_sandbox: ProcessSandbox,
+}
+
+/// The paths no process job may reach: the data directory and, for a SQLite store, its files.
+fn protected_paths(options: &ServeOptions) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = options.home.iter().cloned().collect();
+    let url = options.database_url.as_str();
+    if !url.starts_with("postgres") {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.is_empty() && !path.starts_with(':') {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                out.push(PathBuf::from(format!("{path}{suffix}")));
+            }
+        }
+    }
+    // Relative to where pushpool started, not to the job's directory.
+    out.into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -89,11 +115,18 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
             },
         )
         .await;
-    if let Err(e) = created {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
-        return Err(e.into());
-    }
+    let workspace = match created {
+        Ok((workspace, _, _)) => workspace,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    // The admin's home: the workspace `--process-pools admin` lets run local processes.
+    store
+        .set_setting(BOOTSTRAP_WORKSPACE_SETTING, &workspace.id.to_string())
+        .await?;
     use std::io::Write as _;
     file.write_all(key.key.expose().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
@@ -210,6 +243,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let registry = default_registry();
     let tokens = run_tokens(&store).await?;
+    if options.controller {
+        configure_sandbox(&options.process_sandbox, protected_paths(&options));
+    }
+    // Pins the bootstrap workspace of a store made before the setting existed.
+    crate::execution::bootstrap_workspace(&store).await?;
+    let gate = ProcessGate::new(options.process_pools);
     let metrics = Arc::new(Metrics::default());
     let listener = match options.listen {
         Some(addr) => Some(
@@ -237,6 +276,7 @@ pub async fn serve(
     let controller = options.controller.then(|| {
         let mut config = ControllerConfig {
             api_url: api_url.clone(),
+            process_pools: options.process_pools,
             ..ControllerConfig::default()
         };
         if let Some(id) = &options.controller_id {
@@ -268,6 +308,7 @@ pub async fn serve(
             tokens: tokens.clone(),
             metrics: metrics.clone(),
             api_url: api_url.clone(),
+            process_gate: gate.clone(),
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");
