@@ -408,7 +408,7 @@ impl Provider for ProcessProvider {
             None => {
                 if job.stream_output {
                     run.logs.line(
-                        LogStream::Stderr,
+                        LogStream::System,
                         format!(
                             "{} none (no sandbox supervisor configured); the job runs with the controller user's file access",
                             sandbox::REPORT_PREFIX

@@ -280,7 +280,7 @@ async fn log_output_is_bounded() {
     assert!(forwarded >= 1000, "forwarded only {forwarded} bytes");
     let markers: Vec<_> = lines
         .iter()
-        .filter(|(s, _)| *s == LogStream::System)
+        .filter(|(s, l)| *s == LogStream::System && !l.starts_with(sandbox::REPORT_PREFIX))
         .collect();
     assert_eq!(
         markers,
@@ -299,7 +299,12 @@ async fn last_lines_are_forwarded_before_the_final_status() {
     assert_eq!(status, JobStatus::Completed { summary: None });
     assert!(sink.has(LogStream::Stdout, "line299"));
     assert!(sink.has(LogStream::Stderr, "last"));
-    assert_eq!(sink.lines().len(), 301);
+    let job_lines = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s != LogStream::System)
+        .count();
+    assert_eq!(job_lines, 301);
 }
 
 #[tokio::test]
@@ -549,4 +554,121 @@ async fn conforms_to_the_provider_contract() {
     conformance::check_cancel(&p, &json!({"command": "sleep 30"}))
         .await
         .unwrap();
+}
+
+/// Issue 18: the job's environment is built from nothing; the controller's never reaches it.
+#[tokio::test]
+async fn the_controllers_environment_is_not_passed_on() {
+    std::env::set_var("PUSHPOOL_PROCESS_TEST_PARENT_SECRET", "parent-only-81f2");
+    let config = job(
+        json!({"command": "env | cut -d= -f1; env | grep -c parent-only-81f2", "env": {"MINE": "1"}}),
+    );
+    let (status, sink, _) = run_to_end(&config).await;
+    // `grep -c` finds nothing: exit code 1.
+    assert_eq!(
+        status,
+        JobStatus::Failed {
+            message: "exit code 1".into()
+        }
+    );
+    let names: Vec<String> = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == LogStream::Stdout)
+        .map(|(_, l)| l)
+        .filter(|l| l != "0")
+        .collect();
+    let allowed = [
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "MINE",
+        "PUSHPOOL_API_URL",
+        "PUSHPOOL_RUN_ID",
+        "PUSHPOOL_RUN_TOKEN",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
+    assert!(names.iter().any(|n| n == "MINE"), "{names:?}");
+    for name in &names {
+        assert!(
+            allowed.contains(&name.as_str()),
+            "the job saw {name}: {names:?}"
+        );
+    }
+}
+
+/// Issue 18: each job runs in a private directory (HOME, TMPDIR inside it), removed by cleanup.
+#[tokio::test]
+async fn jobs_run_in_a_private_run_directory_removed_at_cleanup() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = ProcessProvider::new();
+    let sink = Arc::new(Collect::default());
+    let run = run_spec(sink.clone());
+    let config = cmd("pwd; echo \"$HOME\"; echo \"$TMPDIR\"; touch made-here");
+    let id = p.submit(&run, &config).await.unwrap();
+    assert_eq!(
+        wait_final(&p, &id, &config).await,
+        JobStatus::Completed { summary: None }
+    );
+    let out: Vec<String> = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == LogStream::Stdout)
+        .map(|(_, l)| l)
+        .collect();
+    let dir = std::path::PathBuf::from(&out[0]);
+    assert_eq!(out[1], out[0]);
+    assert_eq!(std::path::PathBuf::from(&out[2]), dir.join("tmp"));
+    assert!(dir.join("made-here").exists());
+    assert!(dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(&run.run_id.to_string()));
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    p.cleanup(&id, &config).await.unwrap();
+    assert!(!dir.exists(), "{} was kept", dir.display());
+}
+
+/// Issue 18: a template may not hand the job pushpool's data directory (or a directory holding
+/// it, or the runs directory) as working directory or allowed path.
+#[test]
+fn template_paths_exposing_protected_paths_are_refused() {
+    let config = SandboxConfig {
+        runs_dir: Some("/var/tmp/runs".into()),
+        protected: vec!["/srv/pushpool".into()],
+        ..SandboxConfig::default()
+    };
+    let cases = [
+        (
+            json!({"command": "x", "working_dir": "/srv/pushpool"}),
+            "working_dir",
+        ),
+        (
+            json!({"command": "x", "read_paths": ["/usr", "/"]}),
+            "read_paths[1]",
+        ),
+        (
+            json!({"command": "x", "write_paths": ["/srv/pushpool/keys"]}),
+            "write_paths[0]",
+        ),
+        (
+            json!({"command": "x", "write_paths": ["/var/tmp"]}),
+            "write_paths[0]",
+        ),
+    ];
+    for (value, field) in cases {
+        let err = check_template_paths(&config, &job(value.clone())).unwrap_err();
+        let (f, m) = conformance::field_and_rule(err);
+        assert_eq!(f, field, "{value}");
+        assert!(m.contains("is not allowed"), "{m}");
+    }
+    let fine =
+        job(json!({"command": "x", "read_paths": ["/srv/data"], "write_paths": ["/srv/out"]}));
+    assert!(check_template_paths(&config, &fine).is_ok());
 }
