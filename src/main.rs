@@ -61,12 +61,12 @@ struct SandboxArgs {
 
 impl SandboxArgs {
     /// The sandbox setting, with this binary as the Landlock supervisor.
-    fn sandbox(&self) -> anyhow::Result<ProcessSandbox> {
-        Ok(ProcessSandbox {
+    fn sandbox(&self) -> ProcessSandbox {
+        ProcessSandbox {
             supervisor: std::env::current_exe().ok(),
             runs_dir: self.runs_dir.clone(),
             required: self.process_sandbox == SandboxLevel::Required,
-        })
+        }
     }
 }
 
@@ -292,7 +292,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     process_pools: process_pools.process_pools,
-                    process_sandbox: sandbox.sandbox()?,
+                    process_sandbox: sandbox.sandbox(),
                 },
                 shutdown_signal(),
             )
@@ -315,7 +315,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 lease: lease_seconds.map(Duration::from_secs),
                 status_deadline: status_deadline_seconds.map(Duration::from_secs),
                 process_pools: process_pools.process_pools,
-                process_sandbox: sandbox.sandbox()?,
+                process_sandbox: sandbox.sandbox(),
                 ..ServeOptions::default()
             })
             .await?;
@@ -390,4 +390,72 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::Client(_) => anyhow::bail!("client commands are dispatched before"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: `--process-pools` and `--process-sandbox` on the server commands; `admin` and
+    /// `best-effort` by default.
+    #[test]
+    fn process_flags_parse_with_safe_defaults() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["pushpool", "up"]).unwrap() {
+            Command::Up {
+                process_pools,
+                sandbox,
+                ..
+            } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::Admin);
+                assert_eq!(sandbox.process_sandbox, SandboxLevel::BestEffort);
+                assert_eq!(sandbox.runs_dir, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cmd = parse(&[
+            "pushpool",
+            "controller",
+            "--database-url",
+            "x",
+            "--process-pools",
+            "all",
+            "--process-sandbox",
+            "required",
+            "--runs-dir",
+            "/var/lib/runs",
+        ])
+        .unwrap();
+        match cmd {
+            Command::Controller {
+                process_pools,
+                sandbox,
+                ..
+            } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::All);
+                let s = sandbox.sandbox();
+                assert!(s.required);
+                assert_eq!(s.runs_dir, Some(PathBuf::from("/var/lib/runs")));
+                assert!(s.supervisor.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "pushpool",
+            "api",
+            "--database-url",
+            "x",
+            "--process-pools",
+            "disabled",
+        ])
+        .unwrap()
+        {
+            Command::Api { process_pools, .. } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::Disabled)
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse(&["pushpool", "up", "--process-pools", "some"]).unwrap_err();
+        assert!(err.to_string().contains("--process-pools"), "{err}");
+    }
 }

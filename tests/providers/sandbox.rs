@@ -309,6 +309,20 @@ async fn process_pools_admin_refuses_other_workspaces() {
     let message = b.to_string();
     assert!(message.contains("--process-pools admin"), "{b}");
     assert!(message.contains("PUSHPOOL_PROCESS_POOLS"), "{b}");
+    // Nor may it change the template of the `process` pool it stored earlier.
+    let url = format!("{}/api/workspaces/other/work_pools/old", server.base);
+    let template = json!({"job_configuration": {"command": "{{ command }}"},
+                          "variables": {"properties": {"command": {"type": "string"}}}});
+    let (s, b) = call_json(
+        &server.client,
+        "PATCH",
+        &url,
+        &key,
+        Some(json!({"base_job_template": template})),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b.to_string().contains("--process-pools admin"), "{b}");
     // Other pool types are not concerned; the bootstrap workspace keeps its process pools.
     let (s, b) = post(
         &server,
