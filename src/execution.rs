@@ -68,21 +68,35 @@ pub enum SandboxLevel {
 }
 
 /// Applies the sandbox setting to the `process` provider of this process; `protected` are the
-/// paths no job may reach (the data directory, the store file).
-pub fn configure_sandbox(sandbox: &ProcessSandbox, protected: Vec<PathBuf>) {
+/// paths no job may reach (the data directory, the store file). Refuses a runs directory inside
+/// (or holding) one of them: every job would get it.
+pub fn configure_sandbox(sandbox: &ProcessSandbox, protected: Vec<PathBuf>) -> Result<(), String> {
     #[cfg(feature = "process")]
-    pushpool_process::sandbox::configure(pushpool_process::sandbox::SandboxConfig {
-        supervisor: sandbox.supervisor.clone(),
-        runs_dir: sandbox.runs_dir.clone(),
-        protected,
-        mode: if sandbox.required {
-            pushpool_process::sandbox::SandboxMode::Required
-        } else {
-            pushpool_process::sandbox::SandboxMode::BestEffort
-        },
-    });
+    {
+        use pushpool_process::sandbox;
+        // Absolute: it becomes the jobs' HOME and working directory.
+        let runs_dir = sandbox
+            .runs_dir
+            .clone()
+            .map(|d| std::path::absolute(&d).unwrap_or(d));
+        let checked = runs_dir.clone().unwrap_or_else(sandbox::default_runs_dir);
+        if let Some(why) = sandbox::exposes(&checked, &protected) {
+            return Err(format!("--runs-dir {}: {why}", checked.display()));
+        }
+        sandbox::configure(sandbox::SandboxConfig {
+            supervisor: sandbox.supervisor.clone(),
+            runs_dir,
+            protected,
+            mode: if sandbox.required {
+                sandbox::SandboxMode::Required
+            } else {
+                sandbox::SandboxMode::BestEffort
+            },
+        });
+    }
     #[cfg(not(feature = "process"))]
     let _ = (sandbox, protected);
+    Ok(())
 }
 
 /// Decides whether a workspace may use `process` pools, per [`ProcessPools`]. Cheap to clone.

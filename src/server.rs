@@ -20,6 +20,9 @@ pub enum ServeError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Config(String),
     /// A file or socket failed.
     #[error("{context}: {source}")]
     Io {
@@ -244,7 +247,8 @@ pub async fn serve(
     let registry = default_registry();
     let tokens = run_tokens(&store).await?;
     if options.controller {
-        configure_sandbox(&options.process_sandbox, protected_paths(&options));
+        configure_sandbox(&options.process_sandbox, protected_paths(&options))
+            .map_err(ServeError::Config)?;
     }
     // Pins the bootstrap workspace of a store made before the setting existed.
     crate::execution::bootstrap_workspace(&store).await?;
@@ -384,6 +388,35 @@ mod tests {
         let path = home.join("owner.key");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{key}\n"));
         assert_eq!(mode(&path), 0o600);
+    }
+
+    /// Issue 18: a runs directory inside the data directory would hand every process job the
+    /// data directory: the server refuses to start.
+    #[tokio::test]
+    async fn a_runs_dir_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        prepare_home(&home).unwrap();
+        let url = format!("{}", home.join("pushpool.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let options = ServeOptions {
+            database_url: url,
+            controller: true,
+            home: Some(home.clone()),
+            process_sandbox: ProcessSandbox {
+                runs_dir: Some(home.join("runs")),
+                ..ProcessSandbox::default()
+            },
+            ..ServeOptions::default()
+        };
+        let err = serve(store, options, async {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--runs-dir") && err.contains("inside"),
+            "{err}"
+        );
     }
 
     /// Issue 19 item 9: the data directory is 0700 (an existing looser one is tightened) and the

@@ -85,7 +85,7 @@ pub struct SandboxConfig {
     /// The binary whose [`SUPERVISOR_ARG`] subcommand calls [`supervise`]; `None`: no Landlock
     /// (the job's logs say so; refused in [`SandboxMode::Required`]).
     pub supervisor: Option<PathBuf>,
-    /// Where per-run directories are made; `None`: [`default_runs_dir`].
+    /// Where per-run directories are made (absolute); `None`: [`default_runs_dir`].
     pub runs_dir: Option<PathBuf>,
     /// Paths no job may be given access to (pushpool's data directory, its store and key
     /// files): an allowed path inside or containing one of them is refused or dropped.
@@ -155,8 +155,10 @@ pub fn prepare_runs_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `path` made absolute and free of `.`/`..` without touching the filesystem.
+/// `path` made absolute (from the current directory) and free of `.`/`..` without touching
+/// the filesystem.
 fn lexical(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {
@@ -405,5 +407,8 @@ mod tests {
         assert!(exposes(Path::new("/srv/other/../pushpool"), &protected).is_some());
         assert!(exposes(Path::new("/srv/pushpool-runs"), &protected).is_none());
         assert!(exposes(Path::new("/usr"), &protected).is_none());
+        // Relative paths are taken from the current directory, not from `/`.
+        let here = std::env::current_dir().unwrap();
+        assert!(exposes(Path::new("h/runs"), &[here.join("h")]).is_some());
     }
 }
