@@ -65,6 +65,8 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Default)]
 pub struct ProcessProvider {
     jobs: Mutex<HashMap<String, Entry>>,
+    /// This provider's own sandbox setting; `None`: the process-wide one ([`sandbox::current`]).
+    sandbox: Option<Arc<SandboxConfig>>,
 }
 
 /// How a child ended, recorded by its waiter task.
@@ -99,9 +101,17 @@ impl Entry {
 }
 
 impl ProcessProvider {
-    /// A provider that knows no jobs yet.
+    /// A provider that knows no jobs yet, sandboxing as [`sandbox::configure`] says.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A provider with its own sandbox setting, whatever [`sandbox::configure`] says.
+    pub fn with_sandbox(config: SandboxConfig) -> Self {
+        ProcessProvider {
+            sandbox: Some(Arc::new(config)),
+            ..Self::default()
+        }
     }
 
     /// The parsed default base job template (this crate's `template.json`).
@@ -369,7 +379,7 @@ impl Provider for ProcessProvider {
                 )));
             }
         }
-        let config = sandbox::current();
+        let config = self.sandbox.clone().unwrap_or_else(sandbox::current);
         check_template_paths(&config, job)?;
         if config.supervisor.is_none() && config.mode == SandboxMode::Required {
             return Err(ProviderError::permanent(

@@ -672,3 +672,49 @@ fn template_paths_exposing_protected_paths_are_refused() {
         job(json!({"command": "x", "read_paths": ["/srv/data"], "write_paths": ["/srv/out"]}));
     assert!(check_template_paths(&config, &fine).is_ok());
 }
+
+/// Issue 18: `--process-sandbox required` never runs a job unsandboxed: without a supervisor the
+/// submit fails for good, saying why, and starts nothing.
+#[tokio::test]
+async fn required_sandbox_without_a_supervisor_refuses_the_job() {
+    let runs = temp_dir("required");
+    let p = ProcessProvider::with_sandbox(SandboxConfig {
+        runs_dir: Some(runs.clone()),
+        mode: SandboxMode::Required,
+        ..SandboxConfig::default()
+    });
+    let err = p
+        .submit(&run_spec(Arc::new(Collect::default())), &cmd("touch ran"))
+        .await
+        .unwrap_err();
+    match err {
+        ProviderError::Permanent { message } => {
+            assert!(message.contains("--process-sandbox required"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+}
+
+/// Issue 18: a supervisor that cannot be started fails the submit for good, naming it.
+#[tokio::test]
+async fn a_missing_supervisor_is_a_permanent_error_naming_it() {
+    let runs = temp_dir("nosupervisor");
+    let p = ProcessProvider::with_sandbox(SandboxConfig {
+        supervisor: Some("/nonexistent/pushpool".into()),
+        runs_dir: Some(runs.clone()),
+        ..SandboxConfig::default()
+    });
+    let err = p
+        .submit(&run_spec(Arc::new(Collect::default())), &cmd("true"))
+        .await
+        .unwrap_err();
+    match err {
+        ProviderError::Permanent { message } => {
+            assert!(message.contains("/nonexistent/pushpool"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its run directory is not left behind.
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+}
