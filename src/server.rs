@@ -246,10 +246,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let registry = default_registry();
     let tokens = run_tokens(&store).await?;
-    if options.controller {
-        configure_sandbox(&options.process_sandbox, protected_paths(&options))
-            .map_err(ServeError::Config)?;
-    }
+    // Also without a controller here: a controller of this process started apart (the test
+    // kit's) uses the process-wide setting.
+    configure_sandbox(&options.process_sandbox, protected_paths(&options))
+        .map_err(ServeError::Config)?;
     // Pins the bootstrap workspace of a store made before the setting existed.
     crate::execution::bootstrap_workspace(&store).await?;
     let gate = ProcessGate::new(options.process_pools);

@@ -21,10 +21,18 @@ fn run_spec(sink: Arc<Collect>) -> RunSpec {
     }
 }
 
+/// A provider whose run directories go to this test process's own temp directory, not to the
+/// shared default runs directory.
+fn provider() -> ProcessProvider {
+    static RUNS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ProcessProvider::with_sandbox(SandboxConfig {
+        runs_dir: Some(RUNS.get_or_init(|| temp_dir("runs")).clone()),
+        ..SandboxConfig::default()
+    })
+}
+
 fn job(config: Value) -> ProcessJobConfig {
-    ProcessProvider::new()
-        .validate(&config)
-        .expect("valid config")
+    provider().validate(&config).expect("valid config")
 }
 
 fn cmd(command: &str) -> ProcessJobConfig {
@@ -48,11 +56,12 @@ async fn wait_final(p: &ProcessProvider, id: &str, job: &ProcessJobConfig) -> Jo
 
 /// Runs `job` to its end and returns its final status and log lines.
 async fn run_to_end(job: &ProcessJobConfig) -> (JobStatus, Arc<Collect>, RunSpec) {
-    let p = ProcessProvider::new();
+    let p = provider();
     let sink = Arc::new(Collect::default());
     let run = run_spec(sink.clone());
     let id = p.submit(&run, job).await.expect("submit");
     let status = wait_final(&p, &id, job).await;
+    p.cleanup(&id, job).await.expect("cleanup");
     (status, sink, run)
 }
 
@@ -166,7 +175,7 @@ async fn missing_working_dir_is_permanent() {
     let dir = temp_dir("gone");
     std::fs::remove_dir_all(&dir).unwrap();
     let config = job(json!({"command": "true", "working_dir": dir}));
-    let p = ProcessProvider::new();
+    let p = provider();
     let err = p
         .submit(&run_spec(Arc::new(Collect::default())), &config)
         .await
@@ -182,7 +191,7 @@ async fn missing_working_dir_is_permanent() {
 
 #[tokio::test]
 async fn validate_errors_name_command() {
-    let p = ProcessProvider::new();
+    let p = provider();
     for value in [
         json!({}),
         json!({"command": null}),
@@ -211,7 +220,7 @@ async fn validate_errors_name_command() {
 
 #[tokio::test]
 async fn cancel_stops_sleep_quickly() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60");
     let id = submit(&p, &config).await;
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
@@ -225,7 +234,7 @@ async fn cancel_stops_sleep_quickly() {
 
 #[tokio::test]
 async fn cancel_kills_background_children_too() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60 & sleep 60 & wait");
     let id = submit(&p, &config).await;
     let pid = pid_of(&id);
@@ -240,7 +249,7 @@ async fn cancel_kills_background_children_too() {
 
 #[tokio::test]
 async fn cancel_sigkills_a_job_that_ignores_sigterm() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("trap '' TERM; echo ready; sleep 60; echo survived");
     let sink = Arc::new(Collect::default());
     let id = p.submit(&run_spec(sink.clone()), &config).await.unwrap();
@@ -317,7 +326,7 @@ async fn stream_output_false_forwards_nothing() {
 
 #[tokio::test]
 async fn unknown_ids() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("true");
     for id in [
         "process:999999999",
@@ -350,7 +359,7 @@ async fn unknown_ids() {
 
 #[tokio::test]
 async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("exit 0");
     let id = submit(&p, &config).await;
     assert!(id.starts_with("process:"));
@@ -369,7 +378,7 @@ async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
 
 #[tokio::test]
 async fn cleanup_keeps_running_jobs() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60");
     let id = submit(&p, &config).await;
     p.cleanup(&id, &config).await.unwrap();
@@ -382,7 +391,7 @@ async fn cleanup_keeps_running_jobs() {
 #[tokio::test]
 async fn works_through_the_registry() {
     let mut registry = Registry::new();
-    registry.register(Arc::new(ProcessProvider::new()));
+    registry.register(Arc::new(provider()));
     let provider = registry.get("process").expect("registered");
     let job = provider
         .validate(&json!({"command": "echo via-dyn"}))
@@ -434,7 +443,7 @@ fn placeholders(value: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn default_template_is_consistent() {
-    let p = ProcessProvider::new();
+    let p = provider();
     assert_eq!(Provider::pool_type(&p), "process");
     let template = Provider::default_base_job_template(&p);
     let config = template["job_configuration"]
@@ -515,7 +524,7 @@ fn has_children(pid: Pid) -> bool {
 
 #[tokio::test]
 async fn leftover_background_process_does_not_hold_up_the_final_status() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 30 & echo started");
     let sink = Arc::new(Collect::default());
     let id = p.submit(&run_spec(sink.clone()), &config).await.unwrap();
@@ -539,7 +548,7 @@ async fn leftover_background_process_does_not_hold_up_the_final_status() {
 
 #[tokio::test]
 async fn conforms_to_the_provider_contract() {
-    let p = ProcessProvider::new();
+    let p = provider();
     conformance::check_template(&p).unwrap();
     let run = conformance::run_spec(Arc::new(Collect::default()));
     let (_, end) = conformance::run_to_end(
@@ -604,7 +613,7 @@ async fn the_controllers_environment_is_not_passed_on() {
 #[tokio::test]
 async fn jobs_run_in_a_private_run_directory_removed_at_cleanup() {
     use std::os::unix::fs::PermissionsExt as _;
-    let p = ProcessProvider::new();
+    let p = provider();
     let sink = Arc::new(Collect::default());
     let run = run_spec(sink.clone());
     let config = cmd("pwd; echo \"$HOME\"; echo \"$TMPDIR\"; touch made-here");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::db::{self, TestDb};
 use crate::server::{bootstrap_fresh, Server};
 use pushpool::controller::{Context, Controller, ControllerConfig};
-use pushpool::execution::ProcessPools;
+use pushpool::execution::{ProcessPools, ProcessSandbox};
 use pushpool::metrics::Metrics;
 use pushpool::registry::registry_with_null;
 use pushpool::server::{run_tokens, ServeOptions};
@@ -114,6 +114,11 @@ impl App {
             database_url: db_url.to_string(),
             controller,
             process_pools: ProcessPools::All,
+            // Process jobs' run directories go away with the test.
+            process_sandbox: ProcessSandbox {
+                runs_dir: Some(home.path().join("runs")),
+                ..ProcessSandbox::default()
+            },
             ..Default::default()
         };
         let server = Server::start(store, options).await;

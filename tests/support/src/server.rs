@@ -132,6 +132,10 @@ pub async fn serve_fresh_with(url: &str, mut options: ServeOptions) -> Served {
     let store = Store::connect(url).await.expect("connect store");
     let (admin_key, home) = bootstrap_fresh(&store).await;
     options.database_url = url.to_string();
+    // Process jobs' run directories go away with the test, not to the shared default.
+    if options.process_sandbox.runs_dir.is_none() {
+        options.process_sandbox.runs_dir = Some(home.path().join("runs"));
+    }
     let server = Server::start(store.clone(), options).await;
     Served {
         base: server.base.clone(),
