@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
+use pushpool::execution::{ProcessPools, ProcessSandbox, SandboxLevel};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
 use pushpool::store::crypto::{resolve_key, KeyOptions, SECRET_KEY_ENV};
 use pushpool::store::{ConnectOptions, SecretKey, Store};
@@ -23,6 +24,51 @@ struct Cli {
     client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Who may run local processes (`process` pools).
+#[derive(clap::Args, Debug, Clone)]
+struct ProcessPoolsArg {
+    /// Which workspaces may have `process` pools: `disabled` (none), `admin` (only the
+    /// bootstrap workspace `default`, the administrator's) or `all` (any workspace owner may run
+    /// commands as this server's user, inside the sandbox).
+    #[arg(
+        long,
+        env = "PUSHPOOL_PROCESS_POOLS",
+        value_enum,
+        default_value = "admin"
+    )]
+    process_pools: ProcessPools,
+}
+
+/// How the controller's `process` jobs are sandboxed.
+#[derive(clap::Args, Debug, Clone)]
+struct SandboxArgs {
+    /// `best-effort`: Landlock where the kernel has it, else run with a clean environment and
+    /// a private directory only (each run's logs say which); `required`: refuse to run jobs
+    /// Landlock cannot restrict.
+    #[arg(
+        long,
+        env = "PUSHPOOL_PROCESS_SANDBOX",
+        value_enum,
+        default_value = "best-effort"
+    )]
+    process_sandbox: SandboxLevel,
+    /// Where each process job gets its private directory (default
+    /// <temp dir>/pushpool-runs-<uid>; never inside the data directory).
+    #[arg(long, env = "PUSHPOOL_RUNS_DIR")]
+    runs_dir: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    /// The sandbox setting, with this binary as the Landlock supervisor.
+    fn sandbox(&self) -> ProcessSandbox {
+        ProcessSandbox {
+            supervisor: std::env::current_exe().ok(),
+            runs_dir: self.runs_dir.clone(),
+            required: self.process_sandbox == SandboxLevel::Required,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +99,10 @@ enum Command {
         /// or the key in $PUSHPOOL_SECRET_KEY).
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -87,6 +137,10 @@ enum Command {
         /// or the key in $PUSHPOOL_SECRET_KEY).
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// The API alone.
     Api {
@@ -103,6 +157,8 @@ enum Command {
         /// or the key in $PUSHPOOL_SECRET_KEY).
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        process_pools: ProcessPoolsArg,
     },
     /// Secrets at rest: re-encrypt the store's secrets (see docs/security.md).
     Secrets {
@@ -203,6 +259,15 @@ fn init_tracing() {
 }
 
 fn main() {
+    // The sandbox supervisor of process jobs: restrict this process, then exec the job's
+    // command. Before anything else (no runtime, no threads: Landlock restricts one thread).
+    #[cfg(feature = "process")]
+    {
+        let mut args = std::env::args_os();
+        if args.nth(1).as_deref() == Some(pushpool_process::sandbox::SUPERVISOR_ARG.as_ref()) {
+            std::process::exit(pushpool_process::sandbox::supervise(args));
+        }
+    }
     // Usage errors exit 1 (the contract); --help and --version exit 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -328,6 +393,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             status_deadline_seconds,
             max_in_flight_per_workspace,
             secret_key_file,
+            process_pools,
+            sandbox,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -364,6 +431,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
+                    process_pools: process_pools.process_pools,
+                    process_sandbox: sandbox.sandbox(),
                 },
                 shutdown_signal(),
             )
@@ -378,17 +447,23 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             max_in_flight_per_workspace,
             home,
             secret_key_file,
+            process_pools,
+            sandbox,
         } => {
-            let key = optional_secret_key(home, secret_key_file)?;
+            let key = optional_secret_key(home.clone(), secret_key_file)?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
+                    // Its secret.key is one of the paths no process job may reach.
+                    home,
                     controller: true,
                     api_url: Some(public_api_url),
                     controller_id: id,
                     lease: lease_seconds.map(Duration::from_secs),
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
+                    process_pools: process_pools.process_pools,
+                    process_sandbox: sandbox.sandbox(),
                     ..ServeOptions::default()
                 },
                 key,
@@ -400,12 +475,14 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             listen,
             home,
             secret_key_file,
+            process_pools,
         } => {
             let key = optional_secret_key(home, secret_key_file)?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
                     listen: Some(listen),
+                    process_pools: process_pools.process_pools,
                     ..ServeOptions::default()
                 },
                 key,
@@ -511,4 +588,72 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::Client(_) => anyhow::bail!("client commands are dispatched before"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: `--process-pools` and `--process-sandbox` on the server commands; `admin` and
+    /// `best-effort` by default.
+    #[test]
+    fn process_flags_parse_with_safe_defaults() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["pushpool", "up"]).unwrap() {
+            Command::Up {
+                process_pools,
+                sandbox,
+                ..
+            } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::Admin);
+                assert_eq!(sandbox.process_sandbox, SandboxLevel::BestEffort);
+                assert_eq!(sandbox.runs_dir, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cmd = parse(&[
+            "pushpool",
+            "controller",
+            "--database-url",
+            "x",
+            "--process-pools",
+            "all",
+            "--process-sandbox",
+            "required",
+            "--runs-dir",
+            "/var/lib/runs",
+        ])
+        .unwrap();
+        match cmd {
+            Command::Controller {
+                process_pools,
+                sandbox,
+                ..
+            } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::All);
+                let s = sandbox.sandbox();
+                assert!(s.required);
+                assert_eq!(s.runs_dir, Some(PathBuf::from("/var/lib/runs")));
+                assert!(s.supervisor.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "pushpool",
+            "api",
+            "--database-url",
+            "x",
+            "--process-pools",
+            "disabled",
+        ])
+        .unwrap()
+        {
+            Command::Api { process_pools, .. } => {
+                assert_eq!(process_pools.process_pools, ProcessPools::Disabled)
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse(&["pushpool", "up", "--process-pools", "some"]).unwrap_err();
+        assert!(err.to_string().contains("--process-pools"), "{err}");
+    }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use crate::api::{router, AppState};
 use crate::auth::{generate_api_key, RunTokens, RUN_TOKEN_SECRET_SETTING};
 use crate::controller::{Context, Controller, ControllerConfig};
+use crate::execution::{
+    configure_sandbox, ProcessGate, ProcessPools, ProcessSandbox, BOOTSTRAP_WORKSPACE_SETTING,
+};
 use crate::metrics::Metrics;
 use crate::store::{NewApiKey, Store, StoreError, WorkspaceOwner};
 
@@ -17,6 +20,9 @@ pub enum ServeError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Config(String),
     /// A file or socket failed.
     #[error("{context}: {source}")]
     Io {
@@ -42,7 +48,8 @@ pub struct ServeOptions {
     pub controller: bool,
     /// URL jobs use to reach the API (defaults to `http://<listen>`).
     pub api_url: Option<String>,
-    /// Where to write the bootstrap owner key (for `up`).
+    /// The data directory: where `up` writes the bootstrap owner key, and a path no process job
+    /// may reach.
     pub home: Option<PathBuf>,
     /// Controller id (defaults to a fresh one).
     pub controller_id: Option<String>,
@@ -54,6 +61,29 @@ pub struct ServeOptions {
     /// Most runs of one workspace the controller drives at once (default half of its
     /// `max_in_flight`).
     pub max_in_flight_per_workspace: Option<usize>,
+    /// Which workspaces may use `process` pools (`--process-pools`; default `admin`).
+    pub process_pools: ProcessPools,
+    /// How the `process` provider sandboxes its jobs (`--process-sandbox`, `--runs-dir`).
+    pub process_sandbox: ProcessSandbox,
+}
+
+/// The paths no process job may reach: the data directory and, for a SQLite store, its files.
+fn protected_paths(options: &ServeOptions) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = options.home.iter().cloned().collect();
+    let url = options.database_url.as_str();
+    if !url.starts_with("postgres") {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.is_empty() && !path.starts_with(':') {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                out.push(PathBuf::from(format!("{path}{suffix}")));
+            }
+        }
+    }
+    // Relative to where pushpool started, not to the job's directory.
+    out.into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -92,11 +122,18 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
             },
         )
         .await;
-    if let Err(e) = created {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
-        return Err(e.into());
-    }
+    let workspace = match created {
+        Ok((workspace, _, _)) => workspace,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    // The admin's home: the workspace `--process-pools admin` lets run local processes.
+    store
+        .set_setting(BOOTSTRAP_WORKSPACE_SETTING, &workspace.id.to_string())
+        .await?;
     use std::io::Write as _;
     file.write_all(key.key.expose().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
@@ -213,6 +250,13 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let registry = default_registry();
     let tokens = run_tokens(&store).await?;
+    // Also without a controller here: a controller of this process started apart (the test
+    // kit's) uses the process-wide setting.
+    configure_sandbox(&options.process_sandbox, protected_paths(&options))
+        .map_err(ServeError::Config)?;
+    // Pins the bootstrap workspace of a store made before the setting existed.
+    crate::execution::bootstrap_workspace(&store).await?;
+    let gate = ProcessGate::new(options.process_pools);
     let metrics = Arc::new(Metrics::default());
     let listener = match options.listen {
         Some(addr) => Some(
@@ -240,6 +284,7 @@ pub async fn serve(
     let controller = options.controller.then(|| {
         let mut config = ControllerConfig {
             api_url: api_url.clone(),
+            process_pools: options.process_pools,
             ..ControllerConfig::default()
         };
         if let Some(id) = &options.controller_id {
@@ -274,6 +319,7 @@ pub async fn serve(
             tokens: tokens.clone(),
             metrics: metrics.clone(),
             api_url: api_url.clone(),
+            process_gate: gate.clone(),
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");
@@ -349,6 +395,35 @@ mod tests {
         let path = home.join("owner.key");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{key}\n"));
         assert_eq!(mode(&path), 0o600);
+    }
+
+    /// Issue 18: a runs directory inside the data directory would hand every process job the
+    /// data directory: the server refuses to start.
+    #[tokio::test]
+    async fn a_runs_dir_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        prepare_home(&home).unwrap();
+        let url = format!("{}", home.join("pushpool.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let options = ServeOptions {
+            database_url: url,
+            controller: true,
+            home: Some(home.clone()),
+            process_sandbox: ProcessSandbox {
+                runs_dir: Some(home.join("runs")),
+                ..ProcessSandbox::default()
+            },
+            ..ServeOptions::default()
+        };
+        let err = serve(store, options, async {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--runs-dir") && err.contains("inside"),
+            "{err}"
+        );
     }
 
     /// Issue 19 item 9: the data directory is 0700 (an existing looser one is tightened) and the

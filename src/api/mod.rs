@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// URL jobs use to reach the API (`PUSHPOOL_API_URL` of jobs claimed through the API).
     pub api_url: String,
+    /// Which workspaces may have `process` pools (`--process-pools`).
+    pub process_gate: crate::execution::ProcessGate,
 }
 
 async fn not_found(req: Request) -> Response {

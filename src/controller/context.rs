@@ -16,6 +16,7 @@ use super::rate::TokenBucket;
 use super::store_plane::StorePlane;
 use super::ControllerConfig;
 use crate::auth::RunTokens;
+use crate::execution::{ProcessGate, ProcessPools, PROCESS_POOL_TYPE};
 use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, FlowRun, WorkPool};
@@ -45,6 +46,9 @@ pub struct Context {
     pools: TtlCache<Uuid, WorkPool>,
     deployments: TtlCache<Uuid, Deployment>,
     buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
+    /// The store, when the plane is pushpool's own (for [`ProcessGate`] lookups).
+    store: Option<Store>,
+    gate: ProcessGate,
 }
 
 impl Context {
@@ -56,8 +60,10 @@ impl Context {
         tokens: RunTokens,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let plane = StorePlane::serving(store, &config, &registry);
-        Context::with_plane(Arc::new(plane), registry, config, tokens, metrics)
+        let plane = StorePlane::serving(store.clone(), &config, &registry);
+        let mut ctx = Context::with_plane(Arc::new(plane), registry, config, tokens, metrics);
+        ctx.store = Some(store);
+        ctx
     }
 
     /// A context over any control plane.
@@ -69,6 +75,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let logs = LogWriter::spawn(plane.clone());
+        let gate = ProcessGate::new(config.process_pools);
         Context {
             plane,
             registry,
@@ -80,7 +87,32 @@ impl Context {
             pools: TtlCache::new(OBJECT_CACHE_TTL),
             deployments: TtlCache::new(OBJECT_CACHE_TTL),
             buckets: Mutex::new(HashMap::new()),
+            store: None,
+            gate,
         }
+    }
+
+    /// `Some(message)` when `--process-pools` refuses the run's `process` pool. Without
+    /// pushpool's store (another control plane) only `disabled` and `all` can be told apart:
+    /// `admin` refuses.
+    pub(super) async fn process_refusal(
+        &self,
+        run: &FlowRun,
+        pool_type: &str,
+    ) -> PlaneResult<Option<String>> {
+        if pool_type != PROCESS_POOL_TYPE {
+            return Ok(None);
+        }
+        let allowed = match (&self.store, self.gate.mode()) {
+            (_, ProcessPools::All) => true,
+            (_, ProcessPools::Disabled) | (None, ProcessPools::Admin) => false,
+            (Some(store), ProcessPools::Admin) => self
+                .gate
+                .allows(store, run.workspace_id)
+                .await
+                .map_err(PlaneError::from)?,
+        };
+        Ok((!allowed).then(|| self.gate.refusal(None)))
     }
 
     /// The rate limiter of a pool's submissions.

@@ -81,6 +81,9 @@ pub struct ControllerConfig {
     /// At shutdown, how long runs that already have infrastructure are still tracked (so short
     /// jobs finish recording) before their leases are released for another controller.
     pub shutdown_drain: Duration,
+    /// Which workspaces may run `process` pools (`--process-pools`); a run of a pool this
+    /// refuses ends CRASHED at submit.
+    pub process_pools: crate::execution::ProcessPools,
 }
 
 impl Default for ControllerConfig {
@@ -101,6 +104,7 @@ impl Default for ControllerConfig {
             late_after: Duration::from_secs(15),
             heartbeat_silence: Duration::from_secs(600),
             shutdown_drain: Duration::from_secs(20),
+            process_pools: crate::execution::ProcessPools::default(),
         }
     }
 }

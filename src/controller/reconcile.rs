@@ -176,6 +176,11 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
     let Some(prepared) = ensure_job(work, ctx).await? else {
         return Ok(Action::done());
     };
+    // A pool stored before `--process-pools` refused it (or the setting changed since).
+    if let Some(message) = ctx.process_refusal(&work.run, &prepared.pool_type).await? {
+        crash(work, ctx, message).await?;
+        return Ok(Action::done());
+    }
     if work.adopted {
         if let Some(action) = adopt_lookup(work, ctx, &prepared).await? {
             return Ok(action);

@@ -575,6 +575,19 @@ impl Store {
         tx.commit().await?;
         Ok(value)
     }
+
+    /// Stores `value` as the setting `key`, replacing any earlier value.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(self.db())
+        .await?;
+        Ok(())
+    }
 }
 
 fn split_statements(sql: &str) -> Vec<String> {

@@ -22,12 +22,20 @@ pub const MIN_MAX_LOG_BYTES: usize = 1024;
 pub struct ProcessJobConfig {
     /// Shell command, run as `sh -c <command>`.
     pub command: String,
-    /// Extra environment variables for the process (the controller's environment is inherited).
+    /// Environment variables for the process. Nothing of the controller's environment is
+    /// passed on: the process gets `PATH`, `HOME`, `TMPDIR`, these and the `PUSHPOOL_*` ones.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Directory to run in; the controller's working directory when unset.
+    /// Directory to run in (also readable and writable under the sandbox); the job's private
+    /// per-run directory when unset.
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
+    /// More paths the sandbox lets the job read and execute (never pushpool's data directory).
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// More paths the sandbox lets the job read and write (never pushpool's data directory).
+    #[serde(default)]
+    pub write_paths: Vec<PathBuf>,
     /// Name used in pushpool's own logs.
     #[serde(default)]
     pub name: Option<String>,
@@ -57,6 +65,8 @@ impl ProcessJobConfig {
             command: command.into(),
             env: BTreeMap::new(),
             working_dir: None,
+            read_paths: Vec::new(),
+            write_paths: Vec::new(),
             name: None,
             labels: BTreeMap::new(),
             stream_output: true,
@@ -88,6 +98,8 @@ impl ProcessJobConfig {
             command,
             env: fields.env.unwrap_or_default(),
             working_dir: non_blank(fields.working_dir).map(PathBuf::from),
+            read_paths: absolute_paths("read_paths", fields.read_paths)?,
+            write_paths: absolute_paths("write_paths", fields.write_paths)?,
             name: non_blank(fields.name),
             labels: fields.labels.unwrap_or_default(),
             stream_output: fields.stream_output.unwrap_or(true),
@@ -96,12 +108,27 @@ impl ProcessJobConfig {
     }
 }
 
+/// Checks that every path of `field` is absolute (the sandbox rules need them so).
+fn absolute_paths(field: &str, paths: Option<Vec<String>>) -> Result<Vec<PathBuf>, ProviderError> {
+    let paths = paths.unwrap_or_default();
+    for (i, p) in paths.iter().enumerate() {
+        ensure(
+            p.starts_with('/'),
+            &format!("{field}[{i}]"),
+            "must be an absolute path",
+        )?;
+    }
+    Ok(paths.into_iter().map(PathBuf::from).collect())
+}
+
 /// The job configuration as rendered; every field may be absent or `null`.
 #[derive(Deserialize)]
 struct Fields {
     command: Option<String>,
     env: Option<BTreeMap<String, String>>,
     working_dir: Option<String>,
+    read_paths: Option<Vec<String>>,
+    write_paths: Option<Vec<String>>,
     name: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     stream_output: Option<bool>,
@@ -172,6 +199,11 @@ mod tests {
             (json!({"command": "x", "env": {"A": 1}}), "env.A"),
             (json!({"command": "x", "labels": [1]}), "labels"),
             (json!({"command": "x", "working_dir": 3}), "working_dir"),
+            (
+                json!({"command": "x", "read_paths": ["rel"]}),
+                "read_paths[0]",
+            ),
+            (json!({"command": "x", "write_paths": "/x"}), "write_paths"),
             (json!({"command": "x", "name": true}), "name"),
             (
                 json!({"command": "x", "stream_output": "yes"}),

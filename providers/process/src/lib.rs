@@ -6,20 +6,28 @@
 //! [`JobStatus::Unobservable`] while the pid still exists).
 //!
 //! Output is forwarded line by line to [`RunSpec::logs`], bounded by
-//! [`ProcessJobConfig::max_log_bytes`]. The child inherits the controller's environment, plus
-//! the rendered `env` and the pushpool variables (`PUSHPOOL_API_URL`, `PUSHPOOL_RUN_ID`,
-//! `PUSHPOOL_RUN_TOKEN`), which take precedence.
+//! [`ProcessJobConfig::max_log_bytes`].
+//!
+//! The execution boundary ([`sandbox`]): the child gets none of the controller's environment
+//! (only `PATH`, `HOME` and `TMPDIR` pointing into its private per-run directory, the rendered
+//! `env`, and the pushpool variables `PUSHPOOL_API_URL`, `PUSHPOOL_RUN_ID`,
+//! `PUSHPOOL_RUN_TOKEN`, which take precedence); it runs in that per-run directory unless
+//! `working_dir` says otherwise; and on Linux a supervisor restricts it with Landlock to the
+//! system directories, its run directory and the paths its template allows. The per-run
+//! directory is removed when the finished job is cleaned up.
 
 mod config;
 mod logs;
+pub mod sandbox;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +36,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use pushpool_provider::{CancelOutcome, JobStatus, LogStream, Provider, ProviderError, RunSpec};
+use sandbox::{SandboxConfig, SandboxMode, SupervisorArgs};
 use serde_json::Value;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -56,6 +65,8 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Default)]
 pub struct ProcessProvider {
     jobs: Mutex<HashMap<String, Entry>>,
+    /// This provider's own sandbox setting; `None`: the process-wide one ([`sandbox::current`]).
+    sandbox: Option<Arc<SandboxConfig>>,
 }
 
 /// How a child ended, recorded by its waiter task.
@@ -79,6 +90,8 @@ struct Entry {
     /// Set when waiting for the pipes timed out once (a leftover process holds them open), so
     /// later `status` calls do not wait again.
     drain_timed_out: Arc<AtomicBool>,
+    /// The job's private directory, removed by `cleanup`.
+    run_dir: PathBuf,
 }
 
 impl Entry {
@@ -88,9 +101,17 @@ impl Entry {
 }
 
 impl ProcessProvider {
-    /// A provider that knows no jobs yet.
+    /// A provider that knows no jobs yet, sandboxing as [`sandbox::configure`] says.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A provider with its own sandbox setting, whatever [`sandbox::configure`] says.
+    pub fn with_sandbox(config: SandboxConfig) -> Self {
+        ProcessProvider {
+            sandbox: Some(Arc::new(config)),
+            ..Self::default()
+        }
     }
 
     /// The parsed default base job template (this crate's `template.json`).
@@ -222,10 +243,10 @@ fn signal_group(pgid: Pid, signal: Signal) {
     }
 }
 
-fn spawn_error(err: io::Error, job: &ProcessJobConfig) -> ProviderError {
+fn spawn_error(err: io::Error, job: &ProcessJobConfig, program: &Path) -> ProviderError {
     match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
-            let mut message = format!("could not start `sh -c` for the job: {err}");
+            let mut message = format!("could not start `{}` for the job: {err}", program.display());
             if let Some(dir) = &job.working_dir {
                 message.push_str(&format!(
                     " (working directory `{}`; check `working_dir` and that `sh` is installed)",
@@ -234,8 +255,103 @@ fn spawn_error(err: io::Error, job: &ProcessJobConfig) -> ProviderError {
             }
             ProviderError::permanent(message)
         }
-        _ => ProviderError::transient(format!("could not start `sh -c` for the job: {err}")),
+        _ => ProviderError::transient(format!(
+            "could not start `{}` for the job: {err}",
+            program.display()
+        )),
     }
+}
+
+/// Numbers per-run directories made by this process, so two submits of one run never share one.
+static RUN_DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the job's private directory (0700, with a `tmp` inside) under the runs directory.
+fn make_run_dir(config: &SandboxConfig, run: &RunSpec) -> Result<PathBuf, ProviderError> {
+    let runs = config
+        .runs_dir
+        .clone()
+        .unwrap_or_else(sandbox::default_runs_dir);
+    sandbox::prepare_runs_dir(&runs).map_err(ProviderError::permanent)?;
+    let dir = runs.join(format!(
+        "{}-{}-{}-{}",
+        run.run_id,
+        run.attempt,
+        std::process::id(),
+        RUN_DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir.join("tmp"))
+        })
+        .map_err(|e| {
+            ProviderError::transient(format!("could not create {}: {e}", dir.display()))
+        })?;
+    Ok(dir)
+}
+
+/// Refuses template paths (working directory, readable and writable paths) that would give the
+/// job pushpool's data directory or other runs' directories.
+fn check_template_paths(
+    config: &SandboxConfig,
+    job: &ProcessJobConfig,
+) -> Result<(), ProviderError> {
+    let mut protected = config.protected.clone();
+    protected.push(
+        config
+            .runs_dir
+            .clone()
+            .unwrap_or_else(sandbox::default_runs_dir),
+    );
+    let fields = job
+        .working_dir
+        .iter()
+        .map(|p| ("working_dir".to_string(), p))
+        .chain(
+            job.read_paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("read_paths[{i}]"), p)),
+        )
+        .chain(
+            job.write_paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("write_paths[{i}]"), p)),
+        );
+    for (field, path) in fields {
+        if let Some(why) = sandbox::exposes(path, &protected) {
+            return Err(ProviderError::invalid(
+                field,
+                format!("is not allowed: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The child's environment, built from nothing: `PATH` (the controller's, or a default),
+/// `HOME` and `TMPDIR` in the run directory, the job's `env`, then the pushpool variables.
+fn job_env(run: &RunSpec, job: &ProcessJobConfig, run_dir: &Path) -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| sandbox::DEFAULT_PATH.to_string());
+    let mut env = vec![
+        ("PATH".to_string(), path),
+        ("HOME".to_string(), run_dir.display().to_string()),
+        (
+            "TMPDIR".to_string(),
+            run_dir.join("tmp").display().to_string(),
+        ),
+    ];
+    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(run.pushpool_env());
+    env
 }
 
 #[async_trait]
@@ -263,6 +379,14 @@ impl Provider for ProcessProvider {
                 )));
             }
         }
+        let config = self.sandbox.clone().unwrap_or_else(sandbox::current);
+        check_template_paths(&config, job)?;
+        if config.supervisor.is_none() && config.mode == SandboxMode::Required {
+            return Err(ProviderError::permanent(
+                "this instance requires the sandbox (--process-sandbox required) but no sandbox supervisor is configured",
+            ));
+        }
+        let run_dir = make_run_dir(&config, run)?;
 
         let output = || {
             if job.stream_output {
@@ -271,20 +395,56 @@ impl Provider for ProcessProvider {
                 Stdio::null()
             }
         };
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(&job.command)
+        let shell = vec!["sh".into(), "-c".into(), job.command.clone().into()];
+        let (program, args) = match &config.supervisor {
+            Some(supervisor) => {
+                let mut write = vec![run_dir.clone()];
+                write.extend(job.working_dir.iter().cloned());
+                write.extend(job.write_paths.iter().cloned());
+                let mut read: Vec<PathBuf> = sandbox::SYSTEM_READ_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect();
+                read.extend(job.read_paths.iter().cloned());
+                let args = SupervisorArgs {
+                    required: config.mode == SandboxMode::Required,
+                    read,
+                    write,
+                    protected: config.protected.clone(),
+                    command: shell,
+                };
+                (supervisor.clone(), args.to_args())
+            }
+            None => {
+                if job.stream_output {
+                    run.logs.line(
+                        LogStream::System,
+                        format!(
+                            "{} none (no sandbox supervisor configured); the job runs with the controller user's file access",
+                            sandbox::REPORT_PREFIX
+                        ),
+                    );
+                }
+                (PathBuf::from("sh"), shell[1..].to_vec())
+            }
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .env_clear()
+            .envs(job_env(run, job, &run_dir))
+            .current_dir(job.working_dir.as_ref().unwrap_or(&run_dir))
             .process_group(0)
             .kill_on_drop(false)
             .stdin(Stdio::null())
             .stdout(output())
-            .stderr(output())
-            .envs(&job.env)
-            .envs(run.pushpool_env());
-        if let Some(dir) = &job.working_dir {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd.spawn().map_err(|err| spawn_error(err, job))?;
+            .stderr(output());
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(spawn_error(err, job, &program));
+            }
+        };
         let Some(raw_pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
             return Err(ProviderError::transient(
                 "the process has no pid right after spawn",
@@ -344,6 +504,7 @@ impl Provider for ProcessProvider {
                 drained: drained_rx,
                 cancelled: Arc::new(AtomicBool::new(false)),
                 drain_timed_out: Arc::new(AtomicBool::new(false)),
+                run_dir,
             },
         );
         Ok(id)
@@ -407,16 +568,25 @@ impl Provider for ProcessProvider {
         Ok(CancelOutcome::Cancelled)
     }
 
-    /// Forgets a finished job. A job that is still running stays known, so that it can still be
-    /// observed and cancelled.
+    /// Forgets a finished job and removes its private run directory. A job that is still
+    /// running stays known, so that it can still be observed and cancelled.
     async fn cleanup(
         &self,
         infrastructure_id: &str,
         _job: &ProcessJobConfig,
     ) -> Result<(), ProviderError> {
-        let mut jobs = self.lock();
-        if jobs.get(infrastructure_id).is_some_and(Entry::has_exited) {
-            jobs.remove(infrastructure_id);
+        let removed = {
+            let mut jobs = self.lock();
+            if jobs.get(infrastructure_id).is_some_and(Entry::has_exited) {
+                jobs.remove(infrastructure_id)
+            } else {
+                None
+            }
+        };
+        if let Some(entry) = removed {
+            if let Err(err) = tokio::fs::remove_dir_all(&entry.run_dir).await {
+                tracing::warn!(dir = %entry.run_dir.display(), %err, "could not remove the run directory");
+            }
         }
         Ok(())
     }

@@ -21,10 +21,18 @@ fn run_spec(sink: Arc<Collect>) -> RunSpec {
     }
 }
 
+/// A provider whose run directories go to this test process's own temp directory, not to the
+/// shared default runs directory.
+fn provider() -> ProcessProvider {
+    static RUNS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ProcessProvider::with_sandbox(SandboxConfig {
+        runs_dir: Some(RUNS.get_or_init(|| temp_dir("runs")).clone()),
+        ..SandboxConfig::default()
+    })
+}
+
 fn job(config: Value) -> ProcessJobConfig {
-    ProcessProvider::new()
-        .validate(&config)
-        .expect("valid config")
+    provider().validate(&config).expect("valid config")
 }
 
 fn cmd(command: &str) -> ProcessJobConfig {
@@ -48,11 +56,12 @@ async fn wait_final(p: &ProcessProvider, id: &str, job: &ProcessJobConfig) -> Jo
 
 /// Runs `job` to its end and returns its final status and log lines.
 async fn run_to_end(job: &ProcessJobConfig) -> (JobStatus, Arc<Collect>, RunSpec) {
-    let p = ProcessProvider::new();
+    let p = provider();
     let sink = Arc::new(Collect::default());
     let run = run_spec(sink.clone());
     let id = p.submit(&run, job).await.expect("submit");
     let status = wait_final(&p, &id, job).await;
+    p.cleanup(&id, job).await.expect("cleanup");
     (status, sink, run)
 }
 
@@ -166,7 +175,7 @@ async fn missing_working_dir_is_permanent() {
     let dir = temp_dir("gone");
     std::fs::remove_dir_all(&dir).unwrap();
     let config = job(json!({"command": "true", "working_dir": dir}));
-    let p = ProcessProvider::new();
+    let p = provider();
     let err = p
         .submit(&run_spec(Arc::new(Collect::default())), &config)
         .await
@@ -182,7 +191,7 @@ async fn missing_working_dir_is_permanent() {
 
 #[tokio::test]
 async fn validate_errors_name_command() {
-    let p = ProcessProvider::new();
+    let p = provider();
     for value in [
         json!({}),
         json!({"command": null}),
@@ -211,7 +220,7 @@ async fn validate_errors_name_command() {
 
 #[tokio::test]
 async fn cancel_stops_sleep_quickly() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60");
     let id = submit(&p, &config).await;
     assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
@@ -225,7 +234,7 @@ async fn cancel_stops_sleep_quickly() {
 
 #[tokio::test]
 async fn cancel_kills_background_children_too() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60 & sleep 60 & wait");
     let id = submit(&p, &config).await;
     let pid = pid_of(&id);
@@ -240,7 +249,7 @@ async fn cancel_kills_background_children_too() {
 
 #[tokio::test]
 async fn cancel_sigkills_a_job_that_ignores_sigterm() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("trap '' TERM; echo ready; sleep 60; echo survived");
     let sink = Arc::new(Collect::default());
     let id = p.submit(&run_spec(sink.clone()), &config).await.unwrap();
@@ -280,7 +289,7 @@ async fn log_output_is_bounded() {
     assert!(forwarded >= 1000, "forwarded only {forwarded} bytes");
     let markers: Vec<_> = lines
         .iter()
-        .filter(|(s, _)| *s == LogStream::System)
+        .filter(|(s, l)| *s == LogStream::System && !l.starts_with(sandbox::REPORT_PREFIX))
         .collect();
     assert_eq!(
         markers,
@@ -299,7 +308,12 @@ async fn last_lines_are_forwarded_before_the_final_status() {
     assert_eq!(status, JobStatus::Completed { summary: None });
     assert!(sink.has(LogStream::Stdout, "line299"));
     assert!(sink.has(LogStream::Stderr, "last"));
-    assert_eq!(sink.lines().len(), 301);
+    let job_lines = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s != LogStream::System)
+        .count();
+    assert_eq!(job_lines, 301);
 }
 
 #[tokio::test]
@@ -312,7 +326,7 @@ async fn stream_output_false_forwards_nothing() {
 
 #[tokio::test]
 async fn unknown_ids() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("true");
     for id in [
         "process:999999999",
@@ -345,7 +359,7 @@ async fn unknown_ids() {
 
 #[tokio::test]
 async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("exit 0");
     let id = submit(&p, &config).await;
     assert!(id.starts_with("process:"));
@@ -364,7 +378,7 @@ async fn finished_jobs_cancel_not_found_and_cleanup_forgets_them() {
 
 #[tokio::test]
 async fn cleanup_keeps_running_jobs() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 60");
     let id = submit(&p, &config).await;
     p.cleanup(&id, &config).await.unwrap();
@@ -377,7 +391,7 @@ async fn cleanup_keeps_running_jobs() {
 #[tokio::test]
 async fn works_through_the_registry() {
     let mut registry = Registry::new();
-    registry.register(Arc::new(ProcessProvider::new()));
+    registry.register(Arc::new(provider()));
     let provider = registry.get("process").expect("registered");
     let job = provider
         .validate(&json!({"command": "echo via-dyn"}))
@@ -429,7 +443,7 @@ fn placeholders(value: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn default_template_is_consistent() {
-    let p = ProcessProvider::new();
+    let p = provider();
     assert_eq!(Provider::pool_type(&p), "process");
     let template = Provider::default_base_job_template(&p);
     let config = template["job_configuration"]
@@ -510,7 +524,7 @@ fn has_children(pid: Pid) -> bool {
 
 #[tokio::test]
 async fn leftover_background_process_does_not_hold_up_the_final_status() {
-    let p = ProcessProvider::new();
+    let p = provider();
     let config = cmd("sleep 30 & echo started");
     let sink = Arc::new(Collect::default());
     let id = p.submit(&run_spec(sink.clone()), &config).await.unwrap();
@@ -534,7 +548,7 @@ async fn leftover_background_process_does_not_hold_up_the_final_status() {
 
 #[tokio::test]
 async fn conforms_to_the_provider_contract() {
-    let p = ProcessProvider::new();
+    let p = provider();
     conformance::check_template(&p).unwrap();
     let run = conformance::run_spec(Arc::new(Collect::default()));
     let (_, end) = conformance::run_to_end(
@@ -549,4 +563,167 @@ async fn conforms_to_the_provider_contract() {
     conformance::check_cancel(&p, &json!({"command": "sleep 30"}))
         .await
         .unwrap();
+}
+
+/// Issue 18: the job's environment is built from nothing; the controller's never reaches it.
+#[tokio::test]
+async fn the_controllers_environment_is_not_passed_on() {
+    std::env::set_var("PUSHPOOL_PROCESS_TEST_PARENT_SECRET", "parent-only-81f2");
+    let config = job(
+        json!({"command": "env | cut -d= -f1; env | grep -c parent-only-81f2", "env": {"MINE": "1"}}),
+    );
+    let (status, sink, _) = run_to_end(&config).await;
+    // `grep -c` finds nothing: exit code 1.
+    assert_eq!(
+        status,
+        JobStatus::Failed {
+            message: "exit code 1".into()
+        }
+    );
+    let names: Vec<String> = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == LogStream::Stdout)
+        .map(|(_, l)| l)
+        .filter(|l| l != "0")
+        .collect();
+    let allowed = [
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "MINE",
+        "PUSHPOOL_API_URL",
+        "PUSHPOOL_RUN_ID",
+        "PUSHPOOL_RUN_TOKEN",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
+    assert!(names.iter().any(|n| n == "MINE"), "{names:?}");
+    for name in &names {
+        assert!(
+            allowed.contains(&name.as_str()),
+            "the job saw {name}: {names:?}"
+        );
+    }
+}
+
+/// Issue 18: each job runs in a private directory (HOME, TMPDIR inside it), removed by cleanup.
+#[tokio::test]
+async fn jobs_run_in_a_private_run_directory_removed_at_cleanup() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = provider();
+    let sink = Arc::new(Collect::default());
+    let run = run_spec(sink.clone());
+    let config = cmd("pwd; echo \"$HOME\"; echo \"$TMPDIR\"; touch made-here");
+    let id = p.submit(&run, &config).await.unwrap();
+    assert_eq!(
+        wait_final(&p, &id, &config).await,
+        JobStatus::Completed { summary: None }
+    );
+    let out: Vec<String> = sink
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == LogStream::Stdout)
+        .map(|(_, l)| l)
+        .collect();
+    let dir = std::path::PathBuf::from(&out[0]);
+    assert_eq!(out[1], out[0]);
+    assert_eq!(std::path::PathBuf::from(&out[2]), dir.join("tmp"));
+    assert!(dir.join("made-here").exists());
+    assert!(dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(&run.run_id.to_string()));
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    p.cleanup(&id, &config).await.unwrap();
+    assert!(!dir.exists(), "{} was kept", dir.display());
+}
+
+/// Issue 18: a template may not hand the job pushpool's data directory (or a directory holding
+/// it, or the runs directory) as working directory or allowed path.
+#[test]
+fn template_paths_exposing_protected_paths_are_refused() {
+    let config = SandboxConfig {
+        runs_dir: Some("/var/tmp/runs".into()),
+        protected: vec!["/srv/pushpool".into()],
+        ..SandboxConfig::default()
+    };
+    let cases = [
+        (
+            json!({"command": "x", "working_dir": "/srv/pushpool"}),
+            "working_dir",
+        ),
+        (
+            json!({"command": "x", "read_paths": ["/usr", "/"]}),
+            "read_paths[1]",
+        ),
+        (
+            json!({"command": "x", "write_paths": ["/srv/pushpool/keys"]}),
+            "write_paths[0]",
+        ),
+        (
+            json!({"command": "x", "write_paths": ["/var/tmp"]}),
+            "write_paths[0]",
+        ),
+    ];
+    for (value, field) in cases {
+        let err = check_template_paths(&config, &job(value.clone())).unwrap_err();
+        let (f, m) = conformance::field_and_rule(err);
+        assert_eq!(f, field, "{value}");
+        assert!(m.contains("is not allowed"), "{m}");
+    }
+    let fine =
+        job(json!({"command": "x", "read_paths": ["/srv/data"], "write_paths": ["/srv/out"]}));
+    assert!(check_template_paths(&config, &fine).is_ok());
+}
+
+/// Issue 18: `--process-sandbox required` never runs a job unsandboxed: without a supervisor the
+/// submit fails for good, saying why, and starts nothing.
+#[tokio::test]
+async fn required_sandbox_without_a_supervisor_refuses_the_job() {
+    let runs = temp_dir("required");
+    let p = ProcessProvider::with_sandbox(SandboxConfig {
+        runs_dir: Some(runs.clone()),
+        mode: SandboxMode::Required,
+        ..SandboxConfig::default()
+    });
+    let err = p
+        .submit(&run_spec(Arc::new(Collect::default())), &cmd("touch ran"))
+        .await
+        .unwrap_err();
+    match err {
+        ProviderError::Permanent { message } => {
+            assert!(message.contains("--process-sandbox required"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+}
+
+/// Issue 18: a supervisor that cannot be started fails the submit for good, naming it.
+#[tokio::test]
+async fn a_missing_supervisor_is_a_permanent_error_naming_it() {
+    let runs = temp_dir("nosupervisor");
+    let p = ProcessProvider::with_sandbox(SandboxConfig {
+        supervisor: Some("/nonexistent/pushpool".into()),
+        runs_dir: Some(runs.clone()),
+        ..SandboxConfig::default()
+    });
+    let err = p
+        .submit(&run_spec(Arc::new(Collect::default())), &cmd("true"))
+        .await
+        .unwrap_err();
+    match err {
+        ProviderError::Permanent { message } => {
+            assert!(message.contains("/nonexistent/pushpool"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its run directory is not left behind.
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
 }

@@ -17,8 +17,9 @@ use super::super::{
     Body, Caller, Json, MAX_TEXT_CHARS,
 };
 use crate::access::{shorten, Scope};
+use crate::execution::PROCESS_POOL_TYPE;
 use crate::job;
-use crate::model::{BaseJobTemplateDoc, Deployment, WorkPool};
+use crate::model::{BaseJobTemplateDoc, Deployment, WorkPool, Workspace};
 use crate::redact;
 use crate::store::{NewPool, PoolPatch};
 use crate::template::{BaseJobTemplate, TemplateError};
@@ -135,6 +136,7 @@ async fn create_pool(
         return Err(unknown_type(&state, &body.pool_type));
     }
     check_rate(body.submit_rate)?;
+    check_process_allowed(&state, &ws, &body.pool_type).await?;
     let template = parse_template(&state, &body.pool_type, body.base_job_template).await?;
     if let Some(names) = &body.overridable_variables {
         check_overridable(&template, names, true)?;
@@ -200,6 +202,9 @@ async fn update_pool(
     }
     if let Some(t) = &body.base_job_template {
         check_document_size("base_job_template", t)?;
+    }
+    if body.base_job_template.is_some() {
+        check_process_allowed(&state, &ws, &pool.pool_type).await?;
     }
     let parsed = match body.base_job_template {
         Some(mut t) => {
@@ -359,6 +364,14 @@ fn check_overridable(template: &BaseJobTemplate, names: &[String], given: bool) 
         return Err(ApiError::unprocessable(&field, message));
     }
     Ok(())
+}
+
+/// 403 when `--process-pools` does not let this workspace have `process` pools.
+async fn check_process_allowed(state: &AppState, ws: &Workspace, pool_type: &str) -> ApiResult<()> {
+    if pool_type != PROCESS_POOL_TYPE || state.process_gate.allows(&state.store, ws.id).await? {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(&state.process_gate.refusal(Some(&ws.name))).field("type"))
 }
 
 pub(crate) fn unknown_type(state: &AppState, pool_type: &str) -> ApiError {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::db::{self, TestDb};
 use crate::server::{bootstrap_fresh, Server};
 use pushpool::controller::{Context, Controller, ControllerConfig};
+use pushpool::execution::{ProcessPools, ProcessSandbox};
 use pushpool::metrics::Metrics;
 use pushpool::registry::registry_with_null;
 use pushpool::server::{run_tokens, ServeOptions};
@@ -42,6 +43,7 @@ impl Controllerd {
                 submit_deadline: Duration::from_secs(10),
                 status_deadline: Duration::from_secs(10),
                 idle_max: Duration::from_millis(500),
+                process_pools: ProcessPools::All,
                 ..ControllerConfig::default()
             };
             let controller = Controller::new(Context::new(
@@ -111,6 +113,12 @@ impl App {
         let options = ServeOptions {
             database_url: db_url.to_string(),
             controller,
+            process_pools: ProcessPools::All,
+            // Process jobs' run directories go away with the test.
+            process_sandbox: ProcessSandbox {
+                runs_dir: Some(home.path().join("runs")),
+                ..ProcessSandbox::default()
+            },
             ..Default::default()
         };
         let server = Server::start(store, options).await;

@@ -14,4 +14,6 @@ pub use app::{infra, spawn_app, state, App, Controllerd};
 pub use db::{
     connect, open_store, postgres_base_url, postgres_db, sqlite_db, test_secret_key, TestDb,
 };
-pub use server::{bootstrap_fresh, call_json, http, log_warnings, serve_fresh, Served, Server};
+pub use server::{
+    bootstrap_fresh, call_json, http, log_warnings, serve_fresh, serve_fresh_with, Served, Server,
+};

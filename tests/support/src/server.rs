@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pushpool::execution::ProcessPools;
 use pushpool::server::{bootstrap, serve, ServeOptions};
 use pushpool::store::Store;
 
@@ -112,15 +113,29 @@ pub struct Served {
 }
 
 /// Bootstraps the store at `url` and serves it on a free loopback port; returns once `/healthz`
-/// answers.
+/// answers. Every workspace may have `process` pools (`--process-pools all`), as the suites
+/// make them in workspaces of their own.
 pub async fn serve_fresh(url: &str, controller: bool) -> Served {
+    serve_fresh_with(
+        url,
+        ServeOptions {
+            controller,
+            process_pools: ProcessPools::All,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`serve_fresh`] with `options` (its `database_url` is set to `url`).
+pub async fn serve_fresh_with(url: &str, mut options: ServeOptions) -> Served {
     let store = crate::db::open_store(url).await;
     let (admin_key, home) = bootstrap_fresh(&store).await;
-    let options = ServeOptions {
-        database_url: url.to_string(),
-        controller,
-        ..Default::default()
-    };
+    options.database_url = url.to_string();
+    // Process jobs' run directories go away with the test, not to the shared default.
+    if options.process_sandbox.runs_dir.is_none() {
+        options.process_sandbox.runs_dir = Some(home.path().join("runs"));
+    }
     let server = Server::start(store.clone(), options).await;
     Served {
         base: server.base.clone(),
