@@ -8,6 +8,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod controller;
+pub mod identity;
 pub mod job;
 pub mod metrics;
 pub mod model;

@@ -44,6 +44,11 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        allowed_endpoints: Vec<String>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -67,6 +72,11 @@ enum Command {
         /// timeouts) before a run is marked CRASHED.
         #[arg(long, env = "PUSHPOOL_STATUS_DEADLINE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         status_deadline_seconds: Option<u64>,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        allowed_endpoints: Vec<String>,
     },
     /// The API alone.
     Api {
@@ -76,6 +86,11 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
         listen: SocketAddr,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        allowed_endpoints: Vec<String>,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.
     Bench {
@@ -188,6 +203,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             database_url,
             public_api_url,
             status_deadline_seconds,
+            allowed_endpoints,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -224,6 +240,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller_id: None,
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                    allowed_endpoints,
                 },
                 shutdown_signal(),
             )
@@ -235,6 +252,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             id,
             lease_seconds,
             status_deadline_seconds,
+            allowed_endpoints,
         } => {
             connect_and_serve(ServeOptions {
                 database_url,
@@ -243,6 +261,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 controller_id: id,
                 lease: lease_seconds.map(Duration::from_secs),
                 status_deadline: status_deadline_seconds.map(Duration::from_secs),
+                allowed_endpoints,
                 ..ServeOptions::default()
             })
             .await?;
@@ -250,10 +269,12 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::Api {
             database_url,
             listen,
+            allowed_endpoints,
         } => {
             connect_and_serve(ServeOptions {
                 database_url,
                 listen: Some(listen),
+                allowed_endpoints,
                 ..ServeOptions::default()
             })
             .await?;

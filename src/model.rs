@@ -64,6 +64,11 @@ pub struct WorkPool {
     pub updated: DateTime<Utc>,
     /// Most submissions per second per controller; `None` means the provider's default.
     pub submit_rate: Option<f64>,
+    /// `aws-lambda:push` pools: the `ExternalId` every `AssumeRole` of this workspace's jobs
+    /// passes (`pushpool-<workspace id>`); require it in the role's trust policy. Shown, never
+    /// stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_external_id: Option<String>,
 }
 
 /// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::api::{router, AppState};
 use crate::auth::{generate_api_key, RunTokens, RUN_TOKEN_SECRET_SETTING};
 use crate::controller::{Context, Controller, ControllerConfig};
+use crate::identity::AllowedEndpoints;
 use crate::metrics::Metrics;
 use crate::store::{NewApiKey, Store, StoreError, WorkspaceOwner};
 
@@ -51,6 +52,10 @@ pub struct ServeOptions {
     /// How long a provider may keep failing status polls with transient errors before the run is
     /// CRASHED (default 600 s).
     pub status_deadline: Option<Duration>,
+    /// Endpoint URL prefixes every workspace's pools may use as `endpoint_url`
+    /// (`--allowed-endpoint`, e.g. `http://127.0.0.1` for emulators); other custom endpoints
+    /// need the workspace's `custom-endpoints` grant.
+    pub allowed_endpoints: Vec<String>,
 }
 
 /// The run-token issuer backed by the store's secret.
@@ -89,10 +94,20 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
             },
         )
         .await;
-    if let Err(e) = created {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
-        return Err(e.into());
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    // The administrator's home workspace keeps today's single-tenant behaviour: it holds every
+    // cloud-identity grant (revocable like any other; docs/security.md, "Cloud identity").
+    for grant in crate::identity::WorkspaceGrant::ALL {
+        store
+            .grant_workspace(created.0.id, grant, "bootstrap")
+            .await?;
     }
     use std::io::Write as _;
     file.write_all(key.key.expose().as_bytes())
@@ -237,6 +252,7 @@ pub async fn serve(
     let controller = options.controller.then(|| {
         let mut config = ControllerConfig {
             api_url: api_url.clone(),
+            allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
             ..ControllerConfig::default()
         };
         if let Some(id) = &options.controller_id {
@@ -268,6 +284,7 @@ pub async fn serve(
             tokens: tokens.clone(),
             metrics: metrics.clone(),
             api_url: api_url.clone(),
+            allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");

@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// URL jobs use to reach the API (`PUSHPOOL_API_URL` of jobs claimed through the API).
     pub api_url: String,
+    /// Endpoint URL prefixes every workspace's pools may use (`--allowed-endpoint`).
+    pub allowed_endpoints: crate::identity::AllowedEndpoints,
 }
 
 async fn not_found(req: Request) -> Response {

@@ -155,6 +155,14 @@ fn pool_details(pool: &Value) -> String {
         ("created", time_field(pool, "created")),
         ("updated", time_field(pool, "updated")),
     ]);
+    if pool.get("aws_external_id").is_some_and(Value::is_string) {
+        // The value the role's trust policy must require (docs/providers/aws-lambda.md).
+        text.push('\n');
+        text.push_str(&key_values(&[(
+            "aws_external_id",
+            field(pool, "aws_external_id"),
+        )]));
+    }
     if let Some(template) = pool.get("base_job_template").filter(|t| !t.is_null()) {
         text.push_str("\nbase_job_template:\n");
         text.push_str(&pretty(template));

@@ -16,6 +16,7 @@ use super::rate::TokenBucket;
 use super::store_plane::StorePlane;
 use super::ControllerConfig;
 use crate::auth::RunTokens;
+use crate::identity::Grants;
 use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, FlowRun, WorkPool};
@@ -44,6 +45,7 @@ pub struct Context {
     templates: TtlCache<(Uuid, i64), Arc<BaseJobTemplate>>,
     pools: TtlCache<Uuid, WorkPool>,
     deployments: TtlCache<Uuid, Deployment>,
+    grants: TtlCache<Uuid, (String, Grants)>,
     buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
 }
 
@@ -79,6 +81,7 @@ impl Context {
             templates: TtlCache::new(TEMPLATE_CACHE_TTL),
             pools: TtlCache::new(OBJECT_CACHE_TTL),
             deployments: TtlCache::new(OBJECT_CACHE_TTL),
+            grants: TtlCache::new(OBJECT_CACHE_TTL),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -129,7 +132,11 @@ impl Context {
             }
             other => other?,
         };
-        Ok(self.build(run, &pool, &deployment))
+        let grants = self
+            .grants
+            .get_or_fetch(run.workspace_id, plane.workspace_grants(run))
+            .await?;
+        Ok(self.build(run, &pool, &deployment, &grants))
     }
 
     fn build(
@@ -137,12 +144,22 @@ impl Context {
         run: &FlowRun,
         pool: &WorkPool,
         deployment: &Deployment,
+        (workspace, grants): &(String, Grants),
     ) -> Result<PreparedJob, JobError> {
         let provider = job::provider_for(&self.registry, &pool.pool_type)?;
         let template = self.template_for(pool)?;
         let token = self.tokens.issue(run.id, run.attempt);
         let facts = RunFacts::of_run(run, &self.config.api_url, &token);
-        let job = job::prepare(&template, provider.as_ref(), pool, deployment, &facts)?;
+        let rendered = job::render(&template, pool, deployment, &facts)?;
+        // Pools stored before the grants existed are held to them here, at every submission.
+        job::check_identity(
+            provider.as_ref(),
+            &rendered,
+            workspace,
+            grants,
+            &self.config.allowed_endpoints,
+        )?;
+        let job = job::validate_in(provider.as_ref(), &rendered, run.workspace_id)?;
         let spec = RunSpec {
             run_id: run.id,
             attempt: u32::try_from(run.attempt).unwrap_or(1),

@@ -103,6 +103,7 @@ impl MemoryPlane {
             created: now,
             updated: now,
             submit_rate: None,
+            aws_external_id: None,
         };
         self.lock().pools.insert(pool.id, pool.clone());
         pool
@@ -457,6 +458,14 @@ impl ControlPlane for MemoryPlane {
     async fn deployment_of(&self, run: &FlowRun) -> PlaneResult<Deployment> {
         let deployment = self.lock().deployments.get(&run.deployment_id).cloned();
         deployment.ok_or_else(|| not_found("deployment", run.deployment_id))
+    }
+
+    /// The memory plane's one workspace holds every grant.
+    async fn workspace_grants(&self, _run: &FlowRun) -> PlaneResult<(String, crate::identity::Grants)> {
+        Ok((
+            "default".into(),
+            crate::identity::WorkspaceGrant::ALL.into_iter().collect(),
+        ))
     }
 
     fn changes(&self) -> Arc<Notify> {

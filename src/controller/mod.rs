@@ -75,6 +75,8 @@ pub struct ControllerConfig {
     /// At shutdown, how long runs that already have infrastructure are still tracked (so short
     /// jobs finish recording) before their leases are released for another controller.
     pub shutdown_drain: Duration,
+    /// Endpoint URL prefixes every workspace's jobs may use (`--allowed-endpoint`).
+    pub allowed_endpoints: crate::identity::AllowedEndpoints,
 }
 
 impl Default for ControllerConfig {
@@ -94,6 +96,7 @@ impl Default for ControllerConfig {
             late_after: Duration::from_secs(15),
             heartbeat_silence: Duration::from_secs(600),
             shutdown_drain: Duration::from_secs(20),
+            allowed_endpoints: Default::default(),
         }
     }
 }

@@ -29,6 +29,7 @@ fn pool(template: Value) -> WorkPool {
         created: Utc::now(),
         updated: Utc::now(),
         submit_rate: None,
+        aws_external_id: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! notifications) the code branches on [`Backend`]. Migrations are embedded and applied at connect.
 
 mod access;
+mod grants;
 mod objects;
 mod runs;
 mod sql;
@@ -20,6 +21,7 @@ pub use access::{
     AuditEntry, AuditFilter, CustomRole, KeyWithPrincipal, Member, NewApiKey, NewAuditEntry,
     Principal, PrincipalKind, ServiceAccount, StoredApiKey, WorkspaceOwner,
 };
+pub use grants::GrantRecord;
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
     quota_marker, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,

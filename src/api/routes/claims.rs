@@ -138,6 +138,8 @@ async fn claim(
         )
         .await?;
     let template = job::parse_template(&pool);
+    let grants = state.store.workspace_grants(ws.id).await?;
+    let provider = state.registry.get(&pool.pool_type);
     let mut runs = Vec::with_capacity(claimed.len());
     for run in claimed {
         let token = state.tokens.issue(run.id, run.attempt);
@@ -150,7 +152,21 @@ async fn claim(
         ) {
             (Ok(template), Ok(deployment)) => {
                 let facts = RunFacts::of_run(&run, &state.api_url, &token);
-                job::render(template, &pool, &deployment, &facts).map_err(|e| e.to_string())
+                job::render(template, &pool, &deployment, &facts)
+                    .and_then(|rendered| {
+                        // Held to the workspace's grants as the built-in controller is.
+                        if let Some(p) = &provider {
+                            job::check_identity(
+                                p.as_ref(),
+                                &rendered,
+                                &ws.name,
+                                &grants,
+                                &state.allowed_endpoints,
+                            )?;
+                        }
+                        Ok(rendered)
+                    })
+                    .map_err(|e| e.to_string())
             }
             (Err(e), _) => Err(e.to_string()),
             (_, Err(e)) => Err(e.to_string()),

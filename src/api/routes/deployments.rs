@@ -17,7 +17,7 @@ use super::super::{
     AuditPolicy::{Always, DeniedOnly},
     Body, Caller, Json, OptionalBody,
 };
-use super::pools::prefix_field;
+use super::pools::{check_identity, prefix_field};
 use crate::access::Scope;
 use crate::job::{self, RunFacts};
 use crate::model::{Deployment, WorkPool};
@@ -160,6 +160,15 @@ async fn create_deployment(
     template
         .validate_deployment_overrides(&body.job_variables)
         .map_err(|e| prefix_field(e, "job_variables"))?;
+    check_identity(
+        &state,
+        &ws,
+        &pool.pool_type,
+        &template,
+        Some(&body.job_variables),
+        "",
+    )
+    .await?;
     let d = state
         .store
         .create_deployment(
@@ -237,9 +246,13 @@ async fn update_deployment(
     }
     if let Some(vars) = &body.job_variables {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
-        job::parse_template(&pool)?
+        let template = job::parse_template(&pool)?;
+        template
             .validate_deployment_overrides(vars)
             .map_err(|e| prefix_field(e, "job_variables").scrubbed(&restored))?;
+        check_identity(&state, &ws, &pool.pool_type, &template, Some(vars), "")
+            .await
+            .map_err(|e| e.scrubbed(&restored))?;
     }
     let patch = DeploymentPatch {
         job_variables: body.job_variables,

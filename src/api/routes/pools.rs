@@ -125,6 +125,7 @@ async fn create_pool(
     }
     check_rate(body.submit_rate)?;
     let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
+    check_identity(&state, &ws, &body.pool_type, &template, None, "base_job_template.").await?;
     let pool = state
         .store
         .create_pool(
@@ -196,6 +197,9 @@ async fn update_pool(
             secret_variables.extend(views::secret_variables(&pool));
             let parsed = parse_template(&state, &pool.pool_type, Some(t))
                 .map_err(|e| e.scrubbed(&secrets))?;
+            check_identity(&state, &ws, &pool.pool_type, &parsed, None, "base_job_template.")
+                .await
+                .map_err(|e| e.scrubbed(&secrets))?;
             // Every deployment of the pool must still fit the new template.
             for d in state
                 .store
@@ -246,6 +250,39 @@ async fn delete_pool(
     let ws = caller.workspace()?;
     state.store.delete_pool(ws.id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Holds a pool's job configuration, as its defaults (and a deployment's job variables) render
+/// it, to what the workspace is granted (docs/security.md, "Cloud identity"): 403 naming the
+/// field otherwise. `prefix` roots the field (`base_job_template.` for pools).
+pub(crate) async fn check_identity(
+    state: &AppState,
+    ws: &crate::model::Workspace,
+    pool_type: &str,
+    template: &BaseJobTemplate,
+    job_variables: Option<&serde_json::Map<String, Value>>,
+    prefix: &str,
+) -> ApiResult<()> {
+    let Some(provider) = state.registry.get(pool_type) else {
+        return Ok(());
+    };
+    let mut values = template.defaults();
+    if let Some(vars) = job_variables {
+        crate::job::template::apply_overrides(&mut values, vars);
+    }
+    let rendered = template.render(&values, &serde_json::Map::new());
+    let grants = state.store.workspace_grants(ws.id).await?;
+    crate::job::check_identity(
+        provider.as_ref(),
+        &rendered,
+        &ws.name,
+        &grants,
+        &state.allowed_endpoints,
+    )
+    .map_err(|e| {
+        let field = format!("{prefix}{}", e.field());
+        ApiError::from(e).field(field)
+    })
 }
 
 pub(crate) fn parse_template(

@@ -51,6 +51,7 @@ fn pool_from_row(row: &AnyRow) -> Result<WorkPool> {
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
         submit_rate: row.try_get("submit_rate")?,
+        aws_external_id: None,
     })
 }
 
