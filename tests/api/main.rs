@@ -8,6 +8,7 @@ mod authz;
 mod escalation;
 mod fuzz;
 mod hardening;
+mod identity;
 mod openapi;
 mod openapi_valid;
 mod ranges;

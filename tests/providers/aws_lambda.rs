@@ -266,7 +266,7 @@ async fn moto_role_to_assume_is_used_for_the_invocation() {
         &fake.url,
         &function,
         json!({"credentials": {"role_arn": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test"),
-                               "role_session_name": "pushpool-test", "external_id": "ext-123"}}),
+                               "role_session_name": "pushpool-test"}}),
     )
     .await;
     let id = app.run("job").await;
@@ -278,6 +278,21 @@ async fn moto_role_to_assume_is_used_for_the_invocation() {
     let key = calls[0].access_key_id.clone().unwrap();
     assert_ne!(key, "testing");
     assert!(key.starts_with("ASIA"), "{key}");
+    // The AssumeRole carried the workspace's ExternalId, the one the pool view shows.
+    let (_, pool) = app.get("/work_pools/lambda").await;
+    let external_id = pool["aws_external_id"].as_str().unwrap().to_string();
+    assert!(external_id.starts_with("pushpool-"), "{pool}");
+    let assume: Vec<String> = fake
+        .forwarded_bodies()
+        .into_iter()
+        .filter(|b| b.contains("Action=AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1, "{assume:?}");
+    assert!(
+        assume[0].contains(&format!("ExternalId={external_id}")),
+        "{}",
+        assume[0]
+    );
     app.stop().await;
 }
 

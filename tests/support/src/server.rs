@@ -114,13 +114,21 @@ pub struct Served {
 /// Bootstraps the store at `url` and serves it on a free loopback port; returns once `/healthz`
 /// answers.
 pub async fn serve_fresh(url: &str, controller: bool) -> Served {
+    serve_fresh_with(
+        url,
+        ServeOptions {
+            controller,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`serve_fresh`] with these options (e.g. `allowed_endpoints`); `database_url` is set to `url`.
+pub async fn serve_fresh_with(url: &str, mut options: ServeOptions) -> Served {
     let store = Store::connect(url).await.expect("connect store");
     let (admin_key, home) = bootstrap_fresh(&store).await;
-    let options = ServeOptions {
-        database_url: url.to_string(),
-        controller,
-        ..Default::default()
-    };
+    options.database_url = url.to_string();
     let server = Server::start(store.clone(), options).await;
     Served {
         base: server.base.clone(),
