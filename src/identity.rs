@@ -114,23 +114,24 @@ impl AllowedEndpoints {
     /// `http://127.0.0.1@evil.example`.
     pub fn allows(&self, url: &str) -> bool {
         let url = url.trim().to_ascii_lowercase();
-        self.0.iter().any(|prefix| match url.strip_prefix(prefix.as_str()) {
-            Some(rest) => {
-                rest.is_empty() || rest.starts_with(['/', '?', '#']) || {
-                    // A port may follow a prefix that has none.
-                    let after_host = !prefix
-                        .split_once("://")
-                        .is_some_and(|(_, h)| h.contains(['/', ':']));
-                    after_host
-                        && rest.starts_with(':')
-                        && rest[1..]
-                            .split(['/', '?', '#'])
-                            .next()
-                            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        self.0
+            .iter()
+            .any(|prefix| match url.strip_prefix(prefix.as_str()) {
+                Some(rest) => {
+                    rest.is_empty() || rest.starts_with(['/', '?', '#']) || {
+                        // A port may follow a prefix that has none.
+                        let after_host = !prefix
+                            .split_once("://")
+                            .is_some_and(|(_, h)| h.contains(['/', ':']));
+                        after_host
+                            && rest.starts_with(':')
+                            && rest[1..].split(['/', '?', '#']).next().is_some_and(|p| {
+                                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                            })
+                    }
                 }
-            }
-            None => false,
-        })
+                None => false,
+            })
     }
 
     /// The prefixes, for messages.

@@ -47,7 +47,11 @@ enum Command {
         /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
         /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
         /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
         allowed_endpoints: Vec<String>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
@@ -75,7 +79,11 @@ enum Command {
         /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
         /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
         /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
         allowed_endpoints: Vec<String>,
     },
     /// The API alone.
@@ -89,7 +97,11 @@ enum Command {
         /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
         /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
         /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(long = "allowed-endpoint", env = "PUSHPOOL_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
         allowed_endpoints: Vec<String>,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.

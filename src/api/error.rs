@@ -174,7 +174,8 @@ impl From<StoreError> for ApiError {
 impl From<crate::job::JobError> for ApiError {
     fn from(e: crate::job::JobError) -> Self {
         if let crate::job::JobError::NotGranted(_) = &e {
-            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).field(e.field());
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+                .field(e.field());
         }
         ApiError::unprocessable(&e.field(), e.to_string())
     }

@@ -120,14 +120,18 @@ pub(super) async fn workspace(
         }
         WorkspaceCommand::Grants => {
             get_and_show(api, out, api.url(&["grants"]), |v| {
-                list_table(v, &["WORKSPACE", "GRANT", "GRANTED BY", "GRANTED AT"], |g| {
-                    vec![
-                        field(g, "workspace"),
-                        field(g, "grant"),
-                        field(g, "granted_by"),
-                        time_field(g, "granted_at"),
-                    ]
-                })
+                list_table(
+                    v,
+                    &["WORKSPACE", "GRANT", "GRANTED BY", "GRANTED AT"],
+                    |g| {
+                        vec![
+                            field(g, "workspace"),
+                            field(g, "grant"),
+                            field(g, "granted_by"),
+                            time_field(g, "granted_at"),
+                        ]
+                    },
+                )
             })
             .await?;
         }

@@ -461,7 +461,10 @@ impl ControlPlane for MemoryPlane {
     }
 
     /// The memory plane's one workspace holds every grant.
-    async fn workspace_grants(&self, _run: &FlowRun) -> PlaneResult<(String, crate::identity::Grants)> {
+    async fn workspace_grants(
+        &self,
+        _run: &FlowRun,
+    ) -> PlaneResult<(String, crate::identity::Grants)> {
         Ok((
             "default".into(),
             crate::identity::WorkspaceGrant::ALL.into_iter().collect(),

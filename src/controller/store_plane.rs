@@ -180,9 +180,15 @@ impl ControlPlane for StorePlane {
         Ok(self.store.deployment(run.workspace_id, &id).await?)
     }
 
-    async fn workspace_grants(&self, run: &FlowRun) -> PlaneResult<(String, crate::identity::Grants)> {
+    async fn workspace_grants(
+        &self,
+        run: &FlowRun,
+    ) -> PlaneResult<(String, crate::identity::Grants)> {
         let ws = self.store.workspace_by_id(run.workspace_id).await?;
-        Ok((ws.name, self.store.workspace_grants(run.workspace_id).await?))
+        Ok((
+            ws.name,
+            self.store.workspace_grants(run.workspace_id).await?,
+        ))
     }
 
     fn changes(&self) -> Arc<Notify> {

@@ -61,7 +61,14 @@ async fn template(s: &Served, pool_type: &str, defaults: Value) -> Value {
     t
 }
 
-async fn create_pool(s: &Served, ws: &str, key: &str, name: &str, ty: &str, t: Value) -> (u16, Value) {
+async fn create_pool(
+    s: &Served,
+    ws: &str,
+    key: &str,
+    name: &str,
+    ty: &str,
+    t: Value,
+) -> (u16, Value) {
     call_json(
         &s.client,
         "POST",
@@ -89,11 +96,17 @@ async fn ambient_identity_files_and_endpoints_need_the_administrators_grant(db: 
     let t = template(&s, "aws-lambda:push", json!({"function_name": "f"})).await;
     let (st, b) = create_pool(&s, "team", &key, "ambient", "aws-lambda:push", t).await;
     assert_eq!(st, 403, "{b}");
-    assert_eq!(b["field"], "base_job_template.job_configuration.credentials", "{b}");
+    assert_eq!(
+        b["field"], "base_job_template.job_configuration.credentials",
+        "{b}"
+    );
     let message = b["message"].as_str().unwrap();
     assert!(message.contains("ambient-aws"), "{message}");
     assert!(message.contains("role_arn"), "{message}");
-    assert!(message.contains("pushpool workspace grant team ambient-aws"), "{message}");
+    assert!(
+        message.contains("pushpool workspace grant team ambient-aws"),
+        "{message}"
+    );
     assert_eq!(s.store.list_pools(team_id).await.unwrap().len(), 0);
 
     // With a role of its own: accepted, and the pool shows the ExternalId its AssumeRole passes.
@@ -105,7 +118,11 @@ async fn ambient_identity_files_and_endpoints_need_the_administrators_grant(db: 
     .await;
     let (st, pool) = create_pool(&s, "team", &key, "lambda", "aws-lambda:push", t).await;
     assert_eq!(st, 201, "{pool}");
-    assert_eq!(pool["aws_external_id"], format!("pushpool-{team_id}"), "{pool}");
+    assert_eq!(
+        pool["aws_external_id"],
+        format!("pushpool-{team_id}"),
+        "{pool}"
+    );
     // A deployment taking the role away again is refused the same way.
     let (st, b) = call_json(
         &s.client,
@@ -129,7 +146,10 @@ async fn ambient_identity_files_and_endpoints_need_the_administrators_grant(db: 
     .await;
     assert_eq!(st, 403, "{b}");
     assert_eq!(b["field"], "job_configuration.endpoint_url", "{b}");
-    assert!(b["message"].as_str().unwrap().contains("custom-endpoints"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("custom-endpoints"),
+        "{b}"
+    );
 
     // Cloud Run: a key file on the controller's disk is refused.
     let t = template(
@@ -141,16 +161,24 @@ async fn ambient_identity_files_and_endpoints_need_the_administrators_grant(db: 
     let (st, b) = create_pool(&s, "team", &key, "file", "cloud-run-v2:push", t).await;
     assert_eq!(st, 403, "{b}");
     assert_eq!(
-        b["field"],
-        "base_job_template.job_configuration.credentials.service_account_file",
+        b["field"], "base_job_template.job_configuration.credentials.service_account_file",
         "{b}"
     );
-    assert!(b["message"].as_str().unwrap().contains("host-credential-files"), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("host-credential-files"),
+        "{b}"
+    );
     // Application Default Credentials (no credentials) are the controller's identity.
     let t = template(&s, "cloud-run-v2:push", json!({"image": "i"})).await;
     let (st, b) = create_pool(&s, "team", &key, "adc", "cloud-run-v2:push", t).await;
     assert_eq!(st, 403, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("ambient-gcp"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("ambient-gcp"),
+        "{b}"
+    );
     // Its own key, but an endpoint outside the allowed list: its token would go there.
     for (endpoint, expected) in [
         ("http://tenant.example", 403),
@@ -168,7 +196,10 @@ async fn ambient_identity_files_and_endpoints_need_the_administrators_grant(db: 
         let (st, b) = create_pool(&s, "team", &key, &name, "cloud-run-v2:push", t).await;
         assert_eq!(st, expected, "{endpoint}: {b}");
         if expected == 403 {
-            assert_eq!(b["field"], "base_job_template.job_configuration.endpoint_url", "{b}");
+            assert_eq!(
+                b["field"], "base_job_template.job_configuration.endpoint_url",
+                "{b}"
+            );
         }
     }
     // Changing a pool into one that relies on the controller's identity is refused too.
@@ -227,7 +258,10 @@ async fn wait_terminal(s: &Served, ws: &str, key: &str, id: &str) -> Value {
         if ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].contains(&t) {
             return run;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "not terminal: {run}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not terminal: {run}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -303,7 +337,10 @@ async fn pools_stored_before_the_rule_are_refused_at_submit(db: TestDb) {
         assert_eq!(run["state"]["type"], "CRASHED", "{name}: {run}");
         assert!(run["infrastructure_id"].is_null(), "never submitted: {run}");
         let message = run["state"]["message"].as_str().unwrap();
-        assert!(message.contains("not allowed in this workspace"), "{name}: {message}");
+        assert!(
+            message.contains("not allowed in this workspace"),
+            "{name}: {message}"
+        );
         assert!(
             message.contains(&format!("pushpool workspace grant team {grant}")),
             "{name}: {message}"
@@ -327,7 +364,12 @@ async fn grants_are_for_administrators_and_audited(db: TestDb) {
         .collect();
     assert_eq!(
         default,
-        ["ambient-aws", "ambient-gcp", "custom-endpoints", "host-credential-files"]
+        [
+            "ambient-aws",
+            "ambient-gcp",
+            "custom-endpoints",
+            "host-credential-files"
+        ]
     );
     // A workspace owner cannot grant its own workspace anything.
     let (st, b) = call_json(
@@ -339,19 +381,52 @@ async fn grants_are_for_administrators_and_audited(db: TestDb) {
     )
     .await;
     assert_eq!(st, 403, "{b}");
-    assert!(s.store.workspace_grants(s.store.workspace("team").await.unwrap().id).await.unwrap().is_empty());
+    assert!(s
+        .store
+        .workspace_grants(s.store.workspace("team").await.unwrap().id)
+        .await
+        .unwrap()
+        .is_empty());
     // Unknown grants and workspaces.
-    let (st, b) = call_json(&s.client, "PUT", &url("/api/grants/team/root"), &s.admin_key, None).await;
+    let (st, b) = call_json(
+        &s.client,
+        "PUT",
+        &url("/api/grants/team/root"),
+        &s.admin_key,
+        None,
+    )
+    .await;
     assert_eq!((st, b["field"].as_str()), (422, Some("grant")), "{b}");
-    let (st, _) = call_json(&s.client, "PUT", &url("/api/grants/nope/ambient-aws"), &s.admin_key, None).await;
+    let (st, _) = call_json(
+        &s.client,
+        "PUT",
+        &url("/api/grants/nope/ambient-aws"),
+        &s.admin_key,
+        None,
+    )
+    .await;
     assert_eq!(st, 404);
     // Grant and revoke (both idempotent).
     for _ in 0..2 {
-        let (st, b) = call_json(&s.client, "PUT", &url("/api/grants/team/ambient-aws"), &s.admin_key, None).await;
+        let (st, b) = call_json(
+            &s.client,
+            "PUT",
+            &url("/api/grants/team/ambient-aws"),
+            &s.admin_key,
+            None,
+        )
+        .await;
         assert_eq!(st, 200, "{b}");
     }
     for _ in 0..2 {
-        let (st, b) = call_json(&s.client, "DELETE", &url("/api/grants/team/ambient-aws"), &s.admin_key, None).await;
+        let (st, b) = call_json(
+            &s.client,
+            "DELETE",
+            &url("/api/grants/team/ambient-aws"),
+            &s.admin_key,
+            None,
+        )
+        .await;
         assert_eq!(st, 204, "{b}");
     }
     // A refused pool is on the workspace's record.
@@ -368,7 +443,10 @@ async fn grants_are_for_administrators_and_audited(db: TestDb) {
     .await;
     let refused = &log.as_array().unwrap()[0];
     assert_eq!(refused["outcome"], "denied", "{log}");
-    assert!(refused["detail"].to_string().contains("ambient-aws"), "{refused}");
+    assert!(
+        refused["detail"].to_string().contains("ambient-aws"),
+        "{refused}"
+    );
     // The instance log has the grants, the revocations and the owner's denied attempt.
     let (_, log) = call_json(
         &s.client,
@@ -392,5 +470,8 @@ async fn grants_are_for_administrators_and_audited(db: TestDb) {
         .iter()
         .find(|e| e["action"] == "workspace_grant.grant" && e["outcome"] == "success")
         .unwrap();
-    assert_eq!(granted["target"], "workspace_grant:team/ambient-aws", "{granted}");
+    assert_eq!(
+        granted["target"], "workspace_grant:team/ambient-aws",
+        "{granted}"
+    );
 }

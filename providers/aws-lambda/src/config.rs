@@ -468,16 +468,24 @@ mod tests {
         assert!(needs(&role).is_empty());
         assert!(matches!(
             needs(&json!({"credentials": null}))[..],
-            [Need::AmbientIdentity { cloud: Cloud::Aws, .. }]
+            [Need::AmbientIdentity {
+                cloud: Cloud::Aws,
+                ..
+            }]
         ));
         assert!(matches!(
-            needs(&json!({"credentials": {"profile_name": "p", "role_arn": "arn:aws:iam::1:role/r"}}))[..],
+            needs(
+                &json!({"credentials": {"profile_name": "p", "role_arn": "arn:aws:iam::1:role/r"}})
+            )[..],
             [Need::HostFile { .. }]
         ));
         let with_endpoint = json!({"credentials": {"role_arn": "arn:aws:iam::1:role/r"}, "endpoint_url": "http://127.0.0.1:1"});
         assert_eq!(
             needs(&with_endpoint),
-            vec![Need::Endpoint { field: "endpoint_url".into(), url: "http://127.0.0.1:1".into() }]
+            vec![Need::Endpoint {
+                field: "endpoint_url".into(),
+                url: "http://127.0.0.1:1".into()
+            }]
         );
     }
 

@@ -448,8 +448,11 @@ pub trait DynProvider: Send + Sync {
     /// See [`Provider::validate`].
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError>;
     /// See [`Provider::validate_in`].
-    fn validate_in(&self, rendered: &Value, workspace_id: &str)
-        -> Result<ValidatedJob, ProviderError>;
+    fn validate_in(
+        &self,
+        rendered: &Value,
+        workspace_id: &str,
+    ) -> Result<ValidatedJob, ProviderError>;
     /// See [`Provider::needs`].
     fn needs(&self, rendered: &Value) -> Vec<Need>;
     /// See [`Provider::secret_fields`].

@@ -443,7 +443,10 @@ mod needs_tests {
         assert!(needs(&json!({"credentials": {"anonymous": true}})).is_empty());
         assert!(matches!(
             needs(&json!({}))[..],
-            [Need::AmbientIdentity { cloud: Cloud::Gcp, .. }]
+            [Need::AmbientIdentity {
+                cloud: Cloud::Gcp,
+                ..
+            }]
         ));
         assert!(matches!(
             needs(&json!({"credentials": {"$ref": {"block_document_id": "x"}}}))[..],
@@ -455,8 +458,13 @@ mod needs_tests {
         ));
         assert!(needs(&json!({"credentials": {"anonymous": true}, "endpoint_url": "https://run.googleapis.com/"})).is_empty());
         assert_eq!(
-            needs(&json!({"credentials": {"anonymous": true}, "endpoint_url": "http://evil.example"})),
-            vec![Need::Endpoint { field: "endpoint_url".into(), url: "http://evil.example".into() }]
+            needs(
+                &json!({"credentials": {"anonymous": true}, "endpoint_url": "http://evil.example"})
+            ),
+            vec![Need::Endpoint {
+                field: "endpoint_url".into(),
+                url: "http://evil.example".into()
+            }]
         );
     }
 }

@@ -125,7 +125,15 @@ async fn create_pool(
     }
     check_rate(body.submit_rate)?;
     let template = parse_template(&state, &body.pool_type, body.base_job_template)?;
-    check_identity(&state, &ws, &body.pool_type, &template, None, "base_job_template.").await?;
+    check_identity(
+        &state,
+        &ws,
+        &body.pool_type,
+        &template,
+        None,
+        "base_job_template.",
+    )
+    .await?;
     let pool = state
         .store
         .create_pool(
@@ -197,9 +205,16 @@ async fn update_pool(
             secret_variables.extend(views::secret_variables(&pool));
             let parsed = parse_template(&state, &pool.pool_type, Some(t))
                 .map_err(|e| e.scrubbed(&secrets))?;
-            check_identity(&state, &ws, &pool.pool_type, &parsed, None, "base_job_template.")
-                .await
-                .map_err(|e| e.scrubbed(&secrets))?;
+            check_identity(
+                &state,
+                &ws,
+                &pool.pool_type,
+                &parsed,
+                None,
+                "base_job_template.",
+            )
+            .await
+            .map_err(|e| e.scrubbed(&secrets))?;
             // Every deployment of the pool must still fit the new template.
             for d in state
                 .store

@@ -12,4 +12,6 @@ pub mod server;
 
 pub use app::{infra, spawn_app, state, App, Controllerd};
 pub use db::{connect, postgres_base_url, postgres_db, sqlite_db, TestDb};
-pub use server::{bootstrap_fresh, call_json, http, log_warnings, serve_fresh, serve_fresh_with, Served, Server};
+pub use server::{
+    bootstrap_fresh, call_json, http, log_warnings, serve_fresh, serve_fresh_with, Served, Server,
+};
