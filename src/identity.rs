@@ -263,23 +263,40 @@ mod tests {
             url: "http://127.0.0.1:9".into(),
         };
         let none = Grants::new();
-        let e = check(&[ambient.clone()], "team", &none, &Default::default()).unwrap_err();
+        let e = check(
+            std::slice::from_ref(&ambient),
+            "team",
+            &none,
+            &Default::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "credentials");
         assert!(e.message.contains("ambient-aws"), "{}", e.message);
         assert!(e.message.contains("give a role"), "{}", e.message);
         let aws = Grants::from([WorkspaceGrant::AmbientAws]);
         assert!(check(&[ambient], "team", &aws, &Default::default()).is_ok());
         assert_eq!(
-            check(&[file.clone()], "team", &aws, &Default::default())
-                .unwrap_err()
-                .field,
+            check(
+                std::slice::from_ref(&file),
+                "team",
+                &aws,
+                &Default::default()
+            )
+            .unwrap_err()
+            .field,
             "credentials.service_account_file"
         );
         let files = Grants::from([WorkspaceGrant::HostCredentialFiles]);
         assert!(check(&[file], "team", &files, &Default::default()).is_ok());
-        assert!(check(&[endpoint.clone()], "team", &none, &Default::default()).is_err());
+        assert!(check(
+            std::slice::from_ref(&endpoint),
+            "team",
+            &none,
+            &Default::default()
+        )
+        .is_err());
         let local = AllowedEndpoints::new(["http://127.0.0.1"]);
-        assert!(check(&[endpoint.clone()], "team", &none, &local).is_ok());
+        assert!(check(std::slice::from_ref(&endpoint), "team", &none, &local).is_ok());
         let custom = Grants::from([WorkspaceGrant::CustomEndpoints]);
         assert!(check(&[endpoint], "team", &custom, &Default::default()).is_ok());
     }
