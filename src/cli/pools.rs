@@ -145,7 +145,7 @@ async fn set_paused(
 }
 
 fn pool_details(pool: &Value) -> String {
-    let mut text = key_values(&[
+    let mut pairs = vec![
         ("name", field(pool, "name")),
         ("id", field(pool, "id")),
         ("type", field(pool, "type")),
@@ -154,15 +154,12 @@ fn pool_details(pool: &Value) -> String {
         ("concurrency_limit", field(pool, "concurrency_limit")),
         ("created", time_field(pool, "created")),
         ("updated", time_field(pool, "updated")),
-    ]);
+    ];
     if pool.get("aws_external_id").is_some_and(Value::is_string) {
         // The value the role's trust policy must require (docs/providers/aws-lambda.md).
-        text.push('\n');
-        text.push_str(&key_values(&[(
-            "aws_external_id",
-            field(pool, "aws_external_id"),
-        )]));
+        pairs.push(("aws_external_id", field(pool, "aws_external_id")));
     }
+    let mut text = key_values(&pairs);
     if let Some(template) = pool.get("base_job_template").filter(|t| !t.is_null()) {
         text.push_str("\nbase_job_template:\n");
         text.push_str(&pretty(template));

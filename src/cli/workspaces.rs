@@ -33,15 +33,17 @@ pub enum WorkspaceCommand {
     /// Grant a workspace a cloud-identity power (instance administrators): `ambient-aws`,
     /// `ambient-gcp`, `host-credential-files` or `custom-endpoints`.
     Grant {
-        /// Workspace name.
-        workspace: String,
+        /// Workspace name (not `workspace`: that id is the global `--workspace` option's).
+        #[arg(value_name = "WORKSPACE")]
+        name: String,
         /// The grant.
         grant: String,
     },
     /// Take a cloud-identity grant from a workspace (instance administrators).
     Revoke {
         /// Workspace name.
-        workspace: String,
+        #[arg(value_name = "WORKSPACE")]
+        name: String,
         /// The grant.
         grant: String,
     },
@@ -88,12 +90,12 @@ pub(super) async fn workspace(
                 .unwrap_or(&name);
             save_owner_key(out, key_home, ws_name, secret);
         }
-        WorkspaceCommand::Grant { workspace, grant } => {
+        WorkspaceCommand::Grant { name, grant } => {
             send_and_show(
                 api,
                 out,
                 Method::PUT,
-                api.url(&["grants", &workspace, &grant]),
+                api.url(&["grants", &name, &grant]),
                 None,
                 |g| {
                     key_values(&[
@@ -107,14 +109,14 @@ pub(super) async fn workspace(
             )
             .await?;
         }
-        WorkspaceCommand::Revoke { workspace, grant } => {
+        WorkspaceCommand::Revoke { name, grant } => {
             send_and_show(
                 api,
                 out,
                 Method::DELETE,
-                api.url(&["grants", &workspace, &grant]),
+                api.url(&["grants", &name, &grant]),
                 None,
-                |_| format!("Revoked `{grant}` from workspace `{workspace}`."),
+                |_| format!("Revoked `{grant}` from workspace `{name}`."),
             )
             .await?;
         }
