@@ -103,6 +103,15 @@ enum Command {
         process_pools: ProcessPoolsArg,
         #[command(flatten)]
         sandbox: SandboxArgs,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
+        allowed_endpoints: Vec<String>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -141,6 +150,15 @@ enum Command {
         process_pools: ProcessPoolsArg,
         #[command(flatten)]
         sandbox: SandboxArgs,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
+        allowed_endpoints: Vec<String>,
     },
     /// The API alone.
     Api {
@@ -159,6 +177,15 @@ enum Command {
         secret_key_file: Option<PathBuf>,
         #[command(flatten)]
         process_pools: ProcessPoolsArg,
+        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+        /// endpoints need the workspace's `custom-endpoints` grant.
+        #[arg(
+            long = "allowed-endpoint",
+            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+            value_delimiter = ','
+        )]
+        allowed_endpoints: Vec<String>,
     },
     /// Secrets at rest: re-encrypt the store's secrets (see docs/security.md).
     Secrets {
@@ -395,6 +422,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             secret_key_file,
             process_pools,
             sandbox,
+            allowed_endpoints,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -433,6 +461,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                     process_pools: process_pools.process_pools,
                     process_sandbox: sandbox.sandbox(),
+                    allowed_endpoints,
                 },
                 shutdown_signal(),
             )
@@ -449,6 +478,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             secret_key_file,
             process_pools,
             sandbox,
+            allowed_endpoints,
         } => {
             let key = optional_secret_key(home.clone(), secret_key_file)?;
             connect_and_serve(
@@ -464,6 +494,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                     process_pools: process_pools.process_pools,
                     process_sandbox: sandbox.sandbox(),
+                    allowed_endpoints,
                     ..ServeOptions::default()
                 },
                 key,
@@ -476,6 +507,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             home,
             secret_key_file,
             process_pools,
+            allowed_endpoints,
         } => {
             let key = optional_secret_key(home, secret_key_file)?;
             connect_and_serve(
@@ -483,6 +515,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     database_url,
                     listen: Some(listen),
                     process_pools: process_pools.process_pools,
+                    allowed_endpoints,
                     ..ServeOptions::default()
                 },
                 key,

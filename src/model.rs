@@ -69,6 +69,11 @@ pub struct WorkPool {
     /// restricted by it.
     #[serde(default)]
     pub overridable_variables: Option<Vec<String>>,
+    /// `aws-lambda:push` pools: the `ExternalId` every `AssumeRole` of this workspace's jobs
+    /// passes (`pushpool-<workspace id>`); require it in the role's trust policy. Shown, never
+    /// stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_external_id: Option<String>,
 }
 
 /// A queue inside a pool; every pool has `default`. Lower priority numbers are claimed first.

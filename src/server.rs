@@ -11,6 +11,7 @@ use crate::controller::{Context, Controller, ControllerConfig};
 use crate::execution::{
     configure_sandbox, ProcessGate, ProcessPools, ProcessSandbox, BOOTSTRAP_WORKSPACE_SETTING,
 };
+use crate::identity::AllowedEndpoints;
 use crate::metrics::Metrics;
 use crate::store::{NewApiKey, Store, StoreError, WorkspaceOwner};
 
@@ -65,6 +66,10 @@ pub struct ServeOptions {
     pub process_pools: ProcessPools,
     /// How the `process` provider sandboxes its jobs (`--process-sandbox`, `--runs-dir`).
     pub process_sandbox: ProcessSandbox,
+    /// Endpoint URL prefixes every workspace's pools may use as `endpoint_url`
+    /// (`--allowed-endpoint`, e.g. `http://127.0.0.1` for emulators); other custom endpoints
+    /// need the workspace's `custom-endpoints` grant.
+    pub allowed_endpoints: Vec<String>,
 }
 
 /// The paths no process job may reach: the data directory and, for a SQLite store, its files.
@@ -134,6 +139,13 @@ pub async fn bootstrap(store: &Store, home: &Path) -> Result<Option<String>, Ser
     store
         .set_setting(BOOTSTRAP_WORKSPACE_SETTING, &workspace.id.to_string())
         .await?;
+    // The administrator's home workspace keeps today's single-tenant behaviour: it holds every
+    // cloud-identity grant (revocable like any other; docs/security.md, "Cloud identity").
+    for grant in crate::identity::WorkspaceGrant::ALL {
+        store
+            .grant_workspace(workspace.id, grant, "bootstrap")
+            .await?;
+    }
     use std::io::Write as _;
     file.write_all(key.key.expose().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
@@ -285,6 +297,7 @@ pub async fn serve(
         let mut config = ControllerConfig {
             api_url: api_url.clone(),
             process_pools: options.process_pools,
+            allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
             ..ControllerConfig::default()
         };
         if let Some(id) = &options.controller_id {
@@ -320,6 +333,7 @@ pub async fn serve(
             metrics: metrics.clone(),
             api_url: api_url.clone(),
             process_gate: gate.clone(),
+            allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");

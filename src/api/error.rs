@@ -173,6 +173,10 @@ impl From<StoreError> for ApiError {
 /// the field, in the job module's one wording.
 impl From<crate::job::JobError> for ApiError {
     fn from(e: crate::job::JobError) -> Self {
+        if let crate::job::JobError::NotGranted(_) = &e {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+                .field(e.field());
+        }
         ApiError::unprocessable(&e.field(), e.to_string())
     }
 }

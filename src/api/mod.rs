@@ -51,6 +51,8 @@ pub struct AppState {
     pub api_url: String,
     /// Which workspaces may have `process` pools (`--process-pools`).
     pub process_gate: crate::execution::ProcessGate,
+    /// Endpoint URL prefixes every workspace's pools may use (`--allowed-endpoint`).
+    pub allowed_endpoints: crate::identity::AllowedEndpoints,
 }
 
 async fn not_found(req: Request) -> Response {

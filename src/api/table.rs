@@ -28,6 +28,8 @@ pub enum Method {
     Get,
     /// POST.
     Post,
+    /// PUT.
+    Put,
     /// PATCH.
     Patch,
     /// DELETE.
@@ -36,13 +38,20 @@ pub enum Method {
 
 impl Method {
     /// Every method a route may have.
-    pub const ALL: [Method; 4] = [Method::Get, Method::Post, Method::Patch, Method::Delete];
+    pub const ALL: [Method; 5] = [
+        Method::Get,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+    ];
 
     /// Lowercase, as OpenAPI writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "get",
             Method::Post => "post",
+            Method::Put => "put",
             Method::Patch => "patch",
             Method::Delete => "delete",
         }
@@ -53,6 +62,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -63,6 +73,7 @@ impl Method {
         match *method {
             axum::http::Method::GET | axum::http::Method::HEAD => Some(Method::Get),
             axum::http::Method::POST => Some(Method::Post),
+            axum::http::Method::PUT => Some(Method::Put),
             axum::http::Method::PATCH => Some(Method::Patch),
             axum::http::Method::DELETE => Some(Method::Delete),
             _ => None,
@@ -73,6 +84,7 @@ impl Method {
         match self {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
             Method::Patch => MethodFilter::PATCH,
             Method::Delete => MethodFilter::DELETE,
         }
@@ -179,6 +191,10 @@ impl Route {
     /// A POST route.
     pub const fn post(path: &'static str, handler: HandlerFn) -> Route {
         Route::new(Method::Post, path, handler)
+    }
+    /// A PUT route.
+    pub const fn put(path: &'static str, handler: HandlerFn) -> Route {
+        Route::new(Method::Put, path, handler)
     }
     /// A PATCH route.
     pub const fn patch(path: &'static str, handler: HandlerFn) -> Route {

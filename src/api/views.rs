@@ -12,6 +12,11 @@ use crate::redact;
 pub(crate) fn pool_out(pool: &WorkPool) -> WorkPool {
     let mut out = pool.clone();
     redact::mask_template(&mut out.base_job_template);
+    if pool.pool_type == "aws-lambda:push" {
+        out.aws_external_id = Some(pushpool_provider::workspace_external_id(
+            &pool.workspace_id.to_string(),
+        ));
+    }
     out
 }
 

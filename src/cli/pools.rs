@@ -224,7 +224,7 @@ fn overridable(pool: &Value) -> String {
 }
 
 fn pool_details(pool: &Value) -> String {
-    let mut text = key_values(&[
+    let mut pairs = vec![
         ("name", field(pool, "name")),
         ("id", field(pool, "id")),
         ("type", field(pool, "type")),
@@ -234,7 +234,12 @@ fn pool_details(pool: &Value) -> String {
         ("overridable_variables", overridable(pool)),
         ("created", time_field(pool, "created")),
         ("updated", time_field(pool, "updated")),
-    ]);
+    ];
+    if pool.get("aws_external_id").is_some_and(Value::is_string) {
+        // The value the role's trust policy must require (docs/providers/aws-lambda.md).
+        pairs.push(("aws_external_id", field(pool, "aws_external_id")));
+    }
+    let mut text = key_values(&pairs);
     if let Some(template) = pool.get("base_job_template").filter(|t| !t.is_null()) {
         text.push_str("\nbase_job_template:\n");
         text.push_str(&pretty(template));

@@ -424,3 +424,25 @@ fn pool_overridable_variables_flags_parse() {
         assert!(parse(clash).is_err(), "{clash:?}");
     }
 }
+
+/// `workspace grant TEAM GRANT` names the target workspace, not the one the CLI acts in: the
+/// administrator's key of `default` must be used (a positional named `workspace` shared the
+/// global `--workspace` option's id and switched the CLI to `keys/TEAM.key`).
+#[test]
+fn workspace_grant_names_its_target_without_switching_workspace() {
+    let cli =
+        TestCli::try_parse_from(["pushpool", "workspace", "grant", "team", "ambient-aws"]).unwrap();
+    assert_eq!(cli.client.workspace, "default");
+    match cli.command {
+        TestCommand::Client(ClientCommand::Workspace(w)) => match w.command {
+            WorkspaceCommand::Grant { name, grant } => {
+                assert_eq!((name.as_str(), grant.as_str()), ("team", "ambient-aws"));
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let cli = TestCli::try_parse_from(["pushpool", "workspace", "revoke", "team", "ambient-aws"])
+        .unwrap();
+    assert_eq!(cli.client.workspace, "default");
+}

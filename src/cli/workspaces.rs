@@ -30,6 +30,25 @@ pub enum WorkspaceCommand {
     /// List the workspaces the API key's principal belongs to, with its role (`*`: the key's own).
     #[command(visible_alias = "list")]
     Ls,
+    /// Grant a workspace a cloud-identity power (instance administrators): `ambient-aws`,
+    /// `ambient-gcp`, `host-credential-files` or `custom-endpoints`.
+    Grant {
+        /// Workspace name (not `workspace`: that id is the global `--workspace` option's).
+        #[arg(value_name = "WORKSPACE")]
+        name: String,
+        /// The grant.
+        grant: String,
+    },
+    /// Take a cloud-identity grant from a workspace (instance administrators).
+    Revoke {
+        /// Workspace name.
+        #[arg(value_name = "WORKSPACE")]
+        name: String,
+        /// The grant.
+        grant: String,
+    },
+    /// Every workspace's cloud-identity grants (instance administrators).
+    Grants,
 }
 
 pub(super) async fn workspace(
@@ -70,6 +89,53 @@ pub(super) async fn workspace(
                 .and_then(Value::as_str)
                 .unwrap_or(&name);
             save_owner_key(out, key_home, ws_name, secret);
+        }
+        WorkspaceCommand::Grant { name, grant } => {
+            send_and_show(
+                api,
+                out,
+                Method::PUT,
+                api.url(&["grants", &name, &grant]),
+                None,
+                |g| {
+                    key_values(&[
+                        ("workspace", field(g, "workspace")),
+                        ("grant", field(g, "grant")),
+                        ("allows", field(g, "description")),
+                        ("granted by", field(g, "granted_by")),
+                        ("granted at", time_field(g, "granted_at")),
+                    ])
+                },
+            )
+            .await?;
+        }
+        WorkspaceCommand::Revoke { name, grant } => {
+            send_and_show(
+                api,
+                out,
+                Method::DELETE,
+                api.url(&["grants", &name, &grant]),
+                None,
+                |_| format!("Revoked `{grant}` from workspace `{name}`."),
+            )
+            .await?;
+        }
+        WorkspaceCommand::Grants => {
+            get_and_show(api, out, api.url(&["grants"]), |v| {
+                list_table(
+                    v,
+                    &["WORKSPACE", "GRANT", "GRANTED BY", "GRANTED AT"],
+                    |g| {
+                        vec![
+                            field(g, "workspace"),
+                            field(g, "grant"),
+                            field(g, "granted_by"),
+                            time_field(g, "granted_at"),
+                        ]
+                    },
+                )
+            })
+            .await?;
         }
         WorkspaceCommand::Ls => {
             get_and_show(api, out, api.url(&["workspaces"]), |v| {

@@ -17,6 +17,7 @@ use super::store_plane::StorePlane;
 use super::ControllerConfig;
 use crate::auth::RunTokens;
 use crate::execution::{ProcessGate, ProcessPools, PROCESS_POOL_TYPE};
+use crate::identity::Grants;
 use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, FlowRun, WorkPool};
@@ -45,6 +46,7 @@ pub struct Context {
     templates: TtlCache<(Uuid, i64), Arc<BaseJobTemplate>>,
     pools: TtlCache<Uuid, WorkPool>,
     deployments: TtlCache<Uuid, Deployment>,
+    grants: TtlCache<Uuid, (String, Grants)>,
     buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
     /// The store, when the plane is pushpool's own (for [`ProcessGate`] lookups).
     store: Option<Store>,
@@ -86,6 +88,7 @@ impl Context {
             templates: TtlCache::new(TEMPLATE_CACHE_TTL),
             pools: TtlCache::new(OBJECT_CACHE_TTL),
             deployments: TtlCache::new(OBJECT_CACHE_TTL),
+            grants: TtlCache::new(OBJECT_CACHE_TTL),
             buckets: Mutex::new(HashMap::new()),
             store: None,
             gate,
@@ -151,7 +154,11 @@ impl Context {
             }
             other => other?,
         };
-        Ok(self.build(run, &pool, &deployment).await)
+        let grants = self
+            .grants
+            .get_or_fetch(run.workspace_id, plane.workspace_grants(run))
+            .await?;
+        Ok(self.build(run, &pool, &deployment, &grants).await)
     }
 
     async fn build(
@@ -159,24 +166,37 @@ impl Context {
         run: &FlowRun,
         pool: &WorkPool,
         deployment: &Deployment,
+        (workspace, grants): &(String, Grants),
     ) -> Result<PreparedJob, JobError> {
         let provider = job::provider_for(&self.registry, &pool.pool_type)?;
         let token = self.tokens.issue(run.id, run.attempt);
-        // Parsing (cached per pool version), rendering and the provider's check run off the
-        // async runtime, within the time budget (issue 19 item 6).
+        // Parsing (cached per pool version), rendering, the workspace's grants and the
+        // provider's check run off the async runtime, within the time budget (issue 19 item 6).
         let key = (pool.id, pool.updated.timestamp_micros());
         let cached: Option<Arc<BaseJobTemplate>> = self.templates.get(&key);
         let miss = cached.is_none();
         let (template, job) = {
             let (provider, pool, deployment) = (provider.clone(), pool.clone(), deployment.clone());
             let (run, api_url, token) = (run.clone(), self.config.api_url.clone(), token.clone());
+            let (workspace, grants) = (workspace.clone(), grants.clone());
+            let endpoints = self.config.allowed_endpoints.clone();
             job::bounded(move || {
                 let template = match cached {
                     Some(t) => t,
                     None => Arc::new(job::parse_template(&pool)?),
                 };
                 let facts = RunFacts::of_run(&run, &api_url, &token);
-                let job = job::prepare(&template, provider.as_ref(), &pool, &deployment, &facts)?;
+                let rendered = job::render(&template, &pool, &deployment, &facts)?;
+                // Pools stored before the grants existed are held to them here, at every
+                // submission.
+                job::check_identity(
+                    provider.as_ref(),
+                    &rendered,
+                    &workspace,
+                    &grants,
+                    &endpoints,
+                )?;
+                let job = job::validate_in(provider.as_ref(), &rendered, run.workspace_id)?;
                 Ok::<_, JobError>((template, job))
             })
             .await??

@@ -105,6 +105,7 @@ impl MemoryPlane {
             updated: now,
             submit_rate: None,
             overridable_variables: None,
+            aws_external_id: None,
         };
         self.lock().pools.insert(pool.id, pool.clone());
         pool
@@ -470,6 +471,17 @@ impl ControlPlane for MemoryPlane {
     async fn deployment_of(&self, run: &FlowRun) -> PlaneResult<Deployment> {
         let deployment = self.lock().deployments.get(&run.deployment_id).cloned();
         deployment.ok_or_else(|| not_found("deployment", run.deployment_id))
+    }
+
+    /// The memory plane's one workspace holds every grant.
+    async fn workspace_grants(
+        &self,
+        _run: &FlowRun,
+    ) -> PlaneResult<(String, crate::identity::Grants)> {
+        Ok((
+            "default".into(),
+            crate::identity::WorkspaceGrant::ALL.into_iter().collect(),
+        ))
     }
 
     fn changes(&self) -> Arc<Notify> {

@@ -84,6 +84,8 @@ pub struct ControllerConfig {
     /// Which workspaces may run `process` pools (`--process-pools`); a run of a pool this
     /// refuses ends CRASHED at submit.
     pub process_pools: crate::execution::ProcessPools,
+    /// Endpoint URL prefixes every workspace's jobs may use (`--allowed-endpoint`).
+    pub allowed_endpoints: crate::identity::AllowedEndpoints,
 }
 
 impl Default for ControllerConfig {
@@ -105,6 +107,7 @@ impl Default for ControllerConfig {
             heartbeat_silence: Duration::from_secs(600),
             shutdown_drain: Duration::from_secs(20),
             process_pools: crate::execution::ProcessPools::default(),
+            allowed_endpoints: Default::default(),
         }
     }
 }

@@ -41,6 +41,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::identity::Grants;
 use crate::model::{Deployment, FlowRun, Micros, WorkPool};
 use crate::state::{Proposal, StateType};
 use crate::store::{TransitionOutcome, WorkspaceQuota};
@@ -181,6 +182,10 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// The run's deployment.
     async fn deployment_of(&self, run: &FlowRun) -> PlaneResult<Deployment>;
+
+    /// The name of the run's workspace and the cloud-identity grants it holds (checked before
+    /// every submission; docs/security.md, "Cloud identity").
+    async fn workspace_grants(&self, run: &FlowRun) -> PlaneResult<(String, Grants)>;
 
     /// Notified when runs may have changed (new due runs, cancellations); missed notifications
     /// are covered by the controller's periodic look.

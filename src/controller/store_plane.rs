@@ -183,6 +183,17 @@ impl ControlPlane for StorePlane {
         Ok(self.store.deployment(run.workspace_id, &id).await?)
     }
 
+    async fn workspace_grants(
+        &self,
+        run: &FlowRun,
+    ) -> PlaneResult<(String, crate::identity::Grants)> {
+        let ws = self.store.workspace_by_id(run.workspace_id).await?;
+        Ok((
+            ws.name,
+            self.store.workspace_grants(run.workspace_id).await?,
+        ))
+    }
+
     fn changes(&self) -> Arc<Notify> {
         // PostgreSQL: one LISTEN connection per plane turns other processes' changes into
         // wake-ups (SQLite has one process; its writes notify directly).

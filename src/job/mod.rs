@@ -223,6 +223,40 @@ pub fn validate(provider: &dyn DynProvider, rendered: &Value) -> Result<Validate
     })
 }
 
+/// The provider's check of a rendered job configuration for a job of workspace `workspace_id`
+/// (what is submitted: e.g. an assumed role gets the workspace's `ExternalId`).
+pub fn validate_in(
+    provider: &dyn DynProvider,
+    rendered: &Value,
+    workspace_id: Uuid,
+) -> Result<ValidatedJob, JobError> {
+    let pool_type = provider.pool_type().to_string();
+    provider
+        .validate_in(rendered, &workspace_id.to_string())
+        .map_err(|e| match e {
+            ProviderError::InvalidConfig { field, message } => JobError::Refused {
+                pool_type,
+                field,
+                message,
+            },
+            source => JobError::Provider { pool_type, source },
+        })
+}
+
+/// Holds a rendered job configuration to what its workspace is granted: the controller's ambient
+/// cloud identity, credential files on its disk, custom endpoints (docs/security.md, "Cloud
+/// identity").
+pub fn check_identity(
+    provider: &dyn DynProvider,
+    rendered: &Value,
+    workspace: &str,
+    grants: &crate::identity::Grants,
+    endpoints: &crate::identity::AllowedEndpoints,
+) -> Result<(), JobError> {
+    crate::identity::check(&provider.needs(rendered), workspace, grants, endpoints)
+        .map_err(JobError::NotGranted)
+}
+
 /// Renders and validates: the job a provider can submit.
 pub fn prepare(
     template: &BaseJobTemplate,
@@ -279,6 +313,8 @@ pub enum JobError {
     },
     /// Checking or rendering took longer than [`TIME_BUDGET`].
     OverBudget,
+    /// The job relies on a cloud identity, file or endpoint its workspace is not granted.
+    NotGranted(crate::identity::Refusal),
     /// The provider's check failed in another way.
     Provider {
         /// The pool type.
@@ -320,6 +356,7 @@ impl JobError {
             JobError::Refused { field, .. } if !field.is_empty() => {
                 format!("job_configuration.{field}")
             }
+            JobError::NotGranted(r) => format!("job_configuration.{}", r.field),
             JobError::Refused { .. } | JobError::Provider { .. } => "job_configuration".into(),
         }
     }
@@ -335,6 +372,7 @@ impl JobError {
             JobError::OverBudget => "time_budget",
             JobError::NoProvider { .. } => "unknown_pool_type",
             JobError::Refused { .. } => "provider_config",
+            JobError::NotGranted(_) => "not_granted",
             JobError::Provider { .. } => "provider",
         }
     }
@@ -370,6 +408,12 @@ impl fmt::Display for JobError {
             JobError::Provider { pool_type, source } => {
                 write!(f, "the `{pool_type}` provider refused the job: {source}")
             }
+            JobError::NotGranted(r) => write!(
+                f,
+                "not allowed in this workspace: `{}` {}",
+                self.field(),
+                r.message
+            ),
         }
     }
 }

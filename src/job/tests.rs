@@ -30,6 +30,7 @@ fn pool(template: Value) -> WorkPool {
         updated: Utc::now(),
         submit_rate: None,
         overridable_variables: None,
+        aws_external_id: None,
     }
 }
 

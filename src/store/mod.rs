@@ -6,6 +6,7 @@
 
 mod access;
 pub mod crypto;
+mod grants;
 mod objects;
 mod runs;
 mod sql;
@@ -22,6 +23,7 @@ pub use access::{
     Principal, PrincipalKind, ServiceAccount, StoredApiKey, WorkspaceOwner,
 };
 pub use crypto::SecretKey;
+pub use grants::GrantRecord;
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,

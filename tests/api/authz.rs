@@ -45,6 +45,9 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
     ("post", "/api/users", Admin),
     ("get", "/api/users", Admin),
     ("get", "/api/audit_log", Admin),
+    ("get", "/api/grants", Admin),
+    ("put", "/api/grants/{workspace}/{grant}", Admin),
+    ("delete", "/api/grants/{workspace}/{grant}", Admin),
     (
         "post",
         "/api/workspaces/{ws}/work_pools",
@@ -455,7 +458,19 @@ impl Env {
                 Some(json!({"name": uniq("matrix-u")})),
                 201,
             ),
-            ("get", "/api/users" | "/api/audit_log") => ok(template.into(), None, 200),
+            ("get", "/api/users" | "/api/audit_log" | "/api/grants") => {
+                ok(template.into(), None, 200)
+            }
+            ("put", "/api/grants/{workspace}/{grant}") => ok(
+                format!("/api/grants/{}/custom-endpoints", ws.name),
+                None,
+                200,
+            ),
+            ("delete", "/api/grants/{workspace}/{grant}") => ok(
+                format!("/api/grants/{}/custom-endpoints", ws.name),
+                None,
+                204,
+            ),
             ("post", "/work_pools") => ok(
                 format!("{w}/work_pools"),
                 Some(json!({"name": uniq("matrix-p"), "type": "process"})),

@@ -430,7 +430,7 @@ async fn rendered_job(store: &pushpool::store::Store, deployment: &str, run_id: 
 }
 
 /// Issue 19 item 9: provider credentials (a Cloud Run service-account key in a pool template's
-/// defaults, an AWS external id in deployment and run variables, a variable the pool's schema
+/// defaults, an API token in deployment and run variables, a variable the pool's schema
 /// marks `writeOnly`) and the run-token secret are stored encrypted: the raw rows hold neither
 /// them nor their base64, while the API and the jobs still get the real values. A wrong key is
 /// a clear error naming the key's source; rotation re-encrypts everything under a new key.
@@ -479,7 +479,7 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
     .await;
     assert_eq!(s, 201, "{b}");
 
-    // AWS pool with a schema-secret variable; the external id in deployment and run variables.
+    // AWS pool with a schema-secret variable; an API token in deployment and run variables.
     let (s, pool) = call(
         &served,
         "POST",
@@ -491,7 +491,10 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
     assert_eq!(s, 201, "{pool}");
     let mut template = pool["base_job_template"].clone();
     template["variables"]["properties"]["vault"] = json!({"type": "string", "writeOnly": true});
-    template["job_configuration"]["env"] = json!({"VAULT": "{{ vault }}"});
+    // `api_token` is secret by its name (a template may no longer carry an AWS external id).
+    template["variables"]["properties"]["api_token"] = json!({"type": "string"});
+    template["job_configuration"]["env"] =
+        json!({"VAULT": "{{ vault }}", "API_TOKEN": "{{ api_token }}"});
     let (s, b) = call(
         &served,
         "PATCH",
@@ -501,7 +504,6 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    let creds = |id: &str| json!({"role_arn": "arn:aws:iam::1:role/r", "external_id": id});
     let (s, b) = call(
         &served,
         "POST",
@@ -510,7 +512,7 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
         Some(json!({
             "name": "aws-job", "work_pool": "aws",
             "job_variables": {"function_name": "etl", "region": "us-east-1",
-                              "credentials": creds(external_id), "vault": vault}
+                              "api_token": external_id, "vault": vault}
         })),
     )
     .await;
@@ -520,7 +522,7 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
         "POST",
         "/deployments/aws-job/runs",
         &owner,
-        Some(json!({"job_variables": {"credentials": creds(run_external_id)}})),
+        Some(json!({"job_variables": {"api_token": run_external_id}})),
     )
     .await;
     assert_eq!(s, 201, "{aws_run}");
@@ -558,10 +560,7 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
     // The API works as before: masked answers, previews render.
     let (s, d) = call(&served, "GET", "/deployments/aws-job", &owner, None).await;
     assert_eq!(s, 200, "{d}");
-    assert_eq!(
-        d["job_variables"]["credentials"]["external_id"],
-        pushpool::redact::MASK
-    );
+    assert_eq!(d["job_variables"]["api_token"], pushpool::redact::MASK);
     let (s, p) = call(
         &served,
         "POST",
@@ -578,10 +577,7 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
         "{gcp_job}"
     );
     let aws_job = rendered_job(&served.store, "aws-job", &aws_run).await;
-    assert_eq!(
-        aws_job["credentials"]["external_id"], run_external_id,
-        "{aws_job}"
-    );
+    assert_eq!(aws_job["env"]["API_TOKEN"], run_external_id, "{aws_job}");
     assert_eq!(aws_job["env"]["VAULT"], vault, "{aws_job}");
 
     // A ciphertext copied into another row does not decrypt there (the row is associated data).
@@ -684,10 +680,10 @@ async fn secrets_are_encrypted_at_rest_and_read_back_whole(db: TestDb) {
         private_key
     );
     let aws_job = rendered_job(&rotated, "aws-job", &aws_run).await;
-    assert_eq!(aws_job["credentials"]["external_id"], run_external_id);
+    assert_eq!(aws_job["env"]["API_TOKEN"], run_external_id);
     assert_eq!(aws_job["env"]["VAULT"], vault);
     let d = rotated.deployment(ws, "aws-job").await.unwrap();
-    assert_eq!(d.job_variables["credentials"]["external_id"], external_id);
+    assert_eq!(d.job_variables["api_token"], external_id);
     rotated.close().await;
 }
 

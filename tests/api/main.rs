@@ -9,6 +9,7 @@ mod escalation;
 mod escalation_model;
 mod fuzz;
 mod hardening;
+mod identity;
 mod openapi;
 mod openapi_valid;
 mod overrides;

@@ -266,7 +266,7 @@ async fn moto_role_to_assume_is_used_for_the_invocation() {
         &fake.url,
         &function,
         json!({"credentials": {"role_arn": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test"),
-                               "role_session_name": "pushpool-test", "external_id": "ext-123"}}),
+                               "role_session_name": "pushpool-test"}}),
     )
     .await;
     let id = app.run("job").await;
@@ -278,6 +278,21 @@ async fn moto_role_to_assume_is_used_for_the_invocation() {
     let key = calls[0].access_key_id.clone().unwrap();
     assert_ne!(key, "testing");
     assert!(key.starts_with("ASIA"), "{key}");
+    // The AssumeRole carried the workspace's ExternalId, the one the pool view shows.
+    let (_, pool) = app.get("/work_pools/lambda").await;
+    let external_id = pool["aws_external_id"].as_str().unwrap().to_string();
+    assert!(external_id.starts_with("pushpool-"), "{pool}");
+    let assume: Vec<String> = fake
+        .forwarded_bodies()
+        .into_iter()
+        .filter(|b| b.contains("Action=AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1, "{assume:?}");
+    assert!(
+        assume[0].contains(&format!("ExternalId={external_id}")),
+        "{}",
+        assume[0]
+    );
     app.stop().await;
 }
 
@@ -794,5 +809,183 @@ async fn fake_slow_function_controller_killed_mid_invocation_is_never_invoked_tw
     assert_eq!(infra(&run), infra(&running));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.invocations("long").len(), 1, "invoked twice");
+    app.stop().await;
+}
+
+/// Issue 18, part 3, in a workspace other than the administrator's: without a grant a pool
+/// without a role is refused; with a role the AssumeRole carries that workspace's ExternalId;
+/// with the `ambient-aws` grant the controller's own credentials work as before. The emulator's
+/// loopback endpoint is given through an explicit `custom-endpoints` grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_other_workspace_needs_a_role_or_the_ambient_grant() {
+    let Some(moto) = moto_url() else { return };
+    let fake = LambdaFake::start(Some(moto.clone())).await;
+    let function = unique("tenant");
+    create_function(&moto, &function).await;
+    let app = spawn_app().await;
+    let client = http();
+    let call = |method: &str, path: String, key: String, body: Option<Value>| {
+        let client = client.clone();
+        let url = format!("{}{path}", app.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        async move {
+            let mut r = client.request(method, url).bearer_auth(key);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let admin = app.key.clone();
+    let (s, ws) = call(
+        "POST",
+        "/api/workspaces".into(),
+        admin.clone(),
+        Some(json!({"name": "tenant"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{ws}");
+    let key = ws["api_key"]["key"].as_str().unwrap().to_string();
+    let (s, b) = call(
+        "PUT",
+        "/api/grants/tenant/custom-endpoints".into(),
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let pool = |name: &str| json!({"name": name, "type": "aws-lambda:push"});
+    let vars = |credentials: Value| {
+        json!({"function_name": function, "endpoint_url": fake.url, "region": REGION,
+               "max_attempts": 1, "timeout_seconds": 10, "watchdog_grace_seconds": 1,
+               "credentials": credentials})
+    };
+    let w = "/api/workspaces/tenant";
+    // The default template names no role: the controller's own identity, not granted.
+    let (s, b) = call(
+        "POST",
+        format!("{w}/work_pools"),
+        key.clone(),
+        Some(pool("ambient")),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("ambient-aws"),
+        "{b}"
+    );
+    // With the grant: accepted, and a run with the environment's credentials completes.
+    let (s, b) = call(
+        "PUT",
+        "/api/grants/tenant/ambient-aws".into(),
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        "POST",
+        format!("{w}/work_pools"),
+        key.clone(),
+        Some(pool("lambda")),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let external_id = b["aws_external_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        external_id,
+        format!("pushpool-{}", ws["id"].as_str().unwrap())
+    );
+    let role = json!({"role_arn": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test")});
+    for (name, credentials) in [("ambient", json!({})), ("role", role)] {
+        let (s, b) = call(
+            "POST",
+            format!("{w}/deployments"),
+            key.clone(),
+            Some(json!({"name": name, "work_pool": "lambda", "job_variables": vars(credentials)})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, run) = call(
+            "POST",
+            format!("{w}/deployments/{name}/runs"),
+            key.clone(),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, 201, "{run}");
+        let id = run["id"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        let run = loop {
+            let (_, run) = call("GET", format!("{w}/flow_runs/{id}"), key.clone(), None).await;
+            if ["COMPLETED", "FAILED", "CRASHED"]
+                .contains(&run["state"]["type"].as_str().unwrap_or(""))
+            {
+                break run;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(state(&run).0, "COMPLETED", "{name}: {run}");
+    }
+    let calls = fake.invocations(&function);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        calls[0].access_key_id.as_deref(),
+        Some("testing"),
+        "ambient: the environment's key"
+    );
+    assert!(calls[1]
+        .access_key_id
+        .as_deref()
+        .unwrap()
+        .starts_with("ASIA"));
+    let assume: Vec<String> = fake
+        .forwarded_bodies()
+        .into_iter()
+        .filter(|b| b.contains("Action=AssumeRole"))
+        .collect();
+    assert_eq!(assume.len(), 1, "{assume:?}");
+    assert!(
+        assume[0].contains(&format!("ExternalId={external_id}")),
+        "{}",
+        assume[0]
+    );
+    // Revoked: the pool is refused at its next submission (the controller reads grants at most
+    // 2 s old).
+    let (s, _) = call(
+        "DELETE",
+        "/api/grants/tenant/ambient-aws".into(),
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, run) = call(
+        "POST",
+        format!("{w}/deployments/ambient/runs"),
+        key.clone(),
+        Some(json!({})),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    let run = loop {
+        let (_, run) = call("GET", format!("{w}/flow_runs/{id}"), key.clone(), None).await;
+        if run["state"]["type"] == "CRASHED" {
+            break run;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(state(&run).1.contains("ambient-aws"), "{run}");
+    assert_eq!(
+        fake.invocations(&function).len(),
+        2,
+        "nothing more was invoked"
+    );
     app.stop().await;
 }

@@ -323,7 +323,17 @@ async fn process_pools_admin_refuses_other_workspaces() {
     .await;
     assert_eq!(s, 403, "{b}");
     assert!(b.to_string().contains("--process-pools admin"), "{b}");
-    // Other pool types are not concerned; the bootstrap workspace keeps its process pools.
+    // Other pool types are not concerned (given the cloud grant they need of their own: see
+    // tests/api/identity.rs); the bootstrap workspace keeps its process pools.
+    let other_id = store.workspace("other").await.unwrap().id;
+    store
+        .grant_workspace(
+            other_id,
+            pushpool::identity::WorkspaceGrant::AmbientAws,
+            "test",
+        )
+        .await
+        .unwrap();
     let (s, b) = post(
         &server,
         &key,

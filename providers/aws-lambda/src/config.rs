@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use pushpool_provider::{bounded, ensure, non_blank, parse_config, ProviderError, Secret};
+use pushpool_provider::{
+    bounded, ensure, non_blank, parse_config, Cloud, Need, ProviderError, Secret,
+};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -56,7 +58,8 @@ pub struct CredentialsConfig {
     pub role_arn: Option<String>,
     /// Session name for the assumed role.
     pub role_session_name: Option<String>,
-    /// External id required by the role's trust policy (treated as a secret: never printed).
+    /// External id passed on `AssumeRole`: never from the job template, always the workspace's
+    /// ([`pushpool_provider::workspace_external_id`], set by [`LambdaJobConfig::in_workspace`]).
     pub external_id: Option<String>,
 }
 
@@ -130,6 +133,16 @@ impl LambdaJobConfig {
     /// How long after the submission a job with no word is declared crashed.
     pub fn watchdog_window(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds + self.watchdog_grace_seconds)
+    }
+
+    /// This configuration as submitted for workspace `workspace_id`: an assumed role gets the
+    /// workspace's `ExternalId`.
+    pub fn in_workspace(mut self, workspace_id: &str) -> Self {
+        if self.credentials.role_arn.is_some() {
+            self.credentials.external_id =
+                Some(pushpool_provider::workspace_external_id(workspace_id));
+        }
+        self
     }
 
     /// Checks a rendered job configuration and turns it into a [`LambdaJobConfig`]; pure, no I/O.
@@ -267,6 +280,38 @@ pub fn default_payload() -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// What a rendered (possibly defaults-only) job configuration relies on: the controller's own
+/// AWS identity when it names no role to assume, the controller's shared config files for a
+/// profile, a custom endpoint. Lenient: reads only `credentials` and `endpoint_url`.
+pub fn needs(rendered: &Value) -> Vec<Need> {
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let credentials = rendered.get("credentials");
+    let mut out = vec![];
+    if text(credentials.and_then(|c| c.get("profile_name"))).is_some() {
+        out.push(Need::HostFile {
+            field: "credentials.profile_name".into(),
+        });
+    } else if text(credentials.and_then(|c| c.get("role_arn"))).is_none() {
+        out.push(Need::AmbientIdentity {
+            cloud: Cloud::Aws,
+            field: "credentials".into(),
+            how_to_fix: "give the pool a role to assume: {\"role_arn\": \"arn:aws:iam::<account>:role/<name>\"} as the default of the `credentials` variable (or in each deployment's job variables), whose trust policy admits the controller's identity with the workspace's ExternalId",
+        });
+    }
+    if let Some(url) = text(rendered.get("endpoint_url")) {
+        out.push(Need::Endpoint {
+            field: "endpoint_url".into(),
+            url,
+        });
+    }
+    out
+}
+
 fn check_url(url: Option<&str>, field: &str) -> Result<(), ProviderError> {
     let Some(url) = url else { return Ok(()) };
     let rest = url
@@ -294,11 +339,17 @@ fn credentials(fields: CredentialFields) -> Result<CredentialsConfig, ProviderEr
             "static keys are not accepted in a job template (it is readable by every user of the pool); give the controller credentials through its environment, a profile or a role",
         ));
     }
+    // A tenant choosing the ExternalId could name another workspace's and assume its role.
+    ensure(
+        non_blank(fields.external_id).is_none(),
+        "credentials.external_id",
+        "is set by pushpool, not by the template: every AssumeRole passes the workspace's ExternalId `pushpool-<workspace id>` (shown as `aws_external_id` by `pushpool pool inspect`); remove it and require that value in the role's trust policy",
+    )?;
     let out = CredentialsConfig {
         profile_name: non_blank(fields.profile_name),
         role_arn: non_blank(fields.role_arn),
         role_session_name: non_blank(fields.role_session_name),
-        external_id: non_blank(fields.external_id),
+        external_id: None,
     };
     if let Some(arn) = &out.role_arn {
         ensure(
@@ -337,7 +388,7 @@ mod tests {
             "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5000",
             "result_queue_url": "http://127.0.0.1:5000/123456789012/q",
             "credentials": {"profile_name": "dev", "role_arn": "arn:aws:iam::123456789012:role/r",
-                            "external_id": "shh", "role_session_name": null},
+                            "role_session_name": null},
             "max_attempts": 1
         }))
         .unwrap();
@@ -346,6 +397,8 @@ mod tests {
         assert_eq!(cfg.watchdog_window(), Duration::from_secs(5));
         assert_eq!(cfg.credentials.profile_name.as_deref(), Some("dev"));
         assert_eq!(cfg.max_attempts, 1);
+        let cfg = cfg.in_workspace("shh");
+        assert_eq!(cfg.credentials.external_id.as_deref(), Some("pushpool-shh"));
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("shh"), "{printed}");
     }
@@ -397,12 +450,43 @@ mod tests {
                 "credentials.role_arn",
             ),
             (json!({"function_name": "f", "fucntion": 1}), "fucntion"),
+            (
+                json!({"function_name": "f", "credentials": {"role_arn": "arn:aws:iam::1:role/r", "external_id": "other"}}),
+                "credentials.external_id",
+            ),
             (json!([]), ""),
         ];
         for (value, field) in cases {
             let (f, _) = field_of(LambdaJobConfig::from_rendered(&value).unwrap_err());
             assert_eq!(f, field, "for {value}");
         }
+    }
+
+    #[test]
+    fn needs_name_ambient_identity_profiles_and_endpoints() {
+        let role = json!({"credentials": {"role_arn": "arn:aws:iam::1:role/r"}});
+        assert!(needs(&role).is_empty());
+        assert!(matches!(
+            needs(&json!({"credentials": null}))[..],
+            [Need::AmbientIdentity {
+                cloud: Cloud::Aws,
+                ..
+            }]
+        ));
+        assert!(matches!(
+            needs(
+                &json!({"credentials": {"profile_name": "p", "role_arn": "arn:aws:iam::1:role/r"}})
+            )[..],
+            [Need::HostFile { .. }]
+        ));
+        let with_endpoint = json!({"credentials": {"role_arn": "arn:aws:iam::1:role/r"}, "endpoint_url": "http://127.0.0.1:1"});
+        assert_eq!(
+            needs(&with_endpoint),
+            vec![Need::Endpoint {
+                field: "endpoint_url".into(),
+                url: "http://127.0.0.1:1".into()
+            }]
+        );
     }
 
     #[test]

@@ -411,6 +411,19 @@ impl Provider for AwsLambdaProvider {
         LambdaJobConfig::from_rendered(rendered)
     }
 
+    /// Every assumed role gets the workspace's `ExternalId`.
+    fn validate_in(
+        &self,
+        rendered: &Value,
+        workspace_id: &str,
+    ) -> Result<LambdaJobConfig, ProviderError> {
+        Ok(LambdaJobConfig::from_rendered(rendered)?.in_workspace(workspace_id))
+    }
+
+    fn needs(&self, rendered: &Value) -> Vec<pushpool_provider::Need> {
+        config::needs(rendered)
+    }
+
     /// The role's external id, and static keys should someone put them in a template anyway
     /// (validation refuses them, but stored variables are still masked).
     fn secret_fields(&self) -> &'static [&'static str] {

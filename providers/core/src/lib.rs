@@ -295,6 +295,51 @@ pub enum Lookup {
     Unknown,
 }
 
+/// The AWS `ExternalId` pushpool passes on every `AssumeRole` made for a workspace's jobs:
+/// `pushpool-<workspace id>`. Stable for the workspace's life and never chosen by a tenant, so a
+/// role's trust policy that requires it admits only that workspace's pools (the confused-deputy
+/// guard of a shared controller identity).
+pub fn workspace_external_id(workspace_id: &str) -> String {
+    format!("pushpool-{workspace_id}")
+}
+
+/// A cloud whose ambient identity (the controller's own credentials) a job may rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cloud {
+    /// AWS: the controller's default credential chain (environment, instance role, …).
+    Aws,
+    /// Google Cloud: Application Default Credentials of the controller.
+    Gcp,
+}
+
+/// Something a rendered job configuration relies on beyond its own credentials; the core allows
+/// each only where the instance administrator granted it (docs/security.md, "Cloud identity").
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The controller's own identity of a cloud (no credentials of the job's own).
+    AmbientIdentity {
+        /// Which cloud.
+        cloud: Cloud,
+        /// The job configuration field that would name the job's own credentials.
+        field: String,
+        /// How the job could carry its own credentials instead.
+        how_to_fix: &'static str,
+    },
+    /// A credentials file or profile on the controller's disk.
+    HostFile {
+        /// The field naming it.
+        field: String,
+    },
+    /// A non-default API endpoint the provider sends its calls (and credentials) to.
+    Endpoint {
+        /// The field naming it.
+        field: String,
+        /// The URL.
+        url: String,
+    },
+}
+
 /// The contract a push-pool provider implements.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -309,6 +354,26 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Pure check of a rendered job configuration; no I/O.
     fn validate(&self, rendered: &Value) -> Result<Self::JobConfig, ProviderError>;
+
+    /// [`Provider::validate`] for a job of workspace `workspace_id` (what the controller
+    /// submits): providers whose calls depend on the workspace, like the `ExternalId` of an
+    /// `AssumeRole`, override it. Pure, no I/O.
+    fn validate_in(
+        &self,
+        rendered: &Value,
+        workspace_id: &str,
+    ) -> Result<Self::JobConfig, ProviderError> {
+        let _ = workspace_id;
+        self.validate(rendered)
+    }
+
+    /// What a rendered (possibly partial: only defaults) job configuration relies on beyond its
+    /// own credentials: the controller's ambient identity, files on its disk, custom endpoints.
+    /// Lenient: reads only the fields concerned, never fails.
+    fn needs(&self, rendered: &Value) -> Vec<Need> {
+        let _ = rendered;
+        vec![]
+    }
 
     /// Object keys that hold secrets in this provider's job variables and configuration, at any
     /// depth (e.g. `service_account_info`, `external_id`): API answers show their values masked.
@@ -382,6 +447,14 @@ pub trait DynProvider: Send + Sync {
     fn default_base_job_template(&self) -> Value;
     /// See [`Provider::validate`].
     fn validate(&self, rendered: &Value) -> Result<ValidatedJob, ProviderError>;
+    /// See [`Provider::validate_in`].
+    fn validate_in(
+        &self,
+        rendered: &Value,
+        workspace_id: &str,
+    ) -> Result<ValidatedJob, ProviderError>;
+    /// See [`Provider::needs`].
+    fn needs(&self, rendered: &Value) -> Vec<Need>;
     /// See [`Provider::secret_fields`].
     fn secret_fields(&self) -> &'static [&'static str];
     /// See [`Provider::default_submit_rate`].
@@ -431,6 +504,19 @@ impl<P: Provider> DynProvider for P {
         Ok(ValidatedJob {
             config: Arc::new(config),
         })
+    }
+    fn validate_in(
+        &self,
+        rendered: &Value,
+        workspace_id: &str,
+    ) -> Result<ValidatedJob, ProviderError> {
+        let config = Provider::validate_in(self, rendered, workspace_id)?;
+        Ok(ValidatedJob {
+            config: Arc::new(config),
+        })
+    }
+    fn needs(&self, rendered: &Value) -> Vec<Need> {
+        Provider::needs(self, rendered)
     }
     async fn submit(&self, run: &RunSpec, job: &ValidatedJob) -> Result<String, ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;

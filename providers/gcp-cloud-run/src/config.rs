@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use pushpool_provider::config::parse_field;
-use pushpool_provider::{ensure, non_blank, parse_config, ProviderError, Secret};
+use pushpool_provider::{ensure, non_blank, parse_config, Cloud, Need, ProviderError, Secret};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -334,6 +334,48 @@ struct CredentialFields {
     _block_type_slug: Option<IgnoredAny>,
 }
 
+/// What a rendered (possibly defaults-only) job configuration relies on: Application Default
+/// Credentials (the controller's own Google identity) when it names no key of its own, a key file
+/// on the controller's disk, an endpoint other than the public Admin API. Lenient: reads only
+/// `credentials` and `endpoint_url`.
+pub fn needs(rendered: &Value) -> Vec<Need> {
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let credentials = rendered.get("credentials").filter(|c| c.is_object());
+    let get = |k: &str| credentials.and_then(|c| c.get(k));
+    let mut out = vec![];
+    let has_info = get("service_account_info")
+        .and_then(Value::as_object)
+        .is_some_and(|o| !o.is_empty());
+    if get("$ref").is_none() && text(get("service_account_file")).is_some() {
+        out.push(Need::HostFile {
+            field: "credentials.service_account_file".into(),
+        });
+    } else if get("$ref").is_some()
+        || !(has_info || get("anonymous").and_then(Value::as_bool) == Some(true))
+    {
+        out.push(Need::AmbientIdentity {
+            cloud: Cloud::Gcp,
+            field: "credentials".into(),
+            how_to_fix: "give the pool its own service-account key: {\"service_account_info\": {…the key JSON…}} as the default of the `credentials` variable (or in each deployment's job variables)",
+        });
+    }
+    if let Some(url) = text(rendered.get("endpoint_url")) {
+        let url = url.trim_end_matches('/').to_string();
+        if url != DEFAULT_ENDPOINT {
+            out.push(Need::Endpoint {
+                field: "endpoint_url".into(),
+                url,
+            });
+        }
+    }
+    out
+}
+
 /// Reads the `credentials` object: how to authenticate, and the project it names, if any.
 fn parse_credentials(
     value: Option<&Value>,
@@ -386,4 +428,43 @@ fn parse_credentials(
         return Ok((Credentials::Anonymous, project));
     }
     Ok((Credentials::ApplicationDefault, project))
+}
+
+#[cfg(test)]
+mod needs_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn needs_name_adc_key_files_and_endpoints() {
+        let info = json!({"credentials": {"service_account_info": {"client_email": "a", "private_key": "k"}}});
+        assert!(needs(&info).is_empty());
+        assert!(needs(&json!({"credentials": {"anonymous": true}})).is_empty());
+        assert!(matches!(
+            needs(&json!({}))[..],
+            [Need::AmbientIdentity {
+                cloud: Cloud::Gcp,
+                ..
+            }]
+        ));
+        assert!(matches!(
+            needs(&json!({"credentials": {"$ref": {"block_document_id": "x"}}}))[..],
+            [Need::AmbientIdentity { .. }]
+        ));
+        assert!(matches!(
+            needs(&json!({"credentials": {"service_account_file": "/etc/key.json"}}))[..],
+            [Need::HostFile { .. }]
+        ));
+        assert!(needs(&json!({"credentials": {"anonymous": true}, "endpoint_url": "https://run.googleapis.com/"})).is_empty());
+        assert_eq!(
+            needs(
+                &json!({"credentials": {"anonymous": true}, "endpoint_url": "http://evil.example"})
+            ),
+            vec![Need::Endpoint {
+                field: "endpoint_url".into(),
+                url: "http://evil.example".into()
+            }]
+        );
+    }
 }

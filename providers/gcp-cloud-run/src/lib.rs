@@ -381,6 +381,10 @@ impl Provider for CloudRunProvider {
         CloudRunJobConfig::from_rendered(rendered)
     }
 
+    fn needs(&self, rendered: &Value) -> Vec<pushpool_provider::Need> {
+        config::needs(rendered)
+    }
+
     /// A service-account key given inline, and the fields of such a key.
     fn secret_fields(&self) -> &'static [&'static str] {
         &[

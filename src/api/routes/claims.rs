@@ -145,6 +145,8 @@ async fn claim(
             .await
             .unwrap_or_else(|over| Err(over.into()))
     };
+    let grants = state.store.workspace_grants(ws.id).await?;
+    let provider = state.registry.get(&pool.pool_type);
     let mut runs = Vec::with_capacity(claimed.len());
     for run in claimed {
         let token = state.tokens.issue(run.id, run.attempt);
@@ -164,6 +166,19 @@ async fn claim(
                 })
                 .await
                 .unwrap_or_else(|over| Err(over.into()))
+                .and_then(|rendered| {
+                    // Held to the workspace's grants as the built-in controller is.
+                    if let Some(p) = &provider {
+                        job::check_identity(
+                            p.as_ref(),
+                            &rendered,
+                            &ws.name,
+                            &grants,
+                            &state.allowed_endpoints,
+                        )?;
+                    }
+                    Ok(rendered)
+                })
                 .map_err(|e| e.to_string())
             }
             (Err(e), _) => Err(e.to_string()),

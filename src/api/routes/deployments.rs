@@ -17,7 +17,7 @@ use super::super::{
     AuditPolicy::{Always, DeniedOnly},
     Body, Caller, Json, OptionalBody,
 };
-use super::pools::prefix_field;
+use super::pools::{check_identity, prefix_field};
 use crate::access::Scope;
 use crate::job::{self, RunFacts};
 use crate::model::{Deployment, WorkPool};
@@ -165,12 +165,22 @@ async fn create_deployment(
             template
                 .validate_deployment_overrides(&job_variables)
                 .map_err(|e| prefix_field(e, "job_variables"))
+                .map(|()| template)
         });
         (checked, job_variables, pool)
     })
     .await
     .map_err(over_budget)?;
-    checked??;
+    let template = checked??;
+    check_identity(
+        &state,
+        &ws,
+        &pool.pool_type,
+        &template,
+        Some(&job_variables),
+        "",
+    )
+    .await?;
     let d = state
         .store
         .create_deployment(
@@ -248,17 +258,22 @@ async fn update_deployment(
     }
     if let Some(vars) = body.job_variables.take() {
         let pool = state.store.pool_by_id(current.work_pool_id).await?;
+        let pool_type = pool.pool_type.clone();
         let (checked, vars) = job::bounded(move || {
             let checked = job::parse_template(&pool).map(|template| {
                 template
                     .validate_deployment_overrides(&vars)
                     .map_err(|e| prefix_field(e, "job_variables"))
+                    .map(|()| template)
             });
             (checked, vars)
         })
         .await
         .map_err(over_budget)?;
-        checked?.map_err(|e| e.scrubbed(&restored))?;
+        let template = checked?.map_err(|e| e.scrubbed(&restored))?;
+        check_identity(&state, &ws, &pool_type, &template, Some(&vars), "")
+            .await
+            .map_err(|e| e.scrubbed(&restored))?;
         body.job_variables = Some(vars);
     }
     let patch = DeploymentPatch {

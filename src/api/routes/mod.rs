@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod claims;
 pub mod deployments;
+pub mod grants;
 pub mod jobs;
 pub mod pools;
 pub mod queues;
@@ -19,6 +20,7 @@ use super::table::{Method, Route};
 pub const TABLE: &[&[Route]] = &[
     system::ROUTES,
     access::ROUTES,
+    grants::ROUTES,
     audit::ROUTES,
     pools::ROUTES,
     queues::ROUTES,

@@ -141,6 +141,15 @@ async fn create_pool(
     if let Some(names) = &body.overridable_variables {
         check_overridable(&template, names, true)?;
     }
+    check_identity(
+        &state,
+        &ws,
+        &body.pool_type,
+        &template,
+        None,
+        "base_job_template.",
+    )
+    .await?;
     let pool = state
         .store
         .create_pool(
@@ -217,6 +226,16 @@ async fn update_pool(
             let parsed = parse_template(&state, &pool.pool_type, Some(t))
                 .await
                 .map_err(|e| e.scrubbed(&secrets))?;
+            check_identity(
+                &state,
+                &ws,
+                &pool.pool_type,
+                &parsed,
+                None,
+                "base_job_template.",
+            )
+            .await
+            .map_err(|e| e.scrubbed(&secrets))?;
             // Every deployment of the pool must still fit the new template.
             let deployments: Vec<Deployment> = state
                 .store
@@ -289,6 +308,39 @@ async fn delete_pool(
     let ws = caller.workspace()?;
     state.store.delete_pool(ws.id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Holds a pool's job configuration, as its defaults (and a deployment's job variables) render
+/// it, to what the workspace is granted (docs/security.md, "Cloud identity"): 403 naming the
+/// field otherwise. `prefix` roots the field (`base_job_template.` for pools).
+pub(crate) async fn check_identity(
+    state: &AppState,
+    ws: &crate::model::Workspace,
+    pool_type: &str,
+    template: &BaseJobTemplate,
+    job_variables: Option<&serde_json::Map<String, Value>>,
+    prefix: &str,
+) -> ApiResult<()> {
+    let Some(provider) = state.registry.get(pool_type) else {
+        return Ok(());
+    };
+    let mut values = template.defaults();
+    if let Some(vars) = job_variables {
+        crate::job::template::apply_overrides(&mut values, vars);
+    }
+    let rendered = template.render(&values, &serde_json::Map::new());
+    let grants = state.store.workspace_grants(ws.id).await?;
+    crate::job::check_identity(
+        provider.as_ref(),
+        &rendered,
+        &ws.name,
+        &grants,
+        &state.allowed_endpoints,
+    )
+    .map_err(|e| {
+        let field = format!("{prefix}{}", e.field());
+        ApiError::from(e).field(field)
+    })
 }
 
 /// Parses and checks a pool's template (the type's default when `None`) off the async runtime,

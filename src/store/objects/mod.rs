@@ -86,6 +86,7 @@ fn pool_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<WorkPool> {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("overridable_variables: {e}")))?,
+        aws_external_id: None,
     })
 }
 

@@ -75,6 +75,7 @@ struct Script {
     queued: HashMap<String, VecDeque<Fault>>,
     sticky: HashMap<String, Fault>,
     seen: Vec<Invocation>,
+    forwarded: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -140,6 +141,12 @@ impl LambdaFake {
             .insert(function.to_string(), fault);
     }
 
+    /// The bodies of the non-invoke requests forwarded so far (STS's form-encoded
+    /// `Action=AssumeRole&…&ExternalId=…`, SQS calls), in order.
+    pub fn forwarded_bodies(&self) -> Vec<String> {
+        self.state.script.lock().unwrap().forwarded.clone()
+    }
+
     /// The invocations of `function` received so far.
     pub fn invocations(&self, function: &str) -> Vec<Invocation> {
         self.state
@@ -190,6 +197,12 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let Some(function) = invoked_function(uri.path()) else {
+        state
+            .script
+            .lock()
+            .unwrap()
+            .forwarded
+            .push(String::from_utf8_lossy(&body).into_owned());
         return forward(&state, method, &uri, &headers, body).await;
     };
     let fault = {
