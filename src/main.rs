@@ -26,9 +26,11 @@ struct Cli {
     command: Command,
 }
 
-/// Who may run local processes (`process` pools).
+/// What a workspace's jobs may reach on this instance: local processes (`process` pools) and
+/// custom endpoints (docs/security.md, "Execution boundary"). The API and the controller both
+/// enforce it.
 #[derive(clap::Args, Debug, Clone)]
-struct ProcessPoolsArg {
+struct TenantPolicyArgs {
     /// Which workspaces may have `process` pools: `disabled` (none), `admin` (only the
     /// bootstrap workspace `default`, the administrator's) or `all` (any workspace owner may run
     /// commands as this server's user, inside the sandbox).
@@ -39,6 +41,15 @@ struct ProcessPoolsArg {
         default_value = "admin"
     )]
     process_pools: ProcessPools,
+    /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
+    /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
+    /// endpoints need the workspace's `custom-endpoints` grant.
+    #[arg(
+        long = "allowed-endpoint",
+        env = "PUSHPOOL_ALLOWED_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    allowed_endpoints: Vec<String>,
 }
 
 /// How the controller's `process` jobs are sandboxed.
@@ -100,18 +111,9 @@ enum Command {
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
         #[command(flatten)]
-        process_pools: ProcessPoolsArg,
+        policy: TenantPolicyArgs,
         #[command(flatten)]
         sandbox: SandboxArgs,
-        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
-        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
-        /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(
-            long = "allowed-endpoint",
-            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
-            value_delimiter = ','
-        )]
-        allowed_endpoints: Vec<String>,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -147,18 +149,9 @@ enum Command {
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
         #[command(flatten)]
-        process_pools: ProcessPoolsArg,
+        policy: TenantPolicyArgs,
         #[command(flatten)]
         sandbox: SandboxArgs,
-        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
-        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
-        /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(
-            long = "allowed-endpoint",
-            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
-            value_delimiter = ','
-        )]
-        allowed_endpoints: Vec<String>,
     },
     /// The API alone.
     Api {
@@ -176,16 +169,7 @@ enum Command {
         #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
         secret_key_file: Option<PathBuf>,
         #[command(flatten)]
-        process_pools: ProcessPoolsArg,
-        /// Endpoint URL prefix every workspace's pools may use as `endpoint_url` (repeat, or
-        /// comma-separated in the variable), e.g. `http://127.0.0.1` for emulators; other custom
-        /// endpoints need the workspace's `custom-endpoints` grant.
-        #[arg(
-            long = "allowed-endpoint",
-            env = "PUSHPOOL_ALLOWED_ENDPOINTS",
-            value_delimiter = ','
-        )]
-        allowed_endpoints: Vec<String>,
+        policy: TenantPolicyArgs,
     },
     /// Secrets at rest: re-encrypt the store's secrets (see docs/security.md).
     Secrets {
@@ -420,9 +404,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             status_deadline_seconds,
             max_in_flight_per_workspace,
             secret_key_file,
-            process_pools,
+            policy,
             sandbox,
-            allowed_endpoints,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -459,9 +442,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
-                    process_pools: process_pools.process_pools,
+                    process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
-                    allowed_endpoints,
+                    allowed_endpoints: policy.allowed_endpoints,
                 },
                 shutdown_signal(),
             )
@@ -476,9 +459,8 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             max_in_flight_per_workspace,
             home,
             secret_key_file,
-            process_pools,
+            policy,
             sandbox,
-            allowed_endpoints,
         } => {
             let key = optional_secret_key(home.clone(), secret_key_file)?;
             connect_and_serve(
@@ -492,9 +474,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     lease: lease_seconds.map(Duration::from_secs),
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
-                    process_pools: process_pools.process_pools,
+                    process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
-                    allowed_endpoints,
+                    allowed_endpoints: policy.allowed_endpoints,
                     ..ServeOptions::default()
                 },
                 key,
@@ -506,16 +488,15 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             listen,
             home,
             secret_key_file,
-            process_pools,
-            allowed_endpoints,
+            policy,
         } => {
             let key = optional_secret_key(home, secret_key_file)?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
                     listen: Some(listen),
-                    process_pools: process_pools.process_pools,
-                    allowed_endpoints,
+                    process_pools: policy.process_pools,
+                    allowed_endpoints: policy.allowed_endpoints,
                     ..ServeOptions::default()
                 },
                 key,
@@ -634,11 +615,9 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
         match parse(&["pushpool", "up"]).unwrap() {
             Command::Up {
-                process_pools,
-                sandbox,
-                ..
+                policy, sandbox, ..
             } => {
-                assert_eq!(process_pools.process_pools, ProcessPools::Admin);
+                assert_eq!(policy.process_pools, ProcessPools::Admin);
                 assert_eq!(sandbox.process_sandbox, SandboxLevel::BestEffort);
                 assert_eq!(sandbox.runs_dir, None);
             }
@@ -659,11 +638,9 @@ mod tests {
         .unwrap();
         match cmd {
             Command::Controller {
-                process_pools,
-                sandbox,
-                ..
+                policy, sandbox, ..
             } => {
-                assert_eq!(process_pools.process_pools, ProcessPools::All);
+                assert_eq!(policy.process_pools, ProcessPools::All);
                 let s = sandbox.sandbox();
                 assert!(s.required);
                 assert_eq!(s.runs_dir, Some(PathBuf::from("/var/lib/runs")));
@@ -681,8 +658,8 @@ mod tests {
         ])
         .unwrap()
         {
-            Command::Api { process_pools, .. } => {
-                assert_eq!(process_pools.process_pools, ProcessPools::Disabled)
+            Command::Api { policy, .. } => {
+                assert_eq!(policy.process_pools, ProcessPools::Disabled)
             }
             other => panic!("{other:?}"),
         }

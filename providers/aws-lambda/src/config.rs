@@ -284,12 +284,7 @@ pub fn default_payload() -> Map<String, Value> {
 /// AWS identity when it names no role to assume, the controller's shared config files for a
 /// profile, a custom endpoint. Lenient: reads only `credentials` and `endpoint_url`.
 pub fn needs(rendered: &Value) -> Vec<Need> {
-    let text = |v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+    let text = pushpool_provider::present_text;
     let credentials = rendered.get("credentials");
     let mut out = vec![];
     if text(credentials.and_then(|c| c.get("profile_name"))).is_some() {

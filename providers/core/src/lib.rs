@@ -312,6 +312,16 @@ pub enum Cloud {
     Gcp,
 }
 
+/// A string value that is there and not blank, trimmed: how [`Need`] detectors read the
+/// credentials and endpoint of a leniently parsed, possibly defaults-only job configuration.
+pub fn present_text(value: Option<&serde_json::Value>) -> Option<String> {
+    value
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// Something a rendered job configuration relies on beyond its own credentials; the core allows
 /// each only where the instance administrator granted it (docs/security.md, "Cloud identity").
 #[non_exhaustive]

@@ -339,12 +339,7 @@ struct CredentialFields {
 /// on the controller's disk, an endpoint other than the public Admin API. Lenient: reads only
 /// `credentials` and `endpoint_url`.
 pub fn needs(rendered: &Value) -> Vec<Need> {
-    let text = |v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+    let text = pushpool_provider::present_text;
     let credentials = rendered.get("credentials").filter(|c| c.is_object());
     let get = |k: &str| credentials.and_then(|c| c.get(k));
     let mut out = vec![];
