@@ -4,8 +4,8 @@ Usage: python3 scripts/schema-fuzz-seed.py BASE_URL OWNER_KEY HOME OUT_ENV_FILE
 
 Creates, through the public API only, one object of every kind a path parameter can name, so the
 fuzzer's requests reach real objects instead of stopping at 404: a `process` pool with a queue, a
-deployment and finished runs (their job writes its run token to HOME/run-tokens/<run id>, so the
-fuzzer can also act as a job), a run scheduled for tomorrow (to cancel), a user and member, a
+deployment and finished runs (their job writes its run token to <HOME>-run-tokens/<run id>, outside
+the data directory its sandbox keeps it from, so the fuzzer can also act as a job), a run scheduled for tomorrow (to cancel), a user and member, a
 service account, API keys and a custom role. Destructive operations (DELETE, rotate, role and
 member changes) get their own "doomed" objects so that deleting them does not starve the other
 operations. Writes `NAME=value` lines (ids and names only) to OUT_ENV_FILE for
@@ -48,7 +48,9 @@ def create_runs(deployment, count, **body):
     return [call("POST", f"{WS}/deployments/{deployment}/runs", body)["id"] for _ in range(count)]
 
 
-token_dir = os.path.join(HOME, "run-tokens")
+# Outside the data directory: a process job's sandbox may write only where its template allows,
+# and never into pushpool's home.
+token_dir = os.path.abspath(HOME.rstrip("/") + "-run-tokens")
 os.makedirs(token_dir, exist_ok=True)
 # The seeded job records its own run token, so the fuzzer can call the job endpoints as that job.
 command = f'printf %s "$PUSHPOOL_RUN_TOKEN" > {shlex.quote(token_dir)}/"$PUSHPOOL_RUN_ID"; echo seeded run'
@@ -64,7 +66,7 @@ for deployment in ("fuzz-deployment", "fuzz-doomed-deployment"):
             "name": deployment,
             "work_pool": "fuzz-pool",
             "work_queue": "fuzz-queue",
-            "job_variables": {"command": command},
+            "job_variables": {"command": command, "write_paths": [token_dir]},
             "parameters": {"greeting": "hello"},
         },
     )
