@@ -10,6 +10,7 @@
 //!
 //! The template engine itself is [`template`] (`docs/templates.md`).
 
+mod patterns;
 pub mod template;
 
 use std::fmt;

@@ -21,6 +21,9 @@ use jsonschema::Validator;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::patterns::{check_patterns, compile_schema};
+pub use super::patterns::{MAX_PATTERN_BYTES, MAX_PATTERN_COMPILED_BYTES, MAX_TEMPLATE_PATTERNS};
+
 /// First dotted segments of placeholders that the system fills at render
 /// time; they need not (and should not) be declared in `variables`.
 pub const BUILTIN_NAMESPACES: [&str; 4] = ["flow_run", "deployment", "work_pool", "pushpool"];
@@ -28,17 +31,6 @@ pub const BUILTIN_NAMESPACES: [&str; 4] = ["flow_run", "deployment", "work_pool"
 /// Deepest JSON nesting accepted in a base job template (the template object
 /// itself is level 1).
 pub const MAX_TEMPLATE_DEPTH: usize = 64;
-
-/// Most regular expressions (`pattern` keywords and `patternProperties` keys, at any depth) in a
-/// template's `variables` schema.
-pub const MAX_TEMPLATE_PATTERNS: usize = 64;
-
-/// Longest regular expression (`pattern` or `patternProperties` key), in bytes.
-pub const MAX_PATTERN_BYTES: usize = 1_000;
-
-/// Largest compiled form of one regular expression, in bytes (the `regex` crate's size limit):
-/// bounds the memory and compile time of a short pattern with nested counted repetitions.
-pub const MAX_PATTERN_COMPILED_BYTES: usize = 1 << 20;
 
 /// `{{ name }}` with optional whitespace inside the braces.
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
@@ -66,7 +58,7 @@ pub struct TemplateError {
     pub message: String,
 }
 
-fn error(
+pub(super) fn error(
     field: impl Into<String>,
     rule: &'static str,
     message: impl Into<String>,
@@ -80,13 +72,13 @@ fn error(
 
 /// One step of a JSON path.
 #[derive(Debug, Clone)]
-enum Seg {
+pub(super) enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// Formats `prefix` followed by `segs` as `prefix.key[3].other`.
-fn fmt_path(prefix: &str, segs: &[Seg]) -> String {
+pub(super) fn fmt_path(prefix: &str, segs: &[Seg]) -> String {
     let mut out = String::from(prefix);
     for seg in segs {
         match seg {
@@ -106,7 +98,7 @@ fn fmt_path(prefix: &str, segs: &[Seg]) -> String {
 
 /// Turns a JSON pointer into segments, using `root` to tell array indices
 /// from object keys that look like numbers.
-fn pointer_segs(root: &Value, pointer: &str) -> Vec<Seg> {
+pub(super) fn pointer_segs(root: &Value, pointer: &str) -> Vec<Seg> {
     let mut segs = Vec::new();
     let mut cur = Some(root);
     for raw in pointer.split('/').skip(1) {
@@ -396,136 +388,6 @@ fn strip_required(schema: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(strip_required),
         _ => {}
     }
-}
-
-/// Keywords whose value is data, not a schema: never searched for patterns.
-const DATA_KEYWORDS: [&str; 4] = ["const", "enum", "default", "examples"];
-
-/// Keywords whose value maps names to schemas (the names are not keywords).
-const SCHEMA_MAPS: [&str; 5] = [
-    "properties",
-    "$defs",
-    "definitions",
-    "dependentSchemas",
-    "dependencies",
-];
-
-/// Collects `(path, regex)` for every `pattern` keyword and `patternProperties` key in `schema`.
-/// Recursion follows the schema's nesting, which [`check_depth`] bounds first.
-fn collect_patterns(schema: &Value, path: &mut Vec<Seg>, out: &mut Vec<(Vec<Seg>, String)>) {
-    match schema {
-        Value::Object(map) => {
-            for (k, v) in map {
-                path.push(Seg::Key(k.clone()));
-                match (k.as_str(), v) {
-                    ("pattern", Value::String(p)) => out.push((path.clone(), p.clone())),
-                    ("patternProperties", Value::Object(props)) => {
-                        for (p, sub) in props {
-                            path.push(Seg::Key(p.clone()));
-                            out.push((path.clone(), p.clone()));
-                            collect_patterns(sub, path, out);
-                            path.pop();
-                        }
-                    }
-                    (k, Value::Object(named)) if SCHEMA_MAPS.contains(&k) => {
-                        for (name, sub) in named {
-                            path.push(Seg::Key(name.clone()));
-                            collect_patterns(sub, path, out);
-                            path.pop();
-                        }
-                    }
-                    (k, _) if DATA_KEYWORDS.contains(&k) => {}
-                    (_, v) => collect_patterns(v, path, out),
-                }
-                path.pop();
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                path.push(Seg::Index(i));
-                collect_patterns(v, path, out);
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Refuses more than [`MAX_TEMPLATE_PATTERNS`] patterns and any pattern longer than
-/// [`MAX_PATTERN_BYTES`]; returns the patterns with their paths.
-fn check_patterns(variables: &Value) -> Result<Vec<(Vec<Seg>, String)>, TemplateError> {
-    let mut patterns = Vec::new();
-    collect_patterns(variables, &mut Vec::new(), &mut patterns);
-    if let Some((path, _)) = patterns.get(MAX_TEMPLATE_PATTERNS) {
-        return Err(error(
-            fmt_path("base_job_template.variables", path),
-            "too_many_patterns",
-            format!(
-                "`variables` has {} regular expressions (`pattern` and `patternProperties` keys); at most {MAX_TEMPLATE_PATTERNS}",
-                patterns.len()
-            ),
-        ));
-    }
-    if let Some((path, p)) = patterns.iter().find(|(_, p)| p.len() > MAX_PATTERN_BYTES) {
-        return Err(error(
-            fmt_path("base_job_template.variables", path),
-            "pattern_too_long",
-            format!(
-                "this regular expression is {} bytes long; at most {MAX_PATTERN_BYTES}",
-                p.len()
-            ),
-        ));
-    }
-    Ok(patterns)
-}
-
-/// Compiles a `variables` schema with the linear-time `regex` engine: no backtracking, so no
-/// pattern and value can make matching take more than time proportional to their sizes.
-/// Lookaround and backreferences are refused, naming the pattern.
-fn compile_schema(
-    schema: &Value,
-    patterns: &[(Vec<Seg>, String)],
-) -> Result<Validator, TemplateError> {
-    jsonschema::options()
-        .with_pattern_options(
-            jsonschema::PatternOptions::regex().size_limit(MAX_PATTERN_COMPILED_BYTES),
-        )
-        .build(schema)
-        .map_err(|e| {
-            let bad_regex = matches!(
-                &e.kind,
-                jsonschema::error::ValidationErrorKind::Format { format } if format == "regex"
-            );
-            // jsonschema names the schema holding the pattern; name the pattern itself.
-            let unsupported = bad_regex
-                .then(|| {
-                    patterns.iter().find_map(|(path, p)| {
-                        regex::RegexBuilder::new(p)
-                            .size_limit(MAX_PATTERN_COMPILED_BYTES)
-                            .build()
-                            .err()
-                            .map(|err| (path, err))
-                    })
-                })
-                .flatten();
-            if let Some((path, err)) = unsupported {
-                let reason = err.to_string();
-                let reason = reason.lines().last().unwrap_or_default().trim().to_owned();
-                return error(
-                    fmt_path("base_job_template.variables", path),
-                    "unsupported_pattern",
-                    format!(
-                        "this regular expression cannot be used: {reason} (patterns are matched by a linear-time engine: lookaround and backreferences are not supported)"
-                    ),
-                );
-            }
-            let segs = pointer_segs(schema, e.instance_path.as_str());
-            error(
-                fmt_path("base_job_template.variables", &segs),
-                "invalid_template",
-                format!("`variables` is not a valid JSON Schema: {e}"),
-            )
-        })
 }
 
 /// Validates `instance` and converts the first failure into a
