@@ -52,6 +52,26 @@ struct TenantPolicyArgs {
     allowed_endpoints: Vec<String>,
 }
 
+/// Where a command that serves a store named by `--database-url` finds the key that encrypts
+/// its secrets at rest (docs/security.md, "Secrets at rest").
+#[derive(clap::Args, Debug, Clone)]
+struct KeyArgs {
+    /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
+    #[arg(long, env = "PUSHPOOL_HOME")]
+    home: Option<PathBuf>,
+    /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
+    /// or the key in $PUSHPOOL_SECRET_KEY).
+    #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key, if one is configured: see [`optional_secret_key`].
+    fn key(&self) -> anyhow::Result<Option<SecretKey>> {
+        optional_secret_key(self.home.clone(), self.secret_key_file.clone())
+    }
+}
+
 /// How the controller's `process` jobs are sandboxed.
 #[derive(clap::Args, Debug, Clone)]
 struct SandboxArgs {
@@ -141,13 +161,8 @@ enum Command {
         /// workspace's backlog cannot take every slot); default half of the 2,000 in-flight slots.
         #[arg(long, env = "PUSHPOOL_MAX_IN_FLIGHT_PER_WORKSPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         max_in_flight_per_workspace: Option<u64>,
-        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
-        #[arg(long, env = "PUSHPOOL_HOME")]
-        home: Option<PathBuf>,
-        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
-        /// or the key in $PUSHPOOL_SECRET_KEY).
-        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
-        secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
         #[command(flatten)]
         policy: TenantPolicyArgs,
         #[command(flatten)]
@@ -161,13 +176,8 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4300", env = "PUSHPOOL_LISTEN")]
         listen: SocketAddr,
-        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
-        #[arg(long, env = "PUSHPOOL_HOME")]
-        home: Option<PathBuf>,
-        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
-        /// or the key in $PUSHPOOL_SECRET_KEY).
-        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
-        secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
         #[command(flatten)]
         policy: TenantPolicyArgs,
     },
@@ -206,13 +216,8 @@ enum Command {
         /// Runs to create.
         #[arg(long)]
         runs: usize,
-        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
-        #[arg(long, env = "PUSHPOOL_HOME")]
-        home: Option<PathBuf>,
-        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
-        /// or the key in $PUSHPOOL_SECRET_KEY).
-        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
-        secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Fault-injection suite: check the invariants and print the summary line (used by scripts/chaos).
     #[command(hide = true)]
@@ -223,13 +228,8 @@ enum Command {
         /// The null provider's journal directory.
         #[arg(long)]
         journal_dir: PathBuf,
-        /// Data directory holding secret.key (default $PUSHPOOL_HOME, else ./.pushpool).
-        #[arg(long, env = "PUSHPOOL_HOME")]
-        home: Option<PathBuf>,
-        /// The secret key file that encrypts secrets at rest (default $PUSHPOOL_HOME/secret.key,
-        /// or the key in $PUSHPOOL_SECRET_KEY).
-        #[arg(long, env = "PUSHPOOL_SECRET_KEY_FILE")]
-        secret_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -457,17 +457,16 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             lease_seconds,
             status_deadline_seconds,
             max_in_flight_per_workspace,
-            home,
-            secret_key_file,
+            keys,
             policy,
             sandbox,
         } => {
-            let key = optional_secret_key(home.clone(), secret_key_file)?;
+            let key = keys.key()?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
                     // Its secret.key is one of the paths no process job may reach.
-                    home,
+                    home: keys.home,
                     controller: true,
                     api_url: Some(public_api_url),
                     controller_id: id,
@@ -486,11 +485,10 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::Api {
             database_url,
             listen,
-            home,
-            secret_key_file,
+            keys,
             policy,
         } => {
-            let key = optional_secret_key(home, secret_key_file)?;
+            let key = keys.key()?;
             connect_and_serve(
                 ServeOptions {
                     database_url,
@@ -575,21 +573,17 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
         Command::ChaosSeed {
             database_url,
             runs,
-            home,
-            secret_key_file,
+            keys,
         } => {
-            let store =
-                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
+            let store = open_store(&database_url, keys.key()?).await?;
             chaos::seed(&store, runs).await?;
         }
         Command::ChaosCheck {
             database_url,
             journal_dir,
-            home,
-            secret_key_file,
+            keys,
         } => {
-            let store =
-                open_store(&database_url, optional_secret_key(home, secret_key_file)?).await?;
+            let store = open_store(&database_url, keys.key()?).await?;
             let report = chaos::check(&store, &journal_dir).await?;
             for example in &report.examples {
                 eprintln!("  {example}");
