@@ -147,3 +147,7 @@ pub(super) fn compile_schema(
             )
         })
 }
+
+#[cfg(test)]
+#[path = "patterns_tests.rs"]
+mod tests;

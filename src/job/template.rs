@@ -720,4 +720,4 @@ impl BaseJobTemplate {
 
 #[cfg(test)]
 #[path = "template_tests.rs"]
-mod tests;
+pub(crate) mod tests;
