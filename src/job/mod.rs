@@ -213,15 +213,9 @@ pub fn provider_for(
 
 /// The provider's pure check of a rendered job configuration.
 pub fn validate(provider: &dyn DynProvider, rendered: &Value) -> Result<ValidatedJob, JobError> {
-    let pool_type = provider.pool_type().to_string();
-    provider.validate(rendered).map_err(|e| match e {
-        ProviderError::InvalidConfig { field, message } => JobError::Refused {
-            pool_type,
-            field,
-            message,
-        },
-        source => JobError::Provider { pool_type, source },
-    })
+    provider
+        .validate(rendered)
+        .map_err(|e| provider_refusal(provider, e))
 }
 
 /// The provider's check of a rendered job configuration for a job of workspace `workspace_id`
@@ -231,17 +225,22 @@ pub fn validate_in(
     rendered: &Value,
     workspace_id: Uuid,
 ) -> Result<ValidatedJob, JobError> {
-    let pool_type = provider.pool_type().to_string();
     provider
         .validate_in(rendered, &workspace_id.to_string())
-        .map_err(|e| match e {
-            ProviderError::InvalidConfig { field, message } => JobError::Refused {
-                pool_type,
-                field,
-                message,
-            },
-            source => JobError::Provider { pool_type, source },
-        })
+        .map_err(|e| provider_refusal(provider, e))
+}
+
+/// A provider's refusal of a job configuration: a bad field, or another provider error.
+fn provider_refusal(provider: &dyn DynProvider, error: ProviderError) -> JobError {
+    let pool_type = provider.pool_type().to_string();
+    match error {
+        ProviderError::InvalidConfig { field, message } => JobError::Refused {
+            pool_type,
+            field,
+            message,
+        },
+        source => JobError::Provider { pool_type, source },
+    }
 }
 
 /// Holds a rendered job configuration to what its workspace is granted: the controller's ambient
