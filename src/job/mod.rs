@@ -11,6 +11,7 @@
 //! The template engine itself is [`template`] (`docs/templates.md`).
 
 mod patterns;
+pub mod render;
 pub mod template;
 
 use std::fmt;

@@ -15,14 +15,14 @@
 //! variable is an error instead of being silently dropped).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use jsonschema::Validator;
-use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::patterns::{check_patterns, compile_schema};
 pub use super::patterns::{MAX_PATTERN_BYTES, MAX_PATTERN_COMPILED_BYTES, MAX_TEMPLATE_PATTERNS};
+use super::render::{self, placeholder_kind, PlaceholderKind, PLACEHOLDER};
 
 /// First dotted segments of placeholders that the system fills at render
 /// time; they need not (and should not) be declared in `variables`.
@@ -31,11 +31,6 @@ pub const BUILTIN_NAMESPACES: [&str; 4] = ["flow_run", "deployment", "work_pool"
 /// Deepest JSON nesting accepted in a base job template (the template object
 /// itself is level 1).
 pub const MAX_TEMPLATE_DEPTH: usize = 64;
-
-/// `{{ name }}` with optional whitespace inside the braces.
-static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}").expect("placeholder regex is valid")
-});
 
 /// Error with the JSON path of the offending field, the rule broken, and a
 /// human message.
@@ -127,159 +122,13 @@ pub(super) fn pointer_segs(root: &Value, pointer: &str) -> Vec<Seg> {
     segs
 }
 
-/// Splits a dotted override key (`env.FOO`) into its segments; `None` for a
-/// plain key or one with an empty segment (kept literal).
-fn dotted_segments(key: &str) -> Option<Vec<&str>> {
-    if !key.contains('.') {
-        return None;
-    }
-    let segs: Vec<&str> = key.split('.').collect();
-    if segs.iter().any(|s| s.is_empty()) {
-        return None;
-    }
-    Some(segs)
-}
-
-/// Builds `{"b": {"c": value}}` from segments `["b", "c"]`.
-fn nest(segs: &[&str], value: Value) -> Value {
-    segs.iter().rev().fold(value, |acc, seg| {
-        let mut map = Map::new();
-        map.insert((*seg).to_owned(), acc);
-        Value::Object(map)
-    })
-}
-
-/// Merges `over` into `base`: objects merge key by key (recursively),
-/// anything else replaces.
-fn deep_merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base_map), Value::Object(over_map)) => {
-            for (k, v) in over_map {
-                match base_map.get_mut(&k) {
-                    Some(existing) => deep_merge(existing, v),
-                    None => {
-                        base_map.insert(k, v);
-                    }
-                }
-            }
-        }
-        (base, over) => *base = over,
-    }
-}
-
-fn merge_into(map: &mut Map<String, Value>, key: &str, value: Value) {
-    match map.get_mut(key) {
-        Some(existing) => deep_merge(existing, value),
-        None => {
-            map.insert(key.to_owned(), value);
-        }
-    }
-}
-
-/// Expands dotted keys ("env.FOO") into nested objects, deep-merging.
-///
-/// Plain keys are copied first, then every dotted key is expanded and
-/// deep-merged on top, so `{"env": {"A": "1"}, "env.A": "2"}` gives
-/// `{"env": {"A": "2"}}` whatever the map's key order. Keys with an empty
-/// segment (`"a..b"`, `".a"`, `"a."`) are kept literally. Only top-level keys
-/// are expanded.
-pub fn expand_dotted(map: &Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (k, v) in map {
-        if dotted_segments(k).is_none() {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    for (k, v) in map {
-        if let Some(segs) = dotted_segments(k) {
-            merge_into(&mut out, segs[0], nest(&segs[1..], v.clone()));
-        }
-    }
-    out
-}
-
-/// Applies one override layer onto `base` (env deep-merged, dotted expanded,
-/// others replaced).
-///
-/// Plain keys are applied first: `env` is deep-merged into the existing
-/// `env`, any other plain key replaces the existing value wholesale. Then
-/// each dotted key (`"env.FOO"`, `"labels.team"`) is expanded and deep-merged
-/// into what is there.
+/// Applies one layer of job variables onto `base` the way Prefect's
+/// `from_template_and_values` applies them onto the defaults: dotted keys
+/// expanded first, plain keys on top, then each resulting variable replaces
+/// the one in `base` (`labels.team` alone replaces a default `labels`). The
+/// layer should have passed [`render::check_dotted_conflicts`].
 pub fn apply_overrides(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
-    for (k, v) in overrides {
-        if dotted_segments(k).is_some() {
-            continue;
-        }
-        if k == "env" {
-            merge_into(base, k, v.clone());
-        } else {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-    for (k, v) in overrides {
-        if let Some(segs) = dotted_segments(k) {
-            merge_into(base, segs[0], nest(&segs[1..], v.clone()));
-        }
-    }
-}
-
-/// Looks a dotted placeholder name up in `values` (`a.b` reads
-/// `values["a"]["b"]`); only objects are traversed.
-fn lookup<'a>(values: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    let mut segs = name.split('.');
-    let mut cur = values.get(segs.next()?)?;
-    for seg in segs {
-        cur = cur.as_object()?.get(seg)?;
-    }
-    Some(cur)
-}
-
-/// The placeholder name if `s` is exactly one placeholder (nothing outside
-/// the braces), as Prefect requires for a whole-value placeholder.
-fn whole_placeholder(s: &str) -> Option<&str> {
-    let caps = PLACEHOLDER.captures(s)?;
-    let m = caps.get(0)?;
-    if m.start() == 0 && m.end() == s.len() {
-        caps.get(1).map(|n| n.as_str())
-    } else {
-        None
-    }
-}
-
-fn render_string(s: &str, values: &Map<String, Value>) -> Option<Value> {
-    if let Some(name) = whole_placeholder(s) {
-        return lookup(values, name).cloned();
-    }
-    if !PLACEHOLDER.is_match(s) {
-        return Some(Value::String(s.to_owned()));
-    }
-    let rendered = PLACEHOLDER.replace_all(s, |caps: &regex::Captures<'_>| {
-        match lookup(values, &caps[1]) {
-            Some(Value::String(v)) => v.clone(),
-            Some(v) => v.to_string(),
-            None => String::new(),
-        }
-    });
-    Some(Value::String(rendered.into_owned()))
-}
-
-/// `None` means "missing: remove this key or item".
-fn render_inner(template: &Value, values: &Map<String, Value>) -> Option<Value> {
-    match template {
-        Value::String(s) => render_string(s, values),
-        Value::Array(items) => Some(Value::Array(
-            items
-                .iter()
-                .filter_map(|i| render_inner(i, values))
-                .collect(),
-        )),
-        Value::Object(map) => Some(Value::Object(
-            map.iter()
-                .filter_map(|(k, v)| render_inner(v, values).map(|v| (k.clone(), v)))
-                .collect(),
-        )),
-        other => Some(other.clone()),
-    }
+    render::apply_layer(base, overrides);
 }
 
 /// Pure Prefect rendering of any JSON value with the given values (the
@@ -293,7 +142,7 @@ fn render_inner(template: &Value, values: &Map<String, Value>) -> Option<Value> 
 /// `null`. Recursion follows the template's nesting, so callers should bound
 /// it ([`BaseJobTemplate::parse`] refuses more than [`MAX_TEMPLATE_DEPTH`]).
 pub fn render_value(template: &Value, values: &Map<String, Value>) -> Value {
-    render_inner(template, values).unwrap_or(Value::Null)
+    render::apply_values(template, values, &render::no_environ).unwrap_or(Value::Null)
 }
 
 /// Refuses nesting deeper than [`MAX_TEMPLATE_DEPTH`] without recursing.
@@ -363,8 +212,14 @@ fn collect_placeholders(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<(Strin
     }
 }
 
-fn first_segment(name: &str) -> &str {
-    name.split('.').next().unwrap_or(name)
+/// The variable an override key sets: its first segment when it is dotted
+/// (Prefect expands only keys containing `.`), else the key itself.
+fn key_variable(key: &str) -> String {
+    if key.contains('.') {
+        render::first_segment(key)
+    } else {
+        key.to_owned()
+    }
 }
 
 fn is_builtin(first: &str) -> bool {
@@ -536,7 +391,11 @@ impl BaseJobTemplate {
         collect_placeholders(&job_configuration, &mut Vec::new(), &mut found);
         let mut used = BTreeSet::new();
         for (name, path) in found {
-            let first = first_segment(&name);
+            if placeholder_kind(&name) != PlaceholderKind::Standard {
+                continue;
+            }
+            let first = render::first_segment(&name);
+            let first = first.as_str();
             if is_builtin(first) {
                 continue;
             }
@@ -627,15 +486,29 @@ impl BaseJobTemplate {
             .collect()
     }
 
+    /// True when a job variable `var` can change the rendered job: a
+    /// placeholder uses it, or it is `env` and Prefect merges `env` into the
+    /// job configuration (the template's `env` is an object, or the `env`
+    /// default is truthy and so becomes the job's `env`).
+    fn has_effect(&self, var: &str) -> bool {
+        if self.used.contains(var) {
+            return true;
+        }
+        var == "env"
+            && (self
+                .job_configuration
+                .get("env")
+                .is_some_and(Value::is_object)
+                || self.defaults().get("env").is_some_and(render::truthy))
+    }
+
     /// Refuses override keys whose variable is undeclared or unused.
     fn check_layer(&self, overrides: &Map<String, Value>) -> Result<(), TemplateError> {
         let mut keys: Vec<&String> = overrides.keys().collect();
         keys.sort();
         for key in keys {
-            let var = match dotted_segments(key) {
-                Some(segs) => segs[0],
-                None => key.as_str(),
-            };
+            let var = key_variable(key);
+            let var = var.as_str();
             let field = format!("job_variables.{key}");
             let declared = self.properties().is_some_and(|p| p.contains_key(var));
             if !declared {
@@ -647,7 +520,7 @@ impl BaseJobTemplate {
                     ),
                 ));
             }
-            if !self.used.contains(var) {
+            if !self.has_effect(var) {
                 return Err(error(
                     field,
                     "unused_variable",
@@ -660,8 +533,8 @@ impl BaseJobTemplate {
         Ok(())
     }
 
-    /// Checks a deployment's overrides: dotted keys expanded, unknown/unused
-    /// variables refused, validated ignoring `required`.
+    /// Checks a deployment's overrides: unknown/unused variables and
+    /// conflicting dotted keys refused, validated ignoring `required`.
     ///
     /// The instance validated is the defaults with the overrides applied (as
     /// [`apply_overrides`] does), so `env.FOO` is checked inside `env`.
@@ -670,8 +543,11 @@ impl BaseJobTemplate {
         overrides: &Map<String, Value>,
     ) -> Result<(), TemplateError> {
         self.check_layer(overrides)?;
-        let mut values = self.defaults();
+        render::check_dotted_conflicts(overrides)?;
+        let defaults = self.defaults();
+        let mut values = defaults.clone();
         apply_overrides(&mut values, overrides);
+        render::merge_env(&self.job_configuration, &defaults, &values)?;
         match schema_error(
             &self.validator_no_required,
             &Value::Object(values),
@@ -682,9 +558,11 @@ impl BaseJobTemplate {
         }
     }
 
-    /// defaults < deployment < run (with the merge rules above), checks
-    /// unknown/unused in both layers, validates the result WITH `required`.
-    /// Returns the final variable values.
+    /// Prefect's layering (`docs/templates.md`): the run's job variables
+    /// over the deployment's ([`render::merge_layers`]), expanded, over the
+    /// defaults; checks unknown/unused keys in both layers and conflicting
+    /// dotted keys, validates the result WITH `required`. Returns the final
+    /// variable values.
     pub fn resolve(
         &self,
         deployment: &Map<String, Value>,
@@ -692,9 +570,23 @@ impl BaseJobTemplate {
     ) -> Result<Map<String, Value>, TemplateError> {
         self.check_layer(deployment)?;
         self.check_layer(run)?;
-        let mut values = self.defaults();
-        apply_overrides(&mut values, deployment);
-        apply_overrides(&mut values, run);
+        self.resolve_unchecked(deployment, run)
+    }
+
+    /// [`Self::resolve`] without the refusal of unknown and unused
+    /// variables: the values Prefect would render with (the differential
+    /// test compares them; `docs/templates.md`, class `unused_variable`).
+    pub fn resolve_unchecked(
+        &self,
+        deployment: &Map<String, Value>,
+        run: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, TemplateError> {
+        let layers = render::merge_layers(deployment, run)?;
+        render::check_dotted_conflicts(&layers)?;
+        let defaults = self.defaults();
+        let mut values = defaults.clone();
+        apply_overrides(&mut values, &layers);
+        render::merge_env(&self.job_configuration, &defaults, &values)?;
         match schema_error(
             &self.validator,
             &Value::Object(values.clone()),
@@ -707,14 +599,30 @@ impl BaseJobTemplate {
 
     /// Renders job_configuration with `values` plus built-in `context`
     /// (e.g. {"flow_run": {"id": ..}, "pushpool": {...}}); pure, never fails.
+    /// Every `{{ $NAME }}` is missing (see [`Self::render_with_environ`]).
     ///
     /// A `context` key wins over a variable of the same name.
     pub fn render(&self, values: &Map<String, Value>, context: &Map<String, Value>) -> Value {
+        self.render_with_environ(values, context, &render::no_environ)
+    }
+
+    /// [`Self::render`] with `{{ $NAME }}` read from `environ` (Prefect's
+    /// workers read their own process environment). `values` should come
+    /// from [`Self::resolve`]; an `env` that cannot be merged (which
+    /// `resolve` refuses) is left out of the merge.
+    pub fn render_with_environ(
+        &self,
+        values: &Map<String, Value>,
+        context: &Map<String, Value>,
+        environ: render::Environ<'_>,
+    ) -> Value {
+        let base = render::merge_env(&self.job_configuration, &self.defaults(), values)
+            .unwrap_or_else(|_| self.job_configuration.clone());
         let mut all = values.clone();
         for (k, v) in context {
             all.insert(k.clone(), v.clone());
         }
-        render_value(&self.job_configuration, &all)
+        render::apply_values(&base, &all, environ).unwrap_or(Value::Null)
     }
 }
 

@@ -153,9 +153,11 @@ fn dotted_lookups_read_nested_objects() {
         "through_string": "{{ a.s.len }}",
         "through_list": "{{ l.0 }}"
     });
+    // Prefect's `get_from_dict`: a number segment indexes a list (Prefect 3.8.8; this test
+    // said "removed" before issue 12 item 4).
     assert_eq!(
         render_value(&template, &values),
-        json!({"c": 7, "b": {"c": 7}, "p": "v7"})
+        json!({"c": 7, "b": {"c": 7}, "p": "v7", "through_list": 1})
     );
 }
 
@@ -187,12 +189,19 @@ fn null_default_need_not_match_type() {
 }
 
 #[test]
-fn expand_dotted_nests_and_merges() {
+fn dotted_keys_expand_first_and_plain_keys_win() {
+    // Prefect's `from_template_and_values`: dotted keys are expanded first, plain keys are
+    // deep-merged on top, so the plain `env` wins over `env.B` (before issue 12 item 4 the
+    // dotted key won). Empty segments are kept as keys, as `set_in_dict` does.
     let m =
         map(json!({"env": {"A": "1", "B": "x"}, "env.B": "2", "a.b.c": 1, "a.b.d": 2, "x..y": 3}));
     assert_eq!(
-        Value::Object(expand_dotted(&m)),
-        json!({"env": {"A": "1", "B": "2"}, "a": {"b": {"c": 1, "d": 2}}, "x..y": 3})
+        Value::Object(render::expand(&m)),
+        json!({"env": {"A": "1", "B": "x"}, "a": {"b": {"c": 1, "d": 2}}, "x": {"": {"y": 3}}})
+    );
+    assert_eq!(
+        Value::Object(render::expand(&map(json!({"args[0]": 1, "a.b[0]": 2})))),
+        json!({"args[0]": 1, "a": {"b": {"0": 2}}})
     );
 }
 
@@ -214,19 +223,28 @@ fn env_and_dotted_keys_merge_across_three_layers() {
     let values = t.resolve(&deployment, &run).unwrap();
     assert_eq!(values["image"], json!("dep"));
     assert_eq!(values["cpu"], json!(2));
+    // The variable `env` is the layers' env (the run's merged into the deployment's, dotted
+    // keys under them); the default is merged into the job's `env` instead (below).
     assert_eq!(
         values["env"],
+        json!({"A": "1", "B": "2", "SHARED": "run", "C": "3", "D": "4"})
+    );
+    // `labels` replaced wholesale by the deployment (default team dropped), the run's dotted
+    // key expanded under it.
+    assert_eq!(values["labels"], json!({"owner": "dep", "extra": "run"}));
+    let job = t.render(&values, &Map::new());
+    assert_eq!(
+        job["env"],
         json!({"BASE": "0", "A": "1", "B": "2", "SHARED": "run", "C": "3", "D": "4"})
     );
-    // `labels` replaced wholesale by the deployment (default team dropped),
-    // then the run's dotted key merged into it.
-    assert_eq!(values["labels"], json!({"owner": "dep", "extra": "run"}));
 
+    // One layer replaces each variable wholesale (before issue 12 item 4 `env` was
+    // deep-merged here too).
     let mut base = map(json!({"env": {"A": "1"}, "x": {"keep": 1}}));
     apply_overrides(&mut base, &map(json!({"env": {"B": "2"}, "x": {"new": 2}})));
     assert_eq!(
         Value::Object(base),
-        json!({"env": {"A": "1", "B": "2"}, "x": {"new": 2}})
+        json!({"env": {"B": "2"}, "x": {"new": 2}})
     );
 }
 
@@ -546,7 +564,7 @@ fn docs_example() {
     let values = t.resolve(&deployment, &run).unwrap();
     assert_eq!(
         Value::Object(values.clone()),
-        json!({"image": "app:1", "cpu": 2, "env": {"BASE": "0", "A": "1", "B": "3", "C": "4"}})
+        json!({"image": "app:1", "cpu": 2, "env": {"A": "1", "B": "3", "C": "4"}})
     );
     let out = t.render(&values, &map(json!({"flow_run": {"id": "42"}})));
     assert_eq!(
@@ -730,13 +748,28 @@ proptest! {
             let want = want.map(|s| json!(s));
             prop_assert_eq!(values.get(k), want.as_ref(), "key {}", k);
         }
-        let mut env = std::collections::BTreeMap::new();
-        for layer in [&defaults, &dep, &run] {
-            env.extend(layer.1.iter().map(|(k, v)| (k.to_string(), json!(v))));
-        }
-        let want_env: Map<String, Value> = env.into_iter().collect();
-        prop_assert_eq!(&values["env"], &Value::Object(want_env));
+        // Prefect's layering of `env`: the run's over the deployment's, except that a run's
+        // dotted `env.X` loses to a deployment's plain `env` (expanded first, plain on top).
+        let as_map = |layers: &[&Layer]| -> Map<String, Value> {
+            let mut env = std::collections::BTreeMap::new();
+            for layer in layers {
+                env.extend(layer.1.iter().map(|(k, v)| (k.to_string(), json!(v))));
+            }
+            env.into_iter().collect()
+        };
+        let (dep_env, run_env) = (!dep.1.is_empty(), !run.1.is_empty());
+        let layer_env = if !dep_env && !run_env {
+            None
+        } else if dep_env && !dep.2 && run.2 {
+            Some(as_map(&[&run, &dep]))
+        } else {
+            Some(as_map(&[&dep, &run]))
+        };
+        let want_values_env = layer_env.clone().unwrap_or_else(|| as_map(&[&defaults]));
+        prop_assert_eq!(&values["env"], &Value::Object(want_values_env));
+        let mut want_job_env = as_map(&[&defaults]);
+        want_job_env.extend(layer_env.unwrap_or_default());
         let rendered = t.render(&values, &Map::new());
-        prop_assert_eq!(&rendered["env"], &values["env"]);
+        prop_assert_eq!(&rendered["env"], &Value::Object(want_job_env));
     }
 }
