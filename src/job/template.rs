@@ -8,11 +8,13 @@
 //! `job_variables` < flow-run `job_variables`) and from the built-in
 //! namespaces (`flow_run`, `deployment`, `work_pool`, `pushpool`).
 //!
-//! The semantics follow Prefect's `apply_values` exactly, with the deliberate
-//! differences documented in `docs/templates.md` (non-string values
-//! interpolated into a partial placeholder are printed as compact JSON, so
-//! `true` rather than Python's `True`; overriding a declared but unused
-//! variable is an error instead of being silently dropped).
+//! The semantics are Prefect 3.8.8's (`apply_values`, `resolve_for_flow_run`,
+//! `from_template_and_values`; implemented in [`super::render`]), with the
+//! deliberate differences listed in `docs/templates.md` ("Differences from
+//! Prefect": JSON rather than Python spelling in partial placeholders, the
+//! refusal of unknown or unused variables, conflicting dotted keys and
+//! errors where Prefect raises) and checked by the differential test
+//! (`scripts/template-diff`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
