@@ -270,18 +270,20 @@ fn dotted_keys(layer: &Map<String, Value>) -> Vec<(&String, Vec<String>)> {
 /// `a.b.c`, or `a.b.c` and `a.b[c]`): Prefect's result depends on the keys' order, which JSON
 /// objects do not keep (and raises in one of the orders).
 pub fn check_dotted_conflicts(layer: &Map<String, Value>) -> Result<(), TemplateError> {
-    let keys = dotted_keys(layer);
-    for (k1, s1) in &keys {
-        for (k2, s2) in &keys {
-            if k1 != k2 && s2.len() >= s1.len() && s2[..s1.len()] == s1[..] {
-                return Err(error(
-                    format!("job_variables.{k2}"),
-                    "dotted_conflict",
-                    format!(
-                        "job variable keys `{k1}` and `{k2}` set the same path or one inside the other; their effect would depend on their order (use one nested object instead)"
-                    ),
-                ));
-            }
+    let mut keys = dotted_keys(layer);
+    // Sorted by path, a path that leads into another is directly followed by one it leads
+    // into, so comparing neighbours finds every conflict in O(n log n).
+    keys.sort_by(|a, b| a.1.cmp(&b.1));
+    for pair in keys.windows(2) {
+        let ((k1, s1), (k2, s2)) = (&pair[0], &pair[1]);
+        if s2.len() >= s1.len() && s2[..s1.len()] == s1[..] {
+            return Err(error(
+                format!("job_variables.{k2}"),
+                "dotted_conflict",
+                format!(
+                    "job variable keys `{k1}` and `{k2}` set the same path or one inside the other; their effect would depend on their order (use one nested object instead)"
+                ),
+            ));
         }
     }
     Ok(())
