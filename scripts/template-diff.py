@@ -222,6 +222,27 @@ def random_template(r):
 DOTTED = ["env.A", "env.B", "env.BASE", "labels.team", "labels.owner", "cfg.a.b", "cfg.c"]
 
 
+def strings(tree):
+    if isinstance(tree, str):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from strings(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from strings(v)
+
+
+def env_in_partial(config):
+    """True when some string interpolates `env` (or all values) as text."""
+    for text in strings(config):
+        found = templating.find_placeholders(text)
+        whole = len(found) == 1 and next(iter(found)).full_match == text
+        if found and not whole:
+            return True
+    return False
+
+
 def layer(r, template, level):
     declared = list(template["variables"]["properties"])
     out = {}
@@ -244,6 +265,12 @@ def layer(r, template, level):
         # takes a list of pairs too; pushpool refuses every non-object (docs/templates.md,
         # prefect_raises), so the run level gets objects, and `null` (Prefect raises) below.
         out["env"] = str_dict(r)
+        if r.random() < 0.4 and not env_in_partial(template["job_configuration"]):
+            # Entries Prefect merges into the job's `env` are rendered too. (Not when `env` is
+            # interpolated somewhere: the placeholder text would be inserted, see above.)
+            out["env"]["P"] = r.choice(
+                ["{{ image }}", "pre-{{ labels.team }}", "{{ args.0 }}", "{{ $HOME }}", "{{ nope }}"]
+            )
     if level == "run" and r.random() < 0.03:
         out["env"] = None
     return out

@@ -169,3 +169,29 @@ fn where_prefect_raises_pushpool_refuses() {
         json!({"X": "1"})
     );
 }
+
+#[test]
+fn a_variable_used_only_in_merged_env_entries_has_an_effect() {
+    // Prefect renders the `env` entries it merges into the job, so a variable they use is not
+    // refused as unused.
+    let t = tpl(json!({
+        "job_configuration": {"env": {"X": "1"}},
+        "variables": {"properties": {"env": {}, "image": {}}}
+    }));
+    let out = job(
+        &t,
+        json!({"env": {"I": "{{ image }}"}, "image": "app"}),
+        json!({}),
+    )
+    .unwrap();
+    assert_eq!(out["env"], json!({"X": "1", "I": "app"}));
+    let e = job(&t, json!({"image": "app"}), json!({})).unwrap_err();
+    assert_eq!(e.rule, "unused_variable");
+    // The same through an `env` default that becomes the job's `env`.
+    let t = tpl(json!({
+        "job_configuration": {"env": "{{ env }}"},
+        "variables": {"properties": {"env": {"default": {"I": "img-{{ image }}"}}, "image": {}}}
+    }));
+    let out = job(&t, json!({}), json!({"image": "app"})).unwrap();
+    assert_eq!(out["env"], json!({"I": "img-app"}));
+}

@@ -489,11 +489,13 @@ impl BaseJobTemplate {
     }
 
     /// True when a job variable `var` can change the rendered job: a
-    /// placeholder uses it, or it is `env` and Prefect merges `env` into the
-    /// job configuration (the template's `env` is an object, or the `env`
-    /// default is truthy and so becomes the job's `env`).
-    fn has_effect(&self, var: &str) -> bool {
-        if self.used.contains(var) {
+    /// placeholder of the template uses it, or one of the `env` entries that
+    /// Prefect merges into the job and renders (`env_used`, from
+    /// [`Self::env_placeholders`]), or it is `env` and Prefect merges `env`
+    /// into the job configuration (the template's `env` is an object, or the
+    /// `env` default is truthy and so becomes the job's `env`).
+    fn has_effect(&self, var: &str, env_used: &BTreeSet<String>) -> bool {
+        if self.used.contains(var) || env_used.contains(var) {
             return true;
         }
         var == "env"
@@ -504,8 +506,40 @@ impl BaseJobTemplate {
                 || self.defaults().get("env").is_some_and(render::truthy))
     }
 
+    /// First segments of the value placeholders in the `env` object that the
+    /// job gets once `deployment` and `run` are applied (their own `env`
+    /// entries are rendered too); empty when that cannot be worked out.
+    fn env_placeholders(
+        &self,
+        deployment: &Map<String, Value>,
+        run: &Map<String, Value>,
+    ) -> BTreeSet<String> {
+        let Ok(layers) = render::merge_layers(deployment, run) else {
+            return BTreeSet::new();
+        };
+        let defaults = self.defaults();
+        let mut values = defaults.clone();
+        apply_overrides(&mut values, &layers);
+        let Ok(base) = render::merge_env(&self.job_configuration, &defaults, &values) else {
+            return BTreeSet::new();
+        };
+        let mut found = Vec::new();
+        if let Some(env @ Value::Object(_)) = base.get("env") {
+            collect_placeholders(env, &mut Vec::new(), &mut found);
+        }
+        found
+            .into_iter()
+            .filter(|(name, _)| placeholder_kind(name) == PlaceholderKind::Standard)
+            .map(|(name, _)| render::first_segment(&name))
+            .collect()
+    }
+
     /// Refuses override keys whose variable is undeclared or unused.
-    fn check_layer(&self, overrides: &Map<String, Value>) -> Result<(), TemplateError> {
+    fn check_layer(
+        &self,
+        overrides: &Map<String, Value>,
+        env_used: &BTreeSet<String>,
+    ) -> Result<(), TemplateError> {
         let mut keys: Vec<&String> = overrides.keys().collect();
         keys.sort();
         for key in keys {
@@ -522,7 +556,7 @@ impl BaseJobTemplate {
                     ),
                 ));
             }
-            if !self.has_effect(var) {
+            if !self.has_effect(var, env_used) {
                 return Err(error(
                     field,
                     "unused_variable",
@@ -544,7 +578,8 @@ impl BaseJobTemplate {
         &self,
         overrides: &Map<String, Value>,
     ) -> Result<(), TemplateError> {
-        self.check_layer(overrides)?;
+        let env_used = self.env_placeholders(overrides, &Map::new());
+        self.check_layer(overrides, &env_used)?;
         render::check_dotted_conflicts(overrides)?;
         let defaults = self.defaults();
         let mut values = defaults.clone();
@@ -570,8 +605,9 @@ impl BaseJobTemplate {
         deployment: &Map<String, Value>,
         run: &Map<String, Value>,
     ) -> Result<Map<String, Value>, TemplateError> {
-        self.check_layer(deployment)?;
-        self.check_layer(run)?;
+        let env_used = self.env_placeholders(deployment, run);
+        self.check_layer(deployment, &env_used)?;
+        self.check_layer(run, &env_used)?;
         self.resolve_unchecked(deployment, run)
     }
 
