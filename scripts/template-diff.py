@@ -269,7 +269,8 @@ def layer(r, template, level):
             # Entries Prefect merges into the job's `env` are rendered too. (Not when `env` is
             # interpolated somewhere: the placeholder text would be inserted, see above.)
             out["env"]["P"] = r.choice(
-                ["{{ image }}", "pre-{{ labels.team }}", "{{ args.0 }}", "{{ $HOME }}", "{{ nope }}"]
+                ["{{ image }}", "pre-{{ labels.team }}", "{{ args.0 }}", "{{ $HOME }}", "{{ nope }}",
+                 "{{ labels.api_token }}"]
             )
     if level == "run" and r.random() < 0.03:
         out["env"] = None

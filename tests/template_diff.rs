@@ -73,6 +73,7 @@ fn class_of(ours: Result<Value, TemplateError>, case: &Value) -> &'static str {
             }
         }
         Err(e) if e.rule == "dotted_conflict" => "dotted_conflict",
+        Err(e) if e.rule == "secret_reference" => "secret_reference",
         Err(_) if prefect_raised => "prefect_raises",
         Err(_) => "undocumented",
     }
@@ -143,11 +144,12 @@ fn pushpool_renders_as_prefect() -> anyhow::Result<()> {
     }
     println!(
         "template-diff: agreed {}, documented differences: json_spelling {}, unused_variable {}, \
-         dotted_conflict {}, prefect_raises {}; undocumented {}",
+         dotted_conflict {}, secret_reference {}, prefect_raises {}; undocumented {}",
         by_class("agreed"),
         by_class("json_spelling"),
         by_class("unused_variable"),
         by_class("dotted_conflict"),
+        by_class("secret_reference"),
         by_class("prefect_raises"),
         by_class("undocumented"),
     );

@@ -332,6 +332,54 @@ pub fn apply_layer(defaults: &mut Map<String, Value>, layer: &Map<String, Value>
     defaults.extend(expand(layer));
 }
 
+/// Refuses placeholders in the `env` entries that job variables supply (`layer_env`, the
+/// expanded layers' `env`) that would copy a secret into the job: Prefect renders those entries,
+/// so without this a deployment's `{"env": {"K": "{{ credentials }}"}}` would hand the pool's
+/// stored credentials to the job. A placeholder is refused when a segment of its name is a
+/// secret key (`crate::redact::is_secret_key`), its variable is marked secret by the schema
+/// (`secret_variables`), or its variable's value holds a secret (`crate::redact::secret_strings`).
+pub fn check_env_references(
+    layer_env: Option<&Value>,
+    values: &Map<String, Value>,
+    secret_variables: &[String],
+) -> Result<(), TemplateError> {
+    let Some(Value::Object(env)) = layer_env else {
+        return Ok(());
+    };
+    for (key, entry) in env {
+        let Value::String(text) = entry else {
+            continue;
+        };
+        for caps in PLACEHOLDER.captures_iter(text) {
+            let name = &caps[1];
+            if placeholder_kind(name) != PlaceholderKind::Standard {
+                continue;
+            }
+            let segs = segments(name);
+            let var = &segs[0];
+            let secret = segs.iter().any(|s| crate::redact::is_secret_key(s))
+                || secret_variables.iter().any(|v| v == var)
+                || values.get(var.as_str()).is_some_and(|v| {
+                    !crate::redact::secret_strings(
+                        &Value::Object(Map::from_iter([(var.clone(), v.clone())])),
+                        &[],
+                    )
+                    .is_empty()
+                });
+            if secret {
+                return Err(error(
+                    format!("job_variables.env.{key}"),
+                    "secret_reference",
+                    format!(
+                        "the `env` entry `{key}` reads `{name}`, which holds a secret; job variables may not copy secrets into the job's environment"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where `from_template_and_values` merges `env` into the job configuration before rendering:
 /// a truthy `env` default is merged into an object `env` of the template (or replaces a
 /// non-object one, or is added), then a truthy final `env` is merged into an object `env`.

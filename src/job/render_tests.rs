@@ -195,3 +195,31 @@ fn a_variable_used_only_in_merged_env_entries_has_an_effect() {
     let out = job(&t, json!({}), json!({"image": "app"})).unwrap();
     assert_eq!(out["env"], json!({"I": "img-app"}));
 }
+
+#[test]
+fn env_entries_of_job_variables_may_not_copy_secrets() {
+    let t = tpl(json!({
+        "job_configuration": {"env": {}, "c": "{{ credentials }}", "k": "{{ key }}", "i": "{{ image }}"},
+        "variables": {"properties": {
+            "env": {},
+            "image": {"default": "app"},
+            "credentials": {"default": {"service_account_info": {"private_key": "-----BEGIN"}}},
+            "key": {"writeOnly": true, "default": "s3cr3t"}
+        }}
+    }));
+    for entry in ["{{ credentials }}", "x-{{ key }}", "{{ image.api_token }}"] {
+        let e = job(&t, json!({"env": {"K": entry}}), json!({})).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.rule),
+            ("job_variables.env.K", "secret_reference")
+        );
+        let e = t
+            .validate_deployment_overrides(&map(json!({"env.K": entry})))
+            .unwrap_err();
+        assert_eq!(e.rule, "secret_reference");
+    }
+    // Other variables may be read; the template's own placeholders are the pool owner's.
+    let out = job(&t, json!({}), json!({"env": {"K": "{{ image }}"}})).unwrap();
+    assert_eq!(out["env"], json!({"K": "app"}));
+    assert_eq!(out["k"], json!("s3cr3t"));
+}

@@ -585,6 +585,7 @@ impl BaseJobTemplate {
         let mut values = defaults.clone();
         apply_overrides(&mut values, overrides);
         render::merge_env(&self.job_configuration, &defaults, &values)?;
+        self.check_env_references(overrides, &values)?;
         match schema_error(
             &self.validator_no_required,
             &Value::Object(values),
@@ -625,6 +626,7 @@ impl BaseJobTemplate {
         let mut values = defaults.clone();
         apply_overrides(&mut values, &layers);
         render::merge_env(&self.job_configuration, &defaults, &values)?;
+        self.check_env_references(&layers, &values)?;
         match schema_error(
             &self.validator,
             &Value::Object(values.clone()),
@@ -633,6 +635,16 @@ impl BaseJobTemplate {
             Some(e) => Err(e),
             None => Ok(values),
         }
+    }
+
+    /// [`render::check_env_references`] for the `env` entries of `layers`.
+    fn check_env_references(
+        &self,
+        layers: &Map<String, Value>,
+        values: &Map<String, Value>,
+    ) -> Result<(), TemplateError> {
+        let secret = crate::redact::schema_secret_variables(&self.variables);
+        render::check_env_references(render::expand(layers).get("env"), values, &secret)
     }
 
     /// Renders job_configuration with `values` plus built-in `context`
