@@ -657,7 +657,9 @@ impl BaseJobTemplate {
     }
 
     /// [`Self::render`] with `{{ $NAME }}` read from `environ` (Prefect's
-    /// workers read their own process environment). `values` should come
+    /// workers read their own process environment). Pass an allow-list, not
+    /// the whole process environment: job variables' `env` entries may carry
+    /// `{{ $NAME }}` placeholders too. `values` should come
     /// from [`Self::resolve`]; an `env` that cannot be merged (which
     /// `resolve` refuses) is left out of the merge.
     pub fn render_with_environ(
