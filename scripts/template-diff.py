@@ -315,7 +315,7 @@ def generate(seed, n):
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--cases", type=int, default=1200)
+    parser.add_argument("--cases", type=int, default=3000)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     assert prefect.__version__ == "3.8.8", prefect.__version__
