@@ -154,8 +154,9 @@ pub fn check_run_overrides(
     let mut keys: Vec<&String> = run_variables.keys().collect();
     keys.sort();
     for key in keys {
-        // `env.FOO` overrides the variable `env`.
-        let var = key.split('.').next().unwrap_or(key);
+        // `env.FOO` overrides the variable `env` (split as the template engine splits it).
+        let var = render::key_variable(key);
+        let var = var.as_str();
         if allowed_set.contains(var) {
             continue;
         }

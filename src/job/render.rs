@@ -70,6 +70,17 @@ pub fn first_segment(name: &str) -> String {
     segments(name).swap_remove(0)
 }
 
+/// The variable an override key sets: its first segment when it contains a `.` (Prefect
+/// expands only those: `env.FOO`, `env.a[0]`), else the key itself (`args[0]` is a variable of
+/// that name).
+pub fn key_variable(key: &str) -> String {
+    if key.contains('.') {
+        first_segment(key)
+    } else {
+        key.to_owned()
+    }
+}
+
 /// Python's `int(s)` for the strings a placeholder segment can be: optional `-`, ASCII digits
 /// with single `_` between them. `None` when Python would raise `ValueError` (or past `i64`,
 /// where every index is out of range anyway).

@@ -214,16 +214,6 @@ fn collect_placeholders(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<(Strin
     }
 }
 
-/// The variable an override key sets: its first segment when it is dotted
-/// (Prefect expands only keys containing `.`), else the key itself.
-fn key_variable(key: &str) -> String {
-    if key.contains('.') {
-        render::first_segment(key)
-    } else {
-        key.to_owned()
-    }
-}
-
 fn is_builtin(first: &str) -> bool {
     BUILTIN_NAMESPACES.contains(&first)
 }
@@ -543,7 +533,7 @@ impl BaseJobTemplate {
         let mut keys: Vec<&String> = overrides.keys().collect();
         keys.sort();
         for key in keys {
-            let var = key_variable(key);
+            let var = render::key_variable(key);
             let var = var.as_str();
             let field = format!("job_variables.{key}");
             let declared = self.properties().is_some_and(|p| p.contains_key(var));

@@ -156,6 +156,9 @@ fn a_pool_bounds_which_variables_a_run_overrides() {
     let dotted = map(json!({"command.x": "y"}));
     let e = check_run_overrides(&p, &dotted).unwrap_err();
     assert_eq!(e.field, "job_variables.command.x");
+    // Split as the engine splits it: `image[0].x` sets `image`; `image[0]` (no `.`) does not.
+    assert!(check_run_overrides(&p, &map(json!({"image[0].x": "y"}))).is_ok());
+    assert!(check_run_overrides(&p, &map(json!({"image[0]": "y"}))).is_err());
 }
 
 #[test]
