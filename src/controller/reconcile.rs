@@ -102,6 +102,7 @@ async fn propose_all(
     infrastructure_id: Option<&str>,
 ) -> Result<bool, PlaneError> {
     let wanted = proposals.len();
+    let (attempt, infra) = (work.run.attempt, work.run.infrastructure_id.clone());
     let guard = Guard::held_in(work.run.state.state_type);
     let outcomes = ctx
         .plane
@@ -112,6 +113,15 @@ async fn propose_all(
             tracing::debug!(run_id = %work.run.id, %reason, "proposal rejected");
         }
         work.run = last.run().clone();
+    }
+    if work.run.attempt > attempt {
+        // The attempt ended and the store scheduled a retry (docs/retries.md): the finished
+        // attempt's infrastructure is cleaned up now, the next attempt is prepared afresh.
+        if let (Some(job), Some(infra)) = (work.job.take(), infra) {
+            if let Err(e) = job.provider.cleanup(&infra, &job.job).await {
+                tracing::warn!(run_id = %work.run.id, error = %e, "cleanup failed");
+            }
+        }
     }
     Ok(outcomes.len() == wanted && outcomes.iter().all(TransitionOutcome::is_recorded))
 }

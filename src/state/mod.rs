@@ -10,7 +10,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod retry;
 mod transition;
+
+pub use retry::{
+    check_tags, inherit_tags, retry_after, InvalidSetting, Retry, RetryDelay, RetryOverride,
+    RetryPolicy, MAX_TAGS,
+};
 
 pub use transition::{
     decide, decide_sequence, Decision, InfrastructureEffect, LeaseEffect, RunRecord, Transition,

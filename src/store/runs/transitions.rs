@@ -15,7 +15,7 @@ use super::{
 };
 use crate::model::{from_micros, now_micros, to_micros, FlowRun};
 use crate::state::{
-    decide_sequence, names, Decision, InfrastructureEffect, Proposal, Rejection, RunRecord,
+    decide_sequence, names, retry_after, Decision, InfrastructureEffect, Proposal, Rejection, RunRecord,
     StateType, TransitionGuard,
 };
 use crate::store::objects::{insert_event, insert_event_rows, EventRow};
@@ -71,6 +71,41 @@ impl Plan {
             plan.outcomes.push(outcome);
         }
         plan
+    }
+}
+
+impl Plan {
+    /// The retry rule (docs/retries.md): when the last accepted proposal ended the attempt in a
+    /// state the run's policy retries, a second step follows in the same transaction:
+    /// `SCHEDULED/AwaitingRetry`, the next attempt, due after the policy's delay. The history
+    /// keeps the failed state and then the retry.
+    fn retry(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        let Some((ended, from, tid)) = self.steps.last() else {
+            return;
+        };
+        let Some(retry) = retry_after(
+            &RunRecord::of(ended),
+            *from,
+            &ended.retry,
+            now,
+            rand::random::<f64>(),
+        ) else {
+            return;
+        };
+        let mut next = retry.transition.applied_to(ended);
+        next.scheduled_time = retry.scheduled_time;
+        let step = (next.clone(), retry.transition.from, format!("retry-{tid}"));
+        self.steps.push(step);
+        self.wakes = true;
+        if let Some(TransitionOutcome::Accepted(last)) = self
+            .outcomes
+            .iter_mut()
+            .rev()
+            .find(|o| matches!(o, TransitionOutcome::Accepted(_)))
+        {
+            *last = next.clone();
+        }
+        self.current = next;
     }
 }
 
@@ -153,7 +188,8 @@ impl Store {
             infrastructure_id,
             now,
         );
-        let plan = Plan::new(read, decisions, &proposals);
+        let mut plan = Plan::new(read, decisions, &proposals);
+        plan.retry(now);
         if plan.steps.is_empty() {
             return Ok((plan.outcomes, false, false));
         }
@@ -167,7 +203,8 @@ impl Store {
         let updated = sqlx::query(&format!(
             "UPDATE flow_runs SET state_type = $1, state_name = $2, state_message = $3, state_timestamp = $4, \
              lease_owner = $5, lease_expires = $6, infrastructure_id = $7, attempt = $8, \
-             version = version + 1, updated = $4 WHERE id = $9 AND version = $10 RETURNING {RUN_COLUMNS}"
+             version = version + 1, updated = $4, scheduled_time = $11 \
+             WHERE id = $9 AND version = $10 RETURNING {RUN_COLUMNS}"
         ))
         .bind(current.state.state_type.as_str())
         .bind(current.state.name.clone())
@@ -179,6 +216,7 @@ impl Store {
         .bind(current.attempt)
         .bind(run_id.to_string())
         .bind(version)
+        .bind(to_micros(current.scheduled_time))
         .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = updated else {
