@@ -19,8 +19,7 @@ use uuid::Uuid;
 use super::plane::{ControlPlane, Guard, LogEntry, PlaneError, PlaneResult};
 use crate::model::{Deployment, FlowRun, State, WorkPool};
 use crate::state::{
-    decide_sequence, names, retry_after, Decision, Proposal, RunRecord, StateType,
-    TransitionGuard,
+    decide_sequence, names, retry_after, Decision, Proposal, RunRecord, StateType, TransitionGuard,
 };
 use crate::store::{round_robin, TransitionOutcome, WorkspaceQuota};
 

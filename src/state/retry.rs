@@ -200,7 +200,10 @@ impl RetryOverride {
                 .clone()
                 .unwrap_or_else(|| base.retry_delay_seconds.clone()),
             retry_jitter_factor: self.retry_jitter_factor.or(base.retry_jitter_factor),
-            retry_on: self.retry_on.clone().unwrap_or_else(|| base.retry_on.clone()),
+            retry_on: self
+                .retry_on
+                .clone()
+                .unwrap_or_else(|| base.retry_on.clone()),
         };
         policy.validate()?;
         Ok(policy)

@@ -32,8 +32,14 @@ fn policy(retries: i64, delay: RetryDelay) -> RetryPolicy {
 #[test]
 fn a_failed_attempt_with_retries_left_becomes_awaiting_retry() {
     let p = policy(2, RetryDelay::Seconds(10.0));
-    let retry = retry_after(&ended(StateType::Failed, 1), StateType::Running, &p, t0(), 0.5)
-        .expect("retried");
+    let retry = retry_after(
+        &ended(StateType::Failed, 1),
+        StateType::Running,
+        &p,
+        t0(),
+        0.5,
+    )
+    .expect("retried");
     let row = &retry.transition.row;
     assert_eq!(row.state.state_type, StateType::Scheduled);
     assert_eq!(row.state.name, names::AWAITING_RETRY);
@@ -44,28 +50,62 @@ fn a_failed_attempt_with_retries_left_becomes_awaiting_retry() {
     assert!(retry.transition.next_attempt);
     assert_eq!(retry.scheduled_time, t0() + Duration::seconds(10));
     let message = row.state.message.as_deref().unwrap();
-    assert!(message.contains("attempt 1 ended FAILED; retry 1 of 2"), "{message}");
+    assert!(
+        message.contains("attempt 1 ended FAILED; retry 1 of 2"),
+        "{message}"
+    );
 }
 
 #[test]
 fn the_last_allowed_attempt_is_not_retried() {
     let p = policy(2, RetryDelay::Seconds(0.0));
-    assert!(retry_after(&ended(StateType::Failed, 2), StateType::Running, &p, t0(), 0.0).is_some());
-    assert!(retry_after(&ended(StateType::Failed, 3), StateType::Running, &p, t0(), 0.0).is_none());
+    assert!(retry_after(
+        &ended(StateType::Failed, 2),
+        StateType::Running,
+        &p,
+        t0(),
+        0.0
+    )
+    .is_some());
+    assert!(retry_after(
+        &ended(StateType::Failed, 3),
+        StateType::Running,
+        &p,
+        t0(),
+        0.0
+    )
+    .is_none());
     let none = RetryPolicy::default();
-    assert!(
-        retry_after(&ended(StateType::Crashed, 1), StateType::Pending, &none, t0(), 0.0).is_none()
-    );
+    assert!(retry_after(
+        &ended(StateType::Crashed, 1),
+        StateType::Pending,
+        &none,
+        t0(),
+        0.0
+    )
+    .is_none());
 }
 
 #[test]
 fn only_the_listed_end_states_are_retried() {
     let mut p = policy(3, RetryDelay::Seconds(0.0));
     p.retry_on = vec![StateType::Crashed];
-    assert!(retry_after(&ended(StateType::Failed, 1), StateType::Running, &p, t0(), 0.0).is_none());
-    assert!(
-        retry_after(&ended(StateType::Crashed, 1), StateType::Running, &p, t0(), 0.0).is_some()
-    );
+    assert!(retry_after(
+        &ended(StateType::Failed, 1),
+        StateType::Running,
+        &p,
+        t0(),
+        0.0
+    )
+    .is_none());
+    assert!(retry_after(
+        &ended(StateType::Crashed, 1),
+        StateType::Running,
+        &p,
+        t0(),
+        0.0
+    )
+    .is_some());
     for end in [
         StateType::Completed,
         StateType::Cancelled,
@@ -79,10 +119,14 @@ fn only_the_listed_end_states_are_retried() {
 #[test]
 fn a_run_being_cancelled_is_never_retried() {
     let p = policy(3, RetryDelay::Seconds(0.0));
-    assert!(
-        retry_after(&ended(StateType::Crashed, 1), StateType::Cancelling, &p, t0(), 0.0)
-            .is_none()
-    );
+    assert!(retry_after(
+        &ended(StateType::Crashed, 1),
+        StateType::Cancelling,
+        &p,
+        t0(),
+        0.0
+    )
+    .is_none());
 }
 
 #[test]
@@ -93,8 +137,14 @@ fn per_attempt_delays_repeat_their_last_entry() {
         [1.0, 5.0, 30.0, 30.0]
     );
     let p = policy(5, d);
-    let second = retry_after(&ended(StateType::Failed, 2), StateType::Running, &p, t0(), 0.0)
-        .unwrap();
+    let second = retry_after(
+        &ended(StateType::Failed, 2),
+        StateType::Running,
+        &p,
+        t0(),
+        0.0,
+    )
+    .unwrap();
     assert_eq!(second.scheduled_time, t0() + Duration::seconds(5));
 }
 
@@ -106,7 +156,10 @@ fn jitter_only_lengthens_the_delay_within_its_factor() {
     assert_eq!(p.delay(1, 1.0), Duration::seconds(15));
     for i in 0..100 {
         let d = p.delay(1, f64::from(i) / 100.0);
-        assert!(d >= Duration::seconds(10) && d <= Duration::seconds(15), "{d}");
+        assert!(
+            d >= Duration::seconds(10) && d <= Duration::seconds(15),
+            "{d}"
+        );
     }
 }
 
@@ -165,7 +218,10 @@ fn an_override_replaces_only_the_fields_it_gives() {
 fn the_delay_deserializes_from_a_number_or_a_list() {
     let p: RetryPolicy =
         serde_json::from_str(r#"{"retries": 2, "retry_delay_seconds": [1, 2.5]}"#).unwrap();
-    assert_eq!(p.retry_delay_seconds, RetryDelay::PerAttempt(vec![1.0, 2.5]));
+    assert_eq!(
+        p.retry_delay_seconds,
+        RetryDelay::PerAttempt(vec![1.0, 2.5])
+    );
     assert_eq!(p.retry_on, vec![StateType::Failed, StateType::Crashed]);
     let p: RetryPolicy = serde_json::from_str(r#"{"retry_delay_seconds": 3}"#).unwrap();
     assert_eq!(p.retry_delay_seconds, RetryDelay::Seconds(3.0));
@@ -183,7 +239,10 @@ fn tags_are_checked_and_deduplicated_and_inherited() {
         check_tags("tags", &tags(&["ok", "a,b"])).unwrap_err().field,
         "tags[1]"
     );
-    assert_eq!(check_tags("tags", &tags(&[""])).unwrap_err().field, "tags[0]");
+    assert_eq!(
+        check_tags("tags", &tags(&[""])).unwrap_err().field,
+        "tags[0]"
+    );
     assert_eq!(
         check_tags("tags", &tags(&[" x"])).unwrap_err().field,
         "tags[0]"

@@ -12,8 +12,7 @@ use crate::state::RetryPolicy;
 
 /// The column text of a retry policy (NULL for the default).
 pub(crate) fn policy_text(policy: &RetryPolicy) -> Option<String> {
-    (*policy != RetryPolicy::default())
-        .then(|| serde_json::to_string(policy).unwrap_or_default())
+    (*policy != RetryPolicy::default()).then(|| serde_json::to_string(policy).unwrap_or_default())
 }
 
 /// The column text of tags (NULL for none).

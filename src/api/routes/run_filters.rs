@@ -66,7 +66,10 @@ pub(crate) fn split(query: Option<&str>) -> ApiResult<RepeatedFilters> {
     }
     if let (Some(since), Some(until)) = (out.since, out.until) {
         if until < since {
-            return Err(ApiError::unprocessable("until", "must not be before `since`"));
+            return Err(ApiError::unprocessable(
+                "until",
+                "must not be before `since`",
+            ));
         }
     }
     out.rest = format!("/?{}", rest.finish())
@@ -81,7 +84,10 @@ mod tests {
 
     #[test]
     fn states_repeat_or_come_as_a_list_tags_repeat() {
-        let f = split(Some("state=failed,CRASHED&state=Failed&tag=a&tag=b%20c&limit=5&since=2026-01-01T00:00:00Z")).unwrap();
+        let f = split(Some(
+            "state=failed,CRASHED&state=Failed&tag=a&tag=b%20c&limit=5&since=2026-01-01T00:00:00Z",
+        ))
+        .unwrap();
         assert_eq!(f.states, vec![StateType::Failed, StateType::Crashed]);
         assert_eq!(f.tags, vec!["a".to_string(), "b c".to_string()]);
         assert_eq!(f.since.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");

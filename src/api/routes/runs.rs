@@ -165,9 +165,7 @@ async fn create_run(
     }
     let deployment = state.store.deployment(ws.id, &id).await?;
     let retry = retry_override!(request);
-    retry
-        .apply(&deployment.retry)
-        .map_err(invalid_setting)?;
+    retry.apply(&deployment.retry).map_err(invalid_setting)?;
     let tags = checked_tags(request.tags.take())?.unwrap_or_default();
     check_document_size("job_variables", &request.job_variables)?;
     check_document_size("parameters", &request.parameters)?;

@@ -10,8 +10,8 @@ use super::{
 use crate::model::{from_micros, now_micros, to_micros, Deployment, FlowRun, HistoryEntry};
 use crate::state::StateType;
 use crate::store::objects::insert_event;
-use crate::store::sql::{bind_all, conflict, get_state_type, get_uuid, not_found};
 use crate::store::retries::{insert_run_tags, policy_text, tags_text};
+use crate::store::sql::{bind_all, conflict, get_state_type, get_uuid, not_found};
 use crate::store::{is_unique_violation, Result, Store, StoreError};
 
 /// A refused retry setting as the store's error (the field named).
@@ -181,11 +181,17 @@ impl Store {
         }
         if let Some(since) = filter.since {
             args.push(to_micros(since).to_string());
-            sql.push_str(&format!(" AND scheduled_time >= CAST(${} AS BIGINT)", args.len()));
+            sql.push_str(&format!(
+                " AND scheduled_time >= CAST(${} AS BIGINT)",
+                args.len()
+            ));
         }
         if let Some(until) = filter.until {
             args.push(to_micros(until).to_string());
-            sql.push_str(&format!(" AND scheduled_time < CAST(${} AS BIGINT)", args.len()));
+            sql.push_str(&format!(
+                " AND scheduled_time < CAST(${} AS BIGINT)",
+                args.len()
+            ));
         }
         if let Some(p) = &filter.work_pool {
             args.push(p.clone());

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::model::{from_micros, now_micros, to_micros, FlowRun};
 use crate::state::{
-    decide_sequence, names, retry_after, Decision, InfrastructureEffect, Proposal, Rejection, RunRecord,
-    StateType, TransitionGuard,
+    decide_sequence, names, retry_after, Decision, InfrastructureEffect, Proposal, Rejection,
+    RunRecord, StateType, TransitionGuard,
 };
 use crate::store::objects::{insert_event, insert_event_rows, EventRow};
 use crate::store::sql::{bind_all, get_uuid, not_found, placeholders, storable};
