@@ -49,7 +49,7 @@ pub fn error_policy(work: &RunWork, error: &ControllerError, _ctx: &Context) -> 
 }
 
 /// Removes what a finished job left behind (best effort).
-async fn cleanup(work: &RunWork) {
+pub(super) async fn cleanup(work: &RunWork) {
     if let (Some(job), Some(infra)) = (&work.job, &work.run.infrastructure_id) {
         if let Err(e) = job.provider.cleanup(infra, &job.job).await {
             tracing::warn!(run_id = %work.run.id, error = %e, "cleanup failed");

@@ -436,7 +436,12 @@ async fn drive(
             last_read = Instant::now();
             needs_read = false;
             match ctx.plane.run(work.run.id).await {
-                Ok(run) if run.attempt > attempt => return,
+                Ok(run) if run.attempt > attempt => {
+                    // Retried behind this task's back (the job reported its own failure): what
+                    // the ended attempt left behind goes.
+                    super::reconcile::cleanup(&work).await;
+                    return;
+                }
                 Ok(run) => work.run = run,
                 Err(e) => {
                     tracing::warn!(run_id = %work.run.id, error = %e, "cannot read run; retrying");
