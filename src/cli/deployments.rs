@@ -46,7 +46,7 @@ pub enum DeploymentCommand {
         concurrency_limit: Option<u32>,
         /// Retries and tags (issue 13).
         #[command(flatten)]
-        retry: RetryFlags,
+        retry: Box<RetryFlags>,
     },
     /// List deployments.
     #[command(visible_alias = "list")]
@@ -86,7 +86,7 @@ pub enum DeploymentCommand {
         watch: bool,
         /// Retries (replacing the deployment's) and tags (besides its own).
         #[command(flatten)]
-        retry: RetryFlags,
+        retry: Box<RetryFlags>,
     },
     /// Delete a deployment.
     Delete {
