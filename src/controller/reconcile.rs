@@ -102,7 +102,8 @@ async fn propose_all(
     infrastructure_id: Option<&str>,
 ) -> Result<bool, PlaneError> {
     let wanted = proposals.len();
-    let (attempt, infra) = (work.run.attempt, work.run.infrastructure_id.clone());
+    let attempt = work.run.attempt;
+    let infra = (work.run.infrastructure_id.clone()).or(infrastructure_id.map(str::to_string));
     let guard = Guard::held_in(work.run.state.state_type);
     let outcomes = ctx
         .plane
