@@ -213,6 +213,7 @@ impl MemoryPlane {
         TransitionGuard {
             expected: guard.expected,
             lease_owner: guard.held.then(|| self.owner.clone()),
+            attempt: guard.attempt,
         }
     }
 
@@ -466,6 +467,18 @@ impl ControlPlane for MemoryPlane {
         run.infrastructure_id = Some(infrastructure_id.to_string());
         run.state.name = names::INFRASTRUCTURE_PENDING.into();
         Ok(true)
+    }
+
+    async fn record_attempt_infrastructure(
+        &self,
+        run: &FlowRun,
+        infrastructure_id: &str,
+    ) -> PlaneResult<bool> {
+        let current = self.lock().runs.get(&run.id).map(|r| r.attempt);
+        if current != Some(run.attempt) {
+            return Ok(false);
+        }
+        self.record_infrastructure(run.id, infrastructure_id).await
     }
 
     async fn append_logs(&self, run_id: Uuid, lines: &[LogEntry]) -> PlaneResult<()> {

@@ -104,7 +104,11 @@ async fn propose_all(
     let wanted = proposals.len();
     let attempt = work.run.attempt;
     let infra = (work.run.infrastructure_id.clone()).or(infrastructure_id.map(str::to_string));
-    let guard = Guard::held_in(work.run.state.state_type);
+    // Only for this task's attempt: a retry may have started the next one meanwhile (issue 13).
+    let guard = Guard {
+        attempt: Some(attempt),
+        ..Guard::held_in(work.run.state.state_type)
+    };
     let outcomes = ctx
         .plane
         .propose(work.run.id, proposals, guard, infrastructure_id)
@@ -228,7 +232,9 @@ async fn adopt_lookup(
         .await;
     match found {
         Ok(Lookup::Found(infra)) => {
-            ctx.plane.record_infrastructure(work.run.id, &infra).await?;
+            ctx.plane
+                .record_attempt_infrastructure(&work.run, &infra)
+                .await?;
             work.run = ctx.plane.run(work.run.id).await?;
             work.adopted = false;
             Ok(Some(Action::requeue(Duration::ZERO)))
@@ -353,7 +359,11 @@ async fn record_submitted(
         }
         // Refused (the run changed meanwhile): the path below records or stops the job.
     }
-    if ctx.plane.record_infrastructure(work.run.id, &infra).await? {
+    if ctx
+        .plane
+        .record_attempt_infrastructure(&work.run, &infra)
+        .await?
+    {
         work.run.infrastructure_id = Some(infra);
         work.run.state.name = names::INFRASTRUCTURE_PENDING.into();
         Ok(next_poll(work, ctx))

@@ -439,7 +439,9 @@ async fn drive(
                 Ok(run) if run.attempt > attempt => {
                     // Retried behind this task's back (the job reported its own failure): what
                     // the ended attempt left behind goes.
-                    super::reconcile::cleanup(&work).await;
+                    if work.run.attempt == attempt {
+                        super::reconcile::cleanup(&work).await;
+                    }
                     return;
                 }
                 Ok(run) => work.run = run,
@@ -451,6 +453,9 @@ async fn drive(
             }
         }
         fresh = false;
+        if work.run.attempt != attempt {
+            return; // the run was retried: the next attempt is another task's work
+        }
         // A panic (a provider's or our bug) is caught here, not left to kill the task silently.
         let outcome = std::panic::AssertUnwindSafe(reconcile(&mut work, &ctx))
             .catch_unwind()

@@ -254,3 +254,32 @@ fn tags_are_checked_and_deduplicated_and_inherited() {
         tags(&["prod", "etl", "manual"])
     );
 }
+
+#[test]
+fn a_writer_of_an_earlier_attempt_is_refused() {
+    use crate::state::{decide, Decision, Proposal, Rejection, TransitionContext, TransitionGuard};
+    let mut run = ended(StateType::Pending, 2);
+    run.lease_owner = Some("ctl-a".into());
+    let guard = |attempt| TransitionGuard {
+        expected: Some(StateType::Pending),
+        lease_owner: Some("ctl-a".into()),
+        attempt: Some(attempt),
+    };
+    let context = TransitionContext {
+        already_recorded: false,
+        infrastructure_id: None,
+        now: t0(),
+    };
+    let proposal = Proposal::new(StateType::Running);
+    assert_eq!(
+        decide(&run, &proposal, &guard(1), context),
+        Decision::Rejected(Rejection::AttemptChanged {
+            expected: 1,
+            current: 2
+        })
+    );
+    assert!(matches!(
+        decide(&run, &proposal, &guard(2), context),
+        Decision::Accepted(_)
+    ));
+}

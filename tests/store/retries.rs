@@ -4,9 +4,11 @@
 
 use chrono::{Duration, Utc};
 use pushpool::model::{Deployment, FlowRun};
-use pushpool::state::{names, Proposal, RetryDelay, RetryOverride, RetryPolicy, StateType};
+use pushpool::state::{
+    names, Proposal, Rejection, RetryDelay, RetryOverride, RetryPolicy, StateType,
+};
 use pushpool::store::{
-    DeploymentPatch, NewDeployment, NewPool, NewRun, RunDefaults, RunFilter, Store,
+    DeploymentPatch, NewDeployment, NewPool, NewRun, PoolSelector, RunDefaults, RunFilter, Store,
     TransitionGuard, TransitionOutcome,
 };
 use pushpool_testkit::{both_backends, connect, TestDb};
@@ -20,6 +22,7 @@ both_backends!(
     a_repeated_failure_proposal_does_not_retry_twice,
     runs_inherit_tags_and_the_list_filters_by_tag_state_and_time,
     a_deployment_change_applies_to_later_runs_only,
+    writes_for_an_earlier_attempt_are_refused,
 );
 
 struct Fixture {
@@ -403,4 +406,70 @@ async fn a_deployment_change_applies_to_later_runs_only(db: TestDb) {
         StateType::Failed,
         "the run's own policy counts"
     );
+}
+
+async fn writes_for_an_earlier_attempt_are_refused(db: TestDb) {
+    let f = fixture(&db).await;
+    let d = f
+        .deployment("d", policy(1, RetryDelay::Seconds(0.0)), vec![])
+        .await;
+    let run = f.run(&d, RetryOverride::default(), vec![]).await;
+    let claim = || async {
+        let lease = std::time::Duration::from_secs(30);
+        let claimed = f
+            .store
+            .claim_due(&PoolSelector::All, Utc::now(), 10, "ctl-a", lease)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        claimed[0].clone()
+    };
+    assert_eq!(claim().await.attempt, 1);
+    // The job reports its failure itself; the same controller claims the retry at once.
+    f.propose(run.id, Proposal::new(StateType::Failed)).await;
+    let second = claim().await;
+    assert_eq!(
+        (second.attempt, second.state.state_type),
+        (2, StateType::Pending)
+    );
+    // The first attempt's task, late, must not write to the second attempt.
+    let stale = f
+        .store
+        .set_attempt_infrastructure(run.id, Some(1), "ctl-a", "job-of-attempt-1")
+        .await
+        .unwrap();
+    assert!(!stale);
+    let guard = |attempt| TransitionGuard {
+        expected: Some(StateType::Pending),
+        lease_owner: Some("ctl-a".into()),
+        attempt: Some(attempt),
+    };
+    let out = f
+        .store
+        .propose_state(run.id, Proposal::new(StateType::Running), guard(1))
+        .await
+        .unwrap();
+    let TransitionOutcome::Rejected { reason, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        reason,
+        Rejection::AttemptChanged {
+            expected: 1,
+            current: 2
+        }
+    );
+    assert!(f
+        .store
+        .set_attempt_infrastructure(run.id, Some(2), "ctl-a", "job-of-attempt-2")
+        .await
+        .unwrap());
+    let out = f
+        .store
+        .propose_state(run.id, Proposal::new(StateType::Running), guard(2))
+        .await
+        .unwrap();
+    assert!(matches!(out, TransitionOutcome::Accepted(_)), "{out:?}");
+    let now = f.store.run(run.id).await.unwrap();
+    assert_eq!(now.infrastructure_id.as_deref(), Some("job-of-attempt-2"));
 }

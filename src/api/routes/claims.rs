@@ -300,6 +300,7 @@ async fn set_state(
     let guard = TransitionGuard {
         expected: None,
         lease_owner: Some(owner),
+        attempt: None,
     };
     let outcome = state.store.propose_state(run.id, proposal, guard).await?;
     Ok(Json(proposal_answer(&outcome)))

@@ -317,6 +317,7 @@ async fn cancel_run(
         let guard = TransitionGuard {
             expected: Some(current),
             lease_owner: None,
+            attempt: None,
         };
         match state.store.propose_state(run.id, proposal, guard).await? {
             TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => {

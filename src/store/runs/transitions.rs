@@ -324,19 +324,34 @@ impl Store {
         owner: &str,
         infrastructure_id: &str,
     ) -> Result<bool> {
+        self.set_attempt_infrastructure(run_id, None, owner, infrastructure_id)
+            .await
+    }
+
+    /// [`Store::set_infrastructure`] for the job of one attempt: false also when the run is in
+    /// another attempt (it was retried meanwhile; issue 13).
+    pub async fn set_attempt_infrastructure(
+        &self,
+        run_id: Uuid,
+        attempt: Option<i64>,
+        owner: &str,
+        infrastructure_id: &str,
+    ) -> Result<bool> {
         let infrastructure_id = storable(infrastructure_id);
         let infrastructure_id = infrastructure_id.as_ref();
         let mut tx = self.begin().await?;
         let now = now_micros();
         let row = sqlx::query(
             "UPDATE flow_runs SET infrastructure_id = $1, state_name = $2, updated = $3, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND state_type = 'PENDING' RETURNING workspace_id",
+             WHERE id = $4 AND lease_owner = $5 AND state_type = 'PENDING' AND attempt = COALESCE($6, attempt) \
+             RETURNING workspace_id",
         )
         .bind(infrastructure_id)
         .bind(names::INFRASTRUCTURE_PENDING)
         .bind(now)
         .bind(run_id.to_string())
         .bind(owner)
+        .bind(attempt)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
