@@ -43,7 +43,7 @@ pub const ROUTES: &[Route] = &[
         ))
         .errors(&[409]),
     Route::get(ws!("/flow_runs"), handler!(list_runs))
-        .summary("List flow runs (state, work_pool, deployment, limit, cursor)")
+        .summary("List flow runs (state, tag, since, until, work_pool, deployment, limit, cursor)")
         .access(Access::Workspace(Scope::RunsRead))
         .audit("flow_run.list", DeniedOnly)
         .query::<RunQuery>()
