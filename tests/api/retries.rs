@@ -15,6 +15,7 @@ both_backends!(
     a_failure_the_job_reports_itself_is_retried,
     a_cancelled_run_is_not_retried,
     retry_fields_and_tags_are_shown_inherited_filtered_and_checked,
+    a_remote_controller_naming_its_attempt_cannot_write_to_the_next,
 );
 
 async fn spawn_app(db: &TestDb) -> App {
@@ -397,5 +398,77 @@ async fn retry_fields_and_tags_are_shown_inherited_filtered_and_checked(db: Test
             "{query} → {b}"
         );
     }
+    app.stop().await;
+}
+
+async fn a_remote_controller_naming_its_attempt_cannot_write_to_the_next(db: TestDb) {
+    // The API alone: the test is the (remote) controller, through the claim protocol.
+    let store = connect(&db, 8).await;
+    let (key, home) = bootstrap_fresh(&store).await;
+    let app = App::serve(&db.url, store, key, home, false).await;
+    let (s, b) = app
+        .post("/work_pools", json!({"name": "remote", "type": "process"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .post(
+            "/deployments",
+            json!({"name": "r", "work_pool": "remote", "job_variables": {"command": "true"},
+                   "retries": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = app.run("r").await;
+    let claim = || async {
+        let (s, b) = app
+            .post(
+                "/work_pools/remote/claim",
+                json!({"controller_id": "far", "limit": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["runs"][0]["flow_run"]["id"], id.as_str(), "{b}");
+        b["runs"][0]["flow_run"]["attempt"].as_i64().unwrap()
+    };
+    let set_state = |body: Value| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let mut body = body;
+            body["controller_id"] = json!("far");
+            app.post(&format!("/flow_runs/{id}/set_state"), body).await
+        }
+    };
+    assert_eq!(claim().await, 1);
+    let (s, b) = set_state(json!({"type": "RUNNING", "attempt": 1})).await;
+    assert_eq!((s, b["status"].clone()), (200, json!("ACCEPT")), "{b}");
+    let (s, b) = set_state(json!({"type": "FAILED", "attempt": 1, "message": "boom"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["state"]["name"], "AwaitingRetry", "{b}");
+    assert_eq!(claim().await, 2);
+    let (s, b) = set_state(
+        json!({"type": "PENDING", "infrastructure_id": "job-of-attempt-1", "attempt": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (409, json!("infrastructure_id")),
+        "{b}"
+    );
+    let (s, b) = set_state(json!({"type": "RUNNING", "attempt": 1})).await;
+    assert_eq!((s, b["status"].clone()), (200, json!("REJECT")), "{b}");
+    assert!(
+        b["reason"].as_str().unwrap().contains("attempt 1 is over"),
+        "{b}"
+    );
+    let (s, b) = set_state(
+        json!({"type": "PENDING", "infrastructure_id": "job-of-attempt-2", "attempt": 2}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = set_state(json!({"type": "RUNNING", "attempt": 2})).await;
+    assert_eq!((s, b["status"].clone()), (200, json!("ACCEPT")), "{b}");
+    let run = app.flow_run(&id).await;
+    assert_eq!(run["infrastructure_id"], "job-of-attempt-2");
     app.stop().await;
 }
