@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::state::StateType;
+use crate::state::{RetryPolicy, StateType};
 
 /// Microseconds since the Unix epoch, the store's time unit.
 pub type Micros = i64;
@@ -126,6 +126,13 @@ pub struct Deployment {
     pub created: DateTime<Utc>,
     /// Last change.
     pub updated: DateTime<Utc>,
+    // Retries and tags (issue 13): copied onto each new run.
+    /// The retry policy its runs get (`retries`, `retry_delay_seconds`, …; docs/retries.md).
+    #[serde(flatten)]
+    pub retry: RetryPolicy,
+    /// Tags; its runs inherit them.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A run's current state.
@@ -201,6 +208,13 @@ pub struct FlowRun {
     pub created: DateTime<Utc>,
     /// Last change.
     pub updated: DateTime<Utc>,
+    // Retries and tags (issue 13).
+    /// Its retry policy: the deployment's with the run's overrides, fixed at creation.
+    #[serde(flatten)]
+    pub retry: RetryPolicy,
+    /// Its deployment's tags and its own.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// An audit/event record: one per accepted transition and per mutation.

@@ -188,7 +188,14 @@ pub struct Query<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+        Query::from_uri(&parts.uri)
+    }
+}
+
+impl<T: DeserializeOwned> Query<T> {
+    /// The query parameters of `uri`; a value of the wrong type is a 422 naming the parameter.
+    pub(crate) fn from_uri(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::try_from_uri(uri) {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
                 Err(wrong_shape(&e.body_text()))

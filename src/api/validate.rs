@@ -98,3 +98,15 @@ pub(crate) fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
+
+/// A refused retry setting or tag (issue 13) as a 422 naming the field.
+pub(crate) fn invalid_setting(e: crate::state::InvalidSetting) -> ApiError {
+    ApiError::unprocessable(&e.field, e.message)
+}
+
+/// Checked tags of a request field (`tags`), without duplicates.
+pub(crate) fn checked_tags(tags: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
+    tags.map(|t| crate::state::check_tags("tags", &t))
+        .transpose()
+        .map_err(invalid_setting)
+}

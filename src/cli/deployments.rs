@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use super::api::{Api, CliError};
 use super::input;
 use super::output::{columns_table, emit, field, key_values, pretty, time_field, Column};
+use super::retries::RetryFlags;
 use super::runs::run_summary;
 use super::watch::{self, Lines};
 use super::{create, delete, get_and_show, show, OutputFormat};
@@ -43,6 +44,9 @@ pub enum DeploymentCommand {
         /// Most runs of this deployment in flight at once.
         #[arg(long, value_name = "N")]
         concurrency_limit: Option<u32>,
+        /// Retries and tags (issue 13).
+        #[command(flatten)]
+        retry: Box<RetryFlags>,
     },
     /// List deployments.
     #[command(visible_alias = "list")]
@@ -80,6 +84,9 @@ pub enum DeploymentCommand {
         /// Watch the run until it ends (exit 0 COMPLETED, 2 otherwise).
         #[arg(long)]
         watch: bool,
+        /// Retries (replacing the deployment's) and tags (besides its own).
+        #[command(flatten)]
+        retry: Box<RetryFlags>,
     },
     /// Delete a deployment.
     Delete {
@@ -102,6 +109,7 @@ pub(super) async fn deployment(
             command,
             params,
             concurrency_limit,
+            retry,
         } => {
             let mut job_variables = input::parse_assignments("--var", &vars)?;
             if let Some(command) = command {
@@ -120,6 +128,9 @@ pub(super) async fn deployment(
             }
             if let Some(limit) = concurrency_limit {
                 body["concurrency_limit"] = json!(limit);
+            }
+            if let Value::Object(fields) = &mut body {
+                retry.write_into(fields)?;
             }
             create(api, out, "deployments", &body, deployment_details).await?;
         }
@@ -180,8 +191,10 @@ pub(super) async fn deployment(
             params,
             idempotency_key,
             watch,
+            retry,
         } => {
             let mut body = Map::new();
+            retry.write_into(&mut body)?;
             if let Some(at) = at {
                 body.insert("scheduled_time".into(), json!(input::parse_at(&at)?));
             }
@@ -256,6 +269,17 @@ fn deployment_details(deployment: &Value) -> String {
         ("work_queue", field(deployment, "work_queue")),
         ("paused", field(deployment, "paused")),
         ("concurrency_limit", field(deployment, "concurrency_limit")),
+        ("retries", field(deployment, "retries")),
+        (
+            "retry_delay_seconds",
+            field(deployment, "retry_delay_seconds"),
+        ),
+        (
+            "retry_jitter_factor",
+            field(deployment, "retry_jitter_factor"),
+        ),
+        ("retry_on", field(deployment, "retry_on")),
+        ("tags", field(deployment, "tags")),
         ("job_variables", field(deployment, "job_variables")),
         ("parameters", field(deployment, "parameters")),
         ("created", time_field(deployment, "created")),

@@ -12,6 +12,7 @@ mod deployments;
 mod input;
 mod output;
 mod pools;
+mod retries;
 mod runs;
 #[cfg(test)]
 mod tests;

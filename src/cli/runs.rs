@@ -4,6 +4,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::api::{Api, CliError};
+use super::input;
 use super::output::{field, items, key_values, list_table, state_label, terminal_safe, time_field};
 use super::watch::{self, Lines};
 use super::{get_and_show, send_and_show, OutputFormat};
@@ -22,9 +23,18 @@ pub enum RunCommand {
     /// List runs, newest first.
     #[command(visible_alias = "list")]
     Ls {
-        /// Only runs in this state type (e.g. RUNNING, FAILED).
+        /// Only runs in these state types (e.g. RUNNING, or FAILED,CRASHED). Repeatable.
         #[arg(long, value_name = "TYPE")]
-        state: Option<String>,
+        state: Vec<String>,
+        /// Only runs with this tag. Repeatable (runs with every one).
+        #[arg(long, value_name = "T")]
+        tag: Vec<String>,
+        /// Only runs scheduled at or after this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Only runs scheduled before this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
         /// Only runs of this work pool.
         #[arg(long, value_name = "P")]
         pool: Option<String>,
@@ -84,6 +94,8 @@ fn run_details(run: &Value) -> String {
         ("state_since", time_field(state, "timestamp")),
         ("scheduled", time_field(run, "scheduled_time")),
         ("attempt", field(run, "attempt")),
+        ("retries", field(run, "retries")),
+        ("tags", field(run, "tags")),
         ("infrastructure_id", field(run, "infrastructure_id")),
         ("idempotency_key", field(run, "idempotency_key")),
         ("lease_owner", field(run, "lease_owner")),
@@ -120,15 +132,33 @@ pub(super) async fn flow_run(
     match command {
         RunCommand::Ls {
             state,
+            tag,
+            since,
+            until,
             pool,
             deployment,
             limit,
         } => {
+            let since = since
+                .map(|t| input::parse_time("--since", &t))
+                .transpose()?;
+            let until = until
+                .map(|t| input::parse_time("--until", &t))
+                .transpose()?;
             let mut url = api.ws_url(&["flow_runs"]);
             {
                 let mut query = url.query_pairs_mut();
-                if let Some(state) = state {
+                for state in state {
                     query.append_pair("state", &state.trim().to_ascii_uppercase());
+                }
+                for tag in tag {
+                    query.append_pair("tag", &tag);
+                }
+                if let Some(since) = since {
+                    query.append_pair("since", &since);
+                }
+                if let Some(until) = until {
+                    query.append_pair("until", &until);
                 }
                 if let Some(pool) = pool {
                     query.append_pair("work_pool", &pool);

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::plane::{ControlPlane, Guard, LogEntry, PlaneError, PlaneResult};
 use crate::model::{Deployment, FlowRun, State, WorkPool};
 use crate::state::{
-    decide_sequence, names, Decision, Proposal, RunRecord, StateType, TransitionGuard,
+    decide_sequence, names, retry_after, Decision, Proposal, RunRecord, StateType, TransitionGuard,
 };
 use crate::store::{round_robin, TransitionOutcome, WorkspaceQuota};
 
@@ -133,6 +133,8 @@ impl MemoryPlane {
             paused: false,
             created: now,
             updated: now,
+            retry: Default::default(),
+            tags: vec![],
         };
         self.lock()
             .deployments
@@ -169,6 +171,8 @@ impl MemoryPlane {
             last_heartbeat: None,
             created: now,
             updated: now,
+            retry: deployment.retry.clone(),
+            tags: deployment.tags.clone(),
         };
         self.put_run(run.clone());
         run
@@ -209,6 +213,7 @@ impl MemoryPlane {
         TransitionGuard {
             expected: guard.expected,
             lease_owner: guard.held.then(|| self.owner.clone()),
+            attempt: guard.attempt,
         }
     }
 
@@ -268,13 +273,14 @@ impl Runs {
             .ok_or_else(|| not_found("flow run", run_id))?;
         let history = self.history.entry(run_id).or_default();
         let recorded: Vec<String> = history.iter().map(|t| t.transition_id.clone()).collect();
+        let now = Utc::now();
         let decisions = decide_sequence(
             &RunRecord::of(run),
             &proposals,
             guard,
             &recorded,
             infrastructure_id,
-            Utc::now(),
+            now,
         );
         let mut outcomes = Vec::with_capacity(decisions.len());
         for (decision, proposal) in decisions.into_iter().zip(proposals) {
@@ -286,7 +292,16 @@ impl Runs {
                 },
                 Decision::Accepted(transition) => {
                     *run = transition.applied_to(run);
-                    history.push(Transition::entered(run, proposal.transition_id));
+                    let tid = proposal.transition_id;
+                    history.push(Transition::entered(run, tid.clone()));
+                    // The store's retry rule (docs/retries.md).
+                    let record = RunRecord::of(run);
+                    if let Some(retry) = retry_after(&record, transition.from, &run.retry, now, 0.0)
+                    {
+                        *run = retry.transition.applied_to(run);
+                        run.scheduled_time = retry.scheduled_time;
+                        history.push(Transition::entered(run, format!("retry-{tid}")));
+                    }
                     TransitionOutcome::Accepted(run.clone())
                 }
             };
@@ -452,6 +467,18 @@ impl ControlPlane for MemoryPlane {
         run.infrastructure_id = Some(infrastructure_id.to_string());
         run.state.name = names::INFRASTRUCTURE_PENDING.into();
         Ok(true)
+    }
+
+    async fn record_attempt_infrastructure(
+        &self,
+        run: &FlowRun,
+        infrastructure_id: &str,
+    ) -> PlaneResult<bool> {
+        let current = self.lock().runs.get(&run.id).map(|r| r.attempt);
+        if current != Some(run.attempt) {
+            return Ok(false);
+        }
+        self.record_infrastructure(run.id, infrastructure_id).await
     }
 
     async fn append_logs(&self, run_id: Uuid, lines: &[LogEntry]) -> PlaneResult<()> {

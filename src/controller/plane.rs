@@ -85,6 +85,8 @@ pub struct Guard {
     pub expected: Option<StateType>,
     /// The run must not be held by another controller (the writer is its holder).
     pub held: bool,
+    /// The run must still be in this attempt (issue 13: a retry starts the next one).
+    pub attempt: Option<i64>,
 }
 
 impl Guard {
@@ -93,6 +95,7 @@ impl Guard {
         Guard {
             expected: Some(state),
             held: true,
+            attempt: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl Guard {
         Guard {
             expected: Some(state),
             held: false,
+            attempt: None,
         }
     }
 }
@@ -173,6 +177,17 @@ pub trait ControlPlane: Send + Sync + 'static {
         run_id: Uuid,
         infrastructure_id: &str,
     ) -> PlaneResult<bool>;
+
+    /// [`ControlPlane::record_infrastructure`] for the job of one attempt of `run`: false also
+    /// when the run was retried meanwhile (issue 13). A plane that cannot tell attempts apart
+    /// keeps this default.
+    async fn record_attempt_infrastructure(
+        &self,
+        run: &FlowRun,
+        infrastructure_id: &str,
+    ) -> PlaneResult<bool> {
+        self.record_infrastructure(run.id, infrastructure_id).await
+    }
 
     /// Appends job output lines to a run.
     async fn append_logs(&self, run_id: Uuid, lines: &[LogEntry]) -> PlaneResult<()>;

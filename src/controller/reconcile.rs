@@ -49,7 +49,7 @@ pub fn error_policy(work: &RunWork, error: &ControllerError, _ctx: &Context) -> 
 }
 
 /// Removes what a finished job left behind (best effort).
-async fn cleanup(work: &RunWork) {
+pub(super) async fn cleanup(work: &RunWork) {
     if let (Some(job), Some(infra)) = (&work.job, &work.run.infrastructure_id) {
         if let Err(e) = job.provider.cleanup(infra, &job.job).await {
             tracing::warn!(run_id = %work.run.id, error = %e, "cleanup failed");
@@ -102,7 +102,13 @@ async fn propose_all(
     infrastructure_id: Option<&str>,
 ) -> Result<bool, PlaneError> {
     let wanted = proposals.len();
-    let guard = Guard::held_in(work.run.state.state_type);
+    let attempt = work.run.attempt;
+    let infra = (work.run.infrastructure_id.clone()).or(infrastructure_id.map(str::to_string));
+    // Only for this task's attempt: a retry may have started the next one meanwhile (issue 13).
+    let guard = Guard {
+        attempt: Some(attempt),
+        ..Guard::held_in(work.run.state.state_type)
+    };
     let outcomes = ctx
         .plane
         .propose(work.run.id, proposals, guard, infrastructure_id)
@@ -112,6 +118,15 @@ async fn propose_all(
             tracing::debug!(run_id = %work.run.id, %reason, "proposal rejected");
         }
         work.run = last.run().clone();
+    }
+    if work.run.attempt > attempt {
+        // The attempt ended and the store scheduled a retry (docs/retries.md): the finished
+        // attempt's infrastructure is cleaned up now, the next attempt is prepared afresh.
+        if let (Some(job), Some(infra)) = (work.job.take(), infra) {
+            if let Err(e) = job.provider.cleanup(&infra, &job.job).await {
+                tracing::warn!(run_id = %work.run.id, error = %e, "cleanup failed");
+            }
+        }
     }
     Ok(outcomes.len() == wanted && outcomes.iter().all(TransitionOutcome::is_recorded))
 }
@@ -217,7 +232,9 @@ async fn adopt_lookup(
         .await;
     match found {
         Ok(Lookup::Found(infra)) => {
-            ctx.plane.record_infrastructure(work.run.id, &infra).await?;
+            ctx.plane
+                .record_attempt_infrastructure(&work.run, &infra)
+                .await?;
             work.run = ctx.plane.run(work.run.id).await?;
             work.adopted = false;
             Ok(Some(Action::requeue(Duration::ZERO)))
@@ -342,7 +359,11 @@ async fn record_submitted(
         }
         // Refused (the run changed meanwhile): the path below records or stops the job.
     }
-    if ctx.plane.record_infrastructure(work.run.id, &infra).await? {
+    if ctx
+        .plane
+        .record_attempt_infrastructure(&work.run, &infra)
+        .await?
+    {
         work.run.infrastructure_id = Some(infra);
         work.run.state.name = names::INFRASTRUCTURE_PENDING.into();
         Ok(next_poll(work, ctx))

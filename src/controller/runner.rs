@@ -40,6 +40,9 @@ pub struct TickReport {
 struct Slot {
     wake: Arc<Notify>,
     workspace: Uuid,
+    /// The run's next attempt, claimed while this task was still finishing the previous one
+    /// (a retry due at once): the task drives it next (one task per run, never two).
+    next: Option<FlowRun>,
 }
 
 /// Runs in flight by run id.
@@ -94,13 +97,20 @@ impl Controller {
     fn spawn_run(&self, run: FlowRun, adopted: bool) {
         let wake = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if map.contains_key(&run.id) {
-                return; // one task per run, never two
+            if let Some(slot) = map.get_mut(&run.id) {
+                // One task per run, never two. A newer attempt claimed meanwhile is handed to
+                // the running task, which drives it once the older attempt is done.
+                if !adopted && slot.next.is_none() {
+                    slot.next = Some(run);
+                    slot.wake.notify_one();
+                }
+                return;
             }
             let wake = Arc::new(Notify::new());
             let slot = Slot {
                 wake: wake.clone(),
                 workspace: run.workspace_id,
+                next: None,
             };
             map.insert(run.id, slot);
             wake
@@ -116,7 +126,14 @@ impl Controller {
         tasks.spawn(async move {
             // Moved in first, so it is dropped however the task ends (a panic included).
             let _slot = slot;
-            drive(ctx, RunWork::new(run, adopted), wake, shutdown).await;
+            let mut work = RunWork::new(run, adopted);
+            loop {
+                drive(ctx.clone(), work, wake.clone(), shutdown.clone()).await;
+                match _slot.take_next() {
+                    Some(next) => work = RunWork::new(next, false),
+                    None => break,
+                }
+            }
         });
         // Reap finished tasks so the set does not grow without bound.
         while tasks.try_join_next().is_some() {}
@@ -330,6 +347,19 @@ struct SlotGuard {
     run_id: Uuid,
 }
 
+impl SlotGuard {
+    /// The run's next attempt handed to this task, if any; otherwise frees the slot at once
+    /// (under the same lock, so a claim either hands its run over or starts a new task).
+    fn take_next(&self) -> Option<FlowRun> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let next = map.get_mut(&self.run_id).and_then(|slot| slot.next.take());
+        if next.is_none() {
+            map.remove(&self.run_id);
+        }
+        next
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.in_flight
@@ -382,6 +412,9 @@ async fn drive(
     // Set at shutdown for runs that already have infrastructure: keep recording their progress
     // until this deadline, then release the hold for another controller.
     let mut drain_until: Option<Instant> = None;
+    // A retried run's next attempt is a new piece of work: this task stops driving it (the slot
+    // hands a claimed next attempt to a fresh `drive`).
+    let attempt = work.run.attempt;
     loop {
         if *shutdown.borrow() {
             match drain_until {
@@ -403,6 +436,14 @@ async fn drive(
             last_read = Instant::now();
             needs_read = false;
             match ctx.plane.run(work.run.id).await {
+                Ok(run) if run.attempt > attempt => {
+                    // Retried behind this task's back (the job reported its own failure): what
+                    // the ended attempt left behind goes.
+                    if work.run.attempt == attempt {
+                        super::reconcile::cleanup(&work).await;
+                    }
+                    return;
+                }
                 Ok(run) => work.run = run,
                 Err(e) => {
                     tracing::warn!(run_id = %work.run.id, error = %e, "cannot read run; retrying");
@@ -412,6 +453,9 @@ async fn drive(
             }
         }
         fresh = false;
+        if work.run.attempt != attempt {
+            return; // the run was retried: the next attempt is another task's work
+        }
         // A panic (a provider's or our bug) is caught here, not left to kill the task silently.
         let outcome = std::panic::AssertUnwindSafe(reconcile(&mut work, &ctx))
             .catch_unwind()

@@ -151,6 +151,7 @@ impl ControlPlane for StorePlane {
         let guard = TransitionGuard {
             expected: guard.expected,
             lease_owner: guard.held.then(|| self.owner.clone()),
+            attempt: guard.attempt,
         };
         let write = self
             .store
@@ -166,6 +167,20 @@ impl ControlPlane for StorePlane {
         let write = self
             .store
             .set_infrastructure(run_id, &self.owner, infrastructure_id);
+        Ok(write.await?)
+    }
+
+    async fn record_attempt_infrastructure(
+        &self,
+        run: &FlowRun,
+        infrastructure_id: &str,
+    ) -> PlaneResult<bool> {
+        let write = self.store.set_attempt_infrastructure(
+            run.id,
+            Some(run.attempt),
+            &self.owner,
+            infrastructure_id,
+        );
         Ok(write.await?)
     }
 

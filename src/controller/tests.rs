@@ -611,3 +611,110 @@ async fn a_workspace_gets_at_most_its_quota_and_others_still_get_slots() {
     );
     controller.shutdown();
 }
+
+/// A run whose policy retries once, due now.
+fn retried_once(b: &Bench) -> FlowRun {
+    let mut run = b.plane.add_run(&b.deployment, Utc::now());
+    run.retry.retries = 1;
+    b.plane.put_run(run.clone());
+    run
+}
+
+/// Issue 13: a failed attempt with retries left goes back to SCHEDULED/AwaitingRetry as the next
+/// attempt; the ended attempt's job is cleaned up and the next one is a new submission.
+#[tokio::test]
+async fn a_failed_attempt_with_retries_left_is_submitted_again_as_a_new_attempt() {
+    let b = bench();
+    let run = retried_once(&b);
+    let claim = || async {
+        let mut claimed = b
+            .plane
+            .claim_due(1, &WorkspaceQuota::unlimited())
+            .await
+            .unwrap();
+        RunWork::new(claimed.remove(0), false)
+    };
+    let mut work = claim().await;
+    b.provider.on_status(Ok(JobStatus::Failed {
+        message: "exit code 1".into(),
+    }));
+    assert_eq!(b.tick(&mut work).await, Action::done());
+    let after = b.plane.get(run.id).unwrap();
+    assert_eq!(
+        (
+            after.state.state_type,
+            after.state.name.as_str(),
+            after.attempt
+        ),
+        (StateType::Scheduled, "AwaitingRetry", 2)
+    );
+    assert_eq!(after.infrastructure_id, None);
+    assert_eq!(
+        b.provider.cleaned(),
+        ["fake-1"],
+        "the ended attempt is cleaned up"
+    );
+
+    let mut work = claim().await;
+    assert_eq!(work.run.attempt, 2);
+    b.provider
+        .on_status(Ok(JobStatus::Completed { summary: None }));
+    assert_eq!(b.tick(&mut work).await, Action::done());
+    b.assert_state(&work, StateType::Completed, None);
+    assert_eq!(b.provider.submitted().len(), 2);
+    use StateType::*;
+    assert_eq!(
+        b.history(&work),
+        [Pending, Running, Failed, Scheduled, Pending, Running, Completed]
+    );
+}
+
+/// Issue 13: through the claim loop, a retry due at once may be claimed while the task of the
+/// failed attempt is still finishing; either way one task drives each attempt and the run ends
+/// with exactly two submissions.
+#[tokio::test]
+async fn the_claim_loop_drives_a_retried_run_to_the_end_once_per_attempt() {
+    let b = bench();
+    let run = retried_once(&b);
+    // Attempt 1: pending when submitted, then crashed; attempt 2: over when submitted.
+    b.provider
+        .on_status(Ok(JobStatus::Pending))
+        .on_status(Ok(JobStatus::Crashed {
+            message: "node lost".into(),
+        }))
+        .on_status(Ok(JobStatus::Completed { summary: None }));
+    let plane = b.plane.clone();
+    let controller = Controller::new(b.ctx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        controller.tick().await.unwrap();
+        let now = plane.get(run.id).unwrap();
+        if now.state.state_type.is_terminal() && controller.in_flight() == 0 {
+            assert_eq!(
+                now.state.state_type,
+                StateType::Completed,
+                "{:?}",
+                now.state
+            );
+            assert_eq!(now.attempt, 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", now.state);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(b.provider.submitted().len(), 2);
+    let history: Vec<(StateType, String)> = plane
+        .history(run.id)
+        .into_iter()
+        .map(|t| (t.state_type, t.name))
+        .collect();
+    let crashed = history
+        .iter()
+        .position(|h| h.0 == StateType::Crashed)
+        .unwrap_or_else(|| panic!("{history:?}"));
+    assert_eq!(
+        history[crashed + 1],
+        (StateType::Scheduled, "AwaitingRetry".into())
+    );
+    assert!(b.provider.cleaned().contains(&"fake-1".to_string()));
+}

@@ -49,6 +49,8 @@ fn deployment(pool: &WorkPool, job_variables: Value) -> Deployment {
         paused: false,
         created: Utc::now(),
         updated: Utc::now(),
+        retry: Default::default(),
+        tags: vec![],
     }
 }
 

@@ -10,7 +10,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod retry;
 mod transition;
+
+pub use retry::{
+    check_tags, inherit_tags, retry_after, InvalidSetting, Retry, RetryDelay, RetryOverride,
+    RetryPolicy, MAX_TAGS,
+};
 
 pub use transition::{
     decide, decide_sequence, Decision, InfrastructureEffect, LeaseEffect, RunRecord, Transition,
@@ -160,6 +166,13 @@ pub enum Rejection {
         /// What the run is in.
         current: StateType,
     },
+    /// The writer works on an earlier attempt; the run was retried since (issue 13).
+    AttemptChanged {
+        /// The writer's attempt.
+        expected: i64,
+        /// The run's attempt.
+        current: i64,
+    },
     /// The writer does not hold the run's lease.
     NotLeaseOwner {
         /// Who holds it, if anyone.
@@ -178,6 +191,12 @@ impl fmt::Display for Rejection {
             }
             Rejection::StateChanged { expected, current } => {
                 write!(f, "expected the run in {expected} but it is {current}")
+            }
+            Rejection::AttemptChanged { expected, current } => {
+                write!(
+                    f,
+                    "attempt {expected} is over; the run is on attempt {current}"
+                )
             }
             Rejection::NotLeaseOwner { owner: Some(o) } => {
                 write!(f, "the run is leased by another controller ({o})")

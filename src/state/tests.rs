@@ -139,7 +139,7 @@ prop_compose! {
         expected in prop::option::of(any_state()),
         lease_owner in any_owner(),
     ) -> TransitionGuard {
-        TransitionGuard { expected, lease_owner }
+        TransitionGuard { expected, lease_owner, attempt: None }
     }
 }
 
@@ -180,6 +180,7 @@ fn a_scheduled_run_is_claimed_with_a_lease() {
     let guard = TransitionGuard {
         expected: None,
         lease_owner: Some("ctl-a".into()),
+        attempt: None,
     };
     let proposal = Proposal::new(StateType::Pending).named(names::SUBMITTING);
     let Decision::Accepted(t) = decide(&run, &proposal, &guard, context(false, None)) else {
@@ -280,7 +281,7 @@ proptest! {
     ) {
         prop_assume!(run.state.state_type.is_active());
         prop_assume!(run.lease_owner.as_deref() != Some(writer));
-        let guard = TransitionGuard { expected, lease_owner: Some(writer.to_string()) };
+        let guard = TransitionGuard { expected, lease_owner: Some(writer.to_string()), attempt: None };
         let decision = decide(&run, &proposal, &guard, context(false, None));
         let from = run.state.state_type;
         if expected.is_none_or(|e| e == from) {

@@ -18,6 +18,9 @@ pub struct TransitionGuard {
     pub expected: Option<StateType>,
     /// The writer's controller id: the run must not be leased by another controller.
     pub lease_owner: Option<String>,
+    /// The attempt the writer works on: the run must still be in it (a retry started the next
+    /// attempt meanwhile otherwise; issue 13).
+    pub attempt: Option<i64>,
 }
 
 impl TransitionGuard {
@@ -26,6 +29,7 @@ impl TransitionGuard {
         TransitionGuard {
             expected: Some(state),
             lease_owner: Some(owner.to_string()),
+            attempt: None,
         }
     }
 }
@@ -171,6 +175,12 @@ fn refusal(run: &RunRecord, to: StateType, guard: &TransitionGuard) -> Option<Re
     let from = run.state.state_type;
     if from.is_terminal() {
         return Some(Rejection::AlreadyTerminal { current: from });
+    }
+    if let Some(expected) = guard.attempt.filter(|a| *a != run.attempt) {
+        return Some(Rejection::AttemptChanged {
+            expected,
+            current: run.attempt,
+        });
     }
     if let Some(expected) = guard.expected.filter(|e| *e != from) {
         return Some(Rejection::StateChanged {

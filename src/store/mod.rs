@@ -8,6 +8,7 @@ mod access;
 pub mod crypto;
 mod grants;
 mod objects;
+mod retries;
 mod runs;
 mod sql;
 
@@ -24,7 +25,7 @@ pub use access::{
 };
 pub use crypto::SecretKey;
 pub use grants::GrantRecord;
-pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch};
+pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch, RunDefaults};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
     WorkspaceQuota, ACTIVE_STATES_SQL, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES,
@@ -249,6 +250,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "pool_overridable_variables",
         include_str!("../../migrations/0005_pool_overridable_variables.sql"),
+    ),
+    (
+        7,
+        "retries_tags",
+        include_str!("../../migrations/0007_retries_tags.sql"),
     ),
 ];
 

@@ -344,6 +344,7 @@ async fn run_cancelled_before_submission_goes_straight_to_cancelled(db: TestDb) 
             TransitionGuard {
                 expected: Some(StateType::Pending),
                 lease_owner: None,
+                attempt: None,
             },
         )
         .await

@@ -4,4 +4,5 @@
 
 mod access;
 mod outage;
+mod retries;
 mod runs;

@@ -231,6 +231,10 @@ pub struct SetState {
     /// With type PENDING: the provider's id of the submitted job.
     #[serde(default)]
     infrastructure_id: Option<String>,
+    /// The attempt the controller works on: refused (REJECT, or 409 for `infrastructure_id`)
+    /// once the run was retried into a later attempt. Recommended with retries (docs/retries.md).
+    #[serde(default)]
+    attempt: Option<i64>,
 }
 
 /// `POST …/flow_runs/{id}/set_state`: a state proposal (or, with `infrastructure_id` and type
@@ -276,12 +280,12 @@ async fn set_state(
         }
         if !state
             .store
-            .set_infrastructure(run.id, &owner, infra)
+            .set_attempt_infrastructure(run.id, body.attempt, &owner, infra)
             .await?
         {
             return Err(ApiError::conflict(
                 "infrastructure_id",
-                "the run is no longer PENDING under this controller's lease",
+                "the run is no longer PENDING under this controller's lease (or is in another attempt)",
             ));
         }
         let run = state.store.run(run.id).await?;
@@ -300,6 +304,7 @@ async fn set_state(
     let guard = TransitionGuard {
         expected: None,
         lease_owner: Some(owner),
+        attempt: body.attempt,
     };
     let outcome = state.store.propose_state(run.id, proposal, guard).await?;
     Ok(Json(proposal_answer(&outcome)))

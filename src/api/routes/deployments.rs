@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::super::table::{handler, ws, Route};
-use super::super::validate::{check_document_size, check_limit, check_name, double_option};
+use super::super::validate::{
+    check_document_size, check_limit, check_name, checked_tags, double_option, invalid_setting,
+};
 use super::super::views::{
     deployment_json, deployment_out, secret_variables, secret_variables_by_pool, secrets_in,
 };
@@ -22,7 +24,8 @@ use crate::access::Scope;
 use crate::job::{self, RunFacts};
 use crate::model::{Deployment, WorkPool};
 use crate::redact;
-use crate::store::{DeploymentPatch, NewDeployment};
+use crate::state::{RetryDelay, RetryOverride, RetryPolicy, StateType};
+use crate::store::{DeploymentPatch, NewDeployment, RunDefaults};
 
 /// The routes of this file.
 pub const ROUTES: &[Route] = &[
@@ -113,6 +116,23 @@ pub struct CreateDeployment {
     /// A paused object's runs are not claimed.
     #[serde(default)]
     paused: bool,
+    // Retries and tags (issue 13; docs/retries.md).
+    /// How many times a failed run is tried again (0–100; default 0).
+    #[serde(default)]
+    retries: Option<i64>,
+    /// Seconds before each retry (0–604800): a number, or a list with one entry per retry (the
+    /// last repeats).
+    #[serde(default)]
+    retry_delay_seconds: Option<RetryDelay>,
+    /// Adds up to this fraction of the delay at random (0–10).
+    #[serde(default)]
+    retry_jitter_factor: Option<f64>,
+    /// The end states retried: `FAILED`, `CRASHED` or both (default both).
+    #[serde(default)]
+    retry_on: Option<Vec<StateType>>,
+    /// Tags (each 1–100 characters, no commas; at most 50); its runs inherit them.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -135,7 +155,37 @@ pub struct UpdateDeployment {
     /// The queue's name (default `default`).
     #[serde(default)]
     work_queue: Option<String>,
+    // Retries and tags (issue 13; docs/retries.md).
+    /// How many times a failed run is tried again (0–100; default 0).
+    #[serde(default)]
+    retries: Option<i64>,
+    /// Seconds before each retry (0–604800): a number, or a list with one entry per retry (the
+    /// last repeats).
+    #[serde(default)]
+    retry_delay_seconds: Option<RetryDelay>,
+    /// Adds up to this fraction of the delay at random (0–10).
+    #[serde(default)]
+    retry_jitter_factor: Option<f64>,
+    /// The end states retried: `FAILED`, `CRASHED` or both (default both).
+    #[serde(default)]
+    retry_on: Option<Vec<StateType>>,
+    /// Replaces the tags (each 1–100 characters, no commas; at most 50); runs made later inherit them.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
+
+/// The retry fields of a create or change request (issue 13).
+macro_rules! retry_override {
+    ($body:expr) => {
+        RetryOverride {
+            retries: $body.retries,
+            retry_delay_seconds: $body.retry_delay_seconds.take(),
+            retry_jitter_factor: $body.retry_jitter_factor,
+            retry_on: $body.retry_on.take(),
+        }
+    };
+}
+pub(crate) use retry_override;
 
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -151,9 +201,15 @@ async fn create_deployment(
     State(state): State<AppState>,
     caller: Caller,
     note: AuditNote,
-    Body(body): Body<CreateDeployment>,
+    Body(mut body): Body<CreateDeployment>,
 ) -> ApiResult<(StatusCode, Json<Deployment>)> {
     let ws = caller.workspace()?;
+    let defaults = RunDefaults {
+        retry: retry_override!(body)
+            .apply(&RetryPolicy::default())
+            .map_err(invalid_setting)?,
+        tags: checked_tags(body.tags.take())?.unwrap_or_default(),
+    };
     check_name("name", &body.name)?;
     check_limit(body.concurrency_limit)?;
     check_document_size("job_variables", &body.job_variables)?;
@@ -183,7 +239,7 @@ async fn create_deployment(
     .await?;
     let d = state
         .store
-        .create_deployment(
+        .create_deployment_with(
             ws.id,
             NewDeployment {
                 name: body.name,
@@ -194,6 +250,7 @@ async fn create_deployment(
                 concurrency_limit: body.concurrency_limit,
                 paused: body.paused,
             },
+            defaults,
         )
         .await?;
     note.target("deployment", &d.name);
@@ -238,6 +295,12 @@ async fn update_deployment(
 ) -> ApiResult<Json<Deployment>> {
     let ws = caller.workspace()?;
     let current = state.store.deployment(ws.id, &id).await?;
+    let retry = retry_override!(body);
+    let retry = match retry.is_empty() {
+        true => None,
+        false => Some(retry.apply(&current.retry).map_err(invalid_setting)?),
+    };
+    let tags = checked_tags(body.tags.take())?;
     if let Some(Some(limit)) = body.concurrency_limit {
         check_limit(Some(limit))?;
     }
@@ -282,6 +345,8 @@ async fn update_deployment(
         concurrency_limit: body.concurrency_limit,
         paused: body.paused,
         work_queue: body.work_queue,
+        retry,
+        tags,
     };
     let d = state.store.update_deployment(ws.id, &id, patch).await?;
     Ok(Json(deployment_json(&state, &d).await))

@@ -11,6 +11,7 @@ pub mod grants;
 pub mod jobs;
 pub mod pools;
 pub mod queues;
+pub mod run_filters;
 pub mod runs;
 pub mod system;
 

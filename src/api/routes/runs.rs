@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::super::table::{handler, ws, Reply, Route};
-use super::super::validate::check_document_size;
+use super::super::validate::{check_document_size, checked_tags, invalid_setting};
 use super::super::views::{
     run_json, run_out, secret_variables, secret_variables_by_pool, secrets_in,
 };
@@ -19,10 +19,10 @@ use super::super::{
     AuditPolicy::{Always, DeniedOnly},
     Caller, Json, OptionalBody, Query,
 };
-use super::deployments::render_for;
+use super::deployments::{render_for, retry_override};
 use crate::access::Scope;
 use crate::model::{Event, FlowRun, HistoryEntry, LogLine};
-use crate::state::{Proposal, StateType};
+use crate::state::{Proposal, RetryDelay, RetryOverride, StateType};
 use crate::store::{NewRun, RunFilter, TransitionGuard, TransitionOutcome};
 
 /// The routes of this file.
@@ -43,7 +43,7 @@ pub const ROUTES: &[Route] = &[
         ))
         .errors(&[409]),
     Route::get(ws!("/flow_runs"), handler!(list_runs))
-        .summary("List flow runs (state, work_pool, deployment, limit, cursor)")
+        .summary("List flow runs (state, tag, since, until, work_pool, deployment, limit, cursor)")
         .access(Access::Workspace(Scope::RunsRead))
         .audit("flow_run.list", DeniedOnly)
         .query::<RunQuery>()
@@ -104,14 +104,39 @@ pub struct CreateRun {
     /// 1–200 characters; a repeated key returns the run made first.
     #[serde(default)]
     idempotency_key: Option<String>,
+    // Retries and tags (issue 13; docs/retries.md).
+    /// How many times a failed run is tried again (0–100); each retry field given replaces the deployment's.
+    #[serde(default)]
+    retries: Option<i64>,
+    /// Seconds before each retry (0–604800): a number, or a list with one entry per retry (the
+    /// last repeats).
+    #[serde(default)]
+    retry_delay_seconds: Option<RetryDelay>,
+    /// Adds up to this fraction of the delay at random (0–10).
+    #[serde(default)]
+    retry_jitter_factor: Option<f64>,
+    /// The end states retried: `FAILED`, `CRASHED` or both (default both).
+    #[serde(default)]
+    retry_on: Option<Vec<StateType>>,
+    /// Tags besides the deployment's, which the run inherits (each 1–100 characters, no commas).
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 /// Filters of the run list; empty values are ignored.
 #[derive(Deserialize, JsonSchema)]
+// `state`, `tag`, `since` and `until` are documented here and read by `run_filters::split`.
+#[allow(dead_code)]
 pub struct RunQuery {
-    /// A state type, e.g. `RUNNING`.
-    #[schemars(with = "Option<StateType>")]
+    /// State types, e.g. `RUNNING`: repeat the parameter or give a comma list (any of them).
+    #[schemars(with = "Option<String>")]
     state: Option<String>,
+    /// A tag the runs must have; repeat it for several (every one of them).
+    tag: Option<String>,
+    /// Only runs scheduled at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Only runs scheduled before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
     work_pool: Option<String>,
     deployment: Option<String>,
     /// Page size, 1–1000.
@@ -126,7 +151,7 @@ async fn create_run(
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
     note: AuditNote,
-    OptionalBody(request): OptionalBody<CreateRun>,
+    OptionalBody(mut request): OptionalBody<CreateRun>,
 ) -> ApiResult<(StatusCode, Json<FlowRun>)> {
     let ws = caller.workspace()?;
     // Run-level job variables change what the run executes (its command, image, function,
@@ -139,6 +164,9 @@ async fn create_run(
         )?;
     }
     let deployment = state.store.deployment(ws.id, &id).await?;
+    let retry = retry_override!(request);
+    retry.apply(&deployment.retry).map_err(invalid_setting)?;
+    let tags = checked_tags(request.tags.take())?.unwrap_or_default();
     check_document_size("job_variables", &request.job_variables)?;
     check_document_size("parameters", &request.parameters)?;
     if let Some(key) = &request.idempotency_key {
@@ -162,6 +190,8 @@ async fn create_run(
                 parameters: request.parameters,
                 job_variables: request.job_variables,
                 idempotency_key: request.idempotency_key,
+                retry,
+                tags,
             },
         )
         .await?;
@@ -180,16 +210,12 @@ async fn create_run(
 async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<RunQuery>,
+    uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<FlowRun>>> {
     let ws = caller.workspace()?;
-    let state_filter = match q.state.as_deref() {
-        Some(s) if !s.is_empty() => Some(
-            s.parse::<StateType>()
-                .map_err(|e| ApiError::unprocessable("state", e.to_string()))?,
-        ),
-        _ => None,
-    };
+    // `state` and `tag` may repeat (issue 13): read apart from the typed parameters.
+    let repeated = super::run_filters::split(uri.query())?;
+    let Query(q) = Query::<RunQuery>::from_uri(&repeated.rest)?;
     let deployment_id = match q.deployment.as_deref() {
         Some(d) if !d.is_empty() => Some(state.store.deployment(ws.id, d).await?.id),
         _ => None,
@@ -203,11 +229,15 @@ async fn list_runs(
         }
     }
     let filter = RunFilter {
-        state: state_filter,
+        state: None,
         work_pool: q.work_pool.filter(|p| !p.is_empty()),
         deployment_id,
         limit: q.limit,
         cursor: q.cursor,
+        states: repeated.states,
+        tags: repeated.tags,
+        since: repeated.since,
+        until: repeated.until,
     };
     let secrets = secret_variables_by_pool(&state, ws.id).await?;
     Ok(Json(
@@ -287,6 +317,7 @@ async fn cancel_run(
         let guard = TransitionGuard {
             expected: Some(current),
             lease_owner: None,
+            attempt: None,
         };
         match state.store.propose_state(run.id, proposal, guard).await? {
             TransitionOutcome::Accepted(r) | TransitionOutcome::Duplicate(r) => {

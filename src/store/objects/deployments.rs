@@ -8,7 +8,8 @@ use super::{
     DEPLOYMENT_FROM,
 };
 use crate::model::{now_micros, Deployment};
-use crate::state::{Proposal, StateType};
+use crate::state::{Proposal, RetryPolicy, StateType};
+use crate::store::retries::{policy_text, tags_text};
 use crate::store::sql::{get_uuid, unique_conflict};
 use crate::store::{Result, Store, StoreError, TransitionGuard};
 
@@ -44,6 +45,20 @@ pub struct DeploymentPatch {
     pub paused: Option<bool>,
     /// Move to another queue of the same pool.
     pub work_queue: Option<String>,
+    // Retries and tags (issue 13).
+    /// New retry policy (checked).
+    pub retry: Option<RetryPolicy>,
+    /// New tags (checked).
+    pub tags: Option<Vec<String>>,
+}
+
+/// What a deployment gives each new run besides job variables and parameters (issue 13).
+#[derive(Debug, Clone, Default)]
+pub struct RunDefaults {
+    /// The retry policy (checked).
+    pub retry: RetryPolicy,
+    /// The tags (checked).
+    pub tags: Vec<String>,
 }
 
 impl Store {
@@ -52,6 +67,17 @@ impl Store {
         &self,
         workspace_id: Uuid,
         new: NewDeployment,
+    ) -> Result<Deployment> {
+        self.create_deployment_with(workspace_id, new, RunDefaults::default())
+            .await
+    }
+
+    /// Creates a deployment whose runs get `defaults` (retry policy and tags).
+    pub async fn create_deployment_with(
+        &self,
+        workspace_id: Uuid,
+        new: NewDeployment,
+        defaults: RunDefaults,
     ) -> Result<Deployment> {
         check_limit("concurrency_limit", new.concurrency_limit)?;
         let pool = self
@@ -71,8 +97,8 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO deployments (id, workspace_id, name, pool_id, queue_id, job_variables, \
-             parameters, concurrency_limit, paused, created, updated) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10)",
+             parameters, concurrency_limit, paused, created, updated, retry_policy, tags) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,$11,$12)",
         )
         .bind(id.to_string())
         .bind(workspace_id.to_string())
@@ -96,6 +122,8 @@ impl Store {
         .bind(new.concurrency_limit)
         .bind(new.paused as i64)
         .bind(now)
+        .bind(policy_text(&defaults.retry))
+        .bind(tags_text(&defaults.tags))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -159,7 +187,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE deployments SET job_variables = $1, parameters = $2, concurrency_limit = $3, \
-             paused = $4, queue_id = $5, updated = $6 WHERE id = $7",
+             paused = $4, queue_id = $5, updated = $6, retry_policy = $8, tags = $9 WHERE id = $7",
         )
         .bind(
             self.seal_variables(
@@ -185,6 +213,8 @@ impl Store {
         .bind(queue_id.to_string())
         .bind(now_micros())
         .bind(current.id.to_string())
+        .bind(policy_text(patch.retry.as_ref().unwrap_or(&current.retry)))
+        .bind(tags_text(patch.tags.as_ref().unwrap_or(&current.tags)))
         .execute(&mut *tx)
         .await?;
         insert_event(

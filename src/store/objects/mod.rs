@@ -15,7 +15,7 @@ use crate::model::{
     from_micros, now_micros, Deployment, Event, Micros, WorkPool, WorkQueue, Workspace,
 };
 
-pub use deployments::{DeploymentPatch, NewDeployment};
+pub use deployments::{DeploymentPatch, NewDeployment, RunDefaults};
 pub use pools::{NewPool, NewQueue, PoolPatch};
 
 const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_template, \
@@ -24,7 +24,7 @@ const QUEUE_COLUMNS: &str =
     "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
 const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
      d.queue_id, q.name AS queue_name, d.job_variables, d.parameters, d.concurrency_limit, d.paused, \
-     d.created, d.updated";
+     d.created, d.updated, d.retry_policy, d.tags";
 const DEPLOYMENT_FROM: &str = "deployments d JOIN work_pools p ON p.id = d.pool_id \
      JOIN work_queues q ON q.id = d.queue_id";
 
@@ -119,6 +119,8 @@ fn deployment_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<Deployme
         paused: get_bool(row, "paused")?,
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
+        retry: super::retries::policy_from_row(row)?,
+        tags: super::retries::tags_from_row(row)?,
     })
 }
 

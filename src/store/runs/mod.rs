@@ -24,7 +24,7 @@ use super::objects::EventRow;
 use super::sql::{get_state_type, get_uuid, insert_rows, opt_time, placeholders};
 use super::{Result, Tx};
 use crate::model::{from_micros, to_micros, FlowRun, State};
-use crate::state::{Rejection, StateType};
+use crate::state::{Rejection, RetryOverride, StateType};
 
 pub use crate::state::TransitionGuard;
 
@@ -34,7 +34,7 @@ pub const ACTIVE_STATES_SQL: &str = "('PENDING', 'RUNNING', 'CANCELLING')";
 const RUN_COLUMNS: &str = "id, workspace_id, deployment_id, deployment_name, pool_id, pool_name, \
      queue_id, queue_name, parameters, job_variables, scheduled_time, state_type, state_name, \
      state_message, state_timestamp, attempt, infrastructure_id, idempotency_key, lease_owner, \
-     lease_expires, last_heartbeat, version, created, updated";
+     lease_expires, last_heartbeat, version, created, updated, retry_policy, tags";
 
 /// [`RUN_COLUMNS`] of the table aliased `alias` (for queries that join).
 fn run_columns_of(alias: &str) -> String {
@@ -56,6 +56,11 @@ pub struct NewRun {
     pub job_variables: Map<String, Value>,
     /// A repeated key returns the existing run.
     pub idempotency_key: Option<String>,
+    // Retries and tags (issue 13).
+    /// Changes to the deployment's retry policy (checked).
+    pub retry: RetryOverride,
+    /// Tags besides the deployment's (checked).
+    pub tags: Vec<String>,
 }
 
 /// Which pools a claim or query covers.
@@ -93,6 +98,15 @@ impl PoolSelector {
 pub struct RunFilter {
     /// Only runs in this state type.
     pub state: Option<StateType>,
+    // Tags and time filters (issue 13).
+    /// Only runs in one of these state types (besides `state`; empty: any).
+    pub states: Vec<StateType>,
+    /// Only runs with every one of these tags.
+    pub tags: Vec<String>,
+    /// Only runs scheduled at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs scheduled before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only runs of this pool (name).
     pub work_pool: Option<String>,
     /// Only runs of this deployment.
@@ -161,6 +175,8 @@ fn run_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<FlowRun> {
         last_heartbeat: opt_time(row, "last_heartbeat")?,
         created: from_micros(row.try_get("created")?),
         updated: from_micros(row.try_get("updated")?),
+        retry: super::retries::policy_from_row(row)?,
+        tags: super::retries::tags_from_row(row)?,
     })
 }
 

@@ -10,8 +10,17 @@ use super::{
 use crate::model::{from_micros, now_micros, to_micros, Deployment, FlowRun, HistoryEntry};
 use crate::state::StateType;
 use crate::store::objects::insert_event;
+use crate::store::retries::{insert_run_tags, policy_text, tags_text};
 use crate::store::sql::{bind_all, conflict, get_state_type, get_uuid, not_found};
-use crate::store::{is_unique_violation, Result, Store};
+use crate::store::{is_unique_violation, Result, Store, StoreError};
+
+/// A refused retry setting as the store's error (the field named).
+fn invalid(e: crate::state::InvalidSetting) -> StoreError {
+    StoreError::Invalid {
+        field: e.field,
+        message: e.message,
+    }
+}
 
 impl Store {
     /// Creates a run of a deployment in SCHEDULED (history and event included). With an idempotency
@@ -31,6 +40,9 @@ impl Store {
         }
         let now = now_micros();
         let scheduled = new.scheduled_time.map(to_micros).unwrap_or(now);
+        // Retries and tags (issue 13): the deployment's, with the run's own on top.
+        let retry = new.retry.apply(&deployment.retry).map_err(invalid)?;
+        let tags = crate::state::inherit_tags(&deployment.tags, &new.tags);
         let mut parameters = deployment.parameters.clone();
         parameters.extend(new.parameters.clone());
         let id = Uuid::now_v7();
@@ -47,8 +59,8 @@ impl Store {
         let res = sqlx::query(&format!(
             "INSERT INTO flow_runs (id, workspace_id, deployment_id, deployment_name, pool_id, pool_name, \
              queue_id, queue_name, parameters, job_variables, scheduled_time, state_type, state_name, \
-             state_timestamp, attempt, idempotency_key, created, updated) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,'SCHEDULED','Scheduled',$12,1,$13,$12,$12) \
+             state_timestamp, attempt, idempotency_key, created, updated, retry_policy, tags) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,'SCHEDULED','Scheduled',$12,1,$13,$12,$12,$14,$15) \
              RETURNING {RUN_COLUMNS}"
         ))
         .bind(id.to_string())
@@ -70,6 +82,8 @@ impl Store {
         .bind(scheduled)
         .bind(now)
         .bind(new.idempotency_key.clone())
+        .bind(policy_text(&retry))
+        .bind(tags_text(&tags))
         .fetch_one(&mut *tx)
         .await;
         let row = match res {
@@ -86,6 +100,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let run = run_from_row(&row, self.secret_key())?;
+        insert_run_tags(&mut tx, run.id, run.workspace_id, &run.tags).await?;
         insert_history(
             &mut tx,
             &[HistoryRow {
@@ -149,6 +164,34 @@ impl Store {
         if let Some(s) = filter.state {
             args.push(s.as_str().to_string());
             sql.push_str(&format!(" AND state_type = ${}", args.len()));
+        }
+        if !filter.states.is_empty() {
+            let first = args.len() + 1;
+            args.extend(filter.states.iter().map(|s| s.as_str().to_string()));
+            let list = crate::store::sql::placeholders(first, filter.states.len());
+            sql.push_str(&format!(" AND state_type IN ({list})"));
+        }
+        for tag in &filter.tags {
+            args.push(tag.clone());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM flow_run_tags t WHERE t.workspace_id = $1 \
+                 AND t.tag = ${} AND t.run_id = flow_runs.id)",
+                args.len()
+            ));
+        }
+        if let Some(since) = filter.since {
+            args.push(to_micros(since).to_string());
+            sql.push_str(&format!(
+                " AND scheduled_time >= CAST(${} AS BIGINT)",
+                args.len()
+            ));
+        }
+        if let Some(until) = filter.until {
+            args.push(to_micros(until).to_string());
+            sql.push_str(&format!(
+                " AND scheduled_time < CAST(${} AS BIGINT)",
+                args.len()
+            ));
         }
         if let Some(p) = &filter.work_pool {
             args.push(p.clone());

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::model::{from_micros, now_micros, to_micros, FlowRun};
 use crate::state::{
-    decide_sequence, names, Decision, InfrastructureEffect, Proposal, Rejection, RunRecord,
-    StateType, TransitionGuard,
+    decide_sequence, names, retry_after, Decision, InfrastructureEffect, Proposal, Rejection,
+    RunRecord, StateType, TransitionGuard,
 };
 use crate::store::objects::{insert_event, insert_event_rows, EventRow};
 use crate::store::sql::{bind_all, get_uuid, not_found, placeholders, storable};
@@ -71,6 +71,41 @@ impl Plan {
             plan.outcomes.push(outcome);
         }
         plan
+    }
+}
+
+impl Plan {
+    /// The retry rule (docs/retries.md): when the last accepted proposal ended the attempt in a
+    /// state the run's policy retries, a second step follows in the same transaction:
+    /// `SCHEDULED/AwaitingRetry`, the next attempt, due after the policy's delay. The history
+    /// keeps the failed state and then the retry.
+    fn retry(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        let Some((ended, from, tid)) = self.steps.last() else {
+            return;
+        };
+        let Some(retry) = retry_after(
+            &RunRecord::of(ended),
+            *from,
+            &ended.retry,
+            now,
+            rand::random::<f64>(),
+        ) else {
+            return;
+        };
+        let mut next = retry.transition.applied_to(ended);
+        next.scheduled_time = retry.scheduled_time;
+        let step = (next.clone(), retry.transition.from, format!("retry-{tid}"));
+        self.steps.push(step);
+        self.wakes = true;
+        if let Some(TransitionOutcome::Accepted(last)) = self
+            .outcomes
+            .iter_mut()
+            .rev()
+            .find(|o| matches!(o, TransitionOutcome::Accepted(_)))
+        {
+            *last = next.clone();
+        }
+        self.current = next;
     }
 }
 
@@ -153,7 +188,8 @@ impl Store {
             infrastructure_id,
             now,
         );
-        let plan = Plan::new(read, decisions, &proposals);
+        let mut plan = Plan::new(read, decisions, &proposals);
+        plan.retry(now);
         if plan.steps.is_empty() {
             return Ok((plan.outcomes, false, false));
         }
@@ -167,7 +203,8 @@ impl Store {
         let updated = sqlx::query(&format!(
             "UPDATE flow_runs SET state_type = $1, state_name = $2, state_message = $3, state_timestamp = $4, \
              lease_owner = $5, lease_expires = $6, infrastructure_id = $7, attempt = $8, \
-             version = version + 1, updated = $4 WHERE id = $9 AND version = $10 RETURNING {RUN_COLUMNS}"
+             version = version + 1, updated = $4, scheduled_time = $11 \
+             WHERE id = $9 AND version = $10 RETURNING {RUN_COLUMNS}"
         ))
         .bind(current.state.state_type.as_str())
         .bind(current.state.name.clone())
@@ -179,6 +216,7 @@ impl Store {
         .bind(current.attempt)
         .bind(run_id.to_string())
         .bind(version)
+        .bind(to_micros(current.scheduled_time))
         .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = updated else {
@@ -286,19 +324,34 @@ impl Store {
         owner: &str,
         infrastructure_id: &str,
     ) -> Result<bool> {
+        self.set_attempt_infrastructure(run_id, None, owner, infrastructure_id)
+            .await
+    }
+
+    /// [`Store::set_infrastructure`] for the job of one attempt: false also when the run is in
+    /// another attempt (it was retried meanwhile; issue 13).
+    pub async fn set_attempt_infrastructure(
+        &self,
+        run_id: Uuid,
+        attempt: Option<i64>,
+        owner: &str,
+        infrastructure_id: &str,
+    ) -> Result<bool> {
         let infrastructure_id = storable(infrastructure_id);
         let infrastructure_id = infrastructure_id.as_ref();
         let mut tx = self.begin().await?;
         let now = now_micros();
         let row = sqlx::query(
             "UPDATE flow_runs SET infrastructure_id = $1, state_name = $2, updated = $3, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND state_type = 'PENDING' RETURNING workspace_id",
+             WHERE id = $4 AND lease_owner = $5 AND state_type = 'PENDING' AND attempt = COALESCE($6, attempt) \
+             RETURNING workspace_id",
         )
         .bind(infrastructure_id)
         .bind(names::INFRASTRUCTURE_PENDING)
         .bind(now)
         .bind(run_id.to_string())
         .bind(owner)
+        .bind(attempt)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
