@@ -13,6 +13,7 @@ mod input;
 mod output;
 mod pools;
 mod runs;
+mod schedules;
 #[cfg(test)]
 mod tests;
 mod watch;

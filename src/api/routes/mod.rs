@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod pools;
 pub mod queues;
 pub mod runs;
+pub mod schedules;
 pub mod system;
 
 use super::table::{Method, Route};
@@ -27,6 +28,7 @@ pub const TABLE: &[&[Route]] = &[
     claims::ROUTES,
     deployments::ROUTES,
     runs::ROUTES,
+    schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
 ];

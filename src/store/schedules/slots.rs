@@ -176,15 +176,20 @@ impl Store {
         let rows = bind_all(sqlx::query(&sql), ids.iter().cloned())
             .fetch_all(&mut *tx)
             .await?;
-        let mut current: HashMap<Uuid, i64> = HashMap::new();
+        let mut current: HashMap<Uuid, (i64, bool)> = HashMap::new();
         for row in &rows {
-            if row.try_get::<i64, _>("active")? == 1 {
-                current.insert(get_uuid(row, "id")?, row.try_get("version")?);
-            }
+            let active = row.try_get::<i64, _>("active")? == 1;
+            current.insert(get_uuid(row, "id")?, (row.try_get("version")?, active));
         }
+        // The scheduler's plans need the schedule active; a backfill (no `last_slot`) does not.
         let fresh: Vec<&SlotRun> = plans
             .iter()
-            .filter(|p| current.get(&p.batch.schedule.id) == Some(&p.batch.schedule.version))
+            .filter(|p| match current.get(&p.batch.schedule.id) {
+                Some((version, active)) => {
+                    *version == p.batch.schedule.version && (*active || p.last_slot.is_none())
+                }
+                None => false,
+            })
             .collect();
         let now = now_micros();
         let null = Value::Null;
