@@ -5,3 +5,4 @@
 mod access;
 mod outage;
 mod runs;
+mod schedules;
