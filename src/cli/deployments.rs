@@ -45,7 +45,7 @@ pub enum DeploymentCommand {
         concurrency_limit: Option<u32>,
         /// A schedule to add with it (issue 13).
         #[command(flatten)]
-        schedule: super::schedules::ScheduleFlags,
+        schedule: Box<super::schedules::ScheduleFlags>,
     },
     /// List deployments.
     #[command(visible_alias = "list")]

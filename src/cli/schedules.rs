@@ -82,7 +82,7 @@ pub enum ScheduleCommand {
         /// Deployment name or id.
         name: String,
         #[command(flatten)]
-        flags: ScheduleFlags,
+        flags: Box<ScheduleFlags>,
         /// Flow parameter of this schedule's runs. Repeatable.
         #[arg(long = "param", value_name = "KEY=JSON")]
         params: Vec<String>,

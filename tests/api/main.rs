@@ -14,4 +14,5 @@ mod openapi;
 mod openapi_valid;
 mod overrides;
 mod ranges;
+mod schedules;
 mod service;
