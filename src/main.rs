@@ -1,6 +1,7 @@
 //! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
 
 mod bench;
+mod bench_schedule;
 mod chaos;
 mod cli;
 
@@ -256,6 +257,13 @@ enum Command {
         /// Controller instances, each with its own connections.
         #[arg(long, default_value_t = 1)]
         controllers: usize,
+        /// `runs` (default): run lifecycles; `schedule`: time the scheduler filling its window
+        /// for --deployments deployments with a minutely schedule each.
+        #[arg(long, default_value = "runs", value_parser = ["runs", "schedule"])]
+        mode: String,
+        /// Deployments of `--mode schedule`.
+        #[arg(long, default_value_t = 10_000)]
+        deployments: usize,
     },
     /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
     #[command(hide = true)]
@@ -595,12 +603,23 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             rate,
             provider_latency_ms,
             controllers,
+            mode,
+            deployments,
         } => {
             let database_url = match store.as_str() {
                 "sqlite" => database_url,
                 "postgres" => Some(database_url.context("--store postgres needs --database-url")?),
                 other => anyhow::bail!("--store must be `sqlite` or `postgres`, not `{other}`"),
             };
+            if mode == "schedule" {
+                let report =
+                    bench_schedule::run_schedule_bench(database_url, deployments, |line| {
+                        eprintln!("{line}")
+                    })
+                    .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(());
+            }
             if runs == 0 {
                 anyhow::bail!("--runs must be at least 1");
             }

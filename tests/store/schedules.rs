@@ -14,8 +14,11 @@ use pushpool::metrics::Metrics;
 use pushpool::model::Deployment;
 use pushpool::schedule::{Catchup, Kind};
 use pushpool::scheduler::{backfill, ManualClock, Scheduler, SchedulerConfig};
+use pushpool::state::Proposal;
 use pushpool::state::StateType;
-use pushpool::store::{NewDeployment, NewPool, NewSchedule, SchedulePatch, Store};
+use pushpool::store::{
+    NewDeployment, NewPool, NewSchedule, PoolSelector, SchedulePatch, Store, TransitionGuard,
+};
 use pushpool_null::NullProvider;
 use pushpool_provider::Registry;
 use pushpool_testkit::{both_backends, connect, TestDb};
@@ -26,6 +29,7 @@ both_backends!(
     racing_schedulers_make_every_slot_exactly_once_even_when_one_dies,
     catch_up_follows_each_policy_and_the_runs_execute,
     editing_a_schedule_replaces_its_future_runs_and_backfill_is_idempotent,
+    max_active_runs_holds_a_schedules_due_runs_back,
 );
 
 struct Env {
@@ -337,4 +341,57 @@ async fn editing_a_schedule_replaces_its_future_runs_and_backfill_is_idempotent(
         .unwrap();
     assert_eq!(e.slots().await[&d.id].len(), 72);
     assert!(e.store.schedules_of(d.id).await.unwrap().is_empty());
+}
+
+async fn max_active_runs_holds_a_schedules_due_runs_back(db: TestDb) {
+    let e = env(&db).await;
+    let d = e.deployment("limited").await;
+    let mut new = schedule(Kind::Cron, "0 * * * *", Catchup::None);
+    new.max_active_runs = Some(1);
+    let limited = e.store.create_schedule(&d, new).await.unwrap();
+    let free = e
+        .store
+        .create_schedule(&d, schedule(Kind::Cron, "30 * * * *", Catchup::None))
+        .await
+        .unwrap();
+    // Three past slots of each schedule are due.
+    let to = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap() - TimeDelta::hours(1);
+    let from = to - TimeDelta::hours(3) + TimeDelta::seconds(1);
+    let (found, _) = backfill(&e.store, &d, &[limited.clone(), free], from, to, 10)
+        .await
+        .unwrap();
+    assert_eq!(found, 6);
+    let claim = || {
+        e.store.claim_due(
+            &PoolSelector::All,
+            Utc::now(),
+            10,
+            "c1",
+            Duration::from_secs(30),
+        )
+    };
+    let first = claim().await.unwrap();
+    let of_limited: Vec<_> = first
+        .iter()
+        .filter(|r| {
+            r.idempotency_key
+                .as_deref()
+                .unwrap()
+                .contains(&limited.id.to_string())
+        })
+        .collect();
+    assert_eq!(first.len(), 4, "one limited run and the three free ones");
+    assert_eq!(of_limited.len(), 1);
+    assert!(claim().await.unwrap().is_empty(), "the limit holds");
+    // When it ends, the next one goes.
+    let done = of_limited[0].id;
+    for state in [StateType::Running, StateType::Completed] {
+        e.store
+            .propose_state(done, Proposal::new(state), TransitionGuard::default())
+            .await
+            .unwrap();
+    }
+    let next = claim().await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].id, done);
 }

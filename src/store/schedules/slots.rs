@@ -19,7 +19,7 @@ use super::super::objects::{
 use super::super::sql::{bind_all, get_uuid, insert_rows, placeholders};
 use super::super::{Backend, Result, Store, Tx};
 use super::{schedule_from_row, SCHEDULE_COLUMNS};
-use crate::model::{now_micros, to_micros, Deployment};
+use crate::model::{from_micros, now_micros, to_micros, Deployment};
 use crate::schedule::Schedule;
 
 /// An active schedule with the deployment it makes runs of.
@@ -197,8 +197,8 @@ impl Store {
         for plan in &fresh {
             rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
         }
-        let mut inserted: Vec<(String, Uuid, i64)> = vec![];
-        for part in rows.chunks(400) {
+        let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
+        for part in rows.chunks(1000) {
             let values: Vec<String> = (0..part.len())
                 .map(|i| {
                     let b = i * 14;
@@ -214,7 +214,7 @@ impl Store {
                  pool_name, queue_id, queue_name, parameters, job_variables, scheduled_time, \
                  state_type, state_name, state_timestamp, attempt, idempotency_key, created, \
                  updated, schedule_id, slot_time) VALUES {} ON CONFLICT DO NOTHING \
-                 RETURNING id, workspace_id, scheduled_time",
+                 RETURNING id, workspace_id, scheduled_time, schedule_id",
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql);
@@ -246,12 +246,13 @@ impl Store {
                     row.try_get("id")?,
                     get_uuid(&row, "workspace_id")?,
                     row.try_get("scheduled_time")?,
+                    row.try_get("schedule_id")?,
                 ));
             }
         }
         let history = "INSERT INTO state_history \
             (id, run_id, transition_id, state_type, state_name, message, timestamp)";
-        insert_rows(&mut tx, history, 7, 500, &inserted, |q, (id, _, _)| {
+        insert_rows(&mut tx, history, 7, 1000, &inserted, |q, (id, _, _, _)| {
             q.bind(Uuid::now_v7().to_string())
                 .bind(id.clone())
                 .bind(format!("create-{id}"))
@@ -261,14 +262,25 @@ impl Store {
                 .bind(now)
         })
         .await?;
-        let events: Vec<EventRow> = inserted
-            .iter()
-            .map(|(id, ws, at)| EventRow {
-                workspace_id: *ws,
+        // One event per schedule and pass (not per run: a pass may make 100 runs of each of
+        // 10,000 schedules), naming how many runs and which slots.
+        let mut per_schedule: HashMap<&str, (Uuid, u64, i64, i64)> = HashMap::new();
+        for (_, ws, at, sid) in &inserted {
+            let e = per_schedule
+                .entry(sid.as_str())
+                .or_insert((*ws, 0, *at, *at));
+            e.1 += 1;
+            e.2 = e.2.min(*at);
+            e.3 = e.3.max(*at);
+        }
+        let events: Vec<EventRow> = per_schedule
+            .into_iter()
+            .map(|(sid, (ws, n, first, last))| EventRow {
+                workspace_id: ws,
                 occurred: now,
-                event: "flow_run.created".into(),
-                resource_id: id.clone(),
-                payload: json!({"scheduled_time": crate::model::from_micros(*at), "by": "scheduler"}),
+                event: "schedule.runs_created".into(),
+                resource_id: sid.to_string(),
+                payload: json!({"runs": n, "first": from_micros(first), "last": from_micros(last)}),
             })
             .collect();
         insert_event_rows(&mut tx, &events).await?;
