@@ -26,6 +26,14 @@ pub use duration::parse_interval;
 pub use model::{Catchup, Schedule};
 pub use parse::{parse_timezone, SpecError};
 
+/// Most occurrences an RRULE is iterated through from its DTSTART (the `rrule` crate always starts
+/// there); a rule that needs more to reach the present is refused when it is written
+/// ([`Recurrence::check_usable`]) and yields nothing further when it gets there.
+pub const RRULE_SCAN_LIMIT: usize = 1_000_000;
+
+/// Occurrences before now an RRULE may have when it is written.
+const RRULE_PAST_LIMIT: usize = 100_000;
+
 /// What kind of recurrence a schedule has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -107,6 +115,39 @@ impl Recurrence {
         Ok(Recurrence { rule, tz, anchor })
     }
 
+    /// Checks what parsing cannot: a cron expression that never matches (such as `0 0 31 2 *`)
+    /// and an RRULE whose DTSTART lies so far back that reaching `now` takes more than 100,000
+    /// occurrences. Called when a schedule is written, not on every scheduler pass.
+    pub fn check_usable(&self, now: DateTime<Utc>) -> Result<(), SpecError> {
+        match &self.rule {
+            Rule::Cron(_) if self.after(now).next().is_none() => Err(SpecError::new(
+                "cron",
+                "the expression never matches a date (such as February 31)",
+            )),
+            Rule::Rrule(set) => {
+                let wall_now = self.wall(now);
+                let before = (**set)
+                    .clone()
+                    .into_iter()
+                    .take(RRULE_PAST_LIMIT + 1)
+                    .take_while(|t| t.naive_utc() < wall_now)
+                    .count();
+                if before > RRULE_PAST_LIMIT {
+                    Err(SpecError::new(
+                        "rrule",
+                        format!(
+                            "more than {RRULE_PAST_LIMIT} occurrences lie between DTSTART and now; \
+                             move DTSTART (or the schedule's anchor) closer"
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The schedule's time zone.
     pub fn timezone(&self) -> Tz {
         self.tz
@@ -142,6 +183,7 @@ impl Recurrence {
                 let walls = (**set)
                     .clone()
                     .into_iter()
+                    .take(RRULE_SCAN_LIMIT)
                     .map(|t| t.naive_utc())
                     .skip_while(move |w| *w < start);
                 Box::new(self.resolve_all(walls, after))

@@ -385,3 +385,22 @@ fn gap_end_is_the_jump_instant() {
         .unwrap();
     assert_eq!(resolve(&tz, wall), utc("2026-03-08T07:00:00Z"));
 }
+
+#[test]
+fn a_cron_that_never_matches_ends_quickly() {
+    let started = std::time::Instant::now();
+    let r = Recurrence::new(Kind::Cron, "0 0 31 2 *", "UTC", anchor()).unwrap();
+    assert!(r.next_n(anchor(), 1).is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(r.check_usable(anchor()).unwrap_err().field, "cron");
+    let old = Recurrence::new(
+        Kind::Rrule,
+        "DTSTART:20000101T000000\nRRULE:FREQ=MINUTELY",
+        "UTC",
+        anchor(),
+    )
+    .unwrap();
+    assert_eq!(old.check_usable(anchor()).unwrap_err().field, "rrule");
+    let recent = Recurrence::new(Kind::Rrule, "FREQ=MINUTELY", "UTC", anchor()).unwrap();
+    recent.check_usable(anchor() + Duration::days(30)).unwrap();
+}

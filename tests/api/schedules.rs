@@ -114,6 +114,11 @@ async fn bad_schedules_are_refused_naming_the_field(db: TestDb) {
     for (schedule, field) in [
         (json!({"cron": "61 * * * *"}), "schedules[0].cron"),
         (json!({"cron": "* * * *"}), "schedules[0].cron"),
+        (json!({"cron": "0 0 31 2 *"}), "schedules[0].cron"),
+        (
+            json!({"rrule": "DTSTART:20000101T000000\nRRULE:FREQ=MINUTELY"}),
+            "schedules[0].rrule",
+        ),
         (
             json!({"cron": "@daily", "timezone": "Mars/Base"}),
             "schedules[0].timezone",

@@ -271,7 +271,7 @@ fn check_spec(
     prefix: &str,
 ) -> ApiResult<()> {
     Recurrence::new(kind, spec, timezone, anchor.unwrap_or_else(Utc::now))
-        .map(|_| ())
+        .and_then(|r| r.check_usable(Utc::now()))
         .map_err(|e| ApiError::unprocessable(&format!("{prefix}{}", e.field), e.message))
 }
 

@@ -136,7 +136,9 @@ impl Store {
             Some(a) => a,
             None => default_anchor(&timezone, from_micros(now))?,
         };
-        Recurrence::new(new.kind, &new.spec, &timezone, anchor).map_err(invalid)?;
+        Recurrence::new(new.kind, &new.spec, &timezone, anchor)
+            .and_then(|r| r.check_usable(from_micros(now)))
+            .map_err(invalid)?;
         let template = self
             .pool_by_id(deployment.work_pool_id)
             .await?
@@ -226,7 +228,9 @@ impl Store {
         };
         let timezone = patch.timezone.clone().unwrap_or(current.timezone.clone());
         let anchor = patch.anchor.unwrap_or(current.anchor);
-        Recurrence::new(kind, &spec, &timezone, anchor).map_err(invalid)?;
+        Recurrence::new(kind, &spec, &timezone, anchor)
+            .and_then(|r| r.check_usable(from_micros(now_micros())))
+            .map_err(invalid)?;
         let active = patch.active.unwrap_or(current.active);
         let now = now_micros();
         let last_slot = match current.last_slot {
