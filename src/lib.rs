@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod model;
 pub mod redact;
 pub mod registry;
+pub mod schedule;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

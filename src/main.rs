@@ -1,6 +1,7 @@
 //! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
 
 mod bench;
+mod bench_schedule;
 mod chaos;
 mod cli;
 
@@ -50,6 +51,52 @@ struct TenantPolicyArgs {
         value_delimiter = ','
     )]
     allowed_endpoints: Vec<String>,
+}
+
+/// The scheduler that runs inside `up` and `controller` (docs/schedules.md): how far ahead it
+/// keeps each active schedule's runs.
+#[derive(clap::Args, Debug, Clone)]
+struct SchedulerArgs {
+    /// Do not run the scheduler here (another process does).
+    #[arg(long, env = "PUSHPOOL_NO_SCHEDULER")]
+    no_scheduler: bool,
+    /// Keep at least this many future runs per schedule …
+    #[arg(long, env = "PUSHPOOL_SCHEDULER_MIN_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    scheduler_min_runs: u64,
+    /// … and at least this many seconds ahead,
+    #[arg(long, env = "PUSHPOOL_SCHEDULER_MIN_SECONDS", default_value_t = 3600)]
+    scheduler_min_seconds: u64,
+    /// but at most this many future runs per schedule …
+    #[arg(long, env = "PUSHPOOL_SCHEDULER_MAX_RUNS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    scheduler_max_runs: u64,
+    /// … and at most this many seconds ahead (default 100 days).
+    #[arg(
+        long,
+        env = "PUSHPOOL_SCHEDULER_MAX_SECONDS",
+        default_value_t = 8_640_000
+    )]
+    scheduler_max_seconds: u64,
+    /// Seconds between scheduler passes.
+    #[arg(long, env = "PUSHPOOL_SCHEDULER_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    scheduler_interval_seconds: u64,
+    /// `catchup: all` creates at most this many missed slots per schedule.
+    #[arg(long, env = "PUSHPOOL_SCHEDULER_CATCHUP_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    scheduler_catchup_limit: u64,
+}
+
+impl SchedulerArgs {
+    fn config(&self) -> Option<pushpool::scheduler::SchedulerConfig> {
+        let seconds = |s: u64| chrono::Duration::seconds(s.min(i64::MAX as u64 / 1_000_000) as i64);
+        (!self.no_scheduler).then(|| pushpool::scheduler::SchedulerConfig {
+            min_runs: self.scheduler_min_runs as usize,
+            min_time: seconds(self.scheduler_min_seconds),
+            max_runs: self.scheduler_max_runs as usize,
+            max_time: seconds(self.scheduler_max_seconds),
+            catchup_limit: self.scheduler_catchup_limit as usize,
+            interval: Duration::from_secs(self.scheduler_interval_seconds),
+            ..Default::default()
+        })
+    }
 }
 
 /// Where a command that serves a store named by `--database-url` finds the key that encrypts
@@ -134,6 +181,8 @@ enum Command {
         policy: TenantPolicyArgs,
         #[command(flatten)]
         sandbox: SandboxArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// The controller alone (run several side by side on PostgreSQL).
     Controller {
@@ -167,6 +216,8 @@ enum Command {
         policy: TenantPolicyArgs,
         #[command(flatten)]
         sandbox: SandboxArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// The API alone.
     Api {
@@ -206,6 +257,13 @@ enum Command {
         /// Controller instances, each with its own connections.
         #[arg(long, default_value_t = 1)]
         controllers: usize,
+        /// `runs` (default): run lifecycles; `schedule`: time the scheduler filling its window
+        /// for --deployments deployments with a minutely schedule each.
+        #[arg(long, default_value = "runs", value_parser = ["runs", "schedule"])]
+        mode: String,
+        /// Deployments of `--mode schedule`.
+        #[arg(long, default_value_t = 10_000)]
+        deployments: usize,
     },
     /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
     #[command(hide = true)]
@@ -406,6 +464,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             secret_key_file,
             policy,
             sandbox,
+            scheduler,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".pushpool"));
             pushpool::server::prepare_home(&home)?;
@@ -445,6 +504,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
                     allowed_endpoints: policy.allowed_endpoints,
+                    scheduler: scheduler.config(),
                 },
                 shutdown_signal(),
             )
@@ -459,6 +519,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             max_in_flight_per_workspace,
             keys,
             policy,
+            scheduler,
             sandbox,
         } => {
             let key = keys.key()?;
@@ -476,6 +537,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
                     allowed_endpoints: policy.allowed_endpoints,
+                    scheduler: scheduler.config(),
                     ..ServeOptions::default()
                 },
                 key,
@@ -541,12 +603,23 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             rate,
             provider_latency_ms,
             controllers,
+            mode,
+            deployments,
         } => {
             let database_url = match store.as_str() {
                 "sqlite" => database_url,
                 "postgres" => Some(database_url.context("--store postgres needs --database-url")?),
                 other => anyhow::bail!("--store must be `sqlite` or `postgres`, not `{other}`"),
             };
+            if mode == "schedule" {
+                let report =
+                    bench_schedule::run_schedule_bench(database_url, deployments, |line| {
+                        eprintln!("{line}")
+                    })
+                    .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(());
+            }
             if runs == 0 {
                 anyhow::bail!("--runs must be at least 1");
             }

@@ -70,6 +70,8 @@ pub struct ServeOptions {
     /// (`--allowed-endpoint`, e.g. `http://127.0.0.1` for emulators); other custom endpoints
     /// need the workspace's `custom-endpoints` grant.
     pub allowed_endpoints: Vec<String>,
+    /// The scheduler to run beside the controller (`None`: none here).
+    pub scheduler: Option<crate::scheduler::SchedulerConfig>,
 }
 
 /// The paths no process job may reach: the data directory and, for a SQLite store, its files.
@@ -325,6 +327,15 @@ pub async fn serve(
             let _ = run.await;
         })
     });
+    let scheduler_task = options
+        .scheduler
+        .clone()
+        .filter(|_| options.controller)
+        .map(|config| {
+            tracing::info!(interval = ?config.interval, "scheduler starting");
+            let scheduler = crate::scheduler::Scheduler::new(store.clone(), config);
+            tokio::spawn(scheduler.run(stop_rx.clone()))
+        });
     let api_task = listener.map(|listener| {
         let app = router(AppState {
             store: store.clone(),
@@ -349,6 +360,9 @@ pub async fn serve(
         })
     });
     if let Some(t) = controller_task {
+        let _ = t.await;
+    }
+    if let Some(t) = scheduler_task {
         let _ = t.await;
     }
     if let Some(t) = api_task {

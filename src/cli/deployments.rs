@@ -47,6 +47,9 @@ pub enum DeploymentCommand {
         /// Retries and tags (issue 13).
         #[command(flatten)]
         retry: Box<RetryFlags>,
+        /// A schedule to add with it (issue 13).
+        #[command(flatten)]
+        schedule: Box<super::schedules::ScheduleFlags>,
     },
     /// List deployments.
     #[command(visible_alias = "list")]
@@ -93,6 +96,33 @@ pub enum DeploymentCommand {
         /// Deployment name or id.
         name: String,
     },
+
+    // Schedules (issue 13).
+    /// A deployment's schedules: add, ls, pause, resume, delete.
+    #[command(subcommand)]
+    Schedule(super::schedules::ScheduleCommand),
+    /// The next slot times of a deployment's active schedules.
+    Upcoming {
+        /// Deployment name or id.
+        name: String,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// Create the runs of a past range's slots (idempotent with the scheduler's own).
+    Backfill {
+        /// Deployment name or id.
+        name: String,
+        /// Start of the range (RFC 3339, inclusive).
+        #[arg(long, value_name = "RFC3339")]
+        from: String,
+        /// End of the range (RFC 3339, inclusive).
+        #[arg(long, value_name = "RFC3339")]
+        to: String,
+        /// Only this schedule (default: all of the deployment's).
+        #[arg(long, value_name = "ID")]
+        schedule: Option<String>,
+    },
 }
 
 pub(super) async fn deployment(
@@ -110,6 +140,7 @@ pub(super) async fn deployment(
             params,
             concurrency_limit,
             retry,
+            schedule,
         } => {
             let mut job_variables = input::parse_assignments("--var", &vars)?;
             if let Some(command) = command {
@@ -132,6 +163,9 @@ pub(super) async fn deployment(
             if let Value::Object(fields) = &mut body {
                 retry.write_into(fields)?;
             }
+            if let Some(s) = schedule.body()? {
+                body["schedules"] = json!([s]);
+            }
             create(api, out, "deployments", &body, deployment_details).await?;
         }
         DeploymentCommand::Ls => {
@@ -141,13 +175,7 @@ pub(super) async fn deployment(
             .await?;
         }
         DeploymentCommand::Inspect { name } => {
-            get_and_show(
-                api,
-                out,
-                api.ws_url(&["deployments", &name]),
-                deployment_details,
-            )
-            .await?;
+            super::schedules::inspect(api, out, &name, deployment_details).await?;
         }
         DeploymentCommand::Preview { name, vars } => {
             let job_variables = input::parse_assignments("--var", &vars)?;
@@ -246,6 +274,20 @@ pub(super) async fn deployment(
                 &format!("deleted deployment {name}"),
             )
             .await?;
+        }
+        DeploymentCommand::Schedule(command) => {
+            super::schedules::schedule(api, out, command).await?;
+        }
+        DeploymentCommand::Upcoming { name, limit } => {
+            super::schedules::upcoming(api, out, &name, limit).await?;
+        }
+        DeploymentCommand::Backfill {
+            name,
+            from,
+            to,
+            schedule,
+        } => {
+            super::schedules::backfill(api, out, &name, &from, &to, schedule).await?;
         }
     }
     Ok(0)

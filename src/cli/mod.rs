@@ -14,6 +14,7 @@ mod output;
 mod pools;
 mod retries;
 mod runs;
+mod schedules;
 #[cfg(test)]
 mod tests;
 mod watch;

@@ -10,6 +10,7 @@ mod grants;
 mod objects;
 mod retries;
 mod runs;
+mod schedules;
 mod sql;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
     WorkspaceQuota, ACTIVE_STATES_SQL, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES,
 };
+pub use schedules::{slot_key, NewSchedule, ScheduleBatch, SchedulePatch, SlotRun};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +252,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "pool_overridable_variables",
         include_str!("../../migrations/0005_pool_overridable_variables.sql"),
+    ),
+    (
+        6,
+        "schedules",
+        include_str!("../../migrations/0006_schedules.sql"),
     ),
     (
         7,

@@ -31,6 +31,9 @@ enum Allowed {
 
 use Allowed::*;
 
+#[path = "authz_schedules.rs"]
+mod schedule_cases;
+
 /// The expected authorization of every route, written out by hand.
 const MATRIX: &[(&str, &str, Allowed)] = &[
     ("get", "/healthz", Public),
@@ -121,6 +124,42 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
     (
         "post",
         "/api/workspaces/{ws}/deployments/{id_or_name}/runs",
+        Roles("ODR", "runs:create"),
+    ),
+    // Schedules (issue 13); their requests are built in authz_schedules.rs.
+    (
+        "post",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/schedules",
+        Roles("OD", "deployments:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/schedules",
+        Roles("ODRV", "deployments:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/schedules/{schedule_id}",
+        Roles("ODRV", "deployments:read"),
+    ),
+    (
+        "patch",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/schedules/{schedule_id}",
+        Roles("OD", "deployments:write"),
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/schedules/{schedule_id}",
+        Roles("OD", "deployments:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/upcoming",
+        Roles("ODRV", "deployments:read"),
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/deployments/{id_or_name}/backfill",
         Roles("ODR", "runs:create"),
     ),
     (
@@ -530,6 +569,7 @@ impl Env {
                 ),
                 201,
             ),
+            (m, t) if schedule_cases::covers(t) => schedule_cases::case(self, m, t, ws).await,
             ("get", "/flow_runs") => ok(format!("{w}/flow_runs"), None, 200),
             ("get", "/flow_runs/{id}") => ok(format!("{w}/flow_runs/{}", ws.run), None, 200),
             ("get", "/flow_runs/{id}/states") => {

@@ -15,4 +15,5 @@ mod openapi_valid;
 mod overrides;
 mod ranges;
 mod retries;
+mod schedules;
 mod service;

@@ -6,3 +6,4 @@ mod access;
 mod outage;
 mod retries;
 mod runs;
+mod schedules;

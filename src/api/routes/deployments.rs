@@ -133,6 +133,11 @@ pub struct CreateDeployment {
     /// Tags (each 1–100 characters, no commas; at most 50); its runs inherit them.
     #[serde(default)]
     tags: Option<Vec<String>>,
+
+    // Schedules (issue 13).
+    /// Schedules to add with the deployment (see `…/deployments/{id_or_name}/schedules`).
+    #[serde(default)]
+    schedules: Vec<super::schedules::ScheduleInput>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -237,6 +242,12 @@ async fn create_deployment(
         "",
     )
     .await?;
+    // Schedules (issue 13): all checked before anything is created.
+    let mut schedules = Vec::with_capacity(body.schedules.len());
+    for (i, input) in body.schedules.into_iter().enumerate() {
+        schedules
+            .push(super::schedules::new_schedule(&pool, input, &format!("schedules[{i}].")).await?);
+    }
     let d = state
         .store
         .create_deployment_with(
@@ -254,6 +265,18 @@ async fn create_deployment(
         )
         .await?;
     note.target("deployment", &d.name);
+    for (i, new) in schedules.into_iter().enumerate() {
+        state
+            .store
+            .create_schedule(&d, new)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Invalid { field, message } => {
+                    ApiError::unprocessable(&format!("schedules[{i}].{field}"), message)
+                }
+                other => other.into(),
+            })?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(deployment_out(&d, &secret_variables(&pool))),

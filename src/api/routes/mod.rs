@@ -13,6 +13,7 @@ pub mod pools;
 pub mod queues;
 pub mod run_filters;
 pub mod runs;
+pub mod schedules;
 pub mod system;
 
 use super::table::{Method, Route};
@@ -28,6 +29,7 @@ pub const TABLE: &[&[Route]] = &[
     claims::ROUTES,
     deployments::ROUTES,
     runs::ROUTES,
+    schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
 ];

@@ -22,10 +22,10 @@ const POOL_COLUMNS: &str = "id, workspace_id, name, type, description, base_job_
      concurrency_limit, paused, created, updated, submit_rate, overridable_variables";
 const QUEUE_COLUMNS: &str =
     "id, pool_id, name, priority, concurrency_limit, paused, created, updated";
-const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
+pub(super) const DEPLOYMENT_COLUMNS: &str = "d.id, d.workspace_id, d.name, d.pool_id, p.name AS pool_name, \
      d.queue_id, q.name AS queue_name, d.job_variables, d.parameters, d.concurrency_limit, d.paused, \
      d.created, d.updated, d.retry_policy, d.tags";
-const DEPLOYMENT_FROM: &str = "deployments d JOIN work_pools p ON p.id = d.pool_id \
+pub(super) const DEPLOYMENT_FROM: &str = "deployments d JOIN work_pools p ON p.id = d.pool_id \
      JOIN work_queues q ON q.id = d.queue_id";
 
 /// A workspace from a row with `id`, `name` and `created`.
@@ -103,7 +103,7 @@ fn queue_from_row(row: &AnyRow) -> Result<WorkQueue> {
     })
 }
 
-fn deployment_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<Deployment> {
+pub(super) fn deployment_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<Deployment> {
     let id = get_uuid(row, "id")?;
     Ok(Deployment {
         id,

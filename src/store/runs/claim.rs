@@ -94,6 +94,9 @@ struct Candidate {
     pool_limit: Option<i64>,
     queue_limit: Option<i64>,
     deployment_limit: Option<i64>,
+    /// The run's schedule and its `max_active_runs`, when it has them (issue 13).
+    schedule_id: Option<String>,
+    schedule_limit: Option<i64>,
 }
 
 /// Admits candidates in order while every limit on their path and their workspace's quota have
@@ -107,6 +110,7 @@ fn admit(
     let mut pools = active.pools.clone();
     let mut queues = active.queues.clone();
     let mut deployments = active.deployments.clone();
+    let mut schedules = active.schedules.clone();
     let mut taken: HashMap<Uuid, usize> = HashMap::new();
     let mut admitted = Vec::new();
     for c in candidates {
@@ -121,11 +125,17 @@ fn admit(
             && fits(&pools, &c.pool_id, c.pool_limit)
             && fits(&queues, &c.queue_id, c.queue_limit)
             && fits(&deployments, &c.deployment_id, c.deployment_limit)
+            && c.schedule_id
+                .as_ref()
+                .is_none_or(|s| fits(&schedules, s, c.schedule_limit))
         {
             *workspace_taken += 1;
             *pools.entry(c.pool_id.clone()).or_default() += 1;
             *queues.entry(c.queue_id.clone()).or_default() += 1;
             *deployments.entry(c.deployment_id.clone()).or_default() += 1;
+            if let Some(s) = &c.schedule_id {
+                *schedules.entry(s.clone()).or_default() += 1;
+            }
             admitted.push(c.id.clone());
         }
     }
@@ -137,6 +147,7 @@ struct ActiveCounts {
     pools: HashMap<String, i64>,
     queues: HashMap<String, i64>,
     deployments: HashMap<String, i64>,
+    schedules: HashMap<String, i64>,
 }
 
 impl Store {
@@ -186,7 +197,9 @@ impl Store {
                 "SELECT p.id FROM work_pools p WHERE {limited_cond} AND p.paused = 0 AND \
                  (p.concurrency_limit IS NOT NULL \
                   OR EXISTS (SELECT 1 FROM work_queues q WHERE q.pool_id = p.id AND q.concurrency_limit IS NOT NULL) \
-                  OR EXISTS (SELECT 1 FROM deployments d WHERE d.pool_id = p.id AND d.concurrency_limit IS NOT NULL)) \
+                  OR EXISTS (SELECT 1 FROM deployments d WHERE d.pool_id = p.id AND d.concurrency_limit IS NOT NULL) \
+                  OR EXISTS (SELECT 1 FROM schedules s JOIN deployments d ON d.id = s.deployment_id \
+                             WHERE d.pool_id = p.id AND s.max_active_runs IS NOT NULL)) \
                  ORDER BY p.id"
             );
             let mut q = sqlx::query(&limited_sql);
@@ -232,10 +245,11 @@ impl Store {
         // BY is then free) instead of joining and sorting the whole backlog once more.
         let sql = format!(
             "SELECT c.run_id AS id, c.workspace_id, c.pool_id, c.queue_id, c.deployment_id, \
-             c.pool_limit, c.queue_limit, c.deployment_limit \
+             c.pool_limit, c.queue_limit, c.deployment_limit, c.schedule_id, c.schedule_limit \
              FROM (SELECT r.id AS run_id, r.workspace_id, r.pool_id, r.queue_id, r.deployment_id, \
                    p.concurrency_limit AS pool_limit, q.concurrency_limit AS queue_limit, \
                    d.concurrency_limit AS deployment_limit, q.priority AS priority, \
+                   r.schedule_id AS schedule_id, s.max_active_runs AS schedule_limit, \
                    r.scheduled_time AS scheduled_time, \
                    ROW_NUMBER() OVER (PARTITION BY r.workspace_id \
                    ORDER BY q.priority, r.scheduled_time, r.id) AS fair_rank \
@@ -243,9 +257,12 @@ impl Store {
                    JOIN work_pools p ON p.id = r.pool_id \
                    JOIN work_queues q ON q.id = r.queue_id \
                    JOIN deployments d ON d.id = r.deployment_id \
+                   LEFT JOIN schedules s ON s.id = r.schedule_id \
                    WHERE r.state_type = 'SCHEDULED' AND r.scheduled_time <= $1 AND {pool_cond}{not_full} \
                    AND p.paused = 0 AND q.paused = 0 AND d.paused = 0 \
                    AND {} AND {} AND {} \
+                   AND (s.max_active_runs IS NULL OR s.max_active_runs > (SELECT COUNT(*) FROM flow_runs a \
+                        WHERE a.schedule_id = s.id AND a.state_type IN {ACTIVE_STATES_SQL})) \
                    ORDER BY fair_rank, priority, scheduled_time, run_id) c \
              JOIN flow_runs r ON r.id = c.run_id \
              WHERE r.state_type = 'SCHEDULED' \
@@ -269,6 +286,8 @@ impl Store {
                     pool_limit: row.try_get("pool_limit")?,
                     queue_limit: row.try_get("queue_limit")?,
                     deployment_limit: row.try_get("deployment_limit")?,
+                    schedule_id: row.try_get("schedule_id")?,
+                    schedule_limit: row.try_get("schedule_limit")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -281,6 +300,27 @@ impl Store {
             c.pool_limit.is_some() || c.queue_limit.is_some() || c.deployment_limit.is_some()
         });
         let mut active = ActiveCounts::default();
+        // Schedules' `max_active_runs` (issue 13): their active runs, counted apart.
+        let mut limited: Vec<&String> = candidates
+            .iter()
+            .filter(|c| c.schedule_limit.is_some())
+            .filter_map(|c| c.schedule_id.as_ref())
+            .collect();
+        limited.sort();
+        limited.dedup();
+        if !limited.is_empty() {
+            let sql = format!(
+                "SELECT schedule_id, COUNT(*) AS n FROM flow_runs WHERE schedule_id IN ({}) \
+                 AND state_type IN {ACTIVE_STATES_SQL} GROUP BY schedule_id",
+                placeholders(1, limited.len())
+            );
+            let q = bind_all(sqlx::query(&sql), limited.into_iter().cloned());
+            for row in q.fetch_all(&mut *tx).await? {
+                active
+                    .schedules
+                    .insert(row.try_get("schedule_id")?, row.try_get("n")?);
+            }
+        }
         if any_limit {
             let mut pool_ids: Vec<&String> = candidates.iter().map(|c| &c.pool_id).collect();
             pool_ids.sort();
@@ -382,6 +422,8 @@ mod tests {
             pool_limit,
             queue_limit: None,
             deployment_limit: dep_limit,
+            schedule_id: None,
+            schedule_limit: None,
         }
     }
 
