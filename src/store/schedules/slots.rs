@@ -198,7 +198,9 @@ impl Store {
             rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
         }
         let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
-        for part in rows.chunks(1000) {
+        // Small statements: sqlx binds SQLite parameters by looking each one's name up, which costs
+        // in proportion to the statement's parameter count (quadratic per statement).
+        for part in rows.chunks(16) {
             let values: Vec<String> = (0..part.len())
                 .map(|i| {
                     let b = i * 14;
@@ -252,7 +254,7 @@ impl Store {
         }
         let history = "INSERT INTO state_history \
             (id, run_id, transition_id, state_type, state_name, message, timestamp)";
-        insert_rows(&mut tx, history, 7, 1000, &inserted, |q, (id, _, _, _)| {
+        insert_rows(&mut tx, history, 7, 32, &inserted, |q, (id, _, _, _)| {
             q.bind(Uuid::now_v7().to_string())
                 .bind(id.clone())
                 .bind(format!("create-{id}"))
