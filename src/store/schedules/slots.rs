@@ -89,13 +89,15 @@ pub(super) async fn delete_future_runs(
 }
 
 impl Store {
-    /// Active schedules of deployments that are not paused, in id order after `after`, at most
-    /// `limit` (the scheduler pages through them).
+    /// Active schedules of deployments that are not paused, among the next `limit` active
+    /// schedules in id order after `after` (the scheduler pages through them), and the id of the
+    /// last one scanned (`None` when there were none: the end). Schedules of paused deployments
+    /// are scanned but not returned.
     pub async fn active_schedules(
         &self,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<Vec<ScheduleBatch>> {
+    ) -> Result<(Vec<ScheduleBatch>, Option<Uuid>)> {
         let sql = format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules s \
              WHERE s.active = 1 AND s.id > $1 ORDER BY s.id LIMIT {limit}"
@@ -104,6 +106,7 @@ impl Store {
         let schedules = self
             .fetch_rows(query, |r| schedule_from_row(r, self.secret_key()))
             .await?;
+        let last = schedules.last().map(|s| s.id);
         let mut ids: Vec<String> = schedules
             .iter()
             .map(|s| s.deployment_id.to_string())
@@ -123,7 +126,7 @@ impl Store {
                 .await?;
             deployments.extend(found.into_iter().map(|d| (d.id, d)));
         }
-        Ok(schedules
+        let batches = schedules
             .into_iter()
             .filter_map(|schedule| {
                 let deployment = deployments.get(&schedule.deployment_id)?.clone();
@@ -132,7 +135,8 @@ impl Store {
                     deployment,
                 })
             })
-            .collect())
+            .collect();
+        Ok((batches, last))
     }
 
     /// Creates the runs of `plans` that do not exist yet (one per schedule and slot) and moves
