@@ -101,6 +101,11 @@ async fn schedules_are_created_listed_paused_and_deleted_over_http(db: TestDb) {
     assert_eq!(status, 204);
     let (status, body) = call(&app, "GET", &path, None).await;
     assert_eq!(status, 404, "{body}");
+    // A deployment with schedules can be deleted; its schedules go with it.
+    let (status, body) = call(&app, "DELETE", "/deployments/weekly", None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = call(&app, "GET", "/deployments/weekly/schedules", None).await;
+    assert_eq!(status, 404);
     // Every change is in the audit log.
     let audit = ok(&app, "GET", "/audit_log?limit=200", None).await;
     let actions: Vec<&str> = audit
