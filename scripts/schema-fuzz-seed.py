@@ -70,6 +70,13 @@ for deployment in ("fuzz-deployment", "fuzz-doomed-deployment"):
             "parameters": {"greeting": "hello"},
         },
     )
+# Schedules (issue 13), paused so the seeding server's scheduler makes no runs of them.
+schedule = call(
+    "POST", f"{WS}/deployments/fuzz-deployment/schedules", {"cron": "0 9 * * MON", "active": False}
+)
+doomed_schedule = call(
+    "POST", f"{WS}/deployments/fuzz-deployment/schedules", {"interval": 3600, "active": False}
+)
 finished = create_runs("fuzz-deployment", 3)
 tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
 (scheduled,) = create_runs("fuzz-deployment", 1, scheduled_time=tomorrow)
@@ -106,6 +113,8 @@ values = {
     "FUZZ_DOOMED_SERVICE_ACCOUNT_ID": doomed_account["id"],
     "FUZZ_DOOMED_KEY_ID": doomed_key["id"],
     "FUZZ_ROTATED_KEY_ID": rotated_key["id"],
+    "FUZZ_SCHEDULE_ID": schedule["id"],
+    "FUZZ_DOOMED_SCHEDULE_ID": doomed_schedule["id"],
 }
 with open(OUT, "w") as f:
     for name, value in values.items():

@@ -446,3 +446,108 @@ fn workspace_grant_names_its_target_without_switching_workspace() {
         .unwrap();
     assert_eq!(cli.client.workspace, "default");
 }
+
+#[test]
+fn schedule_commands_parse() {
+    let create = parse(&[
+        "deployment",
+        "create",
+        "weekly",
+        "--pool",
+        "p",
+        "--cron",
+        "0 9 * * MON",
+        "--timezone",
+        "Europe/Berlin",
+        "--catchup",
+        "latest",
+    ])
+    .unwrap();
+    let ClientCommand::Deployment(DeploymentArgs {
+        command: DeploymentCommand::Create { schedule, .. },
+    }) = create
+    else {
+        panic!("not a create")
+    };
+    let body = schedule.body().unwrap().unwrap();
+    assert_eq!(body["cron"], "0 9 * * MON");
+    assert_eq!(body["timezone"], "Europe/Berlin");
+    assert_eq!(body["catchup"], "latest");
+    // One spec at most; options without a spec are refused.
+    assert!(parse(&[
+        "deployment",
+        "create",
+        "d",
+        "--pool",
+        "p",
+        "--cron",
+        "@daily",
+        "--interval",
+        "60"
+    ])
+    .is_err());
+    let ClientCommand::Deployment(DeploymentArgs {
+        command: DeploymentCommand::Create { schedule, .. },
+    }) = parse(&[
+        "deployment",
+        "create",
+        "d",
+        "--pool",
+        "p",
+        "--timezone",
+        "UTC",
+    ])
+    .unwrap()
+    else {
+        panic!("not a create")
+    };
+    assert!(schedule.body().is_err());
+    for args in [
+        &["deployment", "schedule", "add", "d", "--interval", "PT1H"][..],
+        &["deployment", "schedule", "ls", "d"],
+        &[
+            "deployment",
+            "schedule",
+            "pause",
+            "d",
+            "0190c0de-0000-7000-8000-000000000000",
+        ],
+        &[
+            "deployment",
+            "schedule",
+            "resume",
+            "d",
+            "0190c0de-0000-7000-8000-000000000000",
+        ],
+        &[
+            "deployment",
+            "schedule",
+            "delete",
+            "d",
+            "0190c0de-0000-7000-8000-000000000000",
+        ],
+        &["deployment", "upcoming", "d", "-n", "5"],
+        &[
+            "deployment",
+            "backfill",
+            "d",
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--to",
+            "2026-01-02T00:00:00Z",
+        ],
+    ] {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    assert!(parse(&[
+        "deployment",
+        "schedule",
+        "add",
+        "d",
+        "--catchup",
+        "sometimes",
+        "--cron",
+        "@daily"
+    ])
+    .is_err());
+}

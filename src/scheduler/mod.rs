@@ -148,9 +148,9 @@ impl Scheduler {
         let mut report = TickReport::default();
         let mut after: Option<Uuid> = None;
         loop {
-            let page = self.store.active_schedules(after, self.config.page).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.schedule.id);
+            let (page, last) = self.store.active_schedules(after, self.config.page).await?;
+            let Some(last) = last else { break };
+            after = Some(last);
             report.schedules += page.len();
             let mut plans = Vec::new();
             for batch in &page {
@@ -170,9 +170,6 @@ impl Scheduler {
                 }
             }
             report.created += self.store.create_slot_runs(&plans).await?;
-            if page.len() < self.config.page {
-                break;
-            }
         }
         Ok(report)
     }

@@ -1,13 +1,19 @@
 //! Schedules over HTTP (issue 13): deployments created with schedules, schedule routes, upcoming
 //! slot times, backfill, 422s naming the field at fault, and audit records of every change.
 
-use pushpool_testkit::{both_backends, call_json, serve_fresh, Served, TestDb};
+use std::time::{Duration, Instant};
+
+use pushpool::execution::ProcessPools;
+use pushpool::scheduler::SchedulerConfig;
+use pushpool::server::ServeOptions;
+use pushpool_testkit::{both_backends, call_json, serve_fresh, serve_fresh_with, Served, TestDb};
 use serde_json::{json, Value};
 
 both_backends!(
     schedules_are_created_listed_paused_and_deleted_over_http,
     bad_schedules_are_refused_naming_the_field,
     backfill_creates_each_slot_once,
+    the_servers_scheduler_creates_runs_that_the_controller_completes,
 );
 
 async fn call(app: &Served, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -95,6 +101,11 @@ async fn schedules_are_created_listed_paused_and_deleted_over_http(db: TestDb) {
     assert_eq!(status, 204);
     let (status, body) = call(&app, "GET", &path, None).await;
     assert_eq!(status, 404, "{body}");
+    // A deployment with schedules can be deleted; its schedules go with it.
+    let (status, body) = call(&app, "DELETE", "/deployments/weekly", None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = call(&app, "GET", "/deployments/weekly/schedules", None).await;
+    assert_eq!(status, 404);
     // Every change is in the audit log.
     let audit = ok(&app, "GET", "/audit_log?limit=200", None).await;
     let actions: Vec<&str> = audit
@@ -238,4 +249,70 @@ async fn backfill_creates_each_slot_once(db: TestDb) {
         .as_str()
         .unwrap()
         .starts_with("schedule:")));
+}
+
+/// The scheduler inside the server (as `pushpool up` runs it): an every-second interval schedule's
+/// runs appear and the controller completes them.
+async fn the_servers_scheduler_creates_runs_that_the_controller_completes(db: TestDb) {
+    let app = serve_fresh_with(
+        &db.url,
+        ServeOptions {
+            controller: true,
+            process_pools: ProcessPools::All,
+            scheduler: Some(SchedulerConfig {
+                interval: Duration::from_millis(200),
+                min_runs: 1,
+                min_time: chrono::TimeDelta::seconds(2),
+                ..SchedulerConfig::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    pool(&app).await;
+    ok(
+        &app,
+        "POST",
+        "/deployments",
+        Some(
+            json!({"name": "ticking", "work_pool": "p", "job_variables": {"command": "true"},
+                    "schedules": [{"interval": 1}]}),
+        ),
+    )
+    .await;
+    let began = Instant::now();
+    loop {
+        let runs = ok(
+            &app,
+            "GET",
+            "/flow_runs?deployment=ticking&state=COMPLETED",
+            None,
+        )
+        .await;
+        if runs.as_array().unwrap().len() >= 2 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no scheduled run completed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Their keys name the schedule and slot; no slot has two runs.
+    let all = ok(
+        &app,
+        "GET",
+        "/flow_runs?deployment=ticking&limit=1000",
+        None,
+    )
+    .await;
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["idempotency_key"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len());
+    assert!(keys.iter().all(|k| k.starts_with("schedule:")));
 }

@@ -17,7 +17,8 @@ use pushpool::scheduler::{backfill, ManualClock, Scheduler, SchedulerConfig};
 use pushpool::state::Proposal;
 use pushpool::state::StateType;
 use pushpool::store::{
-    NewDeployment, NewPool, NewSchedule, PoolSelector, SchedulePatch, Store, TransitionGuard,
+    DeploymentPatch, NewDeployment, NewPool, NewSchedule, PoolSelector, SchedulePatch, Store,
+    TransitionGuard,
 };
 use pushpool_null::NullProvider;
 use pushpool_provider::Registry;
@@ -30,6 +31,7 @@ both_backends!(
     catch_up_follows_each_policy_and_the_runs_execute,
     editing_a_schedule_replaces_its_future_runs_and_backfill_is_idempotent,
     max_active_runs_holds_a_schedules_due_runs_back,
+    paused_deployments_are_skipped_without_ending_the_scan,
 );
 
 struct Env {
@@ -394,4 +396,43 @@ async fn max_active_runs_holds_a_schedules_due_runs_back(db: TestDb) {
     let next = claim().await.unwrap();
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].id, done);
+}
+
+async fn paused_deployments_are_skipped_without_ending_the_scan(db: TestDb) {
+    let e = env(&db).await;
+    let mut ids = vec![];
+    for i in 0..5 {
+        let d = e.deployment(&format!("p{i}")).await;
+        e.store
+            .create_schedule(&d, schedule(Kind::Cron, "@hourly", Catchup::None))
+            .await
+            .unwrap();
+        ids.push(d.id);
+    }
+    // The first two (in schedule id order) are paused: a page of two holds only them.
+    for name in ["p0", "p1"] {
+        e.store
+            .update_deployment(
+                e.ws,
+                name,
+                DeploymentPatch {
+                    paused: Some(true),
+                    ..DeploymentPatch::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let config = SchedulerConfig {
+        page: 2,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::with_clock(e.store.clone(), config, ManualClock::new(Utc::now()));
+    let report = scheduler.tick().await.unwrap();
+    assert_eq!(report.schedules, 3);
+    let slots = e.slots().await;
+    assert!(!slots.contains_key(&ids[0]) && !slots.contains_key(&ids[1]));
+    for id in &ids[2..] {
+        assert_eq!(slots[id].len(), 3, "three hourly runs ahead");
+    }
 }

@@ -232,6 +232,10 @@ impl Store {
     /// Deletes a deployment; its runs that have not started are cancelled, the others are kept.
     pub async fn delete_deployment(&self, workspace_id: Uuid, id_or_name: &str) -> Result<()> {
         let d = self.deployment(workspace_id, id_or_name).await?;
+        // Its schedules first (issue 13), so no scheduler adds runs while the rest is cancelled.
+        for schedule in self.schedules_of(d.id).await? {
+            self.delete_schedule(&d, &schedule.id.to_string()).await?;
+        }
         let scheduled = sqlx::query(
             "SELECT id FROM flow_runs WHERE deployment_id = $1 AND state_type IN ('SCHEDULED', 'PAUSED')",
         )

@@ -296,6 +296,14 @@ impl Store {
     pub async fn delete_schedule(&self, deployment: &Deployment, id: &str) -> Result<()> {
         let current = self.schedule(deployment, id).await?;
         let mut tx = self.begin().await?;
+        // The schedule row first, then its runs: the scheduler locks in that order too.
+        sqlx::query(&format!(
+            "SELECT id FROM schedules WHERE id = $1{}",
+            self.for_update()
+        ))
+        .bind(current.id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
         let removed =
             slots::delete_future_runs(&mut tx, self.backend(), current.id, now_micros()).await?;
         sqlx::query("DELETE FROM schedules WHERE id = $1")

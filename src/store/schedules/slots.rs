@@ -89,13 +89,15 @@ pub(super) async fn delete_future_runs(
 }
 
 impl Store {
-    /// Active schedules of deployments that are not paused, in id order after `after`, at most
-    /// `limit` (the scheduler pages through them).
+    /// Active schedules of deployments that are not paused, among the next `limit` active
+    /// schedules in id order after `after` (the scheduler pages through them), and the id of the
+    /// last one scanned (`None` when there were none: the end). Schedules of paused deployments
+    /// are scanned but not returned.
     pub async fn active_schedules(
         &self,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<Vec<ScheduleBatch>> {
+    ) -> Result<(Vec<ScheduleBatch>, Option<Uuid>)> {
         let sql = format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules s \
              WHERE s.active = 1 AND s.id > $1 ORDER BY s.id LIMIT {limit}"
@@ -104,6 +106,7 @@ impl Store {
         let schedules = self
             .fetch_rows(query, |r| schedule_from_row(r, self.secret_key()))
             .await?;
+        let last = schedules.last().map(|s| s.id);
         let mut ids: Vec<String> = schedules
             .iter()
             .map(|s| s.deployment_id.to_string())
@@ -123,7 +126,7 @@ impl Store {
                 .await?;
             deployments.extend(found.into_iter().map(|d| (d.id, d)));
         }
-        Ok(schedules
+        let batches = schedules
             .into_iter()
             .filter_map(|schedule| {
                 let deployment = deployments.get(&schedule.deployment_id)?.clone();
@@ -132,7 +135,8 @@ impl Store {
                     deployment,
                 })
             })
-            .collect())
+            .collect();
+        Ok((batches, last))
     }
 
     /// Creates the runs of `plans` that do not exist yet (one per schedule and slot) and moves
@@ -198,7 +202,9 @@ impl Store {
             rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
         }
         let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
-        for part in rows.chunks(1000) {
+        // Small statements: sqlx binds SQLite parameters by looking each one's name up, which costs
+        // in proportion to the statement's parameter count (quadratic per statement).
+        for part in rows.chunks(16) {
             let values: Vec<String> = (0..part.len())
                 .map(|i| {
                     let b = i * 14;
@@ -252,7 +258,7 @@ impl Store {
         }
         let history = "INSERT INTO state_history \
             (id, run_id, transition_id, state_type, state_name, message, timestamp)";
-        insert_rows(&mut tx, history, 7, 1000, &inserted, |q, (id, _, _, _)| {
+        insert_rows(&mut tx, history, 7, 32, &inserted, |q, (id, _, _, _)| {
             q.bind(Uuid::now_v7().to_string())
                 .bind(id.clone())
                 .bind(format!("create-{id}"))
