@@ -135,11 +135,20 @@ enum Command {
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
-    /// The controller alone (run several side by side on PostgreSQL).
+    /// The controller alone (run several side by side on PostgreSQL), or serving a Prefect
+    /// server's push pools with --prefect-api-url (no database; docs/prefect.md).
     Controller {
-        /// Store URL.
-        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        /// Store URL (not with --prefect-api-url).
+        #[arg(
+            long,
+            env = "PUSHPOOL_DATABASE_URL",
+            hide_env_values = true,
+            required_unless_present = "prefect_api_url",
+            conflicts_with = "prefect_api_url"
+        )]
+        database_url: Option<String>,
+        #[command(flatten)]
+        prefect: cli::prefect::PrefectArgs,
         /// URL jobs use to reach the API.
         #[arg(
             long,
@@ -231,6 +240,11 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Prefect mode: work pools on a Prefect server (docs/prefect.md).
+    Prefect {
+        #[command(subcommand)]
+        command: cli::prefect::PrefectCommand,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -298,6 +312,13 @@ fn main() {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Client(command) => cli::execute(&cli.client, command).await,
+            Command::Prefect { command } => match cli::prefect::execute(command).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
             server => {
                 init_tracing();
                 match run_server(server).await {
@@ -451,7 +472,27 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             .await?;
         }
         Command::Controller {
-            database_url,
+            database_url: None,
+            prefect,
+            id,
+            status_deadline_seconds,
+            keys,
+            policy,
+            sandbox,
+            ..
+        } => {
+            let options = prefect.options(
+                id,
+                keys.home,
+                policy.process_pools,
+                policy.allowed_endpoints,
+                sandbox.sandbox(),
+                status_deadline_seconds.map(Duration::from_secs),
+            )?;
+            pushpool::controller::prefect::serve::serve_prefect(options, shutdown_signal()).await?;
+        }
+        Command::Controller {
+            database_url: Some(database_url),
             public_api_url,
             id,
             lease_seconds,
@@ -460,6 +501,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             keys,
             policy,
             sandbox,
+            ..
         } => {
             let key = keys.key()?;
             connect_and_serve(
@@ -593,7 +635,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("invariants violated: {}", report.line());
             }
         }
-        Command::Client(_) => anyhow::bail!("client commands are dispatched before"),
+        Command::Client(_) | Command::Prefect { .. } => {
+            anyhow::bail!("client commands are dispatched before")
+        }
     }
     Ok(())
 }

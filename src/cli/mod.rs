@@ -12,6 +12,7 @@ mod deployments;
 mod input;
 mod output;
 mod pools;
+pub mod prefect;
 mod runs;
 #[cfg(test)]
 mod tests;

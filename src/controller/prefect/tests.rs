@@ -1,0 +1,1 @@
+//! Unit tests of the Prefect plane against a tiny fake of Prefect's API.
