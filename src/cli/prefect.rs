@@ -59,6 +59,10 @@ pub struct PrefectArgs {
         requires = "prefect_api_url"
     )]
     pub prefect_job_api_url: Option<String>,
+    /// Seconds after which a run left PENDING by a controller with no fresh heartbeat is adopted
+    /// (also the heartbeat interval × 3).
+    #[arg(long, env = "PUSHPOOL_PREFECT_ORPHAN_AFTER_SECONDS", value_parser = clap::value_parser!(u64).range(3..=3600), requires = "prefect_api_url")]
+    pub prefect_orphan_after_seconds: Option<u64>,
 }
 
 impl PrefectArgs {
@@ -79,6 +83,9 @@ impl PrefectArgs {
         let mut settings = PrefectSettings::new(url, self.api.auth());
         settings.pools = self.pools.clone();
         settings.job_api_url = self.prefect_job_api_url.clone();
+        if let Some(secs) = self.prefect_orphan_after_seconds {
+            settings.orphan_after = Duration::from_secs(secs);
+        }
         Ok(PrefectServeOptions {
             settings,
             controller_id: id,

@@ -416,7 +416,7 @@ impl ControlPlane for PrefectPlane {
         Ok(runs.iter().map(|r| self.model(r, None)).collect())
     }
 
-    /// Runs left PENDING without infrastructure by a controller that is gone: the PENDING
+    /// Runs left PENDING by a controller that is gone: the PENDING
     /// state's message names a pushpool controller whose worker heartbeat on the pool is older
     /// than `orphan_after` (or this controller itself, which lost the answer to its claim or
     /// restarted with the same id), and the state is at least that old. Runs PENDING under a
@@ -444,7 +444,7 @@ impl ControlPlane for PrefectPlane {
         let mut live_by_pool: HashMap<String, Vec<String>> = HashMap::new();
         let mut out = Vec::new();
         for run in runs {
-            if out.len() >= limit || self.is_held(run.id) || run.infrastructure_pid.is_some() {
+            if out.len() >= limit || self.is_held(run.id) {
                 continue;
             }
             let Some(state) = &run.state else { continue };
@@ -490,9 +490,10 @@ impl ControlPlane for PrefectPlane {
         let parked =
             state.state_type == "SCHEDULED" && state.name.as_deref() == Some(AWAITING_ADOPTION);
         if !parked {
-            // Still the PENDING state the scan saw (same claimer, no infrastructure).
+            // Still the PENDING state the scan saw (same claimer, same infrastructure).
             if state.state_type != "PENDING"
-                || current.infrastructure_pid.is_some()
+                || current.infrastructure_pid.clone().filter(|s| !s.is_empty())
+                    != run.infrastructure_id
                 || state.message != run.state.message
             {
                 return Ok(None);
