@@ -54,6 +54,8 @@ pub fn controller(options: &PrefectServeOptions) -> Result<Controller, ServeErro
         process_pools: options.process_pools,
         allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
         lease: options.settings.orphan_after,
+        // Prefect's `flow-run cancel` should stop the job within seconds.
+        cancel_grace: Duration::from_secs(2),
         ..ControllerConfig::default()
     };
     if let Some(d) = options.status_deadline {
