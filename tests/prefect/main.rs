@@ -248,5 +248,26 @@ async fn a_controller_killed_after_pending_leaves_no_run_behind() -> anyhow::Res
     let journal = journal_ids(dir.path());
     let once: HashSet<&String> = journal.iter().collect();
     assert_eq!(journal.len(), once.len(), "a job started twice");
+    // The second controller took runs over through AwaitingAdoption (the first one's claims).
+    let mut adopted = 0;
+    for id in &ids {
+        let states = server
+            .get(&format!("/flow_run_states/?flow_run_id={id}"))
+            .await?;
+        if states
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "AwaitingAdoption")
+        {
+            adopted += 1;
+        }
+    }
+    eprintln!(
+        "{adopted} of {} runs adopted, {} jobs started",
+        ids.len(),
+        journal.len()
+    );
+    assert!(adopted > 0, "no run was adopted from the killed controller");
     Ok(())
 }
