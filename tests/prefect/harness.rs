@@ -315,6 +315,25 @@ impl ControllerProcess {
                     .join(format!("runs-{}", uuid::Uuid::new_v4().simple())),
             )
             .env_remove("PUSHPOOL_DATABASE_URL")
+            // Nothing leaves loopback; the AWS SDK sees only dummy credentials.
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent/pushpool-test-aws-config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/pushpool-test-aws-credentials",
+            )
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_LAMBDA")
             .env("RUST_LOG", "warn,pushpool=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(home.path().join("controller.log"))?)

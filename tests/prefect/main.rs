@@ -2,7 +2,9 @@
 //! real Python flows run to their states in Prefect. See harness.rs for how the server and the
 //! controllers are started, and docs/prefect.md.
 
+mod clouds;
 mod harness;
+mod lambda;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

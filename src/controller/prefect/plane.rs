@@ -740,6 +740,7 @@ impl ControlPlane for PrefectPlane {
                 .clone()
                 .unwrap_or_else(|| self.client.base_url().to_string()),
             auth_env: self.client.auth().job_env(),
+            cloud_run: pool.pool_type.starts_with("cloud-run"),
         };
         prepare::prepare_for_flow_run(&mut config, &template_keys, &facts);
         Ok(Ok(Value::Object(config)))

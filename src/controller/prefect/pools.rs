@@ -131,6 +131,7 @@ pub async fn preview(
         worker_name: "<controller id>".into(),
         api_url: client.base_url().to_string(),
         auth_env,
+        cloud_run: pool.pool_type.starts_with("cloud-run"),
     };
     prepare::prepare_for_flow_run(&mut config, &keys, &facts);
     Ok(Value::Object(config))

@@ -358,6 +358,31 @@ pub struct JobFacts {
     pub api_url: String,
     /// The credentials' variables.
     pub auth_env: Vec<(&'static str, String)>,
+    /// A `cloud-run-v2:push` job, prepared as Prefect's Cloud Run worker does: the labels
+    /// pushpool adds are made Google Cloud labels (keys and values lowercased, other characters
+    /// `-`, at most 63 characters: `prefect.io/flow-run-id` becomes `prefect-io-flow-run-id`),
+    /// and a container without a command gets the job's `command`.
+    pub cloud_run: bool,
+}
+
+/// A Google Cloud label key or value made from any text.
+fn gcp_label(s: &str, key: bool) -> String {
+    let mut out: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if key && !out.starts_with(|c: char| c.is_ascii_lowercase()) {
+        out.insert(0, 'p');
+    }
+    out.truncate(63);
+    out
 }
 
 /// `prepare_for_flow_run` on a rendered configuration; `template_keys` are the keys of the
@@ -411,8 +436,13 @@ pub fn prepare_for_flow_run(
     let has = |k: &str| template_keys.iter().any(|t| t == k);
     if has("labels") {
         let mut labels = Map::new();
+        let gcp = facts.cloud_run;
         let mut put = |k: &str, v: String| {
-            labels.insert(k.to_string(), Value::String(v));
+            if gcp {
+                labels.insert(gcp_label(k, true), Value::String(gcp_label(&v, false)));
+            } else {
+                labels.insert(k.to_string(), Value::String(v));
+            }
         };
         put("prefect.io/flow-run-id", facts.flow_run_id.to_string());
         put("prefect.io/flow-run-name", facts.flow_run_name.clone());
@@ -451,6 +481,17 @@ pub fn prepare_for_flow_run(
     }
     if has("command") && blank(config.get("command")) {
         config.insert("command".into(), DEFAULT_COMMAND.into());
+    }
+    if facts.cloud_run {
+        let command = config.get("command").cloned();
+        let container = config
+            .get_mut("job_body")
+            .and_then(|b| b.pointer_mut("/template/template/containers/0"));
+        if let (Some(Value::Object(container)), Some(command)) = (container, command) {
+            if blank(container.get("command")) {
+                container.insert("command".into(), command);
+            }
+        }
     }
 }
 
