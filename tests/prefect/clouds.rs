@@ -82,6 +82,31 @@ async fn cloud_run_jobs_carry_prefects_env_labels_and_resolved_references() -> a
             }),
         )
         .await?;
+    // The preview renders and prepares without resolving (references may hold secrets).
+    let preview = std::process::Command::new(env!("CARGO_BIN_EXE_pushpool"))
+        .args(["prefect", "pool", "preview", &deployment])
+        .env("PREFECT_API_URL", &server.api_url)
+        .output()?;
+    anyhow::ensure!(
+        preview.status.success(),
+        "{}",
+        String::from_utf8_lossy(&preview.stderr)
+    );
+    let preview: Value = serde_json::from_slice(&preview.stdout)?;
+    assert_eq!(
+        preview["credentials"]["$ref"]["block_document_id"],
+        json!(block),
+        "{preview}"
+    );
+    assert_eq!(
+        preview["env"]["GREETING"],
+        json!(format!("{{{{ prefect.variables.{variable} }}}}"))
+    );
+    assert!(
+        preview["labels"].get("prefect-io-flow-run-id").is_some(),
+        "{preview}"
+    );
+
     let _controller = ControllerProcess::start(&server, &pool, 30)?;
     let id = server.run_deployment(&deployment).await?;
     wait_until("the Cloud Run job", Duration::from_secs(60), || {

@@ -109,7 +109,14 @@ impl PrefectPlane {
         lock(&self.held).contains(&id)
     }
 
+    /// The run in pushpool's model; a terminal run is forgotten (no longer held: the flow may
+    /// have ended it itself).
     fn model(&self, run: &PfFlowRun, pool: Option<(&str, Uuid)>) -> FlowRun {
+        if run.state_type().is_some_and(StateType::is_terminal) {
+            lock(&self.names).remove(&run.id);
+            let holder = lock(&self.held).remove(&run.id).then_some(self.id.as_str());
+            return run.to_model(pool, holder);
+        }
         lock(&self.names).insert(
             run.id,
             RunNames {
@@ -306,9 +313,6 @@ impl PrefectPlane {
         if accepted {
             let mut run = current.clone();
             run.state = state;
-            if to.is_terminal() {
-                lock(&self.held).remove(&run.id);
-            }
             return Ok(TransitionOutcome::Accepted(self.model(&run, None)));
         }
         tracing::debug!(run_id = %current.id, %reason, proposed = %to, "Prefect did not accept the proposal");
