@@ -1,6 +1,7 @@
 //! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
 
 mod bench;
+mod bench_prefect;
 mod chaos;
 mod cli;
 
@@ -215,6 +216,13 @@ enum Command {
         /// Controller instances, each with its own connections.
         #[arg(long, default_value_t = 1)]
         controllers: usize,
+        /// Measure dispatch lag against this Prefect server instead (docs/prefect.md): runs of a
+        /// `null` pool created there come due at --rate per second (default 10 in this mode).
+        #[arg(long)]
+        prefect_api_url: Option<String>,
+        /// With --prefect-api-url: schedule runs this many seconds ahead (0: created due now).
+        #[arg(long, default_value_t = 0.0, requires = "prefect_api_url")]
+        ahead_seconds: f64,
     },
     /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
     #[command(hide = true)]
@@ -583,6 +591,44 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             rate,
             provider_latency_ms,
             controllers,
+            prefect_api_url: Some(api_url),
+            ahead_seconds,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            let auth = pushpool::controller::prefect::PrefectAuth::from_values(
+                std::env::var("PREFECT_API_KEY").ok(),
+                std::env::var("PREFECT_API_AUTH_STRING").ok(),
+            );
+            let _ = (store, database_url, provider_latency_ms, controllers);
+            let report = bench_prefect::run_prefect_bench(
+                bench_prefect::PrefectBenchOptions {
+                    api_url,
+                    auth,
+                    runs,
+                    rate: if rate > 0.0 { rate } else { 10.0 },
+                    ahead: Duration::from_secs_f64(ahead_seconds.max(0.0)),
+                },
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.double_submits > 0 || report.lost > 0 {
+                anyhow::bail!(
+                    "bench found {} double submissions and {} runs never submitted",
+                    report.double_submits,
+                    report.lost
+                );
+            }
+        }
+        Command::Bench {
+            store,
+            database_url,
+            runs,
+            rate,
+            provider_latency_ms,
+            controllers,
+            prefect_api_url: None,
+            ..
         } => {
             let database_url = match store.as_str() {
                 "sqlite" => database_url,

@@ -50,14 +50,17 @@ pub struct PrefectSettings {
     pub lookahead: Duration,
     /// How often the controller asks for new due runs when none is known to be coming.
     pub poll: Duration,
+    /// How long before its scheduled time a run is claimed and its job prepared (it is
+    /// submitted at the scheduled time).
+    pub early: Duration,
     /// A run left PENDING without infrastructure by a controller whose heartbeat is this old is
     /// adopted.
     pub orphan_after: Duration,
 }
 
 impl PrefectSettings {
-    /// Settings for the API at `api_url` with the defaults (look-ahead 10 s, poll 500 ms,
-    /// orphans after 30 s).
+    /// Settings for the API at `api_url` with the defaults (look-ahead 10 s, poll 250 ms, claims 1 s
+    /// early, orphans after 30 s).
     pub fn new(api_url: impl Into<String>, auth: PrefectAuth) -> Self {
         PrefectSettings {
             api_url: api_url.into(),
@@ -65,7 +68,8 @@ impl PrefectSettings {
             pools: Vec::new(),
             job_api_url: None,
             lookahead: Duration::from_secs(10),
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(250),
+            early: Duration::from_secs(1),
             orphan_after: Duration::from_secs(30),
         }
     }

@@ -33,7 +33,10 @@ const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);
 /// Shortest pause between two cancellation scans.
 const CANCEL_SCAN_EVERY: Duration = Duration::from_millis(500);
 /// Claims proposed at once.
-const CLAIM_CONCURRENCY: usize = 16;
+const CLAIM_CONCURRENCY: usize = 8;
+/// Most runs one claim hands out: the controller starts their jobs while it claims the next
+/// ones (PENDING proposals are written one after the other by a Prefect server on SQLite).
+const CLAIM_BATCH: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -334,7 +337,9 @@ fn same_phase(a: StateType, b: StateType) -> bool {
 impl ControlPlane for PrefectPlane {
     async fn claim_due(&self, limit: usize, quota: &WorkspaceQuota) -> PlaneResult<Vec<FlowRun>> {
         let room = limit.min(quota.room(&PREFECT_WORKSPACE));
-        let now = Utc::now();
+        let early = chrono::Duration::from_std(self.settings.early).unwrap_or_default();
+        // Runs due within `early` are claimed now; their submission waits for the due time.
+        let now = Utc::now() + early;
         let ahead = chrono::Duration::from_std(self.settings.lookahead).unwrap_or_default();
         let mut candidates: Vec<(Served, PfFlowRun)> = Vec::new();
         let mut next: Option<DateTime<Utc>> = None;
@@ -356,9 +361,10 @@ impl ControlPlane for PrefectPlane {
             }
         }
         candidates.sort_by_key(|(_, r)| r.due());
-        if candidates.len() > room {
-            next = Some(now);
-            candidates.truncate(room);
+        let batch = room.min(CLAIM_BATCH);
+        if candidates.len() > batch {
+            next = Some(Utc::now());
+            candidates.truncate(batch);
         }
         *lock(&self.next_due) = next;
         let claims = futures::stream::iter(candidates)
@@ -381,9 +387,10 @@ impl ControlPlane for PrefectPlane {
 
     async fn next_due(&self) -> PlaneResult<Option<DateTime<Utc>>> {
         let poll = chrono::Duration::from_std(self.settings.poll).unwrap_or_default();
+        let early = chrono::Duration::from_std(self.settings.early).unwrap_or_default();
         let fallback = Utc::now() + poll;
         Ok(Some(
-            lock(&self.next_due).map_or(fallback, |t| t.min(fallback)),
+            lock(&self.next_due).map_or(fallback, |t| (t - early).min(fallback)),
         ))
     }
 

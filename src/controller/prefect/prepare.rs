@@ -11,9 +11,9 @@
 //!    credentials, `PREFECT__FLOW_RUN_ID` and the attribution variables, with the template's
 //!    `env` on top; `labels` get `prefect.io/flow-run-id`, `…/flow-run-name`, the pool, worker,
 //!    flow and deployment labels, the template's on top; `name` defaults to the flow run's name
-//!    and `command` to `prefect flow-run execute`. `labels`, `name` and `command` are set only
-//!    where the pool's template has that key (a provider refusing unknown fields, such as
-//!    `aws-lambda:push`, never gets them); `env` is always set.
+//!    and `command` to `prefect flow-run execute`. Each of `env`, `labels`, `name` and
+//!    `command` is set only where the pool's template has that key (a provider refusing unknown
+//!    fields, such as `aws-lambda:push` for `labels`, never gets it).
 //!
 //! Resolved values are secrets: they go into the job, never into logs or messages.
 
@@ -431,9 +431,10 @@ pub fn prepare_for_flow_run(
             other => (k, Value::String(other.to_string())),
         })
         .collect();
-    config.insert("env".into(), Value::Object(env));
-
     let has = |k: &str| template_keys.iter().any(|t| t == k);
+    if has("env") {
+        config.insert("env".into(), Value::Object(env));
+    }
     if has("labels") {
         let mut labels = Map::new();
         let gcp = facts.cloud_run;
@@ -559,5 +560,8 @@ mod tests {
         let mut lambda = Map::new();
         prepare_for_flow_run(&mut lambda, &["env".to_string()], &facts);
         assert_eq!(lambda.keys().collect::<Vec<_>>(), vec!["env"]);
+        let mut none = Map::new();
+        prepare_for_flow_run(&mut none, &[], &facts);
+        assert!(none.is_empty());
     }
 }

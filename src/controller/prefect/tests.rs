@@ -151,6 +151,17 @@ fn plane(url: &str, id: &str, auth: PrefectAuth) -> PrefectPlane {
     PrefectPlane::new(PrefectSettings::new(url, auth), id, vec!["process".into()]).unwrap()
 }
 
+async fn claim_all(p: &PrefectPlane, quota: &WorkspaceQuota) -> Vec<crate::model::FlowRun> {
+    let mut all = vec![];
+    loop {
+        let batch = p.claim_due(1000, quota).await.unwrap();
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
+
 #[tokio::test]
 async fn two_controllers_claim_every_due_run_exactly_once() {
     let fake: Shared = Arc::default();
@@ -161,8 +172,8 @@ async fn two_controllers_claim_every_due_run_exactly_once() {
         plane(&url, "b", PrefectAuth::None),
     );
     let quota = WorkspaceQuota::unlimited();
-    let (ra, rb) = tokio::join!(a.claim_due(1000, &quota), b.claim_due(1000, &quota));
-    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Both claim at once, batch after batch, until nothing is left.
+    let (ra, rb) = tokio::join!(claim_all(&a, &quota), claim_all(&b, &quota));
     let sa: HashSet<Uuid> = ra.iter().map(|r| r.id).collect();
     let sb: HashSet<Uuid> = rb.iter().map(|r| r.id).collect();
     assert!(sa.is_disjoint(&sb), "a run was claimed by both");
