@@ -336,7 +336,7 @@ impl ControllerProcess {
             .env_remove("AWS_ENDPOINT_URL_LAMBDA")
             .env("RUST_LOG", "warn,pushpool=info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(home.path().join("controller.log"))?)
+            .stderr(std::fs::File::create(log_path(pool))?)
             .spawn()?;
         Ok(ControllerProcess { child, _home: home })
     }
@@ -367,6 +367,13 @@ pub fn process_job_variables(venv: &Path, writable: &Path) -> Value {
             "PUSHPOOL_TEST_PIDFILE": writable.join("pid").display().to_string(),
         },
     })
+}
+
+/// Where a controller serving `pool` logs (kept after the test, under Cargo's test temp dir).
+pub fn log_path(pool: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prefect-e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{pool}-{}.log", uuid::Uuid::new_v4().simple()))
 }
 
 /// A unique name.

@@ -11,8 +11,9 @@ fn auth(service: &str) -> String {
     format!("AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0")
 }
 
-/// Creates the IAM role and a function (an empty zip: moto echoes the payload).
+/// Creates an IAM role and a function (an empty zip: moto echoes the payload).
 pub async fn create_function(moto: &str, name: &str) -> anyhow::Result<()> {
+    let role = format!("pushpool-test-{name}");
     let http = reqwest::Client::builder().no_proxy().build()?;
     let r = http
         .post(format!("{moto}/"))
@@ -20,7 +21,7 @@ pub async fn create_function(moto: &str, name: &str) -> anyhow::Result<()> {
         .form(&[
             ("Action", "CreateRole"),
             ("Version", "2010-05-08"),
-            ("RoleName", "pushpool-test"),
+            ("RoleName", &role),
             ("AssumeRolePolicyDocument", "{}"),
         ])
         .send()
@@ -37,7 +38,7 @@ pub async fn create_function(moto: &str, name: &str) -> anyhow::Result<()> {
         .header("Authorization", auth("lambda"))
         .json(&json!({
             "FunctionName": name, "Runtime": "python3.12", "Handler": "app.handler", "Timeout": 3,
-            "Role": format!("arn:aws:iam::{ACCOUNT}:role/pushpool-test"),
+            "Role": format!("arn:aws:iam::{ACCOUNT}:role/{role}"),
             "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)}
         }))
         .send()

@@ -17,6 +17,9 @@ pub const PREFECT_WORKSPACE: Uuid = Uuid::nil();
 /// What pushpool reads of a Prefect state.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PfState {
+    /// The state's id.
+    #[serde(default)]
+    pub id: Option<Uuid>,
     /// `SCHEDULED`, `PENDING`, …
     #[serde(rename = "type")]
     pub state_type: String,

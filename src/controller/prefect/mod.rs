@@ -53,14 +53,16 @@ pub struct PrefectSettings {
     /// How long before its scheduled time a run is claimed and its job prepared (it is
     /// submitted at the scheduled time).
     pub early: Duration,
-    /// A run left PENDING without infrastructure by a controller whose heartbeat is this old is
-    /// adopted.
+    /// A new controller claims nothing this long after it starts, so its peers (which list the
+    /// live controllers every 2 s) know it before it takes its share of the runs.
+    pub start_grace: Duration,
+    /// A run left PENDING by a controller whose heartbeat is this old is adopted.
     pub orphan_after: Duration,
 }
 
 impl PrefectSettings {
     /// Settings for the API at `api_url` with the defaults (look-ahead 10 s, poll 250 ms, claims 1 s
-    /// early, orphans after 30 s).
+    /// early, a start grace of 3 s, orphans after 30 s).
     pub fn new(api_url: impl Into<String>, auth: PrefectAuth) -> Self {
         PrefectSettings {
             api_url: api_url.into(),
@@ -70,6 +72,7 @@ impl PrefectSettings {
             lookahead: Duration::from_secs(10),
             poll: Duration::from_millis(250),
             early: Duration::from_secs(1),
+            start_grace: Duration::from_secs(3),
             orphan_after: Duration::from_secs(30),
         }
     }

@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::client::{segment, PrefectClient};
+
+mod claims;
 use super::convert::{PfDeployment, PfFlowRun, PfState, PfWorkPool, PREFECT_WORKSPACE};
 use super::prepare::{self, JobFacts, ResolveError};
 use super::PrefectSettings;
@@ -32,6 +34,10 @@ const POOLS_TTL: Duration = Duration::from_secs(10);
 const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);
 /// Shortest pause between two cancellation scans.
 const CANCEL_SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How often a claiming controller sends its worker heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long the list of a pool's live pushpool controllers is reused.
+const PEERS_TTL: Duration = Duration::from_secs(2);
 /// Claims proposed at once.
 const CLAIM_CONCURRENCY: usize = 8;
 /// Most runs one claim hands out: the controller starts their jobs while it claims the next
@@ -80,6 +86,9 @@ pub struct PrefectPlane {
     next_due: Mutex<Option<DateTime<Utc>>>,
     last_orphan_scan: Mutex<Option<Instant>>,
     last_cancel_scan: Mutex<Option<Instant>>,
+    peers: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    last_heartbeat: Mutex<Option<Instant>>,
+    started: Instant,
     changes: Arc<Notify>,
 }
 
@@ -99,6 +108,9 @@ impl PrefectPlane {
             next_due: Mutex::new(None),
             last_orphan_scan: Mutex::new(None),
             last_cancel_scan: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            last_heartbeat: Mutex::new(None),
+            started: Instant::now(),
             changes: Arc::new(Notify::new()),
         })
     }
@@ -214,35 +226,14 @@ impl PrefectPlane {
             tracing::debug!(run_id = %run.id, %reason, "PENDING proposal not accepted: another controller or worker has the run");
             return Ok(None);
         }
+        if !self.first_pending(run.id, state.as_ref()).await? {
+            tracing::info!(run_id = %run.id, "another claimer's PENDING came first (Prefect accepted both); leaving the run to it");
+            return Ok(None);
+        }
         lock(&self.held).insert(run.id);
         let mut run = run;
         run.state = state;
         Ok(Some(self.model(&run, Some((&pool.name, pool.id)))))
-    }
-
-    /// Live pushpool controllers of a pool (fresh heartbeats), sorted; this one included.
-    async fn live_controllers(&self, pool: &str) -> PlaneResult<Vec<String>> {
-        let path = format!("/work_pools/{}/workers/filter", segment(pool));
-        let answer = self.client.post(&path, &json!({})).await?;
-        let fresh = chrono::Duration::from_std(self.settings.orphan_after).unwrap_or_default();
-        let now = Utc::now();
-        let mut live: Vec<String> = answer
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|w| {
-                w.get("last_heartbeat_time")
-                    .and_then(Value::as_str)
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| now - t.with_timezone(&Utc) < fresh)
-            })
-            .filter_map(|w| w.get("name").and_then(Value::as_str).map(str::to_string))
-            .collect();
-        if !live.contains(&self.id) {
-            live.push(self.id.clone());
-        }
-        live.sort();
-        Ok(live)
     }
 
     async fn heartbeat(&self) -> PlaneResult<()> {
@@ -337,6 +328,16 @@ fn same_phase(a: StateType, b: StateType) -> bool {
 impl ControlPlane for PrefectPlane {
     async fn claim_due(&self, limit: usize, quota: &WorkspaceQuota) -> PlaneResult<Vec<FlowRun>> {
         let room = limit.min(quota.room(&PREFECT_WORKSPACE));
+        // Heartbeats every few seconds (besides the renewer's), so a busy server answering some
+        // of them 503 does not make this controller look gone to its peers.
+        if Self::due_scan(&self.last_heartbeat, HEARTBEAT_EVERY) {
+            if let Err(e) = self.heartbeat().await {
+                tracing::warn!(error = %e, "worker heartbeat failed");
+            }
+        }
+        if self.started.elapsed() < self.settings.start_grace {
+            return Ok(Vec::new());
+        }
         let early = chrono::Duration::from_std(self.settings.early).unwrap_or_default();
         // Runs due within `early` are claimed now; their submission waits for the due time.
         let now = Utc::now() + early;
@@ -348,12 +349,23 @@ impl ControlPlane for PrefectPlane {
                 "/work_pools/{}/get_scheduled_flow_runs",
                 segment(&pool.name)
             );
-            let body = json!({"scheduled_before": (now + ahead).to_rfc3339(), "limit": room.clamp(1, 1000)});
+            // Each live pushpool controller claims its own share of the runs (by run id), so
+            // they never race for one run; Prefect's PENDING lock (not reliable on a server
+            // with SQLite) then only separates pushpool from Prefect workers.
+            let peers = self.peers(&pool.name).await?;
+            let fetch = room.saturating_mul(peers.len()).clamp(1, 200); // Prefect's maximum
+            let body = json!({"scheduled_before": (now + ahead).to_rfc3339(), "limit": fetch});
             let answer = self.client.post(&path, &body).await?;
             for item in answer.as_array().into_iter().flatten() {
                 let Some(Ok(run)) = item.get("flow_run").map(PfFlowRun::parse) else {
                     continue;
                 };
+                let owner = &peers[(run.id.as_u128() % peers.len() as u128) as usize];
+                // A vanished controller's share waits until its heartbeat is stale
+                // (`orphan_after`); then the live ones share its runs.
+                if *owner != self.id {
+                    continue;
+                }
                 match run.due() {
                     Some(t) if t > now => next = Some(next.map_or(t, |n| n.min(t))),
                     _ => candidates.push((pool.clone(), run)),
@@ -470,6 +482,7 @@ impl ControlPlane for PrefectPlane {
                 live_by_pool.insert(pool.clone(), live);
             }
             let live = &live_by_pool[&pool];
+            let mut mine = false;
             if !parked {
                 if state.state_type != "PENDING" {
                     continue;
@@ -477,12 +490,15 @@ impl ControlPlane for PrefectPlane {
                 let Some(by) = claimer(state.message.as_deref()) else {
                     continue;
                 };
-                if by != self.id && live.iter().any(|l| l == by) {
+                // Named by this controller, which does not hold it: a claim it lost or whose
+                // answer it never saw. It takes it back itself.
+                mine = by == self.id;
+                if !mine && live.iter().any(|l| l == by) {
                     continue;
                 }
             }
             let chosen = &live[(run.id.as_u128() % live.len() as u128) as usize];
-            if *chosen == self.id {
+            if mine || *chosen == self.id {
                 out.push(self.model(&run, None));
             }
         }
@@ -532,7 +548,7 @@ impl ControlPlane for PrefectPlane {
         let (ok, state, _) = self
             .set_state(run.id, StateType::Pending, None, Some(&claim), None)
             .await?;
-        if !ok {
+        if !ok || !self.first_pending(run.id, state.as_ref()).await? {
             return Ok(None);
         }
         lock(&self.held).insert(run.id);

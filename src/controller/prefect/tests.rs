@@ -74,6 +74,10 @@ async fn fake_server(fake: Shared) -> String {
         )
         .route("/api/flow_runs/filter", post(|| async { Json(json!([])) }))
         .route(
+            "/api/work_pools/{name}/workers/filter",
+            post(|| async { Json(json!([])) }),
+        )
+        .route(
             "/api/flow_runs/{id}",
             get(|State(f): State<Shared>, Path(id): Path<Uuid>| async move {
                 f.runs.lock().unwrap().get(&id).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
@@ -148,7 +152,9 @@ fn add_runs(fake: &Fake, n: usize) -> Vec<Uuid> {
 }
 
 fn plane(url: &str, id: &str, auth: PrefectAuth) -> PrefectPlane {
-    PrefectPlane::new(PrefectSettings::new(url, auth), id, vec!["process".into()]).unwrap()
+    let mut settings = PrefectSettings::new(url, auth);
+    settings.start_grace = std::time::Duration::ZERO;
+    PrefectPlane::new(settings, id, vec!["process".into()]).unwrap()
 }
 
 async fn claim_all(p: &PrefectPlane, quota: &WorkspaceQuota) -> Vec<crate::model::FlowRun> {
