@@ -61,7 +61,7 @@ pub struct PrefectSettings {
 }
 
 impl PrefectSettings {
-    /// Settings for the API at `api_url` with the defaults (look-ahead 10 s, poll 250 ms, claims 1 s
+    /// Settings for the API at `api_url` with the defaults (look-ahead 10 s, poll 250 ms, claims 2 s
     /// early, a start grace of 3 s, orphans after 30 s).
     pub fn new(api_url: impl Into<String>, auth: PrefectAuth) -> Self {
         PrefectSettings {
@@ -71,7 +71,7 @@ impl PrefectSettings {
             job_api_url: None,
             lookahead: Duration::from_secs(10),
             poll: Duration::from_millis(250),
-            early: Duration::from_secs(1),
+            early: Duration::from_secs(2),
             start_grace: Duration::from_secs(3),
             orphan_after: Duration::from_secs(30),
         }

@@ -330,10 +330,20 @@ impl ControlPlane for PrefectPlane {
         let room = limit.min(quota.room(&PREFECT_WORKSPACE));
         // Heartbeats every few seconds (besides the renewer's), so a busy server answering some
         // of them 503 does not make this controller look gone to its peers.
+        // Sent apart, so a slow answer never holds up a claim.
         if Self::due_scan(&self.last_heartbeat, HEARTBEAT_EVERY) {
-            if let Err(e) = self.heartbeat().await {
-                tracing::warn!(error = %e, "worker heartbeat failed");
-            }
+            let (client, id) = (self.client.clone(), self.id.clone());
+            let interval = (self.settings.orphan_after / 3).as_secs().max(1);
+            let pools = self.served_pools().await?;
+            tokio::spawn(async move {
+                for pool in pools {
+                    let path = format!("/work_pools/{}/workers/heartbeat", segment(&pool.name));
+                    let body = json!({"name": id, "heartbeat_interval_seconds": interval});
+                    if let Err(e) = client.post(&path, &body).await {
+                        tracing::warn!(error = %e, "worker heartbeat failed");
+                    }
+                }
+            });
         }
         if self.started.elapsed() < self.settings.start_grace {
             return Ok(Vec::new());
