@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_schedule;
+mod bench_prefect;
 mod chaos;
 mod cli;
 
@@ -184,11 +185,20 @@ enum Command {
         #[command(flatten)]
         scheduler: SchedulerArgs,
     },
-    /// The controller alone (run several side by side on PostgreSQL).
+    /// The controller alone (run several side by side on PostgreSQL), or serving a Prefect
+    /// server's push pools with --prefect-api-url (no database; docs/prefect.md).
     Controller {
-        /// Store URL.
-        #[arg(long, env = "PUSHPOOL_DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        /// Store URL (not with --prefect-api-url).
+        #[arg(
+            long,
+            env = "PUSHPOOL_DATABASE_URL",
+            hide_env_values = true,
+            required_unless_present = "prefect_api_url",
+            conflicts_with = "prefect_api_url"
+        )]
+        database_url: Option<String>,
+        #[command(flatten)]
+        prefect: cli::prefect::PrefectArgs,
         /// URL jobs use to reach the API.
         #[arg(
             long,
@@ -264,6 +274,13 @@ enum Command {
         /// Deployments of `--mode schedule`.
         #[arg(long, default_value_t = 10_000)]
         deployments: usize,
+        /// Measure dispatch lag against this Prefect server instead (docs/prefect.md): runs of a
+        /// `null` pool created there come due at --rate per second (default 10 in this mode).
+        #[arg(long)]
+        prefect_api_url: Option<String>,
+        /// With --prefect-api-url: schedule runs this many seconds ahead (0: created due now).
+        #[arg(long, default_value_t = 0.0, requires = "prefect_api_url")]
+        ahead_seconds: f64,
     },
     /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
     #[command(hide = true)]
@@ -288,6 +305,11 @@ enum Command {
         journal_dir: PathBuf,
         #[command(flatten)]
         keys: KeyArgs,
+    },
+    /// Prefect mode: work pools on a Prefect server (docs/prefect.md).
+    Prefect {
+        #[command(subcommand)]
+        command: cli::prefect::PrefectCommand,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -356,6 +378,13 @@ fn main() {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Client(command) => cli::execute(&cli.client, command).await,
+            Command::Prefect { command } => match cli::prefect::execute(command).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
             server => {
                 init_tracing();
                 match run_server(server).await {
@@ -511,7 +540,27 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             .await?;
         }
         Command::Controller {
-            database_url,
+            database_url: None,
+            prefect,
+            id,
+            status_deadline_seconds,
+            keys,
+            policy,
+            sandbox,
+            ..
+        } => {
+            let options = prefect.options(
+                id,
+                keys.home,
+                policy.process_pools,
+                policy.allowed_endpoints,
+                sandbox.sandbox(),
+                status_deadline_seconds.map(Duration::from_secs),
+            )?;
+            pushpool::controller::prefect::serve::serve_prefect(options, shutdown_signal()).await?;
+        }
+        Command::Controller {
+            database_url: Some(database_url),
             public_api_url,
             id,
             lease_seconds,
@@ -521,6 +570,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             policy,
             scheduler,
             sandbox,
+            ..
         } => {
             let key = keys.key()?;
             connect_and_serve(
@@ -603,8 +653,47 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
             rate,
             provider_latency_ms,
             controllers,
+            prefect_api_url: Some(api_url),
+            ahead_seconds,
+            ..
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            let auth = pushpool::controller::prefect::PrefectAuth::from_values(
+                std::env::var("PREFECT_API_KEY").ok(),
+                std::env::var("PREFECT_API_AUTH_STRING").ok(),
+            );
+            let _ = (store, database_url, provider_latency_ms, controllers);
+            let report = bench_prefect::run_prefect_bench(
+                bench_prefect::PrefectBenchOptions {
+                    api_url,
+                    auth,
+                    runs,
+                    rate: if rate > 0.0 { rate } else { 10.0 },
+                    ahead: Duration::from_secs_f64(ahead_seconds.max(0.0)),
+                },
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.double_submits > 0 || report.lost > 0 {
+                anyhow::bail!(
+                    "bench found {} double submissions and {} runs never submitted",
+                    report.double_submits,
+                    report.lost
+                );
+            }
+        }
+        Command::Bench {
+            store,
+            database_url,
+            runs,
+            rate,
+            provider_latency_ms,
+            controllers,
+            prefect_api_url: None,
             mode,
             deployments,
+            ..
         } => {
             let database_url = match store.as_str() {
                 "sqlite" => database_url,
@@ -666,7 +755,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("invariants violated: {}", report.line());
             }
         }
-        Command::Client(_) => anyhow::bail!("client commands are dispatched before"),
+        Command::Client(_) | Command::Prefect { .. } => {
+            anyhow::bail!("client commands are dispatched before")
+        }
     }
     Ok(())
 }

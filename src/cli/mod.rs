@@ -12,6 +12,7 @@ mod deployments;
 mod input;
 mod output;
 mod pools;
+pub mod prefect;
 mod retries;
 mod runs;
 mod schedules;

@@ -158,7 +158,7 @@ impl Context {
             .grants
             .get_or_fetch(run.workspace_id, plane.workspace_grants(run))
             .await?;
-        Ok(self.build(run, &pool, &deployment, &grants).await)
+        self.build(run, &pool, &deployment, &grants).await
     }
 
     async fn build(
@@ -167,19 +167,20 @@ impl Context {
         pool: &WorkPool,
         deployment: &Deployment,
         (workspace, grants): &(String, Grants),
-    ) -> Result<PreparedJob, JobError> {
-        let provider = job::provider_for(&self.registry, &pool.pool_type)?;
+    ) -> PlaneResult<Result<PreparedJob, JobError>> {
+        let provider = match job::provider_for(&self.registry, &pool.pool_type) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
         let token = self.tokens.issue(run.id, run.attempt);
         // Parsing (cached per pool version), rendering, the workspace's grants and the
         // provider's check run off the async runtime, within the time budget (issue 19 item 6).
         let key = (pool.id, pool.updated.timestamp_micros());
         let cached: Option<Arc<BaseJobTemplate>> = self.templates.get(&key);
         let miss = cached.is_none();
-        let (template, job) = {
-            let (provider, pool, deployment) = (provider.clone(), pool.clone(), deployment.clone());
+        let rendered = {
+            let (pool, deployment) = (pool.clone(), deployment.clone());
             let (run, api_url, token) = (run.clone(), self.config.api_url.clone(), token.clone());
-            let (workspace, grants) = (workspace.clone(), grants.clone());
-            let endpoints = self.config.allowed_endpoints.clone();
             job::bounded(move || {
                 let template = match cached {
                     Some(t) => t,
@@ -187,6 +188,30 @@ impl Context {
                 };
                 let facts = RunFacts::of_run(&run, &api_url, &token);
                 let rendered = job::render(&template, &pool, &deployment, &facts)?;
+                Ok::<_, JobError>((template, rendered))
+            })
+            .await
+        };
+        let (template, rendered) = match rendered {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
+        };
+        // The plane's own preparation (Prefect: references resolved through its API).
+        let rendered = match self
+            .plane
+            .finish_job(run, pool, deployment, rendered)
+            .await?
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let job = {
+            let provider = provider.clone();
+            let (workspace, grants) = (workspace.clone(), grants.clone());
+            let endpoints = self.config.allowed_endpoints.clone();
+            let workspace_id = run.workspace_id;
+            job::bounded(move || {
                 // Pools stored before the grants existed are held to them here, at every
                 // submission.
                 job::check_identity(
@@ -196,10 +221,14 @@ impl Context {
                     &grants,
                     &endpoints,
                 )?;
-                let job = job::validate_in(provider.as_ref(), &rendered, run.workspace_id)?;
-                Ok::<_, JobError>((template, job))
+                job::validate_in(provider.as_ref(), &rendered, workspace_id)
             })
-            .await??
+            .await
+        };
+        let job = match job {
+            Ok(Ok(job)) => job,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
         if miss {
             self.templates.insert(key, template);
@@ -220,13 +249,13 @@ impl Context {
             .or_else(|| provider.default_submit_rate())
             .filter(|r| *r > 0.0)
             .map(|r| (pool.id, r));
-        Ok(PreparedJob {
+        Ok(Ok(PreparedJob {
             provider,
             job,
             spec,
             pool_type: pool.pool_type.clone(),
             rate_limit,
-        })
+        }))
     }
 }
 

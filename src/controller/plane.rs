@@ -202,6 +202,20 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// every submission; docs/security.md, "Cloud identity").
     async fn workspace_grants(&self, run: &FlowRun) -> PlaneResult<(String, Grants)>;
 
+    /// Finishes a rendered job configuration the way this plane's runs need it, before the
+    /// provider checks it: Prefect resolves block and variable references through its API and
+    /// adds its own preparation (env, labels, command). `Ok(Err(_))` is a job that cannot be
+    /// built (the run crashes with that message). The default leaves it unchanged.
+    async fn finish_job(
+        &self,
+        _run: &FlowRun,
+        _pool: &WorkPool,
+        _deployment: &Deployment,
+        rendered: serde_json::Value,
+    ) -> PlaneResult<Result<serde_json::Value, crate::job::JobError>> {
+        Ok(Ok(rendered))
+    }
+
     /// Notified when runs may have changed (new due runs, cancellations); missed notifications
     /// are covered by the controller's periodic look.
     fn changes(&self) -> Arc<Notify>;

@@ -201,6 +201,11 @@ async fn submit_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Control
             return Ok(action);
         }
     }
+    // A plane may hand out runs shortly before they fall due (Prefect's look-ahead), so the job
+    // is ready and goes out at the scheduled time, not at the next poll.
+    if let Ok(early) = (work.run.scheduled_time - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(early.min(Duration::from_secs(5))).await;
+    }
     let started = Instant::now();
     let result = match leased_submit(work, ctx, &prepared, started).await {
         Ok(infra) => Ok(infra),
