@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::model::{Deployment, FlowRun, State, WorkPool};
-use crate::state::StateType;
+use crate::state::{RetryPolicy, StateType};
 
 /// The workspace id every object read from a Prefect API gets (one API URL is one namespace:
 /// a self-hosted server, or one Prefect Cloud workspace).
@@ -61,6 +61,8 @@ pub struct PfFlowRun {
     parameters: Option<Map<String, Value>>,
     #[serde(default)]
     job_variables: Option<Map<String, Value>>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
     #[serde(default)]
     state_type: Option<String>,
     #[serde(default)]
@@ -163,6 +165,10 @@ impl PfFlowRun {
             last_heartbeat: None,
             created: self.created.unwrap_or(now),
             updated: self.updated.unwrap_or(now),
+            // Prefect's server applies its own retry rules to its runs; pushpool's store rule
+            // (docs/retries.md) does not run in Prefect mode.
+            retry: RetryPolicy::default(),
+            tags: self.tags.clone().unwrap_or_default(),
         }
     }
 }
@@ -237,6 +243,8 @@ pub struct PfDeployment {
     #[serde(default)]
     job_variables: Option<Map<String, Value>>,
     #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
     parameters: Option<Map<String, Value>>,
     #[serde(default)]
     concurrency_limit: Option<i64>,
@@ -273,6 +281,8 @@ impl PfDeployment {
             paused: self.paused,
             created: self.created.unwrap_or(now),
             updated: self.updated.unwrap_or(now),
+            retry: RetryPolicy::default(),
+            tags: self.tags.clone().unwrap_or_default(),
         }
     }
 }

@@ -302,6 +302,8 @@ async fn the_job_gets_prefects_preparation_and_resolved_references() {
         paused: false,
         created: chrono::Utc::now(),
         updated: chrono::Utc::now(),
+        retry: Default::default(),
+        tags: vec![],
     };
     let rendered = json!({
         "env": {"REGION": "{{ prefect.variables.region }}", "MISSING": "x{{ prefect.variables.nope }}y"},
