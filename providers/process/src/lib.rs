@@ -40,7 +40,9 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use pushpool_provider::{CancelOutcome, JobStatus, LogStream, Provider, ProviderError, RunSpec};
+use pushpool_provider::{
+    CancelOutcome, JobStatus, LogStream, Lookup, Provider, ProviderError, RunSpec,
+};
 use sandbox::{SandboxConfig, SandboxMode, SupervisorArgs};
 use serde_json::Value;
 use tokio::process::Command;
@@ -154,15 +156,19 @@ impl ProcessProvider {
         }
     }
 
+    /// This provider's runs directory.
+    fn runs_dir(&self) -> PathBuf {
+        let config = self.sandbox.clone().unwrap_or_else(sandbox::current);
+        config
+            .runs_dir
+            .clone()
+            .unwrap_or_else(sandbox::default_runs_dir)
+    }
+
     /// The run directory an id names, under this provider's runs directory, if it still exists.
     fn run_dir_of(&self, id: &str) -> Option<PathBuf> {
         let name = outcome::dir_name(id)?;
-        let config = self.sandbox.clone().unwrap_or_else(sandbox::current);
-        let runs = config
-            .runs_dir
-            .clone()
-            .unwrap_or_else(sandbox::default_runs_dir);
-        let dir = runs.join(name);
+        let dir = self.runs_dir().join(name);
         dir.is_dir().then_some(dir)
     }
 
@@ -605,6 +611,31 @@ impl Provider for ProcessProvider {
             tracing::warn!(pid = pgid.as_raw(), "process did not exit after SIGKILL");
         }
         Ok(CancelOutcome::Cancelled)
+    }
+
+    /// Finds a job started for this attempt by a controller that died before recording its id:
+    /// a run directory of the attempt whose supervisor wrote its pid. Anything else is
+    /// "unknown" (never "absent": the job may have been started on another machine, or its
+    /// supervisor may not have written its pid yet).
+    async fn lookup(
+        &self,
+        run: &RunSpec,
+        _job: &ProcessJobConfig,
+    ) -> Result<Lookup, ProviderError> {
+        let prefix = format!("{}-{}-", run.run_id, run.attempt);
+        let Ok(entries) = std::fs::read_dir(self.runs_dir()) else {
+            return Ok(Lookup::Unknown);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
+                continue;
+            };
+            if let Some(pid) = outcome::recorded_pid(&entry.path()) {
+                return Ok(Lookup::Found(format!("{ID_PREFIX}{pid}:{name}")));
+            }
+        }
+        Ok(Lookup::Unknown)
     }
 
     /// Forgets a finished job and removes its private run directory. A job that is still

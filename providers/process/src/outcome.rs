@@ -20,10 +20,17 @@ use pushpool_provider::JobStatus;
 /// shell reports it: `128 + n` for a job killed by signal `n`).
 pub const EXIT_FILE: &str = ".pushpool-exit-status";
 
-/// The supervisor script. `$1` is the job's command, `$2` the exit-status file. A job killed by
+/// Name of the file, in the run directory, where the supervisor writes its pid (the job's
+/// process group) before it starts the job: what `lookup` finds after a controller died between
+/// starting the job and recording its id.
+pub const PID_FILE: &str = ".pushpool-pid";
+
+/// The supervisor script. `$1` is the job's command, `$2` the exit-status file, `$3` the pid
+/// file. A job killed by
 /// a terminating signal is re-raised on the supervisor so the controller that started it sees
 /// the same signal as before.
-pub(crate) const WRAPPER: &str = r#"sh -c "$1"
+pub(crate) const WRAPPER: &str = r#"printf '%s\n' "$$" > "$3"
+sh -c "$1"
 s=$?
 printf '%s\n' "$s" > "$2.tmp" && mv -f "$2.tmp" "$2"
 case $s in
@@ -43,6 +50,7 @@ pub(crate) fn wrapped(command: &str, run_dir: &Path) -> Vec<std::ffi::OsString> 
         WRAPPER_NAME.into(),
         command.into(),
         run_dir.join(EXIT_FILE).into_os_string(),
+        run_dir.join(PID_FILE).into_os_string(),
     ]
 }
 
@@ -64,6 +72,12 @@ pub(crate) fn recorded(run_dir: &Path) -> Option<JobStatus> {
     let text = std::fs::read_to_string(exit_file(run_dir)).ok()?;
     let code: i32 = text.trim().parse().ok()?;
     Some(status_of_code(code))
+}
+
+/// The supervisor's pid recorded in `run_dir`, if it wrote it.
+pub(crate) fn recorded_pid(run_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(run_dir.join(PID_FILE)).ok()?;
+    text.trim().parse().ok().filter(|pid| *pid > 1)
 }
 
 /// Where the supervisor records the exit status of the job of `run_dir`.

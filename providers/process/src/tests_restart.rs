@@ -155,3 +155,35 @@ fn exit_codes_map_like_the_starting_provider() {
         }
     );
 }
+
+/// A controller that died between starting the job and recording its id: a fresh provider's
+/// `lookup` finds the job by its run directory and the pid its supervisor wrote.
+#[tokio::test]
+async fn lookup_finds_a_job_started_by_a_controller_that_died() {
+    let job = cmd("sleep 0.3");
+    let run = conformance::run_spec(Arc::new(Collect::default()));
+    let first = provider();
+    let id = first.submit(&run, &job).await.expect("submit");
+    let fresh = provider();
+    let start = Instant::now();
+    let found = loop {
+        match fresh.lookup(&run, &job).await.unwrap() {
+            pushpool_provider::Lookup::Found(found) => break found,
+            other => {
+                assert!(start.elapsed() < Duration::from_secs(5), "{other:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(found, id);
+    assert_eq!(
+        wait_final(&fresh, &found, &job).await,
+        JobStatus::Completed { summary: None }
+    );
+    // Another attempt of the run, or another run: the provider cannot tell.
+    let other = conformance::run_spec(Arc::new(Collect::default()));
+    assert_eq!(
+        fresh.lookup(&other, &job).await.unwrap(),
+        pushpool_provider::Lookup::Unknown
+    );
+}
