@@ -4,7 +4,7 @@
 //! reads it), no job started twice (each appends its run id to a file), and the previous
 //! controller being provably gone (its pid no longer exists), its runs are adopted without
 //! waiting for the 30 s lease. The recovery time is printed (`--nocapture`), and checked only
-//! against a generous bound below the lease.
+//! against a generous bound below the lease. On SQLite (`up`'s own file) and PostgreSQL.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 
 const RUNS: usize = 30;
 
-/// Starts `pushpool up` on `home`, listening on `listen`; returns once it answers.
-async fn up(home: &Path, runs_dir: &Path, listen: &str) -> Child {
+/// Starts `pushpool up` on `home` (and `database_url`, else its SQLite file), listening on
+/// `listen`; returns once it answers.
+async fn up(home: &Path, runs_dir: &Path, listen: &str, database_url: Option<&str>) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pushpool"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("PUSHPOOL_") {
@@ -31,6 +32,12 @@ async fn up(home: &Path, runs_dir: &Path, listen: &str) -> Child {
         .arg(listen)
         .arg("--runs-dir")
         .arg(runs_dir)
+        .args(
+            database_url
+                .map(|url| ["--database-url", url])
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,6 +106,18 @@ impl Drop for Guard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_up_with_30_process_runs_in_flight_loses_no_outcome() {
+    kill_and_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_up_with_30_process_runs_in_flight_loses_no_outcome_postgres() {
+    if let Some(db) = pushpool_testkit::db::postgres_db().await {
+        kill_and_restart(Some(&db.url)).await;
+    }
+}
+
+/// The scenario, on `database_url` (else `up`'s own SQLite file).
+async fn kill_and_restart(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let runs_dir = dir.path().join("runs");
@@ -112,7 +131,7 @@ async fn kill_9_of_up_with_30_process_runs_in_flight_loses_no_outcome() {
         .port();
     let listen = format!("127.0.0.1:{port}");
 
-    let mut guard = Guard(Some(up(&home, &runs_dir, &listen).await));
+    let mut guard = Guard(Some(up(&home, &runs_dir, &listen, database_url).await));
     let key = std::fs::read_to_string(home.join("owner.key")).expect("owner.key");
     let api = Api {
         client: http(),
@@ -167,7 +186,7 @@ async fn kill_9_of_up_with_30_process_runs_in_flight_loses_no_outcome() {
     first.wait().unwrap();
 
     let restarted = Instant::now();
-    guard.0 = Some(up(&home, &runs_dir, &listen).await);
+    guard.0 = Some(up(&home, &runs_dir, &listen, database_url).await);
     let api_up = restarted.elapsed();
     let states = loop {
         let states = api.states(&ids).await;
