@@ -188,6 +188,36 @@ impl ProcessProvider {
         }
     }
 
+    /// Cancels a job this provider did not start (a controller restart): stops its process
+    /// group as [`Provider::cancel`] does, when its run directory says it has not ended.
+    async fn cancel_recovered(&self, id: &str, grace: Duration) -> CancelOutcome {
+        let (Some(pid), Some(dir)) = (Self::parse_id(id), self.run_dir_of(id)) else {
+            return CancelOutcome::NotFound;
+        };
+        let pgid = Pid::from_raw(pid);
+        if outcome::recorded(&dir).is_some() || !group_alive(pgid) {
+            return CancelOutcome::NotFound;
+        }
+        tracing::info!(
+            pid,
+            ?grace,
+            "cancelling a process job started before a restart"
+        );
+        signal_group(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while group_alive(pgid) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if group_alive(pgid) {
+            signal_group(pgid, Signal::SIGKILL);
+            let deadline = Instant::now() + KILL_WAIT;
+            while group_alive(pgid) && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        CancelOutcome::Cancelled
+    }
+
     /// Waits (bounded) until the readers forwarded everything the finished child wrote.
     async fn wait_drained(entry: &Entry) {
         if entry.drain_timed_out.load(Ordering::Relaxed) {
@@ -580,7 +610,7 @@ impl Provider for ProcessProvider {
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError> {
         let Some(entry) = self.entry(infrastructure_id) else {
-            return Ok(CancelOutcome::NotFound);
+            return Ok(self.cancel_recovered(infrastructure_id, grace).await);
         };
         if entry.has_exited() {
             return Ok(CancelOutcome::NotFound);
@@ -653,12 +683,15 @@ impl Provider for ProcessProvider {
                 None
             }
         };
-        // A job started before a restart: its directory goes once its outcome is recorded.
+        // A job started before a restart: its directory goes once its outcome is recorded or
+        // its process group is gone (cancelled).
         let dir = match removed {
             Some(entry) => Some(entry.run_dir),
-            None => self
-                .run_dir_of(infrastructure_id)
-                .filter(|dir| outcome::recorded(dir).is_some()),
+            None => self.run_dir_of(infrastructure_id).filter(|dir| {
+                outcome::recorded(dir).is_some()
+                    || Self::parse_id(infrastructure_id)
+                        .is_some_and(|pid| !group_alive(Pid::from_raw(pid)))
+            }),
         };
         if let Some(run_dir) = dir {
             if let Err(err) = tokio::fs::remove_dir_all(&run_dir).await {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pushpool_provider::conformance::{self, RecordedLogs as Collect};
-use pushpool_provider::{JobStatus, Provider};
+use pushpool_provider::{CancelOutcome, JobStatus, Provider};
 use serde_json::json;
 
 use super::*;
@@ -185,5 +185,49 @@ async fn lookup_finds_a_job_started_by_a_controller_that_died() {
     assert_eq!(
         fresh.lookup(&other, &job).await.unwrap(),
         pushpool_provider::Lookup::Unknown
+    );
+}
+
+/// After a restart, cancelling a job the new provider did not start stops its process group.
+#[tokio::test]
+async fn a_fresh_provider_cancels_a_job_it_did_not_start() {
+    let job = cmd("sleep 30");
+    let first = provider();
+    let id = submit(&first, &job).await;
+    let pgid = Pid::from_raw(ProcessProvider::parse_id(&id).unwrap());
+    let dir = runs_dir().join(outcome::dir_name(&id).unwrap());
+    let fresh = provider();
+    assert!(
+        fresh.cleanup(&id, &job).await.is_ok() && dir.exists(),
+        "a running job's directory stays"
+    );
+    let start = Instant::now();
+    let outcome = fresh
+        .cancel(&id, &job, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(outcome, CancelOutcome::Cancelled);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    // The starting provider's waiter reaps the leader; the group empties.
+    let gone = Instant::now();
+    while group_alive(pgid) {
+        assert!(gone.elapsed() < Duration::from_secs(2), "group still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fresh
+            .cancel(&id, &job, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    );
+    fresh.cleanup(&id, &job).await.unwrap();
+    assert!(
+        !dir.exists(),
+        "cleanup removes the cancelled job's directory"
     );
 }
