@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod controller;
 pub mod execution;
+pub mod handover;
 pub mod identity;
 pub mod job;
 pub mod metrics;

@@ -510,6 +510,9 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 // The connection may have just made `-wal`/`-shm`.
                 pushpool::server::secure_sqlite_files(&default_db)?;
             }
+            // Records this process under --home; runs of a previous `up` that provably died
+            // are adopted at once (docs/reliability.md).
+            let (controller_id, _) = pushpool::handover::take_over(&store, &home).await?;
             if let Some(key) = bootstrap(&store, &home).await? {
                 println!("Created workspace `default` and its owner API key (shown once, also saved to {}):", home.join("owner.key").display());
                 println!("{key}");
@@ -526,7 +529,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     controller: true,
                     api_url: public_api_url,
                     home: Some(home),
-                    controller_id: None,
+                    controller_id: Some(controller_id),
                     lease: None,
                     status_deadline: status_deadline_seconds.map(Duration::from_secs),
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),

@@ -136,6 +136,9 @@ async fn failing_and_cancelled_runs_end_as_expected(db: TestDb) {
                 .as_str()
                 .unwrap()
                 .trim_start_matches("process:")
+                .split(':')
+                .next()
+                .unwrap()
                 .parse::<i32>()
                 .unwrap();
         }

@@ -2,10 +2,12 @@
 //! provider on SQLite and PostgreSQL (`controller`), `aws-lambda:push` pools against moto and a
 //! fault-injecting fake (`aws_lambda`), `cloud-run-v2:push` pools against a fake Cloud Run Admin
 //! API (`cloud_run`), the worked example provider through the whole service (`example`), and the execution
-//! boundary of `process` jobs (`sandbox`).
+//! boundary of `process` jobs (`sandbox`), and `process` outcomes across a kill -9 of `pushpool up`
+//! (`restart`).
 
 mod aws_lambda;
 mod cloud_run;
 mod controller;
 mod example;
+mod restart;
 mod sandbox;

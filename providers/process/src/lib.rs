@@ -1,9 +1,11 @@
 //! The `process` provider of pushpool: runs each flow run as a local subprocess (`sh -c <command>`).
 //!
 //! Each job gets its own process group so that cancelling it also stops whatever the command
-//! started in the background. The provider keeps the children it started in memory: after a
-//! controller restart it no longer knows them and reports [`JobStatus::NotFound`] (or
-//! [`JobStatus::Unobservable`] while the pid still exists).
+//! started in the background. The provider keeps the children it started in memory; each job
+//! also runs under a small supervisor ([`outcome`]) that records its exit status in its run
+//! directory, so that after a controller restart a new provider reads the real outcome (and
+//! reports RUNNING while the job still runs). An id it cannot place is [`JobStatus::NotFound`]
+//! (or [`JobStatus::Unobservable`] while the pid still exists).
 //!
 //! Output is forwarded line by line to [`RunSpec::logs`], bounded by
 //! [`ProcessJobConfig::max_log_bytes`].
@@ -18,9 +20,12 @@
 
 mod config;
 mod logs;
+pub mod outcome;
 pub mod sandbox;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_restart;
 
 use std::collections::HashMap;
 use std::io;
@@ -35,7 +40,9 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use pushpool_provider::{CancelOutcome, JobStatus, LogStream, Provider, ProviderError, RunSpec};
+use pushpool_provider::{
+    CancelOutcome, JobStatus, LogStream, Lookup, Provider, ProviderError, RunSpec,
+};
 use sandbox::{SandboxConfig, SandboxMode, SupervisorArgs};
 use serde_json::Value;
 use tokio::process::Command;
@@ -49,7 +56,8 @@ use logs::{forward, Budget};
 /// The pool type served by [`ProcessProvider`].
 pub const POOL_TYPE: &str = "process";
 
-/// Prefix of the infrastructure ids returned by [`ProcessProvider`] (`process:<pid>`).
+/// Prefix of the infrastructure ids returned by [`ProcessProvider`]
+/// (`process:<pid>:<run directory name>`; older ids are `process:<pid>`).
 pub const ID_PREFIX: &str = "process:";
 
 /// How long `status` waits for a finished job's output pipes to drain.
@@ -119,10 +127,11 @@ impl ProcessProvider {
         pushpool_provider::builtin_template(DEFAULT_TEMPLATE)
     }
 
-    /// The pid in an infrastructure id of the form `process:<pid>`, if it is one.
+    /// The pid in an infrastructure id of the form `process:<pid>[:<run dir>]`, if it is one.
     pub fn parse_id(infrastructure_id: &str) -> Option<i32> {
-        infrastructure_id
-            .strip_prefix(ID_PREFIX)?
+        let rest = infrastructure_id.strip_prefix(ID_PREFIX)?;
+        rest.split_once(':')
+            .map_or(rest, |(pid, _)| pid)
             .parse::<i32>()
             .ok()
             .filter(|pid| *pid > 1)
@@ -145,6 +154,68 @@ impl ProcessProvider {
             },
             None => JobStatus::NotFound,
         }
+    }
+
+    /// This provider's runs directory.
+    fn runs_dir(&self) -> PathBuf {
+        let config = self.sandbox.clone().unwrap_or_else(sandbox::current);
+        config
+            .runs_dir
+            .clone()
+            .unwrap_or_else(sandbox::default_runs_dir)
+    }
+
+    /// The run directory an id names, under this provider's runs directory, if it still exists.
+    fn run_dir_of(&self, id: &str) -> Option<PathBuf> {
+        let name = outcome::dir_name(id)?;
+        let dir = self.runs_dir().join(name);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Status of a job this provider did not start (a controller restart): the outcome its
+    /// supervisor recorded; RUNNING while its process lives; else as [`Self::unknown_status`].
+    fn recovered_status(&self, id: &str) -> JobStatus {
+        let (Some(pid), Some(dir)) = (Self::parse_id(id), self.run_dir_of(id)) else {
+            return Self::unknown_status(id);
+        };
+        if let Some(status) = outcome::recorded(&dir) {
+            return status;
+        }
+        match kill(Pid::from_raw(pid), None) {
+            Ok(()) | Err(Errno::EPERM) => JobStatus::Running,
+            // It may have recorded its status just before exiting.
+            Err(_) => outcome::recorded(&dir).unwrap_or(JobStatus::NotFound),
+        }
+    }
+
+    /// Cancels a job this provider did not start (a controller restart): stops its process
+    /// group as [`Provider::cancel`] does, when its run directory says it has not ended.
+    async fn cancel_recovered(&self, id: &str, grace: Duration) -> CancelOutcome {
+        let (Some(pid), Some(dir)) = (Self::parse_id(id), self.run_dir_of(id)) else {
+            return CancelOutcome::NotFound;
+        };
+        let pgid = Pid::from_raw(pid);
+        if outcome::recorded(&dir).is_some() || !group_alive(pgid) {
+            return CancelOutcome::NotFound;
+        }
+        tracing::info!(
+            pid,
+            ?grace,
+            "cancelling a process job started before a restart"
+        );
+        signal_group(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while group_alive(pgid) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if group_alive(pgid) {
+            signal_group(pgid, Signal::SIGKILL);
+            let deadline = Instant::now() + KILL_WAIT;
+            while group_alive(pgid) && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        CancelOutcome::Cancelled
     }
 
     /// Waits (bounded) until the readers forwarded everything the finished child wrote.
@@ -395,7 +466,7 @@ impl Provider for ProcessProvider {
                 Stdio::null()
             }
         };
-        let shell = vec!["sh".into(), "-c".into(), job.command.clone().into()];
+        let shell = outcome::wrapped(&job.command, &run_dir);
         let (program, args) = match &config.supervisor {
             Some(supervisor) => {
                 let mut write = vec![run_dir.clone()];
@@ -451,7 +522,11 @@ impl Provider for ProcessProvider {
             ));
         };
         let pid = Pid::from_raw(raw_pid);
-        let id = format!("{ID_PREFIX}{raw_pid}");
+        let dir_name = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = format!("{ID_PREFIX}{raw_pid}:{dir_name}");
         tracing::info!(
             run_id = %run.run_id,
             attempt = run.attempt,
@@ -516,7 +591,7 @@ impl Provider for ProcessProvider {
         _job: &ProcessJobConfig,
     ) -> Result<JobStatus, ProviderError> {
         let Some(entry) = self.entry(infrastructure_id) else {
-            return Ok(Self::unknown_status(infrastructure_id));
+            return Ok(self.recovered_status(infrastructure_id));
         };
         let exit = entry.exit.borrow().clone();
         match exit {
@@ -535,7 +610,7 @@ impl Provider for ProcessProvider {
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError> {
         let Some(entry) = self.entry(infrastructure_id) else {
-            return Ok(CancelOutcome::NotFound);
+            return Ok(self.cancel_recovered(infrastructure_id, grace).await);
         };
         if entry.has_exited() {
             return Ok(CancelOutcome::NotFound);
@@ -568,6 +643,31 @@ impl Provider for ProcessProvider {
         Ok(CancelOutcome::Cancelled)
     }
 
+    /// Finds a job started for this attempt by a controller that died before recording its id:
+    /// a run directory of the attempt whose supervisor wrote its pid. Anything else is
+    /// "unknown" (never "absent": the job may have been started on another machine, or its
+    /// supervisor may not have written its pid yet).
+    async fn lookup(
+        &self,
+        run: &RunSpec,
+        _job: &ProcessJobConfig,
+    ) -> Result<Lookup, ProviderError> {
+        let prefix = format!("{}-{}-", run.run_id, run.attempt);
+        let Ok(entries) = std::fs::read_dir(self.runs_dir()) else {
+            return Ok(Lookup::Unknown);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
+                continue;
+            };
+            if let Some(pid) = outcome::recorded_pid(&entry.path()) {
+                return Ok(Lookup::Found(format!("{ID_PREFIX}{pid}:{name}")));
+            }
+        }
+        Ok(Lookup::Unknown)
+    }
+
     /// Forgets a finished job and removes its private run directory. A job that is still
     /// running stays known, so that it can still be observed and cancelled.
     async fn cleanup(
@@ -583,9 +683,19 @@ impl Provider for ProcessProvider {
                 None
             }
         };
-        if let Some(entry) = removed {
-            if let Err(err) = tokio::fs::remove_dir_all(&entry.run_dir).await {
-                tracing::warn!(dir = %entry.run_dir.display(), %err, "could not remove the run directory");
+        // A job started before a restart: its directory goes once its outcome is recorded or
+        // its process group is gone (cancelled).
+        let dir = match removed {
+            Some(entry) => Some(entry.run_dir),
+            None => self.run_dir_of(infrastructure_id).filter(|dir| {
+                outcome::recorded(dir).is_some()
+                    || Self::parse_id(infrastructure_id)
+                        .is_some_and(|pid| !group_alive(Pid::from_raw(pid)))
+            }),
+        };
+        if let Some(run_dir) = dir {
+            if let Err(err) = tokio::fs::remove_dir_all(&run_dir).await {
+                tracing::warn!(dir = %run_dir.display(), %err, "could not remove the run directory");
             }
         }
         Ok(())
