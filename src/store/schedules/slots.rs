@@ -196,96 +196,131 @@ impl Store {
             })
             .collect();
         let now = now_micros();
-        let null = Value::Null;
         let mut rows: Vec<(&SlotRun, DateTime<Utc>)> = vec![];
         for plan in &fresh {
             rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
         }
-        let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
-        // Small statements: sqlx binds SQLite parameters by looking each one's name up, which costs
-        // in proportion to the statement's parameter count (quadratic per statement).
-        for part in rows.chunks(16) {
-            let values: Vec<String> = (0..part.len())
-                .map(|i| {
-                    let b = i * 14;
-                    format!(
-                        "(${},${},${},${},${},${},${},${},${},${},${},'SCHEDULED','Scheduled',${},1,${},${},${},${},${})",
-                        b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10,
-                        b + 11, b + 12, b + 13, b + 12, b + 12, b + 14, b + 11
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO flow_runs (id, workspace_id, deployment_id, deployment_name, pool_id, \
-                 pool_name, queue_id, queue_name, parameters, job_variables, scheduled_time, \
-                 state_type, state_name, state_timestamp, attempt, idempotency_key, created, \
-                 updated, schedule_id, slot_time) VALUES {} ON CONFLICT DO NOTHING \
-                 RETURNING id, workspace_id, scheduled_time, schedule_id",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for (plan, slot) in part {
-                let d = &plan.batch.deployment;
-                let s = &plan.batch.schedule;
-                let id = Uuid::now_v7();
-                let mut parameters = d.parameters.clone();
-                parameters.extend(s.parameters.clone());
-                let template = templates.get(&d.work_pool_id).unwrap_or(&null);
-                q = q
-                    .bind(id.to_string())
-                    .bind(d.workspace_id.to_string())
-                    .bind(d.id.to_string())
-                    .bind(d.name.clone())
-                    .bind(d.work_pool_id.to_string())
-                    .bind(d.work_pool.clone())
-                    .bind(d.work_queue_id.to_string())
-                    .bind(d.work_queue.clone())
-                    .bind(self.seal_variables("flow_runs", id, "parameters", &parameters, &null))
-                    .bind(self.seal_job_variables(id, &s.job_variables, template))
-                    .bind(to_micros(*slot))
-                    .bind(now)
-                    .bind(slot_key(s.id, *slot))
-                    .bind(s.id.to_string());
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                inserted.push((
-                    row.try_get("id")?,
-                    get_uuid(&row, "workspace_id")?,
-                    row.try_get("scheduled_time")?,
-                    row.try_get("schedule_id")?,
-                ));
-            }
-        }
         let history = "INSERT INTO state_history \
             (id, run_id, transition_id, state_type, state_name, message, timestamp)";
-        insert_rows(&mut tx, history, 7, 32, &inserted, |q, (id, _, _, _)| {
-            q.bind(Uuid::now_v7().to_string())
-                .bind(id.clone())
-                .bind(format!("create-{id}"))
-                .bind("SCHEDULED")
-                .bind("Scheduled")
-                .bind(None::<String>)
-                .bind(now)
-        })
-        .await?;
+        // Per schedule: workspace, runs created, first and last slot.
+        let mut per_schedule: HashMap<String, (Uuid, u64, i64, i64)> = HashMap::new();
+        let mut count = |sid: String, ws: Uuid, n: u64, first: i64, last: i64| {
+            let e = per_schedule.entry(sid).or_insert((ws, 0, first, last));
+            e.1 += n;
+            e.2 = e.2.min(first);
+            e.3 = e.3.max(last);
+        };
+        if self.backend() == Backend::Sqlite {
+            // A few statements per few thousand runs, the rows passed as one JSON array and
+            // nothing returned row by row: sqlx binds SQLite parameters by looking each one's
+            // name up (quadratic in a statement's parameter count), and hands every statement and
+            // every returned row to and from its worker thread.
+            let extract = |n: usize| {
+                (0..n)
+                    .map(|i| format!("json_extract(value, '$[{i}]')"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let insert_runs = format!(
+                "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT {} FROM json_each($1) \
+                 WHERE 1 ON CONFLICT DO NOTHING",
+                extract(SLOT_RUN_JSON_COLUMNS.len())
+            );
+            // Run ids are fresh, so a run with one exists only if this pass inserted it.
+            let insert_history = format!(
+                "{history} SELECT json_extract(value, '$[{h}]'), json_extract(value, '$[0]'), \
+                 'create-' || json_extract(value, '$[0]'), 'SCHEDULED', 'Scheduled', NULL, $2 \
+                 FROM json_each($1) WHERE EXISTS \
+                 (SELECT 1 FROM flow_runs f WHERE f.id = json_extract(value, '$[0]'))",
+                h = SLOT_RUN_JSON_COLUMNS.len()
+            );
+            let tally = "SELECT schedule_id, workspace_id, COUNT(*) AS n, \
+                 MIN(scheduled_time) AS first, MAX(scheduled_time) AS last FROM flow_runs \
+                 WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each($1)) \
+                 GROUP BY schedule_id, workspace_id";
+            for part in rows.chunks(4096) {
+                let items: Vec<Value> = part
+                    .iter()
+                    .map(|(plan, slot)| {
+                        let mut row = self.slot_row(plan, *slot, templates, now);
+                        row.push(json!(Uuid::now_v7().to_string()));
+                        Value::Array(row)
+                    })
+                    .collect();
+                let items = Value::Array(items).to_string();
+                let made = sqlx::query(&insert_runs)
+                    .bind(items.clone())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if made == 0 {
+                    continue;
+                }
+                sqlx::query(&insert_history)
+                    .bind(items.clone())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                for row in sqlx::query(tally).bind(items).fetch_all(&mut *tx).await? {
+                    count(
+                        row.try_get("schedule_id")?,
+                        get_uuid(&row, "workspace_id")?,
+                        row.try_get::<i64, _>("n")? as u64,
+                        row.try_get("first")?,
+                        row.try_get("last")?,
+                    );
+                }
+            }
+        } else {
+            let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
+            for part in rows.chunks(16) {
+                let width = SLOT_RUN_JSON_COLUMNS.len();
+                let values: Vec<String> = (0..part.len())
+                    .map(|i| format!("({})", placeholders(i * width + 1, width)))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING \
+                     RETURNING id, workspace_id, scheduled_time, schedule_id",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (plan, slot) in part {
+                    for value in self.slot_row(plan, *slot, templates, now) {
+                        q = match value {
+                            Value::Number(n) => q.bind(n.as_i64()),
+                            Value::String(text) => q.bind(text),
+                            _ => q.bind(None::<String>),
+                        };
+                    }
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    inserted.push(slot_returned(&row)?);
+                }
+            }
+            insert_rows(&mut tx, history, 7, 32, &inserted, |q, (id, _, _, _)| {
+                q.bind(Uuid::now_v7().to_string())
+                    .bind(id.clone())
+                    .bind(format!("create-{id}"))
+                    .bind("SCHEDULED")
+                    .bind("Scheduled")
+                    .bind(None::<String>)
+                    .bind(now)
+            })
+            .await?;
+            for (_, ws, at, sid) in inserted {
+                count(sid, ws, 1, at, at);
+            }
+        }
+        let created: u64 = per_schedule.values().map(|e| e.1).sum();
         // One event per schedule and pass (not per run: a pass may make 100 runs of each of
         // 10,000 schedules), naming how many runs and which slots.
-        let mut per_schedule: HashMap<&str, (Uuid, u64, i64, i64)> = HashMap::new();
-        for (_, ws, at, sid) in &inserted {
-            let e = per_schedule
-                .entry(sid.as_str())
-                .or_insert((*ws, 0, *at, *at));
-            e.1 += 1;
-            e.2 = e.2.min(*at);
-            e.3 = e.3.max(*at);
-        }
         let events: Vec<EventRow> = per_schedule
             .into_iter()
             .map(|(sid, (ws, n, first, last))| EventRow {
                 workspace_id: ws,
                 occurred: now,
                 event: "schedule.runs_created".into(),
-                resource_id: sid.to_string(),
+                resource_id: sid,
                 payload: json!({"runs": n, "first": from_micros(first), "last": from_micros(last)}),
             })
             .collect();
@@ -302,15 +337,93 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if inserted.is_empty() {
+        if created == 0 {
             tx.commit().await?;
         } else {
             self.commit_notifying(tx).await?;
         }
-        Ok(inserted.len() as u64)
+        Ok(created)
+    }
+
+    /// One slot run's column values, in [`SLOT_RUN_JSON_COLUMNS`] order.
+    fn slot_row(
+        &self,
+        plan: &SlotRun,
+        slot: DateTime<Utc>,
+        templates: &HashMap<Uuid, Value>,
+        now: i64,
+    ) -> Vec<Value> {
+        let d = &plan.batch.deployment;
+        let s = &plan.batch.schedule;
+        let id = Uuid::now_v7();
+        let mut parameters = d.parameters.clone();
+        parameters.extend(s.parameters.clone());
+        let null = Value::Null;
+        let template = templates.get(&d.work_pool_id).unwrap_or(&null);
+        vec![
+            json!(id.to_string()),
+            json!(d.workspace_id.to_string()),
+            json!(d.id.to_string()),
+            json!(d.name),
+            json!(d.work_pool_id.to_string()),
+            json!(d.work_pool),
+            json!(d.work_queue_id.to_string()),
+            json!(d.work_queue),
+            json!(self.seal_variables("flow_runs", id, "parameters", &parameters, &null)),
+            json!(self.seal_job_variables(id, &s.job_variables, template)),
+            json!(to_micros(slot)),
+            json!("SCHEDULED"),
+            json!("Scheduled"),
+            json!(now),
+            json!(1),
+            json!(slot_key(s.id, slot)),
+            json!(now),
+            json!(now),
+            json!(s.id.to_string()),
+            json!(to_micros(slot)),
+        ]
     }
 
     fn seal_job_variables(&self, id: Uuid, vars: &Map<String, Value>, template: &Value) -> String {
         self.seal_variables("flow_runs", id, "job_variables", vars, template)
     }
+}
+
+/// The columns a slot run is inserted with.
+const SLOT_RUN_COLUMNS: &str = "id, workspace_id, deployment_id, deployment_name, pool_id, \
+    pool_name, queue_id, queue_name, parameters, job_variables, scheduled_time, state_type, \
+    state_name, state_timestamp, attempt, idempotency_key, created, updated, schedule_id, slot_time";
+
+/// The same columns, one per value of [`Store::slot_row`].
+const SLOT_RUN_JSON_COLUMNS: [&str; 20] = [
+    "id",
+    "workspace_id",
+    "deployment_id",
+    "deployment_name",
+    "pool_id",
+    "pool_name",
+    "queue_id",
+    "queue_name",
+    "parameters",
+    "job_variables",
+    "scheduled_time",
+    "state_type",
+    "state_name",
+    "state_timestamp",
+    "attempt",
+    "idempotency_key",
+    "created",
+    "updated",
+    "schedule_id",
+    "slot_time",
+];
+
+/// What the insert returns of a created run: id, workspace, scheduled time, schedule id.
+fn slot_returned(row: &sqlx::any::AnyRow) -> Result<(String, Uuid, i64, String)> {
+    Ok((
+        row.try_get("id")?,
+        get_uuid(row, "workspace_id")?,
+        row.try_get("scheduled_time")?,
+        row.try_get("schedule_id")?,
+    ))
 }
