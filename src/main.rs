@@ -1,8 +1,9 @@
 //! The `pushpool` binary: server commands (`up`, `controller`, `api`, `bench`) and the client CLI.
 
 mod bench;
-mod bench_schedule;
+mod bench_command;
 mod bench_prefect;
+mod bench_schedule;
 mod chaos;
 mod cli;
 
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bench::{run_bench, BenchOptions};
+use bench_command::BenchArgs;
 use clap::{Parser, Subcommand};
 use pushpool::execution::{ProcessPools, ProcessSandbox, SandboxLevel};
 use pushpool::server::{bootstrap, serve, shutdown_signal, ServeOptions};
@@ -248,40 +249,7 @@ enum Command {
         command: SecretsCommand,
     },
     /// Drive N runs through full lifecycles on the built-in null provider and report figures.
-    Bench {
-        /// `sqlite` (a fresh temp file) or `postgres` (needs --database-url).
-        #[arg(long, default_value = "sqlite")]
-        store: String,
-        /// Store URL (required for postgres; for sqlite a file path/URL instead of a temp file).
-        #[arg(long, env = "PUSHPOOL_BENCH_DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
-        /// Number of runs.
-        #[arg(long, default_value_t = 1000)]
-        runs: usize,
-        /// Runs per second coming due; 0 makes all due at once.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Null provider submit latency in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        provider_latency_ms: u64,
-        /// Controller instances, each with its own connections.
-        #[arg(long, default_value_t = 1)]
-        controllers: usize,
-        /// `runs` (default): run lifecycles; `schedule`: time the scheduler filling its window
-        /// for --deployments deployments with a minutely schedule each.
-        #[arg(long, default_value = "runs", value_parser = ["runs", "schedule"])]
-        mode: String,
-        /// Deployments of `--mode schedule`.
-        #[arg(long, default_value_t = 10_000)]
-        deployments: usize,
-        /// Measure dispatch lag against this Prefect server instead (docs/prefect.md): runs of a
-        /// `null` pool created there come due at --rate per second (default 10 in this mode).
-        #[arg(long)]
-        prefect_api_url: Option<String>,
-        /// With --prefect-api-url: schedule runs this many seconds ahead (0: created due now).
-        #[arg(long, default_value_t = 0.0, requires = "prefect_api_url")]
-        ahead_seconds: f64,
-    },
+    Bench(BenchArgs),
     /// Fault-injection suite: create the chaos workspace and N due runs (used by scripts/chaos).
     #[command(hide = true)]
     ChaosSeed {
@@ -649,92 +617,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Bench {
-            store,
-            database_url,
-            runs,
-            rate,
-            provider_latency_ms,
-            controllers,
-            prefect_api_url: Some(api_url),
-            ahead_seconds,
-            ..
-        } => {
-            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
-            let auth = pushpool::controller::prefect::PrefectAuth::from_values(
-                std::env::var("PREFECT_API_KEY").ok(),
-                std::env::var("PREFECT_API_AUTH_STRING").ok(),
-            );
-            let _ = (store, database_url, provider_latency_ms, controllers);
-            let report = bench_prefect::run_prefect_bench(
-                bench_prefect::PrefectBenchOptions {
-                    api_url,
-                    auth,
-                    runs,
-                    rate: if rate > 0.0 { rate } else { 10.0 },
-                    ahead: Duration::from_secs_f64(ahead_seconds.max(0.0)),
-                },
-                |line| eprintln!("{line}"),
-            )
-            .await?;
-            println!("{}", serde_json::to_string(&report)?);
-            if report.double_submits > 0 || report.lost > 0 {
-                anyhow::bail!(
-                    "bench found {} double submissions and {} runs never submitted",
-                    report.double_submits,
-                    report.lost
-                );
-            }
-        }
-        Command::Bench {
-            store,
-            database_url,
-            runs,
-            rate,
-            provider_latency_ms,
-            controllers,
-            prefect_api_url: None,
-            mode,
-            deployments,
-            ..
-        } => {
-            let database_url = match store.as_str() {
-                "sqlite" => database_url,
-                "postgres" => Some(database_url.context("--store postgres needs --database-url")?),
-                other => anyhow::bail!("--store must be `sqlite` or `postgres`, not `{other}`"),
-            };
-            if mode == "schedule" {
-                let report =
-                    bench_schedule::run_schedule_bench(database_url, deployments, |line| {
-                        eprintln!("{line}")
-                    })
-                    .await?;
-                println!("{}", serde_json::to_string(&report)?);
-                return Ok(());
-            }
-            if runs == 0 {
-                anyhow::bail!("--runs must be at least 1");
-            }
-            let report = run_bench(
-                BenchOptions {
-                    database_url,
-                    runs,
-                    rate,
-                    provider_latency: Duration::from_millis(provider_latency_ms),
-                    controllers,
-                },
-                |line| eprintln!("{line}"),
-            )
-            .await?;
-            println!("{}", serde_json::to_string(&report)?);
-            if report.double_submits > 0 || report.lost > 0 {
-                anyhow::bail!(
-                    "bench found {} double submissions and {} lost runs",
-                    report.double_submits,
-                    report.lost
-                );
-            }
-        }
+        Command::Bench(args) => bench_command::run(args).await?,
         Command::ChaosSeed {
             database_url,
             runs,
