@@ -295,11 +295,13 @@ impl Route {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
     }
 
-    /// Every error status the route can answer, in order: those its shape implies (credentials
-    /// → 401/403; a path parameter or a workspace → 404; a body → 400/413/422; a query → 422;
-    /// the store behind it → 503) and its own [`Route::errors`].
+    /// Every error status the route can answer, in order: those its shape implies (any URL →
+    /// 400, for a `%00` the guard refuses; credentials → 401/403; a path parameter or a
+    /// workspace → 404; a body → 400/413/422; a query → 422; the store behind it → 503) and its
+    /// own [`Route::errors`].
     pub fn error_statuses(&self) -> Vec<u16> {
         let mut out = self.errors.to_vec();
+        out.push(400);
         if self.access != Access::Public {
             out.extend([401, 403, 503]);
         }
