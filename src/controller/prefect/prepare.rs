@@ -95,8 +95,15 @@ pub async fn resolve_references(
         blocks_by_name: HashMap::new(),
         variables: HashMap::new(),
     };
-    let value = resolver.blocks(value).await?;
-    resolver.variables(value).await
+    let value = resolver.walk(value, Pass::Blocks).await?;
+    resolver.walk(value, Pass::Variables).await
+}
+
+/// Which references a pass over the configuration resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Blocks,
+    Variables,
 }
 
 struct Resolver<'a> {
@@ -107,44 +114,55 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn blocks(
+    /// One of Prefect's two passes over the configuration: `$ref` objects and
+    /// `{{ prefect.blocks… }}` first, then `{{ prefect.variables… }}`.
+    fn walk(
         &mut self,
         value: Value,
+        pass: Pass,
     ) -> futures::future::BoxFuture<'_, Result<Value, ResolveError>> {
         Box::pin(async move {
             match value {
                 Value::Object(map) => {
-                    let id = map
-                        .get("$ref")
-                        .and_then(|r| r.get("block_document_id"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
-                    if let Some(id) = id {
-                        return self.block_by_id(&id).await;
+                    if pass == Pass::Blocks {
+                        let id = map
+                            .get("$ref")
+                            .and_then(|r| r.get("block_document_id"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string);
+                        if let Some(id) = id {
+                            return self.block_by_id(&id).await;
+                        }
                     }
                     let mut out = Map::new();
                     for (k, v) in map {
-                        out.insert(k, self.blocks(v).await?);
+                        out.insert(k, self.walk(v, pass).await?);
                     }
                     Ok(Value::Object(out))
                 }
                 Value::Array(items) => {
                     let mut out = Vec::with_capacity(items.len());
                     for v in items {
-                        out.push(self.blocks(v).await?);
+                        out.push(self.walk(v, pass).await?);
                     }
                     Ok(Value::Array(out))
                 }
-                Value::String(s) => self.block_string(s).await,
+                Value::String(s) => self.string(s, pass).await,
                 other => Ok(other),
             }
         })
     }
 
-    async fn block_string(&mut self, s: String) -> Result<Value, ResolveError> {
+    /// A string's placeholders of this pass: a whole-string placeholder becomes the value itself,
+    /// partial ones are put into the text.
+    async fn string(&mut self, s: String, pass: Pass) -> Result<Value, ResolveError> {
+        let prefix = match pass {
+            Pass::Blocks => BLOCK_PREFIX,
+            Pass::Variables => VARIABLE_PREFIX,
+        };
         let found: Vec<(String, String)> = PLACEHOLDER
             .captures_iter(&s)
-            .filter(|c| c[1].starts_with(BLOCK_PREFIX))
+            .filter(|c| c[1].starts_with(prefix))
             .map(|c| (c[0].to_string(), c[1].to_string()))
             .collect();
         if found.is_empty() {
@@ -152,19 +170,35 @@ impl Resolver<'_> {
         }
         let all = PLACEHOLDER.find_iter(&s).count();
         if all == 1 && found.len() == 1 && found[0].0 == s {
-            return self.block_placeholder(&found[0].1).await;
+            return match pass {
+                Pass::Blocks => self.block_placeholder(&found[0].1).await,
+                Pass::Variables => Ok(self
+                    .variable(&found[0].1)
+                    .await?
+                    .unwrap_or_else(|| Value::String(String::new()))),
+            };
         }
         let mut out = s.clone();
         for (full, name) in found {
-            let v = self.block_placeholder(&name).await?;
-            let text = match v {
-                Value::String(t) => t,
-                Value::Object(_) | Value::Array(_) => {
-                    return Err(ResolveError::Invalid(format!(
-                        "block placeholder `{full}` resolves to an object or list, which cannot be put inside a string; name a scalar attribute (e.g. `.value`)"
-                    )))
-                }
-                other => other.to_string(),
+            let text = match pass {
+                Pass::Blocks => match self.block_placeholder(&name).await? {
+                    Value::String(t) => t,
+                    Value::Object(_) | Value::Array(_) => {
+                        return Err(ResolveError::Invalid(format!(
+                            "block placeholder `{full}` resolves to an object or list, which cannot be put inside a string; name a scalar attribute (e.g. `.value`)"
+                        )))
+                    }
+                    other => other.to_string(),
+                },
+                Pass::Variables => match self.variable(&name).await? {
+                    None => String::new(),
+                    Some(Value::String(t)) => t,
+                    // Python's str() of a number or boolean; JSON for the rest (documented).
+                    Some(Value::Bool(true)) => "True".into(),
+                    Some(Value::Bool(false)) => "False".into(),
+                    Some(Value::Null) => "None".into(),
+                    Some(other) => other.to_string(),
+                },
             };
             out = out.replace(&full, &text);
         }
@@ -238,62 +272,6 @@ impl Resolver<'_> {
             ))),
             Err(e) => Err(ResolveError::Api(e)),
         }
-    }
-
-    fn variables(
-        &mut self,
-        value: Value,
-    ) -> futures::future::BoxFuture<'_, Result<Value, ResolveError>> {
-        Box::pin(async move {
-            match value {
-                Value::Object(map) => {
-                    let mut out = Map::new();
-                    for (k, v) in map {
-                        out.insert(k, self.variables(v).await?);
-                    }
-                    Ok(Value::Object(out))
-                }
-                Value::Array(items) => {
-                    let mut out = Vec::with_capacity(items.len());
-                    for v in items {
-                        out.push(self.variables(v).await?);
-                    }
-                    Ok(Value::Array(out))
-                }
-                Value::String(s) => self.variable_string(s).await,
-                other => Ok(other),
-            }
-        })
-    }
-
-    async fn variable_string(&mut self, s: String) -> Result<Value, ResolveError> {
-        let found: Vec<(String, String)> = PLACEHOLDER
-            .captures_iter(&s)
-            .filter(|c| c[1].starts_with(VARIABLE_PREFIX))
-            .map(|c| (c[0].to_string(), c[1].to_string()))
-            .collect();
-        if found.is_empty() {
-            return Ok(Value::String(s));
-        }
-        let all = PLACEHOLDER.find_iter(&s).count();
-        if all == 1 && found.len() == 1 && found[0].0 == s {
-            let v = self.variable(&found[0].1).await?;
-            return Ok(v.unwrap_or_else(|| Value::String(String::new())));
-        }
-        let mut out = s.clone();
-        for (full, name) in found {
-            let text = match self.variable(&name).await? {
-                None => String::new(),
-                Some(Value::String(t)) => t,
-                // Python's str() of a number or boolean; JSON for the rest (documented).
-                Some(Value::Bool(true)) => "True".into(),
-                Some(Value::Bool(false)) => "False".into(),
-                Some(Value::Null) => "None".into(),
-                Some(other) => other.to_string(),
-            };
-            out = out.replace(&full, &text);
-        }
-        Ok(Value::String(out))
     }
 
     async fn variable(&mut self, placeholder: &str) -> Result<Option<Value>, ResolveError> {
