@@ -6,9 +6,10 @@ import time
 from prefect import flow, get_run_logger
 
 
-@flow(log_prints=True)
+@flow(log_prints=True, persist_result=True, result_serializer="json")
 def hello(name: str = "world") -> str:
-    """Logs a greeting, appends the flow run id to $PUSHPOOL_TEST_JOURNAL if set, returns it."""
+    """Logs a greeting, appends the flow run id to $PUSHPOOL_TEST_JOURNAL if set, returns
+    `hello <name>` (persisted as JSON under $PREFECT_LOCAL_STORAGE_PATH, so Prefect shows it)."""
     get_run_logger().info("hello from pushpool, %s", name)
     journal = os.environ.get("PUSHPOOL_TEST_JOURNAL")
     if journal:

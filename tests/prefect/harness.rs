@@ -365,6 +365,7 @@ pub fn process_job_variables(venv: &Path, writable: &Path) -> Value {
             "PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", venv.join("bin").display()),
             "PUSHPOOL_TEST_JOURNAL": writable.join("journal").display().to_string(),
             "PUSHPOOL_TEST_PIDFILE": writable.join("pid").display().to_string(),
+            "PREFECT_LOCAL_STORAGE_PATH": writable.join("results").display().to_string(),
         },
     })
 }

@@ -24,7 +24,8 @@ macro_rules! prefect_or_skip {
 }
 
 /// A real flow in a `process` push pool runs to COMPLETED with its logs in Prefect; a raising
-/// flow ends FAILED; a job that dies before the flow engine starts ends CRASHED with the reason.
+/// flow ends FAILED; a job that dies before the flow engine starts (a bad command, a killed
+/// process) ends CRASHED with the reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_flows_end_completed_failed_and_crashed() -> anyhow::Result<()> {
     let server = prefect_or_skip!();
@@ -37,6 +38,9 @@ async fn real_flows_end_completed_failed_and_crashed() -> anyhow::Result<()> {
     let mut bad_vars = vars.clone();
     bad_vars["command"] = json!("no-such-command-pushpool --x");
     let bad = server.deploy("hello", "bad-command", &pool, &bad_vars)?;
+    let mut killed_vars = vars.clone();
+    killed_vars["command"] = json!("kill -KILL $$");
+    let killed = server.deploy("hello", "killed", &pool, &killed_vars)?;
     let _controller = ControllerProcess::start(&server, &pool, 30)?;
 
     // One at a time (the flows' logs arrive in batches after their end).
@@ -50,6 +54,15 @@ async fn real_flows_end_completed_failed_and_crashed() -> anyhow::Result<()> {
             .is_some_and(|p| p.starts_with("process:")),
         "{run}"
     );
+    // The return value is persisted by the flow and referenced by its final state, as Prefect
+    // shows it.
+    let key = run["state"]["data"]["storage_key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no result record in the final state: {run}"))?;
+    let stored = std::fs::read_to_string(dir.path().join("results").join(&key))
+        .or_else(|_| std::fs::read_to_string(&key))?;
+    assert!(stored.contains("hello world"), "{stored}");
     let logs = server.wait_log(&ok, "Finished in state Completed").await?;
     assert!(
         logs.iter()
@@ -78,6 +91,15 @@ async fn real_flows_end_completed_failed_and_crashed() -> anyhow::Result<()> {
     assert!(
         message.contains("127"),
         "the reason names the exit code: {message}"
+    );
+
+    let dying = server.run_deployment(&killed).await?;
+    let run = server.wait_for(&dying, TERMINAL, within).await?;
+    assert_eq!(run["state_type"], "CRASHED", "{run}");
+    let message = run["state"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("SIGKILL") || message.contains("signal 9"),
+        "the reason names the signal: {message}"
     );
     Ok(())
 }
