@@ -127,7 +127,7 @@ impl PrefectServer {
             let resp = req.send().await?;
             let status = resp.status();
             let text = resp.text().await?;
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && tries < 40 {
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && tries < 120 {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
