@@ -10,6 +10,7 @@ mod access;
 mod api;
 mod deployments;
 mod input;
+mod notify;
 mod output;
 mod pools;
 pub mod prefect;
@@ -100,6 +101,10 @@ pub enum ClientCommand {
     Role(access::RoleArgs),
     /// The workspace's audit log.
     Audit(access::AuditArgs),
+    /// Notification channels: signed webhooks, Slack, email; test them, see deliveries.
+    Channel(notify::ChannelArgs),
+    /// Inbound webhooks: `POST /hooks/{slug}` turns a JSON body into an event.
+    Hook(notify::HookArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -141,6 +146,8 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Member(m) => access::member(&api, out, m.command).await,
         ClientCommand::Role(r) => access::role(&api, out, r.command).await,
         ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
+        ClientCommand::Channel(c) => notify::channel(&api, out, c.command).await,
+        ClientCommand::Hook(h) => notify::hook(&api, out, h.command).await,
     }
 }
 

@@ -7,6 +7,7 @@
 mod access;
 pub mod crypto;
 mod grants;
+mod notify;
 mod objects;
 mod retries;
 mod runs;
@@ -26,6 +27,7 @@ pub use access::{
 };
 pub use crypto::SecretKey;
 pub use grants::GrantRecord;
+pub use notify::{AttemptOutcome, Delivery, NewChannel, NewDelivery, StoredChannel, StoredHook};
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch, RunDefaults};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
@@ -262,6 +264,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "retries_tags",
         include_str!("../../migrations/0007_retries_tags.sql"),
+    ),
+    (
+        11,
+        "notify",
+        include_str!("../../migrations/0011_notify.sql"),
     ),
 ];
 

@@ -8,7 +8,9 @@ pub mod audit;
 pub mod claims;
 pub mod deployments;
 pub mod grants;
+pub mod hooks;
 pub mod jobs;
+pub mod notify;
 pub mod pools;
 pub mod queues;
 pub mod run_filters;
@@ -32,6 +34,8 @@ pub const TABLE: &[&[Route]] = &[
     schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
+    notify::ROUTES,
+    hooks::ROUTES,
 ];
 
 /// Every route of the API.
