@@ -824,7 +824,11 @@ async fn other_workspaces_cannot_see_or_use_channels_and_hooks(db: TestDb) {
 
 async fn outbox_survives_a_restart_and_two_workers_deliver_each_once(db: TestDb) {
     // No worker runs: the API alone.
-    let s = serve_fresh_with(&db.url, ServeOptions::default()).await;
+    let options = ServeOptions {
+        notify: config(false),
+        ..Default::default()
+    };
+    let s = serve_fresh_with(&db.url, options).await;
     let port = free_port();
     let c = create(
         &s,
