@@ -53,7 +53,7 @@ pub const ROUTES: &[Route] = &[
         .summary("Deliver a JSON body to an inbound webhook: it becomes an event of its workspace")
         .access(Access::Public)
         .audit("inbound_hook.receive", Always)
-        .body::<Value>()
+        .body::<serde_json::Map<String, Value>>()
         .reply(Reply::json::<HookAccepted>(202, "The event was recorded"))
         .errors(&[401, 403]),
 ];
