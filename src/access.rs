@@ -242,9 +242,9 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
 pub fn builtin_description(role: &str) -> &'static str {
     match role {
         "owner" => "Everything in the workspace: members, service accounts, keys, roles, audit log.",
-        "developer" => "Work pools, deployments and runs (also with run-level job variables); reads everything but security settings.",
-        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs and events.",
-        "viewer" => "Reads pools, deployments, runs and events.",
+        "developer" => "Work pools, deployments and runs (also with run-level job variables), notification channels and inbound webhooks; reads everything but security settings.",
+        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs, events and notifications.",
+        "viewer" => "Reads pools, deployments, runs, events and notifications.",
         "controller" => "What a controller working through the API needs: claim due runs of a pool and report their states. Nothing else.",
         _ => "",
     }
