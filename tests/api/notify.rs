@@ -646,7 +646,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
     let c = create(
         &s,
         "/notification_channels",
-        json!({"name": "generated", "kind": "webhook", "url": "https://203.0.113.10/x",
+        json!({"name": "generated", "kind": "webhook", "url": "http://127.0.0.1:9/x",
                "headers": {"X-Api-Key": "header-secret-value"}}),
     )
     .await;
@@ -657,7 +657,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
     let given = create(
         &s,
         "/notification_channels",
-        json!({"name": "given", "kind": "webhook", "url": "https://203.0.113.10/x",
+        json!({"name": "given", "kind": "webhook", "url": "http://127.0.0.1:9/x",
                "secret": "my-own-secret-value-123"}),
     )
     .await;
@@ -689,11 +689,11 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
             "url",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "secret": "short"}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "secret": "short"}),
             "secret",
         ),
         (
-            json!({"name": "a", "kind": "slack", "url": "https://203.0.113.10/", "secret": "0123456789abcdefg"}),
+            json!({"name": "a", "kind": "slack", "url": "http://127.0.0.1:9/", "secret": "0123456789abcdefg"}),
             "secret",
         ),
         (json!({"name": "a", "kind": "email"}), "smtp"),
@@ -702,15 +702,15 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
             "smtp.from",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "retry_for_seconds": 0}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "retry_for_seconds": 0}),
             "retry_for_seconds",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "headers": {"X-Pushpool-Signature": "x"}}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "headers": {"X-Pushpool-Signature": "x"}}),
             "headers.X-Pushpool-Signature",
         ),
         (
-            json!({"name": "bad name!", "kind": "webhook", "url": "https://203.0.113.10/"}),
+            json!({"name": "bad name!", "kind": "webhook", "url": "http://127.0.0.1:9/"}),
             "name",
         ),
     ] {
@@ -722,7 +722,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
         &s,
         "POST",
         "/notification_channels",
-        Some(json!({"name": "given", "kind": "webhook", "url": "https://203.0.113.10/x"})),
+        Some(json!({"name": "given", "kind": "webhook", "url": "http://127.0.0.1:9/x"})),
     )
     .await;
     assert_eq!(status, 409, "{v}");
@@ -733,7 +733,7 @@ async fn other_workspaces_cannot_see_or_use_channels_and_hooks(db: TestDb) {
     let c = create(
         &s,
         "/notification_channels",
-        json!({"name": "alpha-channel", "kind": "webhook", "url": "https://203.0.113.10/x"}),
+        json!({"name": "alpha-channel", "kind": "webhook", "url": "http://127.0.0.1:9/x"}),
     )
     .await;
     let hook = create(&s, "/inbound_hooks", json!({"name": "alpha-hook"})).await;
