@@ -140,6 +140,20 @@ async fn wait_delivery(s: &Served, id: &str, limit: Duration, f: impl Fn(&Value)
     }
 }
 
+/// Whether event `e` is `name`, also spelled the documented way (`pushpool.notification.failed`).
+fn event_is(e: &Value, name: &str) -> bool {
+    let got = e["event"].as_str().unwrap_or_default();
+    got == name || got.replace('-', "_") == format!("pushpool.{name}")
+}
+
+/// An event's resource id: `resource.id`, or the older flat `resource_id`.
+fn resource_of(e: &Value) -> &str {
+    e["resource"]["id"]
+        .as_str()
+        .or(e["resource_id"].as_str())
+        .unwrap_or_default()
+}
+
 async fn workspace_id(s: &Served) -> Uuid {
     s.store.workspace("default").await.unwrap().id
 }
@@ -225,7 +239,7 @@ async fn webhook_is_signed_retried_while_down_and_delivered_once(db: TestDb) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["event"] == "notification.delivered" && e["resource_id"] == id.as_str()),
+            .any(|e| event_is(e, "notification.delivered") && resource_of(e) == id),
         "{events}"
     );
     server.abort();
@@ -261,7 +275,7 @@ async fn failing_delivery_is_recorded_failed_with_an_event(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["event"] == "notification.failed" && e["resource_id"] == id.as_str())
+        .find(|e| event_is(e, "notification.failed") && resource_of(e) == id)
         .unwrap_or_else(|| panic!("no notification.failed event: {events}"));
     assert!(failed["payload"]["error"]
         .as_str()
@@ -576,7 +590,7 @@ async fn inbound_hook_turns_a_body_into_an_event(db: TestDb) {
         .iter()
         .find(|e| e["event"] == "github.push")
         .unwrap_or_else(|| panic!("{events}"));
-    assert_eq!(e["resource_id"], "github.repo.77");
+    assert_eq!(resource_of(e), "github.repo.77");
     assert_eq!(e["payload"], json!({"ref": "main", "count": 3, "fixed": 1}));
 
     // A body without a field the template uses: 400 naming it.
