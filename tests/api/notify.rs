@@ -29,6 +29,7 @@ both_backends!(
     secrets_are_masked_in_answers,
     other_workspaces_cannot_see_or_use_channels_and_hooks,
     outbox_survives_a_restart_and_two_workers_deliver_each_once,
+    secrets_are_resealed_by_key_rotation,
 );
 
 /// The test configuration: fast polls and backoff; private targets allowed unless `guarded`.
@@ -909,4 +910,52 @@ async fn outbox_survives_a_restart_and_two_workers_deliver_each_once(db: TestDb)
         "{list}"
     );
     server.abort();
+}
+
+async fn secrets_are_resealed_by_key_rotation(db: TestDb) {
+    use pushpool::store::{ConnectOptions, SecretKey, Store};
+    let s = serve(&db, false).await;
+    create(
+        &s,
+        "/notification_channels",
+        json!({"name": "rot", "kind": "webhook", "url": "http://127.0.0.1:9/",
+               "secret": "rotate-me-secret-0123", "headers": {"X-K": "header-value"}}),
+    )
+    .await;
+    create(
+        &s,
+        "/notification_channels",
+        json!({"name": "mail", "kind": "email", "smtp": {"host": "127.0.0.1", "port": 9,
+               "tls": "none", "username": "u", "password": "pw-123",
+               "from": "a@example.com", "to": ["b@example.com"]}}),
+    )
+    .await;
+    let hook = create(
+        &s,
+        "/inbound_hooks",
+        json!({"name": "signed", "signed": true}),
+    )
+    .await;
+    let new = SecretKey::generate("the rotation test");
+    let report = s.store.reseal_all(&new).await.unwrap();
+    assert!(report.notifications >= 3, "{report:?}");
+    let reopened = Store::connect_with(
+        &db.url,
+        ConnectOptions {
+            secret_key: Some(new),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ws = reopened.workspace("default").await.unwrap().id;
+    let c = reopened.channel(ws, "rot").await.unwrap();
+    assert_eq!(c.config["secret"], "rotate-me-secret-0123");
+    assert_eq!(c.config["headers"]["X-K"], "header-value");
+    let m = reopened.channel(ws, "mail").await.unwrap();
+    assert_eq!(m.config["smtp"]["password"], "pw-123");
+    let h = reopened.hook(ws, "signed").await.unwrap();
+    assert_eq!(h.secret.as_deref(), hook["secret"].as_str());
+    // The old key no longer opens them.
+    assert!(s.store.channel(ws, "rot").await.is_err());
 }
