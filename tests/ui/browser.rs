@@ -19,6 +19,13 @@ fn screenshot_dir() -> PathBuf {
 async fn sign_in(b: &Browser, base: &str, key: &str) {
     b.goto(&format!("{base}/ui")).await;
     assert!(b.url().await.contains("/ui/signin"), "{}", b.url().await);
+    if b.all("#key").await.is_empty() {
+        panic!(
+            "no sign-in form at {}: {}",
+            b.url().await,
+            b.js("return document.documentElement.outerHTML;").await
+        );
+    }
     b.fill("#key", key).await;
     b.click("form.signin button[type=submit]").await;
     b.wait_text("h1", "Dashboard", Duration::from_secs(10)).await;
@@ -165,5 +172,13 @@ async fn browser_viewer_sees_no_cancel_button_and_a_forged_post_is_refused() {
     b.goto(&format!("{}/ui/pools/local", s.base)).await;
     assert!(b.all("form[action$='/pause']").await.is_empty());
     assert_loopback_only(&b, &proxy, &s.base).await;
+    // The control: a request for another host does reach the trap (and no further). A page's
+    // own request never gets that far (the CSP refuses it first), so navigate there.
+    b.goto("http://blocked.example/pixel.png").await;
+    let start = std::time::Instant::now();
+    while !proxy.attempts().iter().any(|a| a.contains("blocked.example")) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the trap missed a page's request: {:?}", proxy.attempts());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.quit().await;
 }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where Debian puts the browser and its driver.
 pub fn browser_paths() -> Option<(String, String)> {
@@ -154,11 +154,29 @@ impl Browser {
             "--no-first-run".into(),
             "--no-default-browser-check".into(),
             "--metrics-recording-only".into(),
-            "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater".into(),
+            "--no-pings".into(),
+            "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater,NetworkTimeServiceQuerying,PreconnectToSearch,DialMediaRouteProvider".into(),
+            // The browser's own update and account services, which no flag turns off in this
+            // Chromium, are pointed at a closed loopback port (discard, 9): they never leave the
+            // machine, and the trap stays silent unless a page asks for another host.
+            "--component-updater=url-source=http://127.0.0.1:9/".into(),
+            "--gaia-url=http://127.0.0.1:9/".into(),
         ];
+        // No preconnects, suggestions, sign-in, Safe Browsing lookups or search engine elsewhere.
+        let prefs = json!({
+            "net": {"network_prediction_options": 2},
+            "search": {"suggest_enabled": false},
+            "signin": {"allowed": false},
+            "safebrowsing": {"enabled": false},
+            // Debian's default search engine is preconnected to at start; make it loopback.
+            "default_search_provider_data": {"template_url_data": {
+                "keyword": "none", "short_name": "none",
+                "url": "http://127.0.0.1:9/?q={searchTerms}"
+            }},
+        });
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": args}
+            "goog:chromeOptions": {"binary": chromium, "args": args, "prefs": prefs}
         }}});
         let r: Value = http
             .post(format!("{base}/session"))
@@ -248,13 +266,19 @@ impl Browser {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e[ELEMENT].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        match v.as_array() {
+            Some(a) => a
+                .iter()
+                .filter_map(|e| {
+                    e[ELEMENT]
+                        .as_str()
+                        .or_else(|| e["ELEMENT"].as_str())
+                        .map(str::to_string)
+                        .or_else(|| panic!("find `{css}`: an element reference of a shape unknown here: {e}"))
+                })
+                .collect(),
+            None => panic!("find `{css}`: {v}"),
+        }
     }
 
     /// The first element matching a CSS selector (panics when none).
