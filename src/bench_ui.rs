@@ -154,13 +154,21 @@ pub async fn run_ui_bench(
     let sample = store
         .list_runs(ws.id, &RunFilter { limit: Some(1), ..RunFilter::default() })
         .await?;
-    let with_logs = store
-        .list_runs(ws.id, &RunFilter { limit: Some(1000), ..RunFilter::default() })
+    // The newest run has the 1,000 log lines; an older one is still SCHEDULED (late).
+    let with_logs = sample.first().map(|r| r.id).unwrap_or_default();
+    let late = store
+        .list_runs(
+            ws.id,
+            &RunFilter {
+                limit: Some(1),
+                states: vec![StateType::Scheduled],
+                ..RunFilter::default()
+            },
+        )
         .await?
-        .last()
+        .first()
         .map(|r| r.id)
         .unwrap_or_default();
-    let newest = sample.first().map(|r| r.id).unwrap_or_default();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -182,7 +190,6 @@ pub async fn run_ui_bench(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = with_logs;
     let pages = [
         "/ui".to_string(),
         "/ui?window=hour".into(),
@@ -190,8 +197,8 @@ pub async fn run_ui_bench(
         "/ui/runs".into(),
         "/ui/runs?state=FAILED".into(),
         "/ui/runs?deployment=etl&state=SCHEDULED".into(),
-        format!("/ui/runs/{newest}"),
         format!("/ui/runs/{with_logs}"),
+        format!("/ui/runs/{late}"),
         format!("/ui/runs/{with_logs}/live?logs=0"),
         "/ui/deployments".into(),
         "/ui/deployments/etl".into(),

@@ -32,7 +32,7 @@ pub fn event_row(e: &Value) -> String {
     let resource_html = if event.starts_with("flow_run") && uuid::Uuid::parse_str(resource).is_ok() {
         format!("<a href=\"/ui/runs/{resource}\"><code>{}</code></a>", esc(short(resource)))
     } else {
-        format!("<code>{}</code>", esc(resource))
+        format!("<code title=\"{0}\">{1}</code>", esc(resource), esc(short(resource)))
     };
     format!(
         "<tr><td>{}</td><td>{}</td><td>{resource_html}</td><td><code class=\"clip\">{}</code></td></tr>",

@@ -99,12 +99,18 @@ pub async fn page_handler(
         "<div data-refresh=\"/ui?window={}\" id=\"dash\">",
         window.name()
     ));
+    // Runs are listed by pool: a key that may not read pools sees its runs in the runs list.
+    let pools: Vec<WorkPool> = if session.has(Scope::PoolsRead) {
+        api.ws_get("/work_pools").await?
+    } else {
+        vec![]
+    };
     if session.has(Scope::RunsRead) {
-        body.push_str(&attention(&api, now).await?);
-        body.push_str(&chart(&ui, &session, window, now).await?);
+        body.push_str(&attention(&ui, &session, &pools, now).await?);
+        body.push_str(&chart(&ui, &pools, window, now).await?);
     }
     if session.has(Scope::PoolsRead) {
-        body.push_str(&pools_health(&ui, &api, &session).await?);
+        body.push_str(&pools_health(&ui, &session, &pools).await?);
     }
     if session.has(Scope::EventsRead) {
         body.push_str(&recent_events(&api).await?);
@@ -133,38 +139,48 @@ pub fn run_rows(runs: &[Value]) -> Vec<String> {
 }
 
 /// Headers of [`run_rows`].
-pub const RUN_HEADERS: &[&str] = &["Run", "Deployment", "Pool", "State", "Scheduled", "Since"];
+pub const RUN_HEADERS: &[&str] = &["Run", "Deployment", "Pool", "State", "Scheduled", "State since"];
 
-async fn attention(api: &Api<'_>, now: DateTime<Utc>) -> UiResult<String> {
-    let late_before = (now - Duration::seconds(15)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let late: Vec<Value> = api
-        .ws_get(&format!(
-            "/flow_runs?state=SCHEDULED&until={}&limit=10",
-            form_urlencoded::byte_serialize(late_before.as_bytes()).collect::<String>()
-        ))
+/// Late runs (SCHEDULED more than 15 s past due; the longest late first) and the newest failed
+/// or crashed runs of the last week, of the pools the session may see.
+async fn attention(ui: &Ui, session: &Session, pools: &[WorkPool], now: DateTime<Utc>) -> UiResult<String> {
+    let ws = session.caller.workspace()?;
+    let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
+    let store = &ui.app.store;
+    let late_before = to_micros(now - Duration::seconds(15));
+    let late = store
+        .runs_by_pool_and_state(ws.id, &ids, &[StateType::Scheduled], 0, late_before, true, 10)
         .await?;
-    let since = (now - Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let failed: Vec<Value> = api
-        .ws_get(&format!(
-            "/flow_runs?state=FAILED,CRASHED&since={}&limit=10",
-            form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>()
-        ))
+    let week_ago = to_micros(now - Duration::days(7));
+    let failed = store
+        .runs_by_pool_and_state(
+            ws.id,
+            &ids,
+            &[StateType::Failed, StateType::Crashed],
+            week_ago,
+            i64::MAX,
+            false,
+            10,
+        )
         .await?;
+    let json = |runs: Vec<crate::model::FlowRun>| -> Vec<Value> {
+        runs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()
+    };
     Ok(format!(
         "<section aria-labelledby=\"late-h\" class=\"card\"><h2 id=\"late-h\">Late runs</h2>{}</section>\
          <section aria-labelledby=\"failed-h\" class=\"card\"><h2 id=\"failed-h\">Failed and crashed (last week)</h2>{}</section>",
-        table("Late runs", RUN_HEADERS, &run_rows(&late), "No late runs."),
-        table("Failed runs", RUN_HEADERS, &run_rows(&failed), "No failed runs in the last week."),
+        table("Late runs, the longest late first", RUN_HEADERS, &run_rows(&json(late)), "No late runs."),
+        table("Failed runs, newest first", RUN_HEADERS, &run_rows(&json(failed)), "No failed runs in the last week."),
     ))
 }
 
-async fn chart(ui: &Ui, session: &Session, window: Window, now: DateTime<Utc>) -> UiResult<String> {
-    let ws = session.caller.workspace()?;
+async fn chart(ui: &Ui, pools: &[WorkPool], window: Window, now: DateTime<Utc>) -> UiResult<String> {
+    let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
     let (width, n) = window.buckets();
     let w_us = width.num_microseconds().unwrap_or(1);
     let end = (to_micros(now) / w_us + 1) * w_us;
     let since = end - w_us * n;
-    let rows = ui.app.store.run_counts_by_bucket(ws.id, since, w_us, n).await?;
+    let rows = ui.app.store.run_counts_by_bucket(&ids, since, w_us, n).await?;
     let mut counts: HashMap<(i64, StateType), i64> = HashMap::new();
     let mut totals: HashMap<StateType, i64> = HashMap::new();
     for (b, s, c) in rows {
@@ -230,18 +246,12 @@ async fn chart(ui: &Ui, session: &Session, window: Window, now: DateTime<Utc>) -
     ))
 }
 
-async fn pools_health(ui: &Ui, api: &Api<'_>, session: &Session) -> UiResult<String> {
-    let pools: Vec<WorkPool> = api.ws_get("/work_pools").await?;
-    let ws = session.caller.workspace()?;
-    let active: HashMap<String, i64> = if session.has(Scope::RunsRead) {
-        ui.app.store.active_runs_by_pool(ws.id).await?.into_iter().collect()
-    } else {
-        HashMap::new()
-    };
+async fn pools_health(ui: &Ui, session: &Session, pools: &[WorkPool]) -> UiResult<String> {
+    let active = active_by_pool(ui, session, pools).await?;
     let rows: Vec<String> = pools
         .iter()
         .map(|p| {
-            let n = active.get(&p.id.to_string()).copied().unwrap_or(0);
+            let n = active.get(&p.id).copied().unwrap_or(0);
             let limit = p.concurrency_limit.map(|l| l.to_string()).unwrap_or_else(|| "∞".into());
             let full = p.concurrency_limit.is_some_and(|l| n >= l);
             let health = if p.paused {
@@ -278,4 +288,17 @@ async fn recent_events(api: &Api<'_>) -> UiResult<String> {
         "<section aria-labelledby=\"events-h\" class=\"card\"><h2 id=\"events-h\">Recent events</h2>{}<p><a href=\"/ui/events\">All events</a></p></section>",
         table("Recent events", super::admin::EVENT_HEADERS, &rows, "No events yet.")
     ))
+}
+
+/// Runs in flight per pool (empty without `runs:read`).
+pub async fn active_by_pool(
+    ui: &Ui,
+    session: &Session,
+    pools: &[WorkPool],
+) -> UiResult<HashMap<uuid::Uuid, i64>> {
+    if !session.has(Scope::RunsRead) {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
+    Ok(ui.app.store.active_runs_by_pool(&ids).await?.into_iter().collect())
 }

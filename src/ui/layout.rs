@@ -82,9 +82,10 @@ pub fn json_block(v: &Value) -> String {
     format!("<pre class=\"json\"><code>{}</code></pre>", esc(&text))
 }
 
-/// The first 8 characters of an id.
+/// The last 8 characters of an id (UUID v7 ids begin with their time, so the tail tells runs
+/// created together apart).
 pub fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+    id.get(id.len().saturating_sub(8)..).unwrap_or(id)
 }
 
 /// Which navigation entry a page belongs to.

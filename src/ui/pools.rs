@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{json, Value};
 
 use super::client::{seg, Api};
-use super::dashboard::{run_rows, RUN_HEADERS};
+use super::dashboard::{active_by_pool, run_rows, RUN_HEADERS};
 use super::layout::{button, esc, json_block, page, table, text, time, yes_no, Nav};
 use super::session::{checked_form, Session, UiResult};
 use super::Ui;
@@ -19,16 +19,8 @@ use crate::model::WorkPool;
 
 const PATCH: &str = "/api/workspaces/{ws}/work_pools/{name}";
 
-async fn active(ui: &Ui, session: &Session) -> UiResult<HashMap<String, i64>> {
-    if !session.has(Scope::RunsRead) {
-        return Ok(HashMap::new());
-    }
-    let ws = session.caller.workspace()?;
-    Ok(ui.app.store.active_runs_by_pool(ws.id).await?.into_iter().collect())
-}
-
-fn load(p: &WorkPool, active: &HashMap<String, i64>) -> String {
-    let n = active.get(&p.id.to_string()).copied().unwrap_or(0);
+fn load(p: &WorkPool, active: &HashMap<uuid::Uuid, i64>) -> String {
+    let n = active.get(&p.id).copied().unwrap_or(0);
     match p.concurrency_limit {
         Some(l) => format!("{n} / {l}"),
         None => format!("{n} / ∞"),
@@ -39,7 +31,7 @@ fn load(p: &WorkPool, active: &HashMap<String, i64>) -> String {
 pub async fn list(State(ui): State<Ui>, session: Session) -> UiResult<Response> {
     let api = Api::new(&ui, &session);
     let pools: Vec<WorkPool> = api.ws_get("/work_pools").await?;
-    let active = active(&ui, &session).await?;
+    let active = active_by_pool(&ui, &session, &pools).await?;
     let rows: Vec<String> = pools
         .iter()
         .map(|p| {
@@ -84,7 +76,7 @@ pub async fn detail(
     } else {
         vec![]
     };
-    let active = active(&ui, &session).await?;
+    let active = active_by_pool(&ui, &session, std::slice::from_ref(&p)).await?;
     let mut actions = String::new();
     if session.can(Method::Patch, PATCH) {
         let (verb, label) = if p.paused {

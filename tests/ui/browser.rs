@@ -52,6 +52,7 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     let b = Browser::start(&chromium, &driver, &proxy).await;
     sign_in(&b, &s.base, &s.admin_key).await;
     let shots = screenshot_dir();
+    b.set_viewport(1280, 800).await;
 
     // Run now from the deployment page; the run page follows it to COMPLETED without a reload.
     b.goto(&format!("{}/ui/deployments/hello", s.base)).await;
@@ -112,7 +113,7 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     assert_eq!(first, "skip");
     // Phone width: the page itself does not scroll sideways (wide tables scroll in their box).
     for page in ["/ui", "/ui/runs", &format!("/ui/runs/{long}")] {
-        b.set_size(390, 844).await;
+        b.set_viewport(390, 844).await;
         b.goto(&format!("{}{page}", s.base)).await;
         let fits = b
             .js("return document.documentElement.scrollWidth <= window.innerWidth + 1;")
@@ -120,7 +121,7 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
         assert_eq!(fits, true, "{page} scrolls sideways at phone width");
     }
     b.screenshot(&shots.join("run-detail-phone.png")).await;
-    b.set_size(1280, 800).await;
+    b.set_viewport(1280, 800).await;
     assert_loopback_only(&b, &proxy, &s.base).await;
 
     // The API reference loads completely from this server too.

@@ -304,5 +304,5 @@ async fn ui_another_workspace_key_sees_nothing_of_this_one() {
         .text()
         .await
         .unwrap();
-    assert!(!list.contains(&id[..8]), "another workspace's run listed");
+    assert!(!list.contains(&id), "another workspace's run listed");
 }

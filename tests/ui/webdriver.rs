@@ -237,6 +237,22 @@ impl Browser {
         .await;
     }
 
+    /// Resizes the window so that the page's viewport is `width`×`height` CSS pixels.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        self.set_size(width, height).await;
+        let inner = self
+            .js("return [window.innerWidth, window.innerHeight];")
+            .await;
+        let (iw, ih) = (inner[0].as_u64().unwrap_or(0), inner[1].as_u64().unwrap_or(0));
+        let (dw, dh) = (
+            (width as u64).saturating_sub(iw),
+            (height as u64).saturating_sub(ih),
+        );
+        if dw > 0 || dh > 0 {
+            self.set_size(width + dw as u32, height + dh as u32).await;
+        }
+    }
+
     /// Runs a script; its return value.
     pub async fn js(&self, script: &str) -> Value {
         self.cmd(
