@@ -49,7 +49,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn seed(store: &Store, runs: usize, progress: &impl Fn(String)) -> anyhow::Result<Deployment> {
+async fn seed(
+    store: &Store,
+    runs: usize,
+    progress: &impl Fn(String),
+) -> anyhow::Result<Deployment> {
     let ws = store.workspace("default").await?;
     let provider = pushpool_null::NullProvider::default();
     store
@@ -59,7 +63,9 @@ async fn seed(store: &Store, runs: usize, progress: &impl Fn(String)) -> anyhow:
                 name: "bench".into(),
                 pool_type: pushpool_null::POOL_TYPE.into(),
                 description: None,
-                base_job_template: pushpool_provider::Provider::default_base_job_template(&provider),
+                base_job_template: pushpool_provider::Provider::default_base_job_template(
+                    &provider,
+                ),
                 concurrency_limit: Some(50),
                 paused: false,
                 submit_rate: None,
@@ -99,7 +105,9 @@ async fn seed(store: &Store, runs: usize, progress: &impl Fn(String)) -> anyhow:
             },
         )
         .await?;
-    progress(format!("creating {runs} runs over the last week (one every {every} s)"));
+    progress(format!(
+        "creating {runs} runs over the last week (one every {every} s)"
+    ));
     let to = chrono::Utc::now();
     let from = to - chrono::Duration::seconds(every as i64 * runs as i64);
     let (_, created) =
@@ -124,7 +132,13 @@ async fn seed(store: &Store, runs: usize, progress: &impl Fn(String)) -> anyhow:
     }
     if let Some(run) = sample.first() {
         let lines: Vec<(i64, String, String)> = (0..1000)
-            .map(|i| (now_micros(), "stdout".to_string(), format!("log line {i} of the bench run")))
+            .map(|i| {
+                (
+                    now_micros(),
+                    "stdout".to_string(),
+                    format!("log line {i} of the bench run"),
+                )
+            })
             .collect();
         store.append_logs(run.id, &lines).await?;
     }
@@ -138,10 +152,13 @@ pub async fn run_ui_bench(
     repeat: usize,
     progress: impl Fn(String),
 ) -> anyhow::Result<UiBenchReport> {
-    let dir = std::env::temp_dir().join(format!("pushpool-bench-ui-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "pushpool-bench-ui-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir)?;
-    let url = database_url
-        .unwrap_or_else(|| format!("sqlite://{}", dir.join("bench.db").display()));
+    let url =
+        database_url.unwrap_or_else(|| format!("sqlite://{}", dir.join("bench.db").display()));
     let store = Store::connect_with(&url, ConnectOptions::default()).await?;
     let backend = format!("{:?}", store.backend()).to_lowercase();
     let key = bootstrap(&store, &dir)
@@ -152,7 +169,13 @@ pub async fn run_ui_bench(
     progress(format!("seeded in {:.1} s", began.elapsed().as_secs_f64()));
     let ws = store.workspace("default").await?;
     let sample = store
-        .list_runs(ws.id, &RunFilter { limit: Some(1), ..RunFilter::default() })
+        .list_runs(
+            ws.id,
+            &RunFilter {
+                limit: Some(1),
+                ..RunFilter::default()
+            },
+        )
         .await?;
     // The newest run has the 1,000 log lines; an older one is still SCHEDULED (late).
     let with_logs = sample.first().map(|r| r.id).unwrap_or_default();
@@ -170,7 +193,9 @@ pub async fn run_ui_bench(
         .map(|r| r.id)
         .unwrap_or_default();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ServeOptions {

@@ -29,10 +29,18 @@ pub fn event_row(e: &Value) -> String {
         .or_else(|| e["resource"]["id"].as_str())
         .unwrap_or_default();
     let event = e["event"].as_str().unwrap_or_default();
-    let resource_html = if event.starts_with("flow_run") && uuid::Uuid::parse_str(resource).is_ok() {
-        format!("<a href=\"/ui/runs/{resource}\"><code>{}</code></a>", esc(short(resource)))
+    let resource_html = if event.starts_with("flow_run") && uuid::Uuid::parse_str(resource).is_ok()
+    {
+        format!(
+            "<a href=\"/ui/runs/{resource}\"><code>{}</code></a>",
+            esc(short(resource))
+        )
     } else {
-        format!("<code title=\"{0}\">{1}</code>", esc(resource), esc(short(resource)))
+        format!(
+            "<code title=\"{0}\">{1}</code>",
+            esc(resource),
+            esc(short(resource))
+        )
     };
     format!(
         "<tr><td>{}</td><td>{}</td><td>{resource_html}</td><td><code class=\"clip\">{}</code></td></tr>",
@@ -183,8 +191,12 @@ pub async fn revoke_key(
 ) -> UiResult<Response> {
     checked_form(&session, &headers, &body)?;
     let api = Api::new(&ui, &session);
-    api.send("DELETE", &api.ws_path(&format!("/api_keys/{}", seg(&id))), None)
-        .await?;
+    api.send(
+        "DELETE",
+        &api.ws_path(&format!("/api_keys/{}", seg(&id))),
+        None,
+    )
+    .await?;
     Ok(Redirect::to("/ui/keys").into_response())
 }
 

@@ -50,10 +50,10 @@ impl<'a> Api<'a> {
         path: &str,
         body: Option<&Value>,
     ) -> UiResult<(StatusCode, Value)> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.session.key));
+        let mut req = Request::builder().method(method).uri(path).header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", self.session.key),
+        );
         let body = match body {
             Some(b) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -65,7 +65,7 @@ impl<'a> Api<'a> {
             .body(body)
             .map_err(|e| UiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
         if let Some(peer) = &self.session.peer {
-            req.extensions_mut().insert(peer.clone());
+            req.extensions_mut().insert(*peer);
         }
         let response = self
             .ui

@@ -139,17 +139,37 @@ pub fn run_rows(runs: &[Value]) -> Vec<String> {
 }
 
 /// Headers of [`run_rows`].
-pub const RUN_HEADERS: &[&str] = &["Run", "Deployment", "Pool", "State", "Scheduled", "State since"];
+pub const RUN_HEADERS: &[&str] = &[
+    "Run",
+    "Deployment",
+    "Pool",
+    "State",
+    "Scheduled",
+    "State since",
+];
 
 /// Late runs (SCHEDULED more than 15 s past due; the longest late first) and the newest failed
 /// or crashed runs of the last week, of the pools the session may see.
-async fn attention(ui: &Ui, session: &Session, pools: &[WorkPool], now: DateTime<Utc>) -> UiResult<String> {
+async fn attention(
+    ui: &Ui,
+    session: &Session,
+    pools: &[WorkPool],
+    now: DateTime<Utc>,
+) -> UiResult<String> {
     let ws = session.caller.workspace()?;
     let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
     let store = &ui.app.store;
     let late_before = to_micros(now - Duration::seconds(15));
     let late = store
-        .runs_by_pool_and_state(ws.id, &ids, &[StateType::Scheduled], 0, late_before, true, 10)
+        .runs_by_pool_and_state(
+            ws.id,
+            &ids,
+            &[StateType::Scheduled],
+            0,
+            late_before,
+            true,
+            10,
+        )
         .await?;
     let week_ago = to_micros(now - Duration::days(7));
     let failed = store
@@ -164,7 +184,9 @@ async fn attention(ui: &Ui, session: &Session, pools: &[WorkPool], now: DateTime
         )
         .await?;
     let json = |runs: Vec<crate::model::FlowRun>| -> Vec<Value> {
-        runs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()
+        runs.iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect()
     };
     Ok(format!(
         "<section aria-labelledby=\"late-h\" class=\"card\"><h2 id=\"late-h\">Late runs</h2>{}</section>\
@@ -174,13 +196,22 @@ async fn attention(ui: &Ui, session: &Session, pools: &[WorkPool], now: DateTime
     ))
 }
 
-async fn chart(ui: &Ui, pools: &[WorkPool], window: Window, now: DateTime<Utc>) -> UiResult<String> {
+async fn chart(
+    ui: &Ui,
+    pools: &[WorkPool],
+    window: Window,
+    now: DateTime<Utc>,
+) -> UiResult<String> {
     let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
     let (width, n) = window.buckets();
     let w_us = width.num_microseconds().unwrap_or(1);
     let end = (to_micros(now) / w_us + 1) * w_us;
     let since = end - w_us * n;
-    let rows = ui.app.store.run_counts_by_bucket(&ids, since, w_us, n).await?;
+    let rows = ui
+        .app
+        .store
+        .run_counts_by_bucket(&ids, since, w_us, n)
+        .await?;
     let mut counts: HashMap<(i64, StateType), i64> = HashMap::new();
     let mut totals: HashMap<StateType, i64> = HashMap::new();
     for (b, s, c) in rows {
@@ -188,7 +219,12 @@ async fn chart(ui: &Ui, pools: &[WorkPool], window: Window, now: DateTime<Utc>) 
         *totals.entry(s).or_default() += c;
     }
     let per_bucket: Vec<i64> = (0..n)
-        .map(|b| STACK.iter().map(|s| counts.get(&(b, *s)).copied().unwrap_or(0)).sum())
+        .map(|b| {
+            STACK
+                .iter()
+                .map(|s| counts.get(&(b, *s)).copied().unwrap_or(0))
+                .sum()
+        })
         .collect();
     let max = per_bucket.iter().copied().max().unwrap_or(0).max(1);
     let (vw, vh, pad) = (720.0_f64, 200.0_f64, 4.0_f64);
@@ -283,7 +319,11 @@ async fn pools_health(ui: &Ui, session: &Session, pools: &[WorkPool]) -> UiResul
 
 async fn recent_events(api: &Api<'_>) -> UiResult<String> {
     let events: Vec<Value> = api.ws_get("/events?limit=10").await?;
-    let rows: Vec<String> = events.iter().take(10).map(super::admin::event_row).collect();
+    let rows: Vec<String> = events
+        .iter()
+        .take(10)
+        .map(super::admin::event_row)
+        .collect();
     Ok(format!(
         "<section aria-labelledby=\"events-h\" class=\"card\"><h2 id=\"events-h\">Recent events</h2>{}<p><a href=\"/ui/events\">All events</a></p></section>",
         table("Recent events", super::admin::EVENT_HEADERS, &rows, "No events yet.")
@@ -300,5 +340,11 @@ pub async fn active_by_pool(
         return Ok(HashMap::new());
     }
     let ids: Vec<uuid::Uuid> = pools.iter().map(|p| p.id).collect();
-    Ok(ui.app.store.active_runs_by_pool(&ids).await?.into_iter().collect())
+    Ok(ui
+        .app
+        .store
+        .active_runs_by_pool(&ids)
+        .await?
+        .into_iter()
+        .collect())
 }

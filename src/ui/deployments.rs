@@ -108,7 +108,9 @@ pub async fn detail(
             format!(
                 "<tr><td>{}</td><td><code>{}</code></td></tr>",
                 time_str(&u["scheduled_time"]),
-                esc(super::layout::short(u["schedule_id"].as_str().unwrap_or_default()))
+                esc(super::layout::short(
+                    u["schedule_id"].as_str().unwrap_or_default()
+                ))
             )
         })
         .collect();
@@ -163,15 +165,28 @@ pub async fn detail(
         updated = time_str(&d["updated"]),
         params = json_block(&d["parameters"]),
         jobvars = json_block(&d["job_variables"]),
-        schedules = table("Schedules", &["Id", "Kind", "Spec", "Time zone", "Status"], &schedule_rows, "No schedules."),
-        upcoming = table("Upcoming runs", &["Due", "Schedule"], &upcoming_rows, "Nothing scheduled."),
+        schedules = table(
+            "Schedules",
+            &["Id", "Kind", "Spec", "Time zone", "Status"],
+            &schedule_rows,
+            "No schedules."
+        ),
+        upcoming = table(
+            "Upcoming runs",
+            &["Due", "Schedule"],
+            &upcoming_rows,
+            "Nothing scheduled."
+        ),
         runs = table("Recent runs", RUN_HEADERS, &run_rows(&runs), "No runs yet."),
     );
     Ok(page(&session, Nav::Deployments, &name, &body).into_response())
 }
 
 /// A JSON object typed into a form field (empty means none).
-fn object_field(form: &std::collections::HashMap<String, String>, field: &str) -> UiResult<Map<String, Value>> {
+fn object_field(
+    form: &std::collections::HashMap<String, String>,
+    field: &str,
+) -> UiResult<Map<String, Value>> {
     let raw = form.get(field).map(|s| s.trim()).unwrap_or_default();
     if raw.is_empty() {
         return Ok(Map::new());
@@ -199,7 +214,10 @@ pub async fn run_now(
 ) -> UiResult<Response> {
     let form = checked_form(&session, &headers, &body)?;
     let mut request = Map::new();
-    request.insert("parameters".into(), Value::Object(object_field(&form, "parameters")?));
+    request.insert(
+        "parameters".into(),
+        Value::Object(object_field(&form, "parameters")?),
+    );
     let job_variables = object_field(&form, "job_variables")?;
     if !job_variables.is_empty() {
         request.insert("job_variables".into(), Value::Object(job_variables));

@@ -26,12 +26,20 @@ fn schema_brief(s: &Value) -> String {
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(list) = s[key].as_array() {
-            return list.iter().map(schema_brief).collect::<Vec<_>>().join(" or ");
+            return list
+                .iter()
+                .map(schema_brief)
+                .collect::<Vec<_>>()
+                .join(" or ");
         }
     }
     match &s["type"] {
         Value::String(t) => esc(t),
-        Value::Array(ts) => esc(&ts.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(" or ")),
+        Value::Array(ts) => esc(&ts
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")),
         _ => "any".into(),
     }
 }

@@ -40,7 +40,10 @@ pub fn time(t: &DateTime<Utc>) -> String {
 
 /// A time from an RFC 3339 string in a JSON answer.
 pub fn time_str(v: &Value) -> String {
-    match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
+    match v
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+    {
         Some(t) => time(&t.with_timezone(&Utc)),
         None => "—".into(),
     }
@@ -134,7 +137,12 @@ pub fn page(session: &Session, nav: Nav, title: &str, body: &str) -> Html<String
             "Deployments",
             session.has(Scope::DeploymentsRead),
         ),
-        (Nav::Pools, "/ui/pools", "Pools", session.has(Scope::PoolsRead)),
+        (
+            Nav::Pools,
+            "/ui/pools",
+            "Pools",
+            session.has(Scope::PoolsRead),
+        ),
         (
             Nav::Events,
             "/ui/events",
@@ -208,7 +216,11 @@ pub fn table(caption: &str, headers: &[&str], rows: &[String], empty: &str) -> S
     if rows.is_empty() {
         return format!(
             "<p class=\"empty\">{}</p>",
-            if empty.is_empty() { "Nothing yet." } else { empty }
+            if empty.is_empty() {
+                "Nothing yet."
+            } else {
+                empty
+            }
         );
     }
     let th: String = headers
@@ -263,10 +275,16 @@ mod tests {
 
     #[test]
     fn escapes_and_durations() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(duration(chrono::Duration::milliseconds(1234)), "1.2s");
         assert_eq!(duration(chrono::Duration::seconds(65)), "1m 05s");
-        assert_eq!(duration(chrono::Duration::seconds(3 * 3600 + 120)), "3h 02m");
+        assert_eq!(
+            duration(chrono::Duration::seconds(3 * 3600 + 120)),
+            "3h 02m"
+        );
         assert_eq!(duration(chrono::Duration::seconds(90_000)), "1d 01h");
     }
 }

@@ -59,7 +59,10 @@ pub fn router(app: AppState, api: Router) -> Router {
         .route("/ui/", get(|| async { Redirect::to("/ui") }))
         .route("/ui/assets/ui.css", get(css))
         .route("/ui/assets/ui.js", get(js))
-        .route("/ui/signin", get(session::signin_page).post(session::signin))
+        .route(
+            "/ui/signin",
+            get(session::signin_page).post(session::signin),
+        )
         .route("/ui/signout", post(session::signout))
         .route("/ui/runs", get(runs::list))
         .route("/ui/runs/{id}", get(runs::detail))

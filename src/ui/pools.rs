@@ -51,7 +51,14 @@ pub async fn list(State(ui): State<Ui>, session: Session) -> UiResult<Response> 
         "<h1>Pools</h1>{}",
         table(
             "Work pools",
-            &["Name", "Type", "Status", "In flight / limit", "Submit rate", "Updated"],
+            &[
+                "Name",
+                "Type",
+                "Status",
+                "In flight / limit",
+                "Submit rate",
+                "Updated"
+            ],
             &rows,
             "No pools yet. Create one with <code>pushpool pool create</code>."
         )
@@ -126,11 +133,23 @@ pub async fn detail(
         ty = esc(&p.pool_type),
         status = if p.paused { "paused" } else { "ready" },
         load = load(&p, &active),
-        rate = p.submit_rate.map(|r| format!("{r}/s per controller")).unwrap_or_else(|| "provider default".into()),
-        over = p.overridable_variables.as_ref().map(|v| esc(&v.join(", "))).unwrap_or_else(|| "any".into()),
+        rate = p
+            .submit_rate
+            .map(|r| format!("{r}/s per controller"))
+            .unwrap_or_else(|| "provider default".into()),
+        over = p
+            .overridable_variables
+            .as_ref()
+            .map(|v| esc(&v.join(", ")))
+            .unwrap_or_else(|| "any".into()),
         desc = esc(p.description.as_deref().unwrap_or("—")),
         updated = time(&p.updated),
-        queues = table("Queues", &["Name", "Priority", "Limit", "Paused"], &queue_rows, "No queues."),
+        queues = table(
+            "Queues",
+            &["Name", "Priority", "Limit", "Paused"],
+            &queue_rows,
+            "No queues."
+        ),
         jc = json_block(&template["job_configuration"]),
         vars = json_block(&template["variables"]),
         runs = table("Recent runs", RUN_HEADERS, &run_rows(&runs), "No runs yet."),

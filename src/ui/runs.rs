@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use super::client::{seg, Api};
 use super::dashboard::{run_rows, RUN_HEADERS};
-use super::layout::{badge, button, duration, esc, json_block, page, short, table, text, time, Nav};
+use super::layout::{
+    badge, button, duration, esc, json_block, page, short, table, text, time, Nav,
+};
 use super::session::{checked_form, Session, UiError, UiResult};
 use super::Ui;
 use crate::access::Scope;
@@ -38,7 +40,11 @@ fn time_param(v: &str) -> Option<String> {
     if DateTime::parse_from_rfc3339(v).is_ok() {
         return Some(v.to_string());
     }
-    let with_secs = if v.len() == 16 { format!("{v}:00") } else { v.to_string() };
+    let with_secs = if v.len() == 16 {
+        format!("{v}:00")
+    } else {
+        v.to_string()
+    };
     Some(format!("{with_secs}Z"))
 }
 
@@ -111,9 +117,16 @@ pub async fn list(
         select(
             "state",
             "State",
-            ALL_STATE_TYPES.iter().map(|s| s.as_str().to_string()).collect()
+            ALL_STATE_TYPES
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect()
         ),
-        select("pool", "Pool", pools.iter().map(|p| p.name.clone()).collect()),
+        select(
+            "pool",
+            "Pool",
+            pools.iter().map(|p| p.name.clone()).collect()
+        ),
         select(
             "deployment",
             "Deployment",
@@ -145,7 +158,14 @@ pub async fn list(
             ));
         }
     }
-    let self_url = format!("/ui/runs?{keep}{}", if cursor.is_empty() { String::new() } else { format!("&cursor={}", enc(cursor)) });
+    let self_url = format!(
+        "/ui/runs?{keep}{}",
+        if cursor.is_empty() {
+            String::new()
+        } else {
+            format!("&cursor={}", enc(cursor))
+        }
+    );
     let body = format!(
         "<h1>Runs</h1>{form}<div id=\"runs\" data-refresh=\"{}\">{}</div><nav class=\"pager\" aria-label=\"Pages\">{pager}</nav>",
         esc(&self_url),
@@ -266,7 +286,12 @@ pub async fn detail(
     let tags = if typed.tags.is_empty() {
         "—".to_string()
     } else {
-        typed.tags.iter().map(|t| format!("<span class=\"tag\">{}</span>", esc(t))).collect::<Vec<_>>().join(" ")
+        typed
+            .tags
+            .iter()
+            .map(|t| format!("<span class=\"tag\">{}</span>", esc(t)))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let body = format!(
         r#"<div id="run" data-live="{live}" data-live-url="/ui/runs/{id}/live" data-logs="{nlogs}">
@@ -357,7 +382,11 @@ pub async fn cancel(
 ) -> UiResult<Response> {
     checked_form(&session, &headers, &body)?;
     Api::new(&ui, &session)
-        .send("POST", &Api::new(&ui, &session).ws_path(&format!("/flow_runs/{}/cancel", seg(&id))), None)
+        .send(
+            "POST",
+            &Api::new(&ui, &session).ws_path(&format!("/flow_runs/{}/cancel", seg(&id))),
+            None,
+        )
         .await?;
     Ok(Redirect::to(&format!("/ui/runs/{}", seg(&id))).into_response())
 }
@@ -383,7 +412,10 @@ pub async fn rerun(
     let mut request = Map::new();
     request.insert("parameters".into(), Value::Object(run.parameters.clone()));
     if !run.job_variables.is_empty() {
-        request.insert("job_variables".into(), Value::Object(run.job_variables.clone()));
+        request.insert(
+            "job_variables".into(),
+            Value::Object(run.job_variables.clone()),
+        );
     }
     let created = api
         .send(

@@ -353,7 +353,10 @@ pub async fn signin(State(ui): State<Ui>, headers: HeaderMap, body: axum::body::
         )
         .into_response();
     }
-    let key = f.get("key").map(|k| k.trim().to_string()).unwrap_or_default();
+    let key = f
+        .get("key")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
     let fresh = crate::auth::RunTokens::new_secret();
     match crate::api::guard::key_caller(&ui.app, &key).await {
         Ok(_) => {

@@ -28,7 +28,8 @@ async fn sign_in(b: &Browser, base: &str, key: &str) {
     }
     b.fill("#key", key).await;
     b.click("form.signin button[type=submit]").await;
-    b.wait_text("h1", "Dashboard", Duration::from_secs(10)).await;
+    b.wait_text("h1", "Dashboard", Duration::from_secs(10))
+        .await;
 }
 
 /// Nothing but the server under test was asked for, by the page or anything else the browser did.
@@ -36,7 +37,11 @@ async fn assert_loopback_only(b: &Browser, proxy: &TrapProxy, base: &str) {
     for url in b.loaded_urls().await {
         assert!(url.starts_with(base), "the page loaded {url}");
     }
-    assert_eq!(proxy.attempts(), Vec::<String>::new(), "non-loopback requests were attempted");
+    assert_eq!(
+        proxy.attempts(),
+        Vec::<String>::new(),
+        "non-loopback requests were attempted"
+    );
 }
 
 #[tokio::test]
@@ -61,17 +66,24 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     b.wait_text("h1", "Run", Duration::from_secs(10)).await;
     let run_url = b.url().await;
     b.js("window.__notReloaded = true; return 1;").await;
-    b.wait_text("#run-state", "Completed", Duration::from_secs(60)).await;
-    assert_eq!(b.js("return window.__notReloaded === true;").await, true, "the page reloaded");
+    b.wait_text("#run-state", "Completed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        b.js("return window.__notReloaded === true;").await,
+        true,
+        "the page reloaded"
+    );
     // Its logs arrived on the page, live.
-    b.wait_text("#logs", "hello-from-the-ui", Duration::from_secs(15)).await;
+    b.wait_text("#logs", "hello-from-the-ui", Duration::from_secs(15))
+        .await;
     let timeline = b.text("#run-timeline").await;
     for state in ["Scheduled", "Running", "Completed"] {
         assert!(timeline.contains(state), "timeline: {timeline}");
     }
     assert!(b.text(".facts").await.contains("Infrastructure id"));
     assert!(b.text("body").await.contains("browser"), "parameters shown");
-    b.js("document.querySelectorAll('details').forEach(function(d){d.open=true;}); return 1;").await;
+    b.js("document.querySelectorAll('details').forEach(function(d){d.open=true;}); return 1;")
+        .await;
     b.screenshot(&shots.join("run-detail.png")).await;
     assert!(run_url.contains("/ui/runs/"));
 
@@ -79,10 +91,15 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     let long = api_run(&s, "sleeper").await;
     wait_state(&s, &long, "RUNNING", 60).await;
     b.goto(&format!("{}/ui/runs/{long}", s.base)).await;
-    b.wait_text("#run-state", "Running", Duration::from_secs(10)).await;
+    b.wait_text("#run-state", "Running", Duration::from_secs(10))
+        .await;
     b.click("#run-actions form[action$='/cancel'] button").await;
-    b.wait_text("#run-state", "Cancelled", Duration::from_secs(60)).await;
-    assert!(b.all("#run-actions form[action$='/cancel']").await.is_empty());
+    b.wait_text("#run-state", "Cancelled", Duration::from_secs(60))
+        .await;
+    assert!(b
+        .all("#run-actions form[action$='/cancel']")
+        .await
+        .is_empty());
 
     // The runs list, filtered.
     b.goto(&format!("{}/ui/runs", s.base)).await;
@@ -90,18 +107,28 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     b.screenshot(&shots.join("runs.png")).await;
     b.goto(&format!("{}/ui/runs?state=CANCELLED", s.base)).await;
     let cancelled = b.text("#runs").await;
-    assert!(cancelled.contains("sleeper") && !cancelled.contains("hello"), "{cancelled}");
+    assert!(
+        cancelled.contains("sleeper") && !cancelled.contains("hello"),
+        "{cancelled}"
+    );
 
     // Pause the pool.
     b.goto(&format!("{}/ui/pools/local", s.base)).await;
     b.click("form[action$='/pause'] button").await;
-    b.wait_text("#pool-status", "paused", Duration::from_secs(10)).await;
+    b.wait_text("#pool-status", "paused", Duration::from_secs(10))
+        .await;
     assert!(!b.all("form[action$='/resume']").await.is_empty());
 
     // The dashboard, with the chart, late/failed lists, pools and events.
     b.goto(&format!("{}/ui?window=hour", s.base)).await;
     let dash = b.text("main").await;
-    for part in ["Late runs", "Failed and crashed", "Runs per state", "Pools", "Recent events"] {
+    for part in [
+        "Late runs",
+        "Failed and crashed",
+        "Runs per state",
+        "Pools",
+        "Recent events",
+    ] {
         assert!(dash.contains(part), "dashboard lacks {part}");
     }
     assert!(!b.all("svg rect.bar").await.is_empty(), "chart has bars");
@@ -127,7 +154,10 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
     // The API reference loads completely from this server too.
     b.goto(&format!("{}/docs", s.base)).await;
     let docs = b.text("main").await;
-    assert!(docs.contains("/api/workspaces/{ws}/flow_runs") && docs.contains("Schemas"), "docs");
+    assert!(
+        docs.contains("/api/workspaces/{ws}/flow_runs") && docs.contains("Schemas"),
+        "docs"
+    );
     assert_loopback_only(&b, &proxy, &s.base).await;
 
     // Sign out: the session is gone.
@@ -153,8 +183,12 @@ async fn browser_viewer_sees_no_cancel_button_and_a_forged_post_is_refused() {
     let b = Browser::start(&chromium, &driver, &proxy).await;
     sign_in(&b, &s.base, &viewer).await;
     b.goto(&format!("{}/ui/runs/{long}", s.base)).await;
-    b.wait_text("#run-state", "Running", Duration::from_secs(10)).await;
-    assert!(b.all("#run-actions button").await.is_empty(), "a viewer sees no buttons");
+    b.wait_text("#run-state", "Running", Duration::from_secs(10))
+        .await;
+    assert!(
+        b.all("#run-actions button").await.is_empty(),
+        "a viewer sees no buttons"
+    );
     assert!(b.all("form[action$='/cancel']").await.is_empty());
     // Forge the POST from the page, with the session's own CSRF token: the API refuses it.
     let status = b
@@ -177,8 +211,16 @@ async fn browser_viewer_sees_no_cancel_button_and_a_forged_post_is_refused() {
     // own request never gets that far (the CSP refuses it first), so navigate there.
     b.goto("http://blocked.example/pixel.png").await;
     let start = std::time::Instant::now();
-    while !proxy.attempts().iter().any(|a| a.contains("blocked.example")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the trap missed a page's request: {:?}", proxy.attempts());
+    while !proxy
+        .attempts()
+        .iter()
+        .any(|a| a.contains("blocked.example"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the trap missed a page's request: {:?}",
+            proxy.attempts()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.quit().await;

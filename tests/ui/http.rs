@@ -57,7 +57,11 @@ async fn ui_root_redirects_and_pages_need_a_session() {
     let r = c.get(format!("{}/", s.base)).send().await.unwrap();
     assert!(r.status().is_redirection());
     assert_eq!(r.headers()[LOCATION], "/ui");
-    let r = c.get(format!("{}/ui/runs?state=FAILED", s.base)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/ui/runs?state=FAILED", s.base))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_redirection());
     assert_eq!(
         r.headers()[LOCATION],
@@ -72,13 +76,24 @@ async fn ui_root_redirects_and_pages_need_a_session() {
         .unwrap();
     assert!(r.status().is_redirection());
     // Assets and the sign-in page need none, and name no other origin.
-    for path in ["/ui/assets/ui.css", "/ui/assets/ui.js", "/ui/signin", "/docs"] {
+    for path in [
+        "/ui/assets/ui.css",
+        "/ui/assets/ui.js",
+        "/ui/signin",
+        "/docs",
+    ] {
         let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
-        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
         let body = r.text().await.unwrap();
-        assert!(!body.contains("https://") && !body.contains("http://"), "{path} names another origin");
+        assert!(
+            !body.contains("https://") && !body.contains("http://"),
+            "{path} names another origin"
+        );
     }
 }
 
@@ -114,7 +129,11 @@ async fn ui_signin_sets_a_strict_httponly_cookie_and_needs_its_csrf_token() {
     let r = c
         .post(format!("{}/ui/signin", s.base))
         .header(COOKIE, &cookie)
-        .form(&[("key", s.admin_key.as_str()), ("csrf", token.as_str()), ("next", "/ui/runs")])
+        .form(&[
+            ("key", s.admin_key.as_str()),
+            ("csrf", token.as_str()),
+            ("next", "/ui/runs"),
+        ])
         .send()
         .await
         .unwrap();
@@ -126,8 +145,14 @@ async fn ui_signin_sets_a_strict_httponly_cookie_and_needs_its_csrf_token() {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
-    let session = set.iter().find(|c| c.starts_with("pushpool_session=")).unwrap();
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("pushpool_session="))
+        .unwrap();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
     assert!(!session.contains("Secure"), "{session}");
     // Behind a TLS proxy the cookie is Secure.
     let (token, cookie) = signin_token(&c, &s.base).await;
@@ -135,7 +160,11 @@ async fn ui_signin_sets_a_strict_httponly_cookie_and_needs_its_csrf_token() {
         .post(format!("{}/ui/signin", s.base))
         .header(COOKIE, &cookie)
         .header("x-forwarded-proto", "https")
-        .form(&[("key", s.admin_key.as_str()), ("csrf", token.as_str()), ("next", "https://evil.example/")])
+        .form(&[
+            ("key", s.admin_key.as_str()),
+            ("csrf", token.as_str()),
+            ("next", "https://evil.example/"),
+        ])
         .send()
         .await
         .unwrap();
@@ -185,7 +214,10 @@ async fn ui_forms_need_the_session_csrf_token_and_a_same_site_origin() {
     let (_, audit) = call_json(
         &s.client,
         "GET",
-        &format!("{}/api/workspaces/default/audit_log?action=flow_run.cancel", s.base),
+        &format!(
+            "{}/api/workspaces/default/audit_log?action=flow_run.cancel",
+            s.base
+        ),
         &s.admin_key,
         None,
     )
@@ -210,7 +242,10 @@ async fn ui_viewer_sees_no_buttons_and_its_forged_posts_are_refused() {
         .await
         .unwrap();
     assert!(page.contains("id=\"run-state\""), "{page}");
-    assert!(!page.contains("/cancel\""), "a viewer sees no cancel button");
+    assert!(
+        !page.contains("/cancel\""),
+        "a viewer sees no cancel button"
+    );
     for path in ["/ui/pools/local", "/ui/deployments/hello"] {
         let html = c
             .get(format!("{}{path}", s.base))
@@ -221,7 +256,10 @@ async fn ui_viewer_sees_no_buttons_and_its_forged_posts_are_refused() {
             .text()
             .await
             .unwrap();
-        assert!(!html.contains("/pause\"") && !html.contains("/run\""), "{path}");
+        assert!(
+            !html.contains("/pause\"") && !html.contains("/run\""),
+            "{path}"
+        );
     }
     // Owner-only pages are not offered, and refused when asked for.
     assert!(!page.contains("/ui/audit"));

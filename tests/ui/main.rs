@@ -63,7 +63,10 @@ pub async fn api_run(s: &Served, deployment: &str) -> String {
     let (st, body) = call_json(
         &s.client,
         "POST",
-        &format!("{}/api/workspaces/default/deployments/{deployment}/runs", s.base),
+        &format!(
+            "{}/api/workspaces/default/deployments/{deployment}/runs",
+            s.base
+        ),
         &s.admin_key,
         None,
     )
@@ -82,7 +85,10 @@ pub async fn run_state(s: &Served, id: &str) -> String {
         None,
     )
     .await;
-    body["state"]["type"].as_str().unwrap_or_default().to_string()
+    body["state"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Waits (up to `secs`) until the run is in `want`.

@@ -36,7 +36,9 @@ pub fn browser_or_skip() -> Option<(String, String)> {
              (scripts/test does when it runs as root)"
         ),
         None => {
-            eprintln!("SKIPPED: no chromium/chromedriver (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "SKIPPED: no chromium/chromedriver (apt-get install chromium chromium-driver)"
+            );
             None
         }
     }
@@ -131,7 +133,10 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let ready = Instant::now();
         while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(ready.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            assert!(
+                ready.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let profile = tempfile::tempdir().unwrap();
@@ -243,7 +248,10 @@ impl Browser {
         let inner = self
             .js("return [window.innerWidth, window.innerHeight];")
             .await;
-        let (iw, ih) = (inner[0].as_u64().unwrap_or(0), inner[1].as_u64().unwrap_or(0));
+        let (iw, ih) = (
+            inner[0].as_u64().unwrap_or(0),
+            inner[1].as_u64().unwrap_or(0),
+        );
         let (dw, dh) = (
             (width as u64).saturating_sub(iw),
             (height as u64).saturating_sub(ih),
@@ -290,7 +298,11 @@ impl Browser {
                         .as_str()
                         .or_else(|| e["ELEMENT"].as_str())
                         .map(str::to_string)
-                        .or_else(|| panic!("find `{css}`: an element reference of a shape unknown here: {e}"))
+                        .or_else(|| {
+                            panic!(
+                                "find `{css}`: an element reference of a shape unknown here: {e}"
+                            )
+                        })
                 })
                 .collect(),
             None => panic!("find `{css}`: {v}"),
@@ -310,7 +322,11 @@ impl Browser {
     pub async fn click(&self, css: &str) {
         let e = self.find(css).await;
         let v = self
-            .cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({})))
+            .cmd(
+                reqwest::Method::POST,
+                &format!("/element/{e}/click"),
+                Some(json!({})),
+            )
             .await;
         assert!(v.get("error").is_none(), "click {css}: {v}");
     }
@@ -318,8 +334,12 @@ impl Browser {
     /// Clears an input and types into it.
     pub async fn fill(&self, css: &str, text: &str) {
         let e = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{e}/clear"), Some(json!({})))
-            .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{e}/clear"),
+            Some(json!({})),
+        )
+        .await;
         let v = self
             .cmd(
                 reqwest::Method::POST,
@@ -376,7 +396,11 @@ impl Browser {
             .js("return [location.href].concat(performance.getEntriesByType('resource').map(function(e){return e.name;}));")
             .await;
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
