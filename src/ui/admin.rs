@@ -19,6 +19,15 @@ pub const EVENT_HEADERS: &[&str] = &["When", "Event", "Resource", "Details"];
 
 /// One event as a table row.
 pub fn event_row(e: &Value) -> String {
+    event_row_with(e, true)
+}
+
+/// One event as a row of when, what and which object (the dashboard's narrow card).
+pub fn event_row_brief(e: &Value) -> String {
+    event_row_with(e, false)
+}
+
+fn event_row_with(e: &Value, with_details: bool) -> String {
     let payload = e.get("payload").cloned().unwrap_or(Value::Null);
     let mut details = serde_json::to_string(&payload).unwrap_or_default();
     if details.chars().count() > 160 {
@@ -42,11 +51,15 @@ pub fn event_row(e: &Value) -> String {
             esc(short(resource))
         )
     };
+    let details = if with_details {
+        format!("<td><code class=\"clip\">{}</code></td>", esc(&details))
+    } else {
+        String::new()
+    };
     format!(
-        "<tr><td>{}</td><td>{}</td><td>{resource_html}</td><td><code class=\"clip\">{}</code></td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{resource_html}</td>{details}</tr>",
         time_str(e.get("occurred").unwrap_or(&Value::Null)),
         esc(event),
-        esc(&details)
     )
 }
 

@@ -322,11 +322,11 @@ async fn recent_events(api: &Api<'_>) -> UiResult<String> {
     let rows: Vec<String> = events
         .iter()
         .take(10)
-        .map(super::admin::event_row)
+        .map(super::admin::event_row_brief)
         .collect();
     Ok(format!(
         "<section aria-labelledby=\"events-h\" class=\"card\"><h2 id=\"events-h\">Recent events</h2>{}<p><a href=\"/ui/events\">All events</a></p></section>",
-        table("Recent events", super::admin::EVENT_HEADERS, &rows, "No events yet.")
+        table("Recent events", &["When", "Event", "Resource"], &rows, "No events yet.")
     ))
 }
 

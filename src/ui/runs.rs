@@ -311,9 +311,9 @@ pub async fn detail(
 </dl></section>
 <section class="card" aria-labelledby="tl-h"><h2 id="tl-h">State timeline</h2><div id="run-timeline">{timeline}</div></section>
 </div>
+<section class="card" aria-labelledby="logs-h"><h2 id="logs-h">Logs</h2><pre id="logs" class="logs" tabindex="0" aria-live="polite">{log_html}</pre></section>
 <section class="card" aria-labelledby="params-h"><h2 id="params-h">Parameters</h2>{params}
 <details><summary>Run job variables</summary>{jobvars}</details>{job_config}</section>
-<section class="card" aria-labelledby="logs-h"><h2 id="logs-h">Logs</h2><pre id="logs" class="logs" tabindex="0" aria-live="polite">{log_html}</pre></section>
 </div>"#,
         live = if terminal { "0" } else { "1" },
         id = typed.id,
@@ -368,6 +368,11 @@ pub async fn live(
         "logs_html": log_lines(new_logs),
         "logs": logs.len(),
         "can_cancel": !terminal && run.state.state_type != StateType::Cancelling && session.can(Method::Post, CANCEL),
+        "rerun_html": if terminal && session.can(Method::Post, CREATE) {
+            button(&session, &format!("/ui/runs/{run_id}/rerun"), "Re-run", "")
+        } else {
+            String::new()
+        },
     }))
     .into_response())
 }

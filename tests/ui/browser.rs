@@ -86,6 +86,15 @@ async fn browser_owner_runs_watches_cancels_and_pauses() {
         .await;
     b.screenshot(&shots.join("run-detail.png")).await;
     assert!(run_url.contains("/ui/runs/"));
+    // Re-run: a new run of the deployment with the same parameters.
+    b.click("#run-actions form[action$='/rerun'] button").await;
+    b.wait_text("#run-state", "Completed", Duration::from_secs(60))
+        .await;
+    assert_ne!(b.url().await, run_url, "re-run opened the new run");
+    assert!(
+        b.text("#main").await.contains("\"who\": \"browser\""),
+        "same parameters"
+    );
 
     // Cancel a long run from its page and see CANCELLED, again without reloading.
     let long = api_run(&s, "sleeper").await;

@@ -42,6 +42,9 @@
             var c = document.querySelector("#run-actions form[action$='/cancel']");
             if (c) c.remove();
           }
+          if (d.rerun_html && !document.querySelector("#run-actions form[action$='/rerun']")) {
+            document.getElementById("run-actions").insertAdjacentHTML("beforeend", d.rerun_html);
+          }
           if (d.terminal) {
             el.setAttribute("data-live", "0");
           } else {
