@@ -311,7 +311,7 @@ pub async fn detail(
 </dl></section>
 <section class="card" aria-labelledby="tl-h"><h2 id="tl-h">State timeline</h2><div id="run-timeline">{timeline}</div></section>
 </div>
-<section class="card" aria-labelledby="logs-h"><h2 id="logs-h">Logs</h2><pre id="logs" class="logs" tabindex="0" aria-live="polite">{log_html}</pre></section>
+<section class="card" aria-labelledby="logs-h"><h2 id="logs-h">Logs <span class="muted">(times UTC)</span></h2><pre id="logs" class="logs" tabindex="0" aria-live="polite">{log_html}</pre></section>
 <section class="card" aria-labelledby="params-h"><h2 id="params-h">Parameters</h2>{params}
 <details><summary>Run job variables</summary>{jobvars}</details>{job_config}</section>
 </div>"#,

@@ -344,3 +344,69 @@ async fn ui_another_workspace_key_sees_nothing_of_this_one() {
         .unwrap();
     assert!(!list.contains(&id), "another workspace's run listed");
 }
+
+/// The dashboard's own store reads (chart counts per bucket, late and failed runs, runs in
+/// flight per pool) on both backends: the numbers match what happened.
+#[tokio::test]
+async fn ui_dashboard_counts_runs_on_sqlite_and_postgres() {
+    let mut dbs = vec![pushpool_testkit::sqlite_db()];
+    dbs.extend(pushpool_testkit::postgres_db().await);
+    for db in dbs {
+        let (s, _db) = super::seeded_on(db).await;
+        let c = no_redirects();
+        let done = api_run(&s, "hello").await;
+        wait_state(&s, &done, "COMPLETED", 60).await;
+        let long = api_run(&s, "sleeper").await;
+        wait_state(&s, &long, "RUNNING", 60).await;
+        // Due a minute ago and never claimed (its pool is paused): late.
+        let (st, _) = call_json(
+            &s.client,
+            "PATCH",
+            &format!("{}/api/workspaces/default/work_pools/local", s.base),
+            &s.admin_key,
+            Some(json!({"paused": true})),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let at = (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339();
+        let (st, late) = call_json(
+            &s.client,
+            "POST",
+            &format!("{}/api/workspaces/default/deployments/hello/runs", s.base),
+            &s.admin_key,
+            Some(json!({"scheduled_time": at})),
+        )
+        .await;
+        assert_eq!(st, 201, "{late}");
+        let late_id = late["id"].as_str().unwrap();
+        for window in ["hour", "day", "week"] {
+            let html = c
+                .get(format!("{}/ui?window={window}", s.base))
+                .header(COOKIE, format!("pushpool_session={}", s.admin_key))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            for (state, n) in [
+                ("COMPLETED", 1),
+                ("RUNNING", 1),
+                ("SCHEDULED", 1),
+                ("FAILED", 0),
+            ] {
+                assert!(
+                    html.contains(&format!("{state} <strong>{n}</strong>")),
+                    "{window}: {state} {n}"
+                );
+            }
+            assert!(html.contains("(3 runs by scheduled time)"), "{window}");
+            assert!(
+                html.contains(&format!("/ui/runs/{late_id}")),
+                "{window}: the late run is listed"
+            );
+            assert!(html.contains("1 / ∞"), "{window}: one run in flight");
+        }
+        super::cancel_all(&s, &long).await;
+    }
+}

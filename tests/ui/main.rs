@@ -14,8 +14,12 @@ use serde_json::{json, Value};
 /// A served fresh SQLite store with a controller, a `process` pool `local` and deployments
 /// `hello` (prints and completes) and `sleeper` (runs a minute).
 pub async fn seeded() -> (Served, TestDb) {
+    seeded_on(sqlite_db()).await
+}
+
+/// [`seeded`] on a given fresh store.
+pub async fn seeded_on(db: TestDb) -> (Served, TestDb) {
     pushpool_testkit::env::loopback_only();
-    let db = sqlite_db();
     let s = serve_fresh(&db.url, true).await;
     let ws = format!("{}/api/workspaces/default", s.base);
     let (st, body) = call_json(
@@ -105,4 +109,16 @@ pub async fn wait_state(s: &Served, id: &str, want: &str, secs: u64) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Cancels a run through the API (so no `sleep 60` outlives its test).
+pub async fn cancel_all(s: &Served, id: &str) {
+    let _ = call_json(
+        &s.client,
+        "POST",
+        &format!("{}/api/workspaces/default/flow_runs/{id}/cancel", s.base),
+        &s.admin_key,
+        None,
+    )
+    .await;
 }

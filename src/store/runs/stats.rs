@@ -14,9 +14,9 @@ use crate::store::{Result, Store};
 
 impl Store {
     /// Runs of the pools `pool_ids` scheduled in `[since, since + buckets × width)`, counted
-    /// per bucket index (0-based) and current state type. One read per pool and state type of
-    /// the `(state_type, pool_id, scheduled_time)` index alone (no table rows are visited), so a
-    /// week of 100,000 runs is counted in milliseconds. The caller passes its workspace's pools.
+    /// per bucket index (0-based) and current state type. One statement per pool and state type,
+    /// reading the `(state_type, pool_id, scheduled_time)` index alone (no table rows are
+    /// visited). The caller passes its workspace's pools.
     pub async fn run_counts_by_bucket(
         &self,
         pool_ids: &[Uuid],
@@ -25,25 +25,35 @@ impl Store {
         buckets: i64,
     ) -> Result<Vec<(i64, StateType, i64)>> {
         let width = width.max(1);
-        let until = since + width * buckets;
+        // One range count per bucket, in one statement: each reads the index alone, with no
+        // sorter for a GROUP BY over an expression (several times faster on SQLite). The bounds
+        // are integers computed here, written into the SQL.
+        let sql = (0..buckets.max(0))
+            .map(|b| {
+                let lo = since + b * width;
+                format!(
+                    "SELECT CAST({b} AS BIGINT) AS bucket, COUNT(*) AS n FROM flow_runs WHERE state_type = $1 \
+                     AND pool_id = $2 AND scheduled_time >= {lo} AND scheduled_time < {}",
+                    lo + width
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
         let mut out = vec![];
         for pool in pool_ids {
             for state in crate::state::ALL_STATE_TYPES {
-                let query = sqlx::query(
-                    "SELECT (scheduled_time - $3) / $4 AS bucket, COUNT(*) AS n FROM flow_runs \
-                     WHERE state_type = $1 AND pool_id = $2 AND scheduled_time >= $3 \
-                     AND scheduled_time < $5 GROUP BY (scheduled_time - $3) / $4",
-                )
-                .bind(state.as_str())
-                .bind(pool.to_string())
-                .bind(since)
-                .bind(width)
-                .bind(until);
+                let query = sqlx::query(&sql)
+                    .bind(state.as_str())
+                    .bind(pool.to_string());
                 out.extend(
                     self.fetch_rows(query, |row| {
-                        Ok((row.try_get("bucket")?, state, row.try_get("n")?))
+                        let bucket: i64 = row.try_get("bucket")?;
+                        let n: i64 = row.try_get("n")?;
+                        Ok((bucket, state, n))
                     })
-                    .await?,
+                    .await?
+                    .into_iter()
+                    .filter(|(_, _, n)| *n > 0),
                 );
             }
         }
