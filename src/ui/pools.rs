@@ -77,9 +77,24 @@ pub async fn detail(
     let queues: Vec<Value> = api
         .ws_get(&format!("/work_pools/{}/queues", seg(&p.name)))
         .await?;
+    // The newest by scheduled time, read through the (state, pool, time) index.
     let runs: Vec<Value> = if session.has(Scope::RunsRead) {
-        api.ws_get(&format!("/flow_runs?work_pool={}&limit=10", seg(&p.name)))
+        let ws = session.caller.workspace()?;
+        ui.app
+            .store
+            .runs_by_pool_and_state(
+                ws.id,
+                &[p.id],
+                &crate::state::ALL_STATE_TYPES,
+                0,
+                i64::MAX,
+                false,
+                10,
+            )
             .await?
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect()
     } else {
         vec![]
     };

@@ -127,4 +127,15 @@ impl Store {
         out.truncate(limit.max(0) as usize);
         Ok(out)
     }
+
+    /// On PostgreSQL, what autovacuum does a little after many writes (`VACUUM ANALYZE`: fresh
+    /// planner statistics and visibility map). The UI bench calls it after its bulk seed, so it
+    /// measures the plans of a running server, not those of empty-table guesses. On SQLite
+    /// nothing: pushpool never analyzes a SQLite store, so neither does the bench.
+    pub async fn vacuum_analyze(&self) -> Result<()> {
+        if self.backend() == crate::store::Backend::Postgres {
+            sqlx::query("VACUUM ANALYZE").execute(self.db()).await?;
+        }
+        Ok(())
+    }
 }
