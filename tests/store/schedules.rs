@@ -257,6 +257,32 @@ async fn catch_up_follows_each_policy_and_the_runs_execute(db: TestDb) {
             .all(|r| r.state.state_type == StateType::Completed)
         {
             assert_eq!(runs.len(), total);
+            // A slot run has no history row for its creation; its history still starts with
+            // SCHEDULED at the run's creation, then every accepted state, exactly once each.
+            let run = &runs[0];
+            let history = e.store.state_history(run.id).await.unwrap();
+            let types: Vec<StateType> = history.iter().map(|h| h.state_type).collect();
+            assert_eq!(
+                types,
+                [
+                    StateType::Scheduled,
+                    StateType::Pending,
+                    StateType::Running,
+                    StateType::Completed
+                ]
+            );
+            assert_eq!(history[0].transition_id, format!("create-{}", run.id));
+            assert_eq!(history[0].timestamp, run.created);
+            let journal = e.store.workspace_history(e.ws).await.unwrap();
+            for r in &runs {
+                let of_run: Vec<StateType> = journal
+                    .iter()
+                    .filter(|(id, _)| *id == r.id)
+                    .map(|(_, t)| *t)
+                    .collect();
+                assert_eq!(of_run.first(), Some(&StateType::Scheduled), "{}", r.id);
+                assert_eq!(of_run.len(), 4, "{}", r.id);
+            }
             break;
         }
         assert!(
