@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod automations;
 pub mod controller;
 pub mod execution;
 pub mod handover;

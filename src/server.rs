@@ -336,6 +336,15 @@ pub async fn serve(
             let scheduler = crate::scheduler::Scheduler::new(store.clone(), config);
             tokio::spawn(scheduler.run(stop_rx.clone()))
         });
+    // Automations (issue 14) run wherever a controller runs; several engines share the work.
+    let automations_task = options.controller.then(|| {
+        let mut config = crate::automations::EngineConfig::default();
+        if let Some(id) = &options.controller_id {
+            config.id = format!("{id}-automations");
+        }
+        let engine = crate::automations::Engine::new(store.clone(), config);
+        tokio::spawn(engine.run(stop_rx.clone()))
+    });
     let api_task = listener.map(|listener| {
         let app = router(AppState {
             store: store.clone(),
@@ -363,6 +372,9 @@ pub async fn serve(
         let _ = t.await;
     }
     if let Some(t) = scheduler_task {
+        let _ = t.await;
+    }
+    if let Some(t) = automations_task {
         let _ = t.await;
     }
     if let Some(t) = api_task {

@@ -8,6 +8,7 @@
 
 mod access;
 mod api;
+mod automations;
 mod deployments;
 mod input;
 mod output;
@@ -29,6 +30,7 @@ use serde_json::Value;
 use api::{Api, CliError};
 use output::{emit, pretty};
 
+pub use automations::AutomationArgs;
 pub use deployments::DeploymentArgs;
 pub use pools::PoolArgs;
 pub use runs::RunArgs;
@@ -100,6 +102,8 @@ pub enum ClientCommand {
     Role(access::RoleArgs),
     /// The workspace's audit log.
     Audit(access::AuditArgs),
+    /// Automations: triggers and the actions they start.
+    Automation(AutomationArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -141,6 +145,7 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Member(m) => access::member(&api, out, m.command).await,
         ClientCommand::Role(r) => access::role(&api, out, r.command).await,
         ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
+        ClientCommand::Automation(a) => automations::automation(&api, out, a.command).await,
     }
 }
 

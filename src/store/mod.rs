@@ -5,6 +5,7 @@
 //! notifications) the code branches on [`Backend`]. Migrations are embedded and applied at connect.
 
 mod access;
+mod automations;
 pub mod crypto;
 mod grants;
 mod objects;
@@ -23,6 +24,9 @@ use tokio::sync::Notify;
 pub use access::{
     AuditEntry, AuditFilter, CustomRole, KeyWithPrincipal, Member, NewApiKey, NewAuditEntry,
     Principal, PrincipalKind, ServiceAccount, StoredApiKey, WorkspaceOwner,
+};
+pub use automations::{
+    ActionResult, AutomationPatch, ClaimedAction, EvaluationReport, NewAutomation,
 };
 pub use crypto::SecretKey;
 pub use grants::GrantRecord;
@@ -262,6 +266,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "retries_tags",
         include_str!("../../migrations/0007_retries_tags.sql"),
+    ),
+    (
+        10,
+        "automations",
+        include_str!("../../migrations/0010_automations.sql"),
     ),
 ];
 

@@ -34,6 +34,9 @@ use Allowed::*;
 #[path = "authz_schedules.rs"]
 mod schedule_cases;
 
+#[path = "authz_automations.rs"]
+mod automation_cases;
+
 /// The expected authorization of every route, written out by hand.
 const MATRIX: &[(&str, &str, Allowed)] = &[
     ("get", "/healthz", Public),
@@ -196,6 +199,37 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
         "get",
         "/api/workspaces/{ws}/events",
         Roles("ODRV", "events:read"),
+    ),
+    // Automations (issue 14); their requests are built in authz_automations.rs.
+    (
+        "post",
+        "/api/workspaces/{ws}/automations",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations",
+        Roles("ODRV", "automations:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("ODRV", "automations:read"),
+    ),
+    (
+        "patch",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations/{id_or_name}/firings",
+        Roles("ODRV", "automations:read"),
     ),
     (
         "post",
@@ -570,6 +604,7 @@ impl Env {
                 201,
             ),
             (m, t) if schedule_cases::covers(t) => schedule_cases::case(self, m, t, ws).await,
+            (m, t) if automation_cases::covers(t) => automation_cases::case(self, m, t, ws).await,
             ("get", "/flow_runs") => ok(format!("{w}/flow_runs"), None, 200),
             ("get", "/flow_runs/{id}") => ok(format!("{w}/flow_runs/{}", ws.run), None, 200),
             ("get", "/flow_runs/{id}/states") => {
@@ -717,6 +752,7 @@ impl Env {
             "/service_accounts",
             "/api_keys",
             "/roles",
+            "/automations",
         ] {
             let (s, v, text) = self
                 .call(

@@ -5,6 +5,7 @@
 
 mod audit;
 mod authz;
+mod automations;
 mod escalation;
 mod escalation_model;
 mod fuzz;

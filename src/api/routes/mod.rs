@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api_keys;
 pub mod audit;
+pub mod automations;
 pub mod claims;
 pub mod deployments;
 pub mod grants;
@@ -32,6 +33,7 @@ pub const TABLE: &[&[Route]] = &[
     schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
+    automations::ROUTES,
 ];
 
 /// Every route of the API.
