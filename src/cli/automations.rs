@@ -139,66 +139,76 @@ pub(super) async fn automation(
         AutomationCommand::Inspect { name } => {
             get_and_show(api, out, api.ws_url(&["automations", &name]), details).await?;
         }
-        AutomationCommand::Enable { name } | AutomationCommand::Disable { name } => {
-            let enabled = matches!(command, AutomationCommand::Enable { .. });
-            let url = api.ws_url(&["automations", &name]);
-            let body = json!({ "enabled": enabled });
-            send_and_show(api, out, Method::PATCH, url, Some(&body), |v| {
-                format!(
-                    "automation {} {}",
-                    field(v, "name"),
-                    if enabled { "enabled" } else { "disabled" }
-                )
-            })
-            .await?;
-        }
+        AutomationCommand::Enable { name } => set_enabled(api, out, &name, true).await?,
+        AutomationCommand::Disable { name } => set_enabled(api, out, &name, false).await?,
         AutomationCommand::Delete { name } => {
             let url = api.ws_url(&["automations", &name]);
             delete(api, out, url, &format!("deleted automation {name}")).await?;
         }
-        AutomationCommand::Firings { name, limit } => {
-            let mut url = api.ws_url(&["automations", &name, "firings"]);
-            url.query_pairs_mut()
-                .append_pair("limit", &limit.to_string());
-            get_and_show(api, out, url, |v| {
-                let rows: Vec<Value> = v
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .map(|f| {
-                                let mut f = f.clone();
-                                let outcomes: Vec<String> = f["actions"]
-                                    .as_array()
-                                    .map(|a| {
-                                        a.iter()
-                                            .map(|x| {
-                                                format!(
-                                                    "{}:{}",
-                                                    x["type"].as_str().unwrap_or("?"),
-                                                    x["status"].as_str().unwrap_or("?")
-                                                )
-                                            })
-                                            .collect()
-                                    })
-                                    .unwrap_or_default();
-                                f["outcomes"] = json!(outcomes.join(","));
-                                f
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                columns_table(
-                    &Value::Array(rows),
-                    &[
-                        Column::time("FIRED", "fired"),
-                        Column::field("GROUP", "group_key"),
-                        Column::field("COUNT", "count"),
-                        Column::field("ACTIONS", "outcomes"),
-                    ],
-                )
-            })
-            .await?;
-        }
+        AutomationCommand::Firings { name, limit } => firings(api, out, &name, limit).await?,
     }
     Ok(0)
+}
+
+async fn set_enabled(
+    api: &Api,
+    out: OutputFormat,
+    name: &str,
+    enabled: bool,
+) -> Result<(), CliError> {
+    let url = api.ws_url(&["automations", name]);
+    let body = json!({ "enabled": enabled });
+    send_and_show(api, out, Method::PATCH, url, Some(&body), |v| {
+        format!(
+            "automation {} {}",
+            field(v, "name"),
+            if enabled { "enabled" } else { "disabled" }
+        )
+    })
+    .await?;
+    Ok(())
+}
+
+/// A firing's row: its actions as `type:status` pairs.
+fn firing_row(f: &Value) -> Value {
+    let mut f = f.clone();
+    let outcomes: Vec<String> = f["actions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    format!(
+                        "{}:{}",
+                        x["type"].as_str().unwrap_or("?"),
+                        x["status"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    f["outcomes"] = json!(outcomes.join(","));
+    f
+}
+
+async fn firings(api: &Api, out: OutputFormat, name: &str, limit: u32) -> Result<(), CliError> {
+    let mut url = api.ws_url(&["automations", name, "firings"]);
+    url.query_pairs_mut()
+        .append_pair("limit", &limit.to_string());
+    get_and_show(api, out, url, |v| {
+        let rows: Vec<Value> = v
+            .as_array()
+            .map(|l| l.iter().map(firing_row).collect())
+            .unwrap_or_default();
+        columns_table(
+            &Value::Array(rows),
+            &[
+                Column::time("FIRED", "fired"),
+                Column::field("GROUP", "group_key"),
+                Column::field("COUNT", "count"),
+                Column::field("ACTIONS", "outcomes"),
+            ],
+        )
+    })
+    .await?;
+    Ok(())
 }
