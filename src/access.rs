@@ -88,6 +88,12 @@ pub enum Scope {
     /// Create, change, enable, disable and delete automations.
     #[serde(rename = "automations:write")]
     AutomationsWrite,
+    /// Read notification channels (secrets masked), deliveries and inbound hooks.
+    #[serde(rename = "notifications:read")]
+    NotificationsRead,
+    /// Create, test and delete notification channels and inbound hooks.
+    #[serde(rename = "notifications:write")]
+    NotificationsWrite,
 }
 
 /// The read scope a reader of the event stream needs to see an event, by its kind (the part
@@ -105,13 +111,14 @@ pub fn event_read_scope(event: &str) -> Scope {
         "member" => Scope::MembersRead,
         "role" => Scope::RolesRead,
         "automation" => Scope::AutomationsRead,
+        "notification" | "notification_channel" | "inbound_hook" => Scope::NotificationsRead,
         _ => Scope::AuditRead,
     }
 }
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 23] = [
+    pub const ALL: [Scope; 25] = [
         Scope::PoolsRead,
         Scope::PoolsWrite,
         Scope::DeploymentsRead,
@@ -135,6 +142,8 @@ impl Scope {
         Scope::AuditRead,
         Scope::AutomationsRead,
         Scope::AutomationsWrite,
+        Scope::NotificationsRead,
+        Scope::NotificationsWrite,
     ];
 
     /// The scope's wire name, e.g. `pools:read`.
@@ -163,6 +172,8 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::AutomationsRead => "automations:read",
             Scope::AutomationsWrite => "automations:write",
+            Scope::NotificationsRead => "notifications:read",
+            Scope::NotificationsWrite => "notifications:write",
         }
     }
 }
@@ -214,6 +225,7 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
         RunsRead,
         EventsRead,
         AutomationsRead,
+        NotificationsRead,
     ];
     let scopes: Vec<Scope> = match role {
         "owner" => Scope::ALL.to_vec(),
@@ -227,6 +239,7 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
                 RunsCancel,
                 KeysSelf,
                 AutomationsWrite,
+                NotificationsWrite,
             ],
         ]
         .concat(),
@@ -242,9 +255,9 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
 pub fn builtin_description(role: &str) -> &'static str {
     match role {
         "owner" => "Everything in the workspace: members, service accounts, keys, roles, audit log.",
-        "developer" => "Work pools, deployments, runs (also with run-level job variables) and automations; reads everything but security settings.",
-        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs, events and automations.",
-        "viewer" => "Reads pools, deployments, runs, events and automations.",
+        "developer" => "Work pools, deployments and runs (also with run-level job variables), automations, notification channels and inbound webhooks; reads everything but security settings.",
+        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs, events, automations and notifications.",
+        "viewer" => "Reads pools, deployments, runs, events, automations and notifications.",
         "controller" => "What a controller working through the API needs: claim due runs of a pool and report their states. Nothing else.",
         _ => "",
     }

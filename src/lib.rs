@@ -15,6 +15,7 @@ pub mod identity;
 pub mod job;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod redact;
 pub mod registry;
 pub mod schedule;

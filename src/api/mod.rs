@@ -53,6 +53,8 @@ pub struct AppState {
     pub process_gate: crate::execution::ProcessGate,
     /// Endpoint URL prefixes every workspace's pools may use (`--allowed-endpoint`).
     pub allowed_endpoints: crate::identity::AllowedEndpoints,
+    /// Which outbound targets notification channels may have (`--allow-private-targets`).
+    pub target_policy: crate::notify::TargetPolicy,
 }
 
 async fn not_found(req: Request) -> Response {

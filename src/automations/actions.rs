@@ -174,6 +174,8 @@ impl Action {
                 text("url", url, 2000)?;
                 match reqwest::Url::parse(url) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    // A template is checked when it is filled in.
+                    _ if url.contains("{{") => {}
                     _ => return Err((at("url"), "must be an absolute http or https URL".into())),
                 }
                 if headers.len() > 20 {

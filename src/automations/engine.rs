@@ -112,6 +112,20 @@ impl Engine {
                 break;
             }
             for c in claimed {
+                if matches!(
+                    c.action,
+                    super::Action::SendNotification { .. } | super::Action::CallWebhook { .. }
+                ) {
+                    super::notify_bridge::deliver(
+                        &self.store,
+                        &c,
+                        &self.config.id,
+                        self.config.max_attempts,
+                    )
+                    .await?;
+                    done += 1;
+                    continue;
+                }
                 let result = super::execute::execute(&self.store, &c).await;
                 if let crate::store::ActionResult::Failed(e) = &result {
                     tracing::warn!(automation = %c.automation_id, action = c.action.kind(), error = %e, "automation action failed");

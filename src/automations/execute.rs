@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::actions::Action;
-use super::context::standard_body;
 use super::template::{lookup, render, render_text};
 use crate::state::{Proposal, StateType};
 use crate::store::{
@@ -132,23 +131,9 @@ async fn run(store: &Store, c: &ClaimedAction) -> Result<Value, ActionResult> {
                 })?;
             cancel(store, ws, id).await
         }
-        Action::SendNotification {
-            channel,
-            subject,
-            body,
-        } => {
-            let subject = render_text(subject, ctx);
-            let body = render_text(body, ctx);
-            super::notify_bridge::send(store, ws, *channel, subject, body, ctx.clone()).await
-        }
-        Action::CallWebhook { url, headers, body } => {
-            let body = match body {
-                Some(b) => render(b, ctx),
-                None => standard_body(ctx),
-            };
-            let url = render_text(url, ctx);
-            super::notify_bridge::webhook(store, ws, url, headers.clone(), body).await
-        }
+        Action::SendNotification { .. } | Action::CallWebhook { .. } => Err(ActionResult::Failed(
+            "notification actions go through the delivery outbox".into(),
+        )),
     }
 }
 

@@ -8,6 +8,7 @@ mod access;
 mod automations;
 pub mod crypto;
 mod grants;
+mod notify;
 mod objects;
 mod retries;
 mod runs;
@@ -30,6 +31,7 @@ pub use automations::{
 };
 pub use crypto::SecretKey;
 pub use grants::GrantRecord;
+pub use notify::{AttemptOutcome, Delivery, NewChannel, NewDelivery, StoredChannel, StoredHook};
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch, RunDefaults};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
@@ -271,6 +273,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "automations",
         include_str!("../../migrations/0010_automations.sql"),
+    ),
+    (
+        11,
+        "notify",
+        include_str!("../../migrations/0011_notify.sql"),
     ),
 ];
 

@@ -11,6 +11,7 @@ mod escalation_model;
 mod fuzz;
 mod hardening;
 mod identity;
+mod notify;
 mod openapi;
 mod openapi_valid;
 mod overrides;

@@ -114,8 +114,9 @@ fn check_trigger(trigger: &Trigger) -> ApiResult<()> {
 }
 
 /// Checks the actions and that the caller may do each of them: an automation never does what
-/// its author may not.
-fn check_actions(caller: &Caller, actions: &[Action]) -> ApiResult<()> {
+/// its author may not. A notification's channel must be one of the workspace's; a webhook's URL
+/// and headers must be ones HTTP accepts (its address is checked when it is called).
+async fn check_actions(state: &AppState, caller: &Caller, actions: &[Action]) -> ApiResult<()> {
     if actions.is_empty() || actions.len() > MAX_ACTIONS {
         return Err(ApiError::unprocessable(
             "actions",
@@ -129,6 +130,33 @@ fn check_actions(caller: &Caller, actions: &[Action]) -> ApiResult<()> {
             a.scope(),
             &format!("actions[{i}] is a `{}` action", a.kind()),
         )?;
+        match a {
+            Action::SendNotification { channel, .. } => {
+                let ws = caller.workspace()?;
+                if state
+                    .store
+                    .channel(ws.id, &channel.to_string())
+                    .await
+                    .is_err()
+                {
+                    return Err(ApiError::unprocessable(
+                        &format!("actions[{i}].channel"),
+                        "no notification channel with this id in the workspace",
+                    ));
+                }
+            }
+            Action::CallWebhook { url, headers, .. } if !url.contains("{{") => {
+                crate::notify::check_webhook(url, headers).map_err(|e| match e {
+                    crate::notify::NotifyError::Header { name, rule } => {
+                        ApiError::unprocessable(&format!("actions[{i}].headers.{name}"), rule)
+                    }
+                    other => {
+                        ApiError::unprocessable(&format!("actions[{i}].url"), other.to_string())
+                    }
+                })?;
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -143,7 +171,7 @@ async fn create_automation(
     check_name("name", &body.name)?;
     check_text("description", Some(&body.description), 1000)?;
     check_trigger(&body.trigger)?;
-    check_actions(&caller, &body.actions)?;
+    check_actions(&state, &caller, &body.actions).await?;
     let a = state
         .store
         .create_automation(
@@ -198,7 +226,12 @@ async fn update_automation(
     // Enabling or changing an automation makes its actions the caller's: they are checked as
     // on creation.
     if body.actions.is_some() || body.enabled == Some(true) {
-        check_actions(&caller, body.actions.as_deref().unwrap_or(&current.actions))?;
+        check_actions(
+            &state,
+            &caller,
+            body.actions.as_deref().unwrap_or(&current.actions),
+        )
+        .await?;
     }
     let a = state
         .store

@@ -71,6 +71,14 @@ pub enum ActionResult {
 
 type Compiled = (Automation, EventTrigger);
 
+/// The prefix of the engine's event names (`pushpool.automation.triggered`, …).
+const EVENT_PREFIX: &str = "pushpool.automation.";
+
+/// The resource id of an automation in events.
+pub(crate) fn automation_resource(id: Uuid) -> String {
+    format!("pushpool.automation.{id}")
+}
+
 /// One automation's group states read or changed during a pass.
 #[derive(Default)]
 struct Groups {
@@ -358,6 +366,26 @@ impl Store {
         result: ActionResult,
         max_attempts: u32,
     ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = self
+            .mark_automation_action(&mut tx, claimed, owner, result, max_attempts)
+            .await?;
+        if done {
+            tx.commit().await?;
+        }
+        Ok(done)
+    }
+
+    /// [`Store::finish_automation_action`] inside `tx` (which the caller commits, e.g. with the
+    /// notification the action enqueued in it).
+    pub(crate) async fn mark_automation_action(
+        &self,
+        tx: &mut Tx,
+        claimed: &ClaimedAction,
+        owner: &str,
+        result: ActionResult,
+        max_attempts: u32,
+    ) -> Result<bool> {
         let now = now_micros();
         let (status, text, not_before) = match &result {
             ActionResult::Succeeded(v) => ("succeeded", v.clone(), now),
@@ -369,7 +397,6 @@ impl Store {
             ),
             ActionResult::Retry(e, _) => ("failed", json!({"error": e}), now),
         };
-        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE automation_actions SET status = $1, result = $2, not_before = $3, \
              lease_owner = NULL, lease_until = NULL, updated = $4 \
@@ -381,7 +408,7 @@ impl Store {
         .bind(now)
         .bind(claimed.id.to_string())
         .bind(owner)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
@@ -399,15 +426,14 @@ impl Store {
                 payload["error"] = text["error"].clone();
             }
             insert_event(
-                &mut tx,
+                tx,
                 claimed.workspace_id,
-                &format!("automation.action.{status}"),
-                &claimed.automation_id.to_string(),
+                &format!("{EVENT_PREFIX}action.{status}"),
+                &automation_resource(claimed.automation_id),
                 &payload,
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(true)
     }
 
@@ -470,8 +496,8 @@ async fn record_firing(tx: &mut Tx, a: &Automation, key: &str, fire: &Fire) -> R
     insert_event(
         tx,
         a.workspace_id,
-        "automation.triggered",
-        &a.id.to_string(),
+        &format!("{EVENT_PREFIX}triggered"),
+        &automation_resource(a.id),
         &json!({
             "name": a.name,
             "firing_id": id,

@@ -139,8 +139,8 @@ impl Store {
         insert_event(
             &mut tx,
             workspace_id,
-            "automation.created",
-            &a.id.to_string(),
+            "pushpool.automation.created",
+            &engine::automation_resource(a.id),
             &json!({"name": a.name, "enabled": a.enabled}),
         )
         .await?;
@@ -238,8 +238,8 @@ impl Store {
         insert_event(
             &mut tx,
             workspace_id,
-            "automation.updated",
-            &a.id.to_string(),
+            "pushpool.automation.updated",
+            &engine::automation_resource(a.id),
             &json!({"name": a.name, "enabled": a.enabled}),
         )
         .await?;
@@ -272,8 +272,8 @@ impl Store {
         insert_event(
             &mut tx,
             workspace_id,
-            "automation.deleted",
-            &id,
+            "pushpool.automation.deleted",
+            &engine::automation_resource(a.id),
             &json!({"name": a.name}),
         )
         .await?;
