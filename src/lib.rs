@@ -8,6 +8,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod controller;
+pub mod events;
 pub mod execution;
 pub mod handover;
 pub mod identity;

@@ -3,6 +3,7 @@
 //! API and a controller through a PostgreSQL outage (`outage`).
 
 mod access;
+mod events;
 mod outage;
 mod retries;
 mod runs;
