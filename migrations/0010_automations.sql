@@ -16,13 +16,16 @@ CREATE TABLE automations (
   UNIQUE (workspace_id, name)
 );
 
--- One row per consumer: how far through the event log it is. Evaluating holds its row locked.
+-- One row per consumer: how far through the event log (`events.seq`, migration 0009) it is.
+-- Evaluating holds its row locked. It starts at the newest event: automations react to what
+-- happens from now on.
 CREATE TABLE automation_cursor (
   name TEXT PRIMARY KEY,
   seq BIGINT NOT NULL,
   updated BIGINT NOT NULL
 );
-INSERT INTO automation_cursor (name, seq, updated) VALUES ('engine', -1, 0);
+INSERT INTO automation_cursor (name, seq, updated)
+  SELECT 'engine', COALESCE(MAX(seq), 0), 0 FROM events;
 
 -- The state of one group (`for_each` value) of one automation; `due` is when time alone
 -- changes it (a proactive window's end, a reactive window's expiry).

@@ -97,17 +97,17 @@ pub enum Scope {
 }
 
 /// The read scope a reader of the event stream needs to see an event, by its kind (the part
-/// before the dot), as the route that lists those objects asks for: security events (keys,
-/// service accounts, members, roles) stay with those who may read them. Kinds not listed here
-/// need `audit:read`, so a new kind is hidden until someone decides otherwise.
+/// after `pushpool.`, docs/events.md), as the route that lists those objects asks for: security
+/// events (keys, service accounts, members, roles) stay with those who may read them. Kinds not
+/// listed here need `audit:read`, so a new kind is hidden until someone decides otherwise.
 pub fn event_read_scope(event: &str) -> Scope {
-    match event.split('.').next().unwrap_or_default() {
-        "workspace" => Scope::EventsRead,
-        "work_pool" | "work_queue" => Scope::PoolsRead,
-        "deployment" => Scope::DeploymentsRead,
-        "flow_run" => Scope::RunsRead,
-        "api_key" => Scope::KeysRead,
-        "service_account" => Scope::ServiceAccountsRead,
+    match crate::events::event_kind(event) {
+        "workspace" | "controller" => Scope::EventsRead,
+        "work-pool" | "work-queue" | "work_pool" | "work_queue" => Scope::PoolsRead,
+        "deployment" | "schedule" => Scope::DeploymentsRead,
+        "flow-run" | "flow_run" => Scope::RunsRead,
+        "api-key" | "api_key" => Scope::KeysRead,
+        "service-account" | "service_account" => Scope::ServiceAccountsRead,
         "member" => Scope::MembersRead,
         "role" => Scope::RolesRead,
         "automation" => Scope::AutomationsRead,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod automations;
 pub mod controller;
+pub mod events;
 pub mod execution;
 pub mod handover;
 pub mod identity;

@@ -21,7 +21,7 @@ pub struct EngineConfig {
     /// Events read per pass (default 1,000).
     pub batch: i64,
     /// How long after an event happened it is surely in the log; proactive windows close only
-    /// this long after their end (default 2 s).
+    /// this long after their end (default: the event log's settle lag plus 1 s).
     pub settle: Duration,
     /// How long a claimed action is held before another controller may take it over (60 s).
     pub lease: Duration,
@@ -37,7 +37,7 @@ impl Default for EngineConfig {
             id: format!("automations-{}", uuid::Uuid::new_v4().simple()),
             interval: Duration::from_secs(1),
             batch: 1000,
-            settle: Duration::from_secs(2),
+            settle: crate::store::EVENT_SETTLE + Duration::from_secs(1),
             lease: Duration::from_secs(60),
             max_attempts: 5,
             max_passes: 20,

@@ -143,3 +143,27 @@ impl EventFacts {
         })
     }
 }
+
+impl From<&crate::model::Event> for EventFacts {
+    fn from(e: &crate::model::Event) -> EventFacts {
+        EventFacts {
+            id: e.id.to_string(),
+            seq: e.seq,
+            workspace_id: e.workspace_id,
+            occurred: e.occurred,
+            event: e.event.clone(),
+            resource_id: e.resource.id.clone(),
+            labels: e.resource.labels.clone(),
+            related: e
+                .related
+                .iter()
+                .map(|r| RelatedFacts {
+                    id: r.id.clone(),
+                    role: r.role.clone(),
+                    labels: r.labels.clone(),
+                })
+                .collect(),
+            payload: e.payload.clone(),
+        }
+    }
+}

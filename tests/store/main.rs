@@ -4,6 +4,7 @@
 
 mod access;
 mod automations;
+mod events;
 mod outage;
 mod retries;
 mod runs;

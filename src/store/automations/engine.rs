@@ -216,8 +216,9 @@ impl Store {
                 continue;
             };
             for (a, t) in list.iter().map(|c| (&c.0, &c.1)) {
-                // An automation never triggers itself through its own events.
-                if ev.resource_id.ends_with(&a.id.to_string()) {
+                // An automation never triggers itself through its own events, nor counts events
+                // from before it existed.
+                if ev.resource_id.ends_with(&a.id.to_string()) || ev.occurred < a.created {
                     continue;
                 }
                 let rel = t.relevance(ev);
@@ -438,9 +439,15 @@ impl Store {
     }
 
     /// Events after `seq` in the log's order, as triggers see them.
+    /// Handed out by [`Store::events_after`], whose settle rule makes sure a cursor moved past
+    /// an event never skips one committed later with a lower `seq` (docs/events.md).
     async fn automation_events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventFacts>> {
-        let _ = (seq, limit);
-        Ok(vec![])
+        Ok(self
+            .events_after(seq, limit)
+            .await?
+            .iter()
+            .map(EventFacts::from)
+            .collect())
     }
 }
 

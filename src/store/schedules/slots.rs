@@ -322,6 +322,7 @@ impl Store {
                 event: "schedule.runs_created".into(),
                 resource_id: sid,
                 payload: json!({"runs": n, "first": from_micros(first), "last": from_micros(last)}),
+                ..Default::default()
             })
             .collect();
         insert_event_rows(&mut tx, &events).await?;
