@@ -43,7 +43,7 @@ fn named(resource: &Value, prefix: &str) -> Value {
         .as_object()
         .and_then(|o| {
             o.iter()
-                .find(|(k, v)| k.ends_with("name") && v.is_string())
+                .find(|(k, v)| super::facts::is_name_label(k) && v.is_string())
                 .map(|(_, v)| v.clone())
         })
         .unwrap_or(Value::Null);

@@ -16,7 +16,7 @@ use crate::store::{EvaluationReport, Result, Store};
 pub struct EngineConfig {
     /// Who holds claimed actions (the controller id).
     pub id: String,
-    /// Time between passes when nothing wakes it (default 1 s).
+    /// Time between passes when nothing wakes it (default 500 ms).
     pub interval: Duration,
     /// Events read per pass (default 1,000).
     pub batch: i64,
@@ -35,7 +35,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             id: format!("automations-{}", uuid::Uuid::new_v4().simple()),
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(500),
             batch: 1000,
             settle: crate::store::EVENT_SETTLE + Duration::from_secs(1),
             lease: Duration::from_secs(60),

@@ -28,6 +28,12 @@ pub const ROLES: [&str; 5] = [
 /// The resource id prefix of flow runs (`pushpool.flow-run.<uuid>`).
 pub const FLOW_RUN_PREFIX: &str = "pushpool.flow-run.";
 
+/// Whether a label holds a resource's name (`pushpool.resource.name`, `name`, `….name`; not
+/// `pushpool.state-name`).
+pub fn is_name_label(key: &str) -> bool {
+    key == "name" || key.ends_with(".name")
+}
+
 /// The event a flow run writes when it enters the state named `name` (`Failed`, `Late`, …).
 pub fn run_state_event(name: &str) -> String {
     format!("{FLOW_RUN_PREFIX}{name}")
@@ -46,22 +52,22 @@ pub struct RelatedFacts {
 
 impl RelatedFacts {
     /// The names a filter value may use for it: its id, the id's last dot-separated part (the
-    /// uuid or the tag), and any label whose name ends in `name`.
+    /// uuid or the tag), and its name label ([`is_name_label`]).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         let tail = self.id.rsplit('.').next();
         std::iter::once(self.id.as_str()).chain(tail).chain(
             self.labels
                 .iter()
-                .filter(|(k, _)| k.ends_with("name"))
+                .filter(|(k, _)| is_name_label(k))
                 .map(|(_, v)| v.as_str()),
         )
     }
 
-    /// Its display name: a `…name` label, else the last part of its id.
+    /// Its display name: its name label, else the last part of its id.
     pub fn name(&self) -> &str {
         self.labels
             .iter()
-            .find(|(k, _)| k.ends_with("name"))
+            .find(|(k, _)| is_name_label(k))
             .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| self.id.rsplit('.').next().unwrap_or(&self.id))
     }

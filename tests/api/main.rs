@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod automations;
+mod automations_e2e;
 mod escalation;
 mod escalation_model;
 mod fuzz;
