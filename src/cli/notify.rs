@@ -31,6 +31,7 @@ pub enum KindArg {
 
 /// Notification-channel commands.
 #[derive(clap::Subcommand, Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum ChannelCommand {
     /// Create a channel. A webhook's generated signing secret is printed once.
     Create {

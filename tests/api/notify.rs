@@ -438,16 +438,18 @@ async fn email_reaches_an_smtp_server_with_the_subject(db: TestDb) {
     })
     .await;
     assert_eq!(d["status"], "delivered", "{d}");
-    let log = log.lock().unwrap();
-    assert_eq!(log.data.len(), 1, "one email");
-    let data = &log.data[0];
-    assert!(
-        data.contains("Subject: Run etl-42 of etl is FAILED"),
-        "{data}"
-    );
-    assert!(data.contains("exit code 1"), "{data}");
-    assert_eq!(log.auth, vec!["|alerts|smtp-password-secret".to_string()]);
-    assert_eq!(log.rcpt.len(), 2, "{:?}", log.rcpt);
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.data.len(), 1, "one email");
+        let data = &log.data[0];
+        assert!(
+            data.contains("Subject: Run etl-42 of etl is FAILED"),
+            "{data}"
+        );
+        assert!(data.contains("exit code 1"), "{data}");
+        assert_eq!(log.auth, vec!["|alerts|smtp-password-secret".to_string()]);
+        assert_eq!(log.rcpt.len(), 2, "{:?}", log.rcpt);
+    }
 
     // STARTTLS is the default and required: a server that does not offer it gets no email.
     let (port2, log2) = smtp_peer().await;
