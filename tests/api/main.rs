@@ -5,8 +5,10 @@
 
 mod audit;
 mod authz;
+mod authz_events;
 mod escalation;
 mod escalation_model;
+mod events;
 mod fuzz;
 mod hardening;
 mod identity;

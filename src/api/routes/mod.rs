@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod claims;
 pub mod deployments;
+pub mod events;
 pub mod grants;
 pub mod jobs;
 pub mod pools;
@@ -32,6 +33,7 @@ pub const TABLE: &[&[Route]] = &[
     schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
+    events::ROUTES,
 ];
 
 /// Every route of the API.
