@@ -1,6 +1,6 @@
 //! The client half of the command line: `pool`, `deployment`, `run` and `workspace` commands, and
 //! the access-control commands `key`, `service-account`, `user`, `member`, `role` and `audit`,
-//! that talk to the pushpool REST API.
+//! and `events`, that talk to the pushpool REST API.
 //!
 //! Exit codes: 0 success; 1 usage or API error (the message is printed on stderr as
 //! `error: …`); 2 when `run watch`/`deployment run --watch` sees the run end in a terminal state
@@ -9,6 +9,7 @@
 mod access;
 mod api;
 mod deployments;
+mod events;
 mod input;
 mod output;
 mod pools;
@@ -100,6 +101,8 @@ pub enum ClientCommand {
     Role(access::RoleArgs),
     /// The workspace's audit log.
     Audit(access::AuditArgs),
+    /// The workspace's events: list them, or follow them live.
+    Events(events::EventsArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -141,6 +144,7 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Member(m) => access::member(&api, out, m.command).await,
         ClientCommand::Role(r) => access::role(&api, out, r.command).await,
         ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
+        ClientCommand::Events(e) => events::events(&api, out, e.command).await,
     }
 }
 

@@ -15,12 +15,24 @@ both_backends!(
     bad_event_queries_answer_422_naming_the_parameter,
 );
 
-pub(crate) async fn call(app: &Served, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(
+    app: &Served,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let url = format!("{}{path}", app.base);
     call_json(&app.client, method, &url, key, body).await
 }
 
-pub(crate) async fn ok(app: &Served, key: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) async fn ok(
+    app: &Served,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let (s, b) = call(app, key, method, path, body).await;
     assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
     b
@@ -29,7 +41,14 @@ pub(crate) async fn ok(app: &Served, key: &str, method: &str, path: &str, body: 
 /// A pool `p` and a deployment `d` (tagged `t`) in workspace `ws`.
 pub(crate) async fn setup(app: &Served, key: &str, ws: &str) {
     let w = format!("/api/workspaces/{ws}");
-    ok(app, key, "POST", &format!("{w}/work_pools"), Some(json!({"name": "p", "type": "process"}))).await;
+    ok(
+        app,
+        key,
+        "POST",
+        &format!("{w}/work_pools"),
+        Some(json!({"name": "p", "type": "process"})),
+    )
+    .await;
     ok(
         app,
         key,
@@ -96,10 +115,19 @@ pub(crate) async fn read_sse(mut response: reqwest::Response, mut on: impl FnMut
 }
 
 /// Opens the stream of `ws` with `query`, resuming after `last` (Last-Event-ID) when given.
-pub(crate) async fn open_stream(app: &Served, key: &str, ws: &str, query: &str, last: Option<i64>) -> reqwest::Response {
+pub(crate) async fn open_stream(
+    app: &Served,
+    key: &str,
+    ws: &str,
+    query: &str,
+    last: Option<i64>,
+) -> reqwest::Response {
     let mut req = app
         .client
-        .get(format!("{}/api/workspaces/{ws}/events/stream?{query}", app.base))
+        .get(format!(
+            "{}/api/workspaces/{ws}/events/stream?{query}",
+            app.base
+        ))
         .bearer_auth(key);
     if let Some(last) = last {
         req = req.header("Last-Event-ID", last.to_string());
@@ -117,25 +145,75 @@ async fn the_list_filters_and_pages_by_cursor(db: TestDb) {
     let app = serve_fresh(&db.url, false).await;
     let key = app.admin_key.clone();
     setup(&app, &key, "default").await;
-    let ids: Vec<String> = futures::future::join_all((0..5).map(|_| run(&app, &key, "default"))).await;
+    let ids: Vec<String> =
+        futures::future::join_all((0..5).map(|_| run(&app, &key, "default"))).await;
     let w = "/api/workspaces/default/events";
     // By exact name, and by prefix.
-    let created = ok(&app, &key, "GET", &format!("{w}?event=pushpool.flow-run.created"), None).await;
+    let created = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?event=pushpool.flow-run.created"),
+        None,
+    )
+    .await;
     assert_eq!(created.as_array().unwrap().len(), 5);
     let first = &created[0];
-    assert!(first["resource"]["id"].as_str().unwrap().starts_with("pushpool.flow-run."));
-    assert!(first["related"].as_array().unwrap().iter().any(|r| r["role"] == "deployment"));
-    let flow = ok(&app, &key, "GET", &format!("{w}?event_prefix=pushpool.flow-run.,pushpool.work-pool."), None).await;
+    assert!(first["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("pushpool.flow-run."));
+    assert!(first["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["role"] == "deployment"));
+    let flow = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?event_prefix=pushpool.flow-run.,pushpool.work-pool."),
+        None,
+    )
+    .await;
     assert_eq!(flow.as_array().unwrap().len(), 6, "{flow}");
     // By resource and by related resource.
-    let one = ok(&app, &key, "GET", &format!("{w}?resource=pushpool.flow-run.{}", ids[2]), None).await;
+    let one = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?resource=pushpool.flow-run.{}", ids[2]),
+        None,
+    )
+    .await;
     assert_eq!(one.as_array().unwrap().len(), 1);
-    let tagged = ok(&app, &key, "GET", &format!("{w}?related=pushpool.tag.t"), None).await;
+    let tagged = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?related=pushpool.tag.t"),
+        None,
+    )
+    .await;
     assert_eq!(tagged.as_array().unwrap().len(), 5);
     // By time: nothing before the epoch of these runs, everything after.
-    let none = ok(&app, &key, "GET", &format!("{w}?until=2000-01-01T00:00:00Z"), None).await;
+    let none = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?until=2000-01-01T00:00:00Z"),
+        None,
+    )
+    .await;
     assert!(none.as_array().unwrap().is_empty());
-    let all = ok(&app, &key, "GET", &format!("{w}?since=2000-01-01T00:00:00Z&limit=1000"), None).await;
+    let all = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("{w}?since=2000-01-01T00:00:00Z&limit=1000"),
+        None,
+    )
+    .await;
     let all = all.as_array().unwrap().clone();
     // Paging newest first by cursor, and oldest first after a cursor: the same events, once each.
     let mut paged = Vec::new();
@@ -153,7 +231,14 @@ async fn the_list_filters_and_pages_by_cursor(db: TestDb) {
     let mut forward = Vec::new();
     let mut after = 0;
     loop {
-        let page = ok(&app, &key, "GET", &format!("{w}?limit=3&after={after}"), None).await;
+        let page = ok(
+            &app,
+            &key,
+            "GET",
+            &format!("{w}?limit=3&after={after}"),
+            None,
+        )
+        .await;
         let page = page.as_array().unwrap();
         if page.is_empty() {
             break;
@@ -169,7 +254,14 @@ async fn a_stream_client_that_disconnects_and_resumes_sees_every_event_exactly_o
     let app = serve_fresh(&db.url, false).await;
     let key = app.admin_key.clone();
     setup(&app, &key, "default").await;
-    let start = ok(&app, &key, "GET", "/api/workspaces/default/events?limit=1", None).await[0]["seq"]
+    let start = ok(
+        &app,
+        &key,
+        "GET",
+        "/api/workspaces/default/events?limit=1",
+        None,
+    )
+    .await[0]["seq"]
         .as_i64()
         .unwrap();
     // Four writers create 120 runs side by side (on PostgreSQL their commits interleave, so
@@ -182,7 +274,14 @@ async fn a_stream_client_that_disconnects_and_resumes_sees_every_event_exactly_o
             tokio::spawn(async move {
                 for _ in 0..30 {
                     let url = format!("{base}/api/workspaces/default/deployments/d/runs");
-                    let (s, b) = call_json(&client, "POST", &url, &key, Some(json!({"scheduled_time": "2099-01-01T00:00:00Z"}))).await;
+                    let (s, b) = call_json(
+                        &client,
+                        "POST",
+                        &url,
+                        &key,
+                        Some(json!({"scheduled_time": "2099-01-01T00:00:00Z"})),
+                    )
+                    .await;
                     assert_eq!(s, 201, "{b}");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -212,11 +311,24 @@ async fn a_stream_client_that_disconnects_and_resumes_sees_every_event_exactly_o
     for w in writers {
         w.await.unwrap();
     }
-    assert!(sessions > 10, "the client really reconnected ({sessions} sessions)");
-    let ids: BTreeSet<String> = seen.iter().map(|m| m.event["id"].as_str().unwrap().to_string()).collect();
+    assert!(
+        sessions > 10,
+        "the client really reconnected ({sessions} sessions)"
+    );
+    let ids: BTreeSet<String> = seen
+        .iter()
+        .map(|m| m.event["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 120, "no event twice");
     // Exactly the events the list holds.
-    let listed = ok(&app, &key, "GET", &format!("/api/workspaces/default/events?{query}&limit=1000"), None).await;
+    let listed = ok(
+        &app,
+        &key,
+        "GET",
+        &format!("/api/workspaces/default/events?{query}&limit=1000"),
+        None,
+    )
+    .await;
     let listed: BTreeSet<String> = listed
         .as_array()
         .unwrap()
@@ -225,7 +337,14 @@ async fn a_stream_client_that_disconnects_and_resumes_sees_every_event_exactly_o
         .collect();
     assert_eq!(ids, listed);
     // Nothing more arrives after the last one (a resumed stream that ends by itself).
-    let response = open_stream(&app, &key, "default", &format!("{query}&max_seconds=1"), Some(last)).await;
+    let response = open_stream(
+        &app,
+        &key,
+        "default",
+        &format!("{query}&max_seconds=1"),
+        Some(last),
+    )
+    .await;
     let mut extra = 0;
     read_sse(response, |_| {
         extra += 1;
@@ -234,7 +353,14 @@ async fn a_stream_client_that_disconnects_and_resumes_sees_every_event_exactly_o
     .await;
     assert_eq!(extra, 0);
     // `?cursor=` resumes like Last-Event-ID.
-    let response = open_stream(&app, &key, "default", &format!("{query}&cursor={start}&max_seconds=1"), None).await;
+    let response = open_stream(
+        &app,
+        &key,
+        "default",
+        &format!("{query}&cursor={start}&max_seconds=1"),
+        None,
+    )
+    .await;
     let mut again = Vec::new();
     read_sse(response, |m| {
         again.push(m.event["id"].as_str().unwrap().to_string());
@@ -249,7 +375,14 @@ async fn the_stream_applies_filters_and_starts_now_without_a_cursor(db: TestDb) 
     let key = app.admin_key.clone();
     setup(&app, &key, "default").await;
     let before = run(&app, &key, "default").await;
-    let response = open_stream(&app, &key, "default", "related=pushpool.tag.t&max_seconds=3", None).await;
+    let response = open_stream(
+        &app,
+        &key,
+        "default",
+        "related=pushpool.tag.t&max_seconds=3",
+        None,
+    )
+    .await;
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         read_sse(response, |m| {
@@ -261,16 +394,31 @@ async fn the_stream_applies_filters_and_starts_now_without_a_cursor(db: TestDb) 
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A pool event (no tag) and a run (tagged) after the stream opened.
-    ok(&app, &key, "POST", "/api/workspaces/default/work_pools", Some(json!({"name": "q", "type": "process"}))).await;
+    ok(
+        &app,
+        &key,
+        "POST",
+        "/api/workspaces/default/work_pools",
+        Some(json!({"name": "q", "type": "process"})),
+    )
+    .await;
     let after = run(&app, &key, "default").await;
     let got = reader.await.unwrap();
     let resources: BTreeMap<String, String> = got
         .iter()
-        .map(|e| (e["resource"]["id"].as_str().unwrap().to_string(), e["event"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap().to_string(),
+                e["event"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         resources,
-        BTreeMap::from([(format!("pushpool.flow-run.{after}"), "pushpool.flow-run.created".to_string())]),
+        BTreeMap::from([(
+            format!("pushpool.flow-run.{after}"),
+            "pushpool.flow-run.created".to_string()
+        )]),
         "only events after the start, only the tagged run's (not {before})"
     );
 }
