@@ -1,6 +1,6 @@
 //! The client half of the command line: `pool`, `deployment`, `run` and `workspace` commands, and
 //! the access-control commands `key`, `service-account`, `user`, `member`, `role` and `audit`,
-//! that talk to the pushpool REST API.
+//! and `events`, that talk to the pushpool REST API.
 //!
 //! Exit codes: 0 success; 1 usage or API error (the message is printed on stderr as
 //! `error: …`); 2 when `run watch`/`deployment run --watch` sees the run end in a terminal state
@@ -10,6 +10,7 @@ mod access;
 mod api;
 mod automations;
 mod deployments;
+mod events;
 mod input;
 mod notify;
 mod output;
@@ -109,6 +110,8 @@ pub enum ClientCommand {
     Channel(notify::ChannelArgs),
     /// Inbound webhooks: `POST /hooks/{slug}` turns a JSON body into an event.
     Hook(notify::HookArgs),
+    /// The workspace's events: list them, or follow them live.
+    Events(events::EventsArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -153,6 +156,7 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Automation(a) => automations::automation(&api, out, a.command).await,
         ClientCommand::Channel(c) => notify::channel(&api, out, c.command).await,
         ClientCommand::Hook(h) => notify::hook(&api, out, h.command).await,
+        ClientCommand::Events(e) => events::events(&api, out, e.command).await,
     }
 }
 

@@ -556,7 +556,16 @@ fn schedule_commands_parse() {
 #[test]
 fn automation_commands_parse() {
     use super::automations::AutomationCommand;
-    match parse(&["automation", "create", "alert", "-f", "a.json", "--disabled"]).unwrap() {
+    match parse(&[
+        "automation",
+        "create",
+        "alert",
+        "-f",
+        "a.json",
+        "--disabled",
+    ])
+    .unwrap()
+    {
         ClientCommand::Automation(AutomationArgs {
             command:
                 AutomationCommand::Create {
@@ -578,12 +587,19 @@ fn automation_commands_parse() {
         (vec!["automation", "ls"], "Ls"),
         (vec!["automation", "list"], "Ls"),
         (vec!["automation", "inspect", "a"], "Inspect"),
-        (vec!["automation", "firings", "a", "--limit", "5"], "Firings"),
+        (
+            vec!["automation", "firings", "a", "--limit", "5"],
+            "Firings",
+        ),
     ] {
         let parsed = format!("{:?}", parse(&args).unwrap());
         assert!(parsed.contains(expected), "{args:?}: {parsed}");
     }
-    assert!(parse(&["automation", "create", "alert"]).is_err(), "--file is required");
+    assert!(
+        parse(&["automation", "create", "alert"]).is_err(),
+        "--file is required"
+    );
+}
 
 #[test]
 fn channel_and_hook_commands_parse() {

@@ -234,6 +234,11 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
         Roles("ODRV", "automations:read"),
     ),
     (
+        "get",
+        "/api/workspaces/{ws}/events/stream",
+        Roles("ODRV", "events:read"),
+    ),
+    (
         "post",
         "/api/workspaces/{ws}/members",
         Roles("O", "members:write"),
@@ -706,6 +711,12 @@ impl Env {
                 )
             }
             ("get", "/events") => ok(format!("{w}/events"), None, 200),
+            // Replayed from the start and closed after a second, so its body can be checked.
+            ("get", "/events/stream") => ok(
+                format!("{w}/events/stream?cursor=0&max_seconds=1"),
+                None,
+                200,
+            ),
             ("post", "/members") => {
                 let user = self.fresh_user().await;
                 ok(

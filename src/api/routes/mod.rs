@@ -8,6 +8,7 @@ pub mod audit;
 pub mod automations;
 pub mod claims;
 pub mod deployments;
+pub mod events;
 pub mod grants;
 pub mod hooks;
 pub mod jobs;
@@ -38,6 +39,7 @@ pub const TABLE: &[&[Route]] = &[
     automations::ROUTES,
     notify::ROUTES,
     hooks::ROUTES,
+    events::ROUTES,
 ];
 
 /// Every route of the API.
