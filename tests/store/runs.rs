@@ -308,15 +308,15 @@ async fn lifecycle_records_history_and_events(db: TestDb) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.resource_id == id.to_string())
+        .filter(|e| e.resource.id == format!("pushpool.flow-run.{id}"))
         .map(|e| e.event)
         .collect();
     for expected in [
-        "flow_run.created",
-        "flow_run.state.pending",
-        "flow_run.infrastructure_assigned",
-        "flow_run.state.running",
-        "flow_run.state.completed",
+        "pushpool.flow-run.created",
+        "pushpool.flow-run.Submitting",
+        "pushpool.flow-run.infrastructure-assigned",
+        "pushpool.flow-run.Running",
+        "pushpool.flow-run.Completed",
     ] {
         assert!(
             events.contains(&expected.to_string()),
