@@ -19,52 +19,52 @@ pub enum Action {
     /// Creates a run of a deployment.
     RunDeployment {
         /// The deployment (name or id); absent: the deployment the event is related to.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         deployment: Option<String>,
         /// Run parameters; string values may be templates (`"{{ event.payload.branch }}"`).
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
         parameters: Map<String, Value>,
     },
     /// Pauses a deployment (its runs are not claimed).
     PauseDeployment {
         /// Name or id; absent: the event's deployment.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         deployment: Option<String>,
     },
     /// Resumes a deployment.
     ResumeDeployment {
         /// Name or id; absent: the event's deployment.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         deployment: Option<String>,
     },
     /// Pauses a work pool.
     PauseWorkPool {
         /// Name; absent: the event's work pool.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_pool: Option<String>,
     },
     /// Resumes a work pool.
     ResumeWorkPool {
         /// Name; absent: the event's work pool.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_pool: Option<String>,
     },
     /// Pauses a work queue.
     PauseWorkQueue {
         /// The queue's pool; absent: the event's work pool.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_pool: Option<String>,
         /// The queue's name; absent: the event's work queue.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_queue: Option<String>,
     },
     /// Resumes a work queue.
     ResumeWorkQueue {
         /// The queue's pool; absent: the event's work pool.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_pool: Option<String>,
         /// The queue's name; absent: the event's work queue.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         work_queue: Option<String>,
     },
     /// Cancels the flow run the triggering event is about.
@@ -83,10 +83,10 @@ pub enum Action {
         /// `http` or `https` URL.
         url: String,
         /// Extra request headers.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<String, String>,
         /// The JSON body (templates in its strings); absent: the standard firing document.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<Value>,
     },
 }

@@ -36,42 +36,50 @@ pub enum Trigger {
 #[serde(deny_unknown_fields)]
 pub struct EventTrigger {
     /// `reactive` (default) or `proactive`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Posture::is_reactive")]
     pub posture: Posture,
     /// Event names counted (reactive) or awaited (proactive): exact names, or prefixes ending in
     /// `*` (`pushpool.flow-run.*`). At least one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect: Vec<String>,
     /// Proactive only: event names that open a window (e.g. `pushpool.flow-run.Running`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
     /// The event's resource id must match one of these (exact or prefix with `*`); empty: any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resource: Vec<String>,
     /// Resource labels the event must carry: label name → accepted values (exact or prefix
     /// with `*`); every label given must match one of its values.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, Vec<String>>,
     /// Related resources the event must have, by role (`deployment`, `work-pool`,
     /// `work-queue`, `tag`, `flow-run`): role → accepted names or ids; every role given must
     /// match one of its values.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub related: BTreeMap<String, Vec<String>>,
     /// Count (or await) separately per resource, deployment, work pool or work queue; absent:
     /// one group for the whole workspace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<Group>,
     /// How many events (1–1000, default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub threshold: u32,
     /// The window in seconds (0–2592000). Reactive: needed when `threshold` > 1. Proactive:
     /// required (at least 1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub within: u64,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reactive or proactive.
@@ -99,6 +107,12 @@ pub enum Group {
     WorkQueue,
 }
 
+impl Posture {
+    fn is_reactive(&self) -> bool {
+        *self == Posture::Reactive
+    }
+}
+
 impl Group {
     /// The related-resource role this groups by (`None` for the event's own resource).
     pub fn role(self) -> Option<&'static str> {
@@ -119,23 +133,23 @@ pub struct RunStateTrigger {
     /// `Pending`, `Cancelling`, `Paused`, `Scheduled`). At least one.
     pub states: Vec<String>,
     /// Only runs of these deployments (names or ids); empty: any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<String>,
     /// Only runs in these work pools (names or ids); empty: any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub work_pools: Vec<String>,
     /// Only runs with one of these tags; empty: any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// How many such runs (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub threshold: u32,
     /// Within this many seconds (needed when `threshold` > 1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub within: u64,
     /// Count per deployment or pool (default: each run apart when `threshold` is 1, else the
     /// whole workspace).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<Group>,
 }
 
