@@ -29,6 +29,7 @@ both_backends!(
     secrets_are_masked_in_answers,
     other_workspaces_cannot_see_or_use_channels_and_hooks,
     outbox_survives_a_restart_and_two_workers_deliver_each_once,
+    secrets_are_resealed_by_key_rotation,
 );
 
 /// The test configuration: fast polls and backoff; private targets allowed unless `guarded`.
@@ -140,6 +141,20 @@ async fn wait_delivery(s: &Served, id: &str, limit: Duration, f: impl Fn(&Value)
     }
 }
 
+/// Whether event `e` is `name`, also spelled the documented way (`pushpool.notification.failed`).
+fn event_is(e: &Value, name: &str) -> bool {
+    let got = e["event"].as_str().unwrap_or_default();
+    got == name || got.replace('-', "_") == format!("pushpool.{name}")
+}
+
+/// An event's resource id: `resource.id`, or the older flat `resource_id`.
+fn resource_of(e: &Value) -> &str {
+    e["resource"]["id"]
+        .as_str()
+        .or(e["resource_id"].as_str())
+        .unwrap_or_default()
+}
+
 async fn workspace_id(s: &Served) -> Uuid {
     s.store.workspace("default").await.unwrap().id
 }
@@ -225,7 +240,7 @@ async fn webhook_is_signed_retried_while_down_and_delivered_once(db: TestDb) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["event"] == "notification.delivered" && e["resource_id"] == id.as_str()),
+            .any(|e| event_is(e, "notification.delivered") && resource_of(e) == id),
         "{events}"
     );
     server.abort();
@@ -261,7 +276,7 @@ async fn failing_delivery_is_recorded_failed_with_an_event(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["event"] == "notification.failed" && e["resource_id"] == id.as_str())
+        .find(|e| event_is(e, "notification.failed") && resource_of(e) == id)
         .unwrap_or_else(|| panic!("no notification.failed event: {events}"));
     assert!(failed["payload"]["error"]
         .as_str()
@@ -576,7 +591,7 @@ async fn inbound_hook_turns_a_body_into_an_event(db: TestDb) {
         .iter()
         .find(|e| e["event"] == "github.push")
         .unwrap_or_else(|| panic!("{events}"));
-    assert_eq!(e["resource_id"], "github.repo.77");
+    assert_eq!(resource_of(e), "github.repo.77");
     assert_eq!(e["payload"], json!({"ref": "main", "count": 3, "fixed": 1}));
 
     // A body without a field the template uses: 400 naming it.
@@ -646,7 +661,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
     let c = create(
         &s,
         "/notification_channels",
-        json!({"name": "generated", "kind": "webhook", "url": "https://203.0.113.10/x",
+        json!({"name": "generated", "kind": "webhook", "url": "http://127.0.0.1:9/x",
                "headers": {"X-Api-Key": "header-secret-value"}}),
     )
     .await;
@@ -657,7 +672,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
     let given = create(
         &s,
         "/notification_channels",
-        json!({"name": "given", "kind": "webhook", "url": "https://203.0.113.10/x",
+        json!({"name": "given", "kind": "webhook", "url": "http://127.0.0.1:9/x",
                "secret": "my-own-secret-value-123"}),
     )
     .await;
@@ -689,11 +704,11 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
             "url",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "secret": "short"}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "secret": "short"}),
             "secret",
         ),
         (
-            json!({"name": "a", "kind": "slack", "url": "https://203.0.113.10/", "secret": "0123456789abcdefg"}),
+            json!({"name": "a", "kind": "slack", "url": "http://127.0.0.1:9/", "secret": "0123456789abcdefg"}),
             "secret",
         ),
         (json!({"name": "a", "kind": "email"}), "smtp"),
@@ -702,15 +717,15 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
             "smtp.from",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "retry_for_seconds": 0}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "retry_for_seconds": 0}),
             "retry_for_seconds",
         ),
         (
-            json!({"name": "a", "kind": "webhook", "url": "https://203.0.113.10/", "headers": {"X-Pushpool-Signature": "x"}}),
+            json!({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:9/", "headers": {"X-Pushpool-Signature": "x"}}),
             "headers.X-Pushpool-Signature",
         ),
         (
-            json!({"name": "bad name!", "kind": "webhook", "url": "https://203.0.113.10/"}),
+            json!({"name": "bad name!", "kind": "webhook", "url": "http://127.0.0.1:9/"}),
             "name",
         ),
     ] {
@@ -722,7 +737,7 @@ async fn secrets_are_masked_in_answers(db: TestDb) {
         &s,
         "POST",
         "/notification_channels",
-        Some(json!({"name": "given", "kind": "webhook", "url": "https://203.0.113.10/x"})),
+        Some(json!({"name": "given", "kind": "webhook", "url": "http://127.0.0.1:9/x"})),
     )
     .await;
     assert_eq!(status, 409, "{v}");
@@ -733,7 +748,7 @@ async fn other_workspaces_cannot_see_or_use_channels_and_hooks(db: TestDb) {
     let c = create(
         &s,
         "/notification_channels",
-        json!({"name": "alpha-channel", "kind": "webhook", "url": "https://203.0.113.10/x"}),
+        json!({"name": "alpha-channel", "kind": "webhook", "url": "http://127.0.0.1:9/x"}),
     )
     .await;
     let hook = create(&s, "/inbound_hooks", json!({"name": "alpha-hook"})).await;
@@ -895,4 +910,52 @@ async fn outbox_survives_a_restart_and_two_workers_deliver_each_once(db: TestDb)
         "{list}"
     );
     server.abort();
+}
+
+async fn secrets_are_resealed_by_key_rotation(db: TestDb) {
+    use pushpool::store::{ConnectOptions, SecretKey, Store};
+    let s = serve(&db, false).await;
+    create(
+        &s,
+        "/notification_channels",
+        json!({"name": "rot", "kind": "webhook", "url": "http://127.0.0.1:9/",
+               "secret": "rotate-me-secret-0123", "headers": {"X-K": "header-value"}}),
+    )
+    .await;
+    create(
+        &s,
+        "/notification_channels",
+        json!({"name": "mail", "kind": "email", "smtp": {"host": "127.0.0.1", "port": 9,
+               "tls": "none", "username": "u", "password": "pw-123",
+               "from": "a@example.com", "to": ["b@example.com"]}}),
+    )
+    .await;
+    let hook = create(
+        &s,
+        "/inbound_hooks",
+        json!({"name": "signed", "signed": true}),
+    )
+    .await;
+    let new = SecretKey::generate("the rotation test");
+    let report = s.store.reseal_all(&new).await.unwrap();
+    assert!(report.notifications >= 3, "{report:?}");
+    let reopened = Store::connect_with(
+        &db.url,
+        ConnectOptions {
+            secret_key: Some(new),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ws = reopened.workspace("default").await.unwrap().id;
+    let c = reopened.channel(ws, "rot").await.unwrap();
+    assert_eq!(c.config["secret"], "rotate-me-secret-0123");
+    assert_eq!(c.config["headers"]["X-K"], "header-value");
+    let m = reopened.channel(ws, "mail").await.unwrap();
+    assert_eq!(m.config["smtp"]["password"], "pw-123");
+    let h = reopened.hook(ws, "signed").await.unwrap();
+    assert_eq!(h.secret.as_deref(), hook["secret"].as_str());
+    // The old key no longer opens them.
+    assert!(s.store.channel(ws, "rot").await.is_err());
 }
