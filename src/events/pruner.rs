@@ -22,8 +22,32 @@ pub async fn prune_once(store: &Store) -> crate::store::Result<u64> {
         .await
 }
 
+/// The environment variable that sets the retention (days, 1–36500) for the whole instance
+/// when `up` or `controller` starts; without it the stored setting (default 30) stays.
+pub const RETENTION_ENV: &str = "PUSHPOOL_EVENT_RETENTION_DAYS";
+
+/// Stores the retention given in [`RETENTION_ENV`], if any (an invalid value is reported and
+/// ignored).
+async fn apply_env_retention(store: &Store) {
+    let Ok(raw) = std::env::var(RETENTION_ENV) else {
+        return;
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(days) if (1..=36_500).contains(&days) => {
+            if let Err(e) = store
+                .set_setting(crate::store::EVENT_RETENTION_DAYS_SETTING, &days.to_string())
+                .await
+            {
+                tracing::warn!(error = %e, "cannot store the event retention");
+            }
+        }
+        _ => tracing::warn!(value = %raw, "{RETENTION_ENV} must be a number of days from 1 to 36500; ignored"),
+    }
+}
+
 /// Prunes now and every [`PRUNE_EVERY`] until `stop` turns true.
 pub async fn run(store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+    apply_env_retention(&store).await;
     loop {
         match prune_once(&store).await {
             Ok(0) => {}
