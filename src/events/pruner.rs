@@ -35,13 +35,18 @@ async fn apply_env_retention(store: &Store) {
     match raw.trim().parse::<i64>() {
         Ok(days) if (1..=36_500).contains(&days) => {
             if let Err(e) = store
-                .set_setting(crate::store::EVENT_RETENTION_DAYS_SETTING, &days.to_string())
+                .set_setting(
+                    crate::store::EVENT_RETENTION_DAYS_SETTING,
+                    &days.to_string(),
+                )
                 .await
             {
                 tracing::warn!(error = %e, "cannot store the event retention");
             }
         }
-        _ => tracing::warn!(value = %raw, "{RETENTION_ENV} must be a number of days from 1 to 36500; ignored"),
+        _ => {
+            tracing::warn!(value = %raw, "{RETENTION_ENV} must be a number of days from 1 to 36500; ignored")
+        }
     }
 }
 
