@@ -6,6 +6,8 @@
 //! (`pushpool.work-pool.created`, `pushpool.flow-run.Failed`) as they are written, so the names
 //! are spelled in one place.
 
+pub mod controller;
 pub mod names;
+pub mod pruner;
 
 pub use names::{canonical, event_kind, flow_run_labels, flow_run_related, resource_id};
