@@ -24,5 +24,6 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod ui;
 /// The template engine, at its old path (it lives in [`job::template`]).
 pub use job::template;

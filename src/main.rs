@@ -4,6 +4,7 @@ mod bench;
 mod bench_command;
 mod bench_prefect;
 mod bench_schedule;
+mod bench_ui;
 mod chaos;
 mod cli;
 

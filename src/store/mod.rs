@@ -241,6 +241,9 @@ impl Default for ConnectOptions {
     }
 }
 
+/// The schema version this build migrates a database to (its newest migration).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
@@ -272,6 +275,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "retries_tags",
         include_str!("../../migrations/0007_retries_tags.sql"),
+    ),
+    (
+        8,
+        "slot_run_indexes",
+        include_str!("../../migrations/0008_slot_run_indexes.sql"),
     ),
     (
         9,
