@@ -7,7 +7,9 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod automations;
 pub mod controller;
+pub mod events;
 pub mod execution;
 pub mod handover;
 pub mod identity;

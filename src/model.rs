@@ -1,5 +1,7 @@
 //! Domain types: what the store keeps and the API shows.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -217,21 +219,50 @@ pub struct FlowRun {
     pub tags: Vec<String>,
 }
 
-/// An audit/event record: one per accepted transition and per mutation.
+/// An event, shaped like Prefect's (docs/events.md): one per accepted transition and per
+/// mutation, plus the controller's own (late runs, throttling, start/stop, rescued leases).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     /// Id (UUID v7, so ids sort by time).
     pub id: Uuid,
+    /// The cursor: a number the store assigns on write, increasing with each event written.
+    /// Paging and the live stream resume from it (docs/events.md on commit order).
+    pub seq: i64,
     /// Workspace.
     pub workspace_id: Uuid,
-    /// When.
+    /// When it happened.
     pub occurred: DateTime<Utc>,
-    /// Name, e.g. `flow_run.state.running` or `work_pool.created`.
+    /// Name, e.g. `pushpool.flow-run.Failed` or `pushpool.work-pool.created`.
     pub event: String,
-    /// Id of the object concerned.
-    pub resource_id: String,
+    /// What it happened to.
+    pub resource: EventResource,
+    /// Other resources it concerns (the run's deployment, pool, queue, workspace and tags).
+    #[serde(default)]
+    pub related: Vec<RelatedResource>,
     /// Details.
     pub payload: Value,
+}
+
+/// The resource an event is about.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EventResource {
+    /// `pushpool.<kind>.<id or name>`, e.g. `pushpool.flow-run.0190…`.
+    pub id: String,
+    /// Facts about it, e.g. `pushpool.state-type`: `FAILED`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A resource an event concerns besides its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RelatedResource {
+    /// `pushpool.<kind>.<id or name>`, e.g. `pushpool.deployment.0190…` or `pushpool.tag.nightly`.
+    pub id: String,
+    /// What it is to the event: `deployment`, `work-pool`, `work-queue`, `workspace`, `tag`, ….
+    pub role: String,
+    /// Facts about it, e.g. `pushpool.resource.name`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One line of a run's output.

@@ -322,14 +322,31 @@ pub async fn serve(
     });
     let controller_task = controller.clone().map(|c| {
         let mut stop = stop_rx.clone();
+        // `pushpool.controller.started` / `stopped` events (docs/events.md), best effort.
+        let events = (
+            store.clone(),
+            c.context().config.id.clone(),
+            serde_json::json!({"pool_types": registry.pool_types(), "version": env!("CARGO_PKG_VERSION")}),
+        );
         tokio::spawn(async move {
+            let (store, id, payload) = events;
+            if let Err(e) = crate::events::controller::record_controller(&store, &id, "started", payload.clone()).await {
+                tracing::warn!(error = %e, "cannot record the controller's start event");
+            }
             let runner = c.clone();
             let run = tokio::spawn(async move { runner.run(Duration::from_secs(30)).await });
             let _ = stop.wait_for(|s| *s).await;
             c.shutdown();
             let _ = run.await;
+            if let Err(e) = crate::events::controller::record_controller(&store, &id, "stopped", payload).await {
+                tracing::warn!(error = %e, "cannot record the controller's stop event");
+            }
         })
     });
+    // The event retention pruner runs wherever a controller runs (`up`, `controller`).
+    let pruner_task = options
+        .controller
+        .then(|| tokio::spawn(crate::events::pruner::run(store.clone(), stop_rx.clone())));
     let scheduler_task = options
         .scheduler
         .clone()
@@ -339,6 +356,15 @@ pub async fn serve(
             let scheduler = crate::scheduler::Scheduler::new(store.clone(), config);
             tokio::spawn(scheduler.run(stop_rx.clone()))
         });
+    // Automations (issue 14) run wherever a controller runs; several engines share the work.
+    let automations_task = options.controller.then(|| {
+        let mut config = crate::automations::EngineConfig::default();
+        if let Some(id) = &options.controller_id {
+            config.id = format!("{id}-automations");
+        }
+        let engine = crate::automations::Engine::new(store.clone(), config);
+        tokio::spawn(engine.run(stop_rx.clone()))
+    });
     let notify_task = options.controller.then(|| {
         let id = controller
             .as_ref()
@@ -375,6 +401,12 @@ pub async fn serve(
         let _ = t.await;
     }
     if let Some(t) = scheduler_task {
+        let _ = t.await;
+    }
+    if let Some(t) = automations_task {
+        let _ = t.await;
+    }
+    if let Some(t) = pruner_task {
         let _ = t.await;
     }
     if let Some(t) = notify_task {

@@ -189,6 +189,33 @@ impl Api {
         Err(error_from_body(status, &text))
     }
 
+    /// Opens a Server-Sent Events stream at `url` (no overall time limit), resuming after
+    /// `last_event_id` when given; an error status becomes a [`CliError`].
+    pub async fn open_stream(
+        &self,
+        url: Url,
+        last_event_id: Option<i64>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut request = self
+            .http
+            .get(url)
+            .header("Accept", "text/event-stream")
+            .timeout(Duration::from_secs(100 * 365 * 24 * 3600));
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(error_from_body(status, &text))
+    }
+
     fn transport_error(&self, e: &reqwest::Error) -> CliError {
         if e.is_connect() || e.is_timeout() {
             CliError::Unreachable {

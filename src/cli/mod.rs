@@ -1,6 +1,6 @@
 //! The client half of the command line: `pool`, `deployment`, `run` and `workspace` commands, and
 //! the access-control commands `key`, `service-account`, `user`, `member`, `role` and `audit`,
-//! that talk to the pushpool REST API.
+//! and `events`, that talk to the pushpool REST API.
 //!
 //! Exit codes: 0 success; 1 usage or API error (the message is printed on stderr as
 //! `error: …`); 2 when `run watch`/`deployment run --watch` sees the run end in a terminal state
@@ -8,7 +8,9 @@
 
 mod access;
 mod api;
+mod automations;
 mod deployments;
+mod events;
 mod input;
 mod notify;
 mod output;
@@ -30,6 +32,7 @@ use serde_json::Value;
 use api::{Api, CliError};
 use output::{emit, pretty};
 
+pub use automations::AutomationArgs;
 pub use deployments::DeploymentArgs;
 pub use pools::PoolArgs;
 pub use runs::RunArgs;
@@ -101,10 +104,14 @@ pub enum ClientCommand {
     Role(access::RoleArgs),
     /// The workspace's audit log.
     Audit(access::AuditArgs),
+    /// Automations: triggers and the actions they start.
+    Automation(AutomationArgs),
     /// Notification channels: signed webhooks, Slack, email; test them, see deliveries.
     Channel(notify::ChannelArgs),
     /// Inbound webhooks: `POST /hooks/{slug}` turns a JSON body into an event.
     Hook(notify::HookArgs),
+    /// The workspace's events: list them, or follow them live.
+    Events(events::EventsArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -146,8 +153,10 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Member(m) => access::member(&api, out, m.command).await,
         ClientCommand::Role(r) => access::role(&api, out, r.command).await,
         ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
+        ClientCommand::Automation(a) => automations::automation(&api, out, a.command).await,
         ClientCommand::Channel(c) => notify::channel(&api, out, c.command).await,
         ClientCommand::Hook(h) => notify::hook(&api, out, h.command).await,
+        ClientCommand::Events(e) => events::events(&api, out, e.command).await,
     }
 }
 

@@ -554,6 +554,54 @@ fn schedule_commands_parse() {
 }
 
 #[test]
+fn automation_commands_parse() {
+    use super::automations::AutomationCommand;
+    match parse(&[
+        "automation",
+        "create",
+        "alert",
+        "-f",
+        "a.json",
+        "--disabled",
+    ])
+    .unwrap()
+    {
+        ClientCommand::Automation(AutomationArgs {
+            command:
+                AutomationCommand::Create {
+                    name,
+                    file,
+                    disabled,
+                },
+        }) => {
+            assert_eq!(name, "alert");
+            assert_eq!(file, std::path::PathBuf::from("a.json"));
+            assert!(disabled);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (args, expected) in [
+        (vec!["automation", "enable", "a"], "Enable"),
+        (vec!["automation", "disable", "a"], "Disable"),
+        (vec!["automation", "delete", "a"], "Delete"),
+        (vec!["automation", "ls"], "Ls"),
+        (vec!["automation", "list"], "Ls"),
+        (vec!["automation", "inspect", "a"], "Inspect"),
+        (
+            vec!["automation", "firings", "a", "--limit", "5"],
+            "Firings",
+        ),
+    ] {
+        let parsed = format!("{:?}", parse(&args).unwrap());
+        assert!(parsed.contains(expected), "{args:?}: {parsed}");
+    }
+    assert!(
+        parse(&["automation", "create", "alert"]).is_err(),
+        "--file is required"
+    );
+}
+
+#[test]
 fn channel_and_hook_commands_parse() {
     let c = parse(&[
         "channel",

@@ -22,6 +22,7 @@ use crate::job::{self, BaseJobTemplate, JobError, RunFacts};
 use crate::metrics::Metrics;
 use crate::model::{Deployment, FlowRun, WorkPool};
 use crate::store::Store;
+use pushpool_provider::ProviderError;
 
 /// How long a pool or deployment read is reused when preparing jobs (changes apply within this).
 const OBJECT_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -48,6 +49,8 @@ pub struct Context {
     deployments: TtlCache<Uuid, Deployment>,
     grants: TtlCache<Uuid, (String, Grants)>,
     buckets: Mutex<HashMap<(Uuid, u64), Arc<TokenBucket>>>,
+    /// When each pool's last `pushpool.work-pool.throttled` event was written (docs/events.md).
+    throttle_notes: crate::events::controller::ThrottleNotes,
     /// The store, when the plane is pushpool's own (for [`ProcessGate`] lookups).
     store: Option<Store>,
     gate: ProcessGate,
@@ -90,9 +93,29 @@ impl Context {
             deployments: TtlCache::new(OBJECT_CACHE_TTL),
             grants: TtlCache::new(OBJECT_CACHE_TTL),
             buckets: Mutex::new(HashMap::new()),
+            throttle_notes: Default::default(),
             store: None,
             gate,
         }
+    }
+
+    /// Writes `pushpool.work-pool.throttled` (in the background, at most once a minute per pool)
+    /// when `error` says the provider throttled a call for `run`; only on pushpool's own store.
+    pub(super) fn note_throttled(&self, run: &FlowRun, pool_type: &str, error: &ProviderError) {
+        let Some(store) = &self.store else { return };
+        if !crate::events::controller::is_throttling(error)
+            || !self.throttle_notes.due(run.work_pool_id)
+        {
+            return;
+        }
+        let row =
+            crate::events::controller::throttled_event(run, pool_type, error, &self.config.id);
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_events(&[row]).await {
+                tracing::warn!(error = %e, "cannot record a provider throttling event");
+            }
+        });
     }
 
     /// `Some(message)` when `--process-pools` refuses the run's `process` pool. Without

@@ -35,8 +35,11 @@ pub async fn reconcile(work: &mut RunWork, ctx: &Context) -> Result<Action, Cont
 
 /// Decides what a failed reconcile means: control-plane trouble is retried; provider errors the
 /// reconcile did not handle are retried while transient.
-pub fn error_policy(work: &RunWork, error: &ControllerError, _ctx: &Context) -> Action {
+pub fn error_policy(work: &RunWork, error: &ControllerError, ctx: &Context) -> Action {
     tracing::warn!(run_id = %work.run.id, error = %error, kind = error.metric_label(), "reconcile failed; will retry");
+    if let (ControllerError::Provider { source, .. }, Some(job)) = (error, &work.job) {
+        ctx.note_throttled(&work.run, &job.pool_type, source);
+    }
     match error {
         ControllerError::Plane(_) => Action::requeue(Duration::from_secs(1)),
         ControllerError::Provider { source, .. } => match source {
@@ -338,6 +341,7 @@ async fn leased_submit(
         .notify(|e: &SubmitError, after: Duration| {
             if let SubmitError::Provider(p) = e {
                 ctx.metrics.provider_error(&prepared.pool_type, p.class());
+                ctx.note_throttled(&work.run, &prepared.pool_type, p);
             }
             tracing::info!(run_id = %run_id, error = %e, retry_in = ?after, "submit failed transiently; retrying");
         })

@@ -34,6 +34,8 @@ use Allowed::*;
 #[path = "authz_schedules.rs"]
 mod schedule_cases;
 
+#[path = "authz_automations.rs"]
+mod automation_cases;
 #[path = "authz_notify.rs"]
 mod notify_cases;
 
@@ -198,6 +200,42 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
     (
         "get",
         "/api/workspaces/{ws}/events",
+        Roles("ODRV", "events:read"),
+    ),
+    // Automations (issue 14); their requests are built in authz_automations.rs.
+    (
+        "post",
+        "/api/workspaces/{ws}/automations",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations",
+        Roles("ODRV", "automations:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("ODRV", "automations:read"),
+    ),
+    (
+        "patch",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/automations/{id_or_name}",
+        Roles("OD", "automations:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/automations/{id_or_name}/firings",
+        Roles("ODRV", "automations:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/events/stream",
         Roles("ODRV", "events:read"),
     ),
     (
@@ -630,6 +668,7 @@ impl Env {
                 201,
             ),
             (m, t) if schedule_cases::covers(t) => schedule_cases::case(self, m, t, ws).await,
+            (m, t) if automation_cases::covers(t) => automation_cases::case(self, m, t, ws).await,
             (m, t) if notify_cases::covers(t) => notify_cases::case(self, m, t, ws).await,
             ("get", "/flow_runs") => ok(format!("{w}/flow_runs"), None, 200),
             ("get", "/flow_runs/{id}") => ok(format!("{w}/flow_runs/{}", ws.run), None, 200),
@@ -672,6 +711,12 @@ impl Env {
                 )
             }
             ("get", "/events") => ok(format!("{w}/events"), None, 200),
+            // Replayed from the start and closed after a second, so its body can be checked.
+            ("get", "/events/stream") => ok(
+                format!("{w}/events/stream?cursor=0&max_seconds=1"),
+                None,
+                200,
+            ),
             ("post", "/members") => {
                 let user = self.fresh_user().await;
                 ok(
@@ -778,6 +823,7 @@ impl Env {
             "/service_accounts",
             "/api_keys",
             "/roles",
+            "/automations",
         ] {
             let (s, v, text) = self
                 .call(

@@ -240,24 +240,35 @@ async fn viewers_do_not_see_security_events(db: TestDb) {
             .collect()
     };
     let security = |k: &String| {
-        ["api_key.", "service_account.", "member.", "role."]
-            .iter()
-            .any(|p| k.starts_with(p))
+        [
+            "pushpool.api-key.",
+            "pushpool.service-account.",
+            "pushpool.member.",
+            "pushpool.role.",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
     };
     // The owner sees everything.
     let (s, events) = call(&served, "GET", "/events", &owner, None).await;
     assert_eq!(s, 200, "{events}");
     let seen = kinds(&events);
-    assert!(seen.iter().any(|k| k == "api_key.created"), "{seen:?}");
     assert!(
-        seen.iter().any(|k| k == "service_account.created"),
+        seen.iter().any(|k| k == "pushpool.api-key.created"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|k| k == "pushpool.service-account.created"),
         "{seen:?}"
     );
     // The viewer sees the pool, not the keys and accounts.
     let (s, events) = call(&served, "GET", "/events", &viewer, None).await;
     assert_eq!(s, 200, "{events}");
     let seen = kinds(&events);
-    assert!(seen.iter().any(|k| k == "work_pool.created"), "{seen:?}");
+    assert!(
+        seen.iter().any(|k| k == "pushpool.work-pool.created"),
+        "{seen:?}"
+    );
     assert!(!seen.iter().any(security), "{seen:?}");
 }
 

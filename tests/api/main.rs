@@ -5,8 +5,12 @@
 
 mod audit;
 mod authz;
+mod authz_events;
+mod automations;
+mod automations_e2e;
 mod escalation;
 mod escalation_model;
+mod events;
 mod fuzz;
 mod hardening;
 mod identity;

@@ -382,6 +382,25 @@ async fn live_answers_match_their_declared_schemas() {
         ),
         ("get", "/events", format!("{ws}/events"), None),
         (
+            "get",
+            "/events",
+            format!("{ws}/events?event_prefix=pushpool.flow-run.&after=0&limit=5"),
+            None,
+        ),
+        ("get", "/events", format!("{ws}/events?limit=0"), None),
+        (
+            "get",
+            "/events/stream",
+            format!("{ws}/events/stream?cursor=0&max_seconds=1"),
+            None,
+        ),
+        (
+            "get",
+            "/events/stream",
+            format!("{ws}/events/stream?cursor=x"),
+            None,
+        ),
+        (
             "post",
             "/service_accounts",
             format!("{ws}/service_accounts"),
@@ -409,8 +428,8 @@ async fn live_answers_match_their_declared_schemas() {
     assert_eq!(
         statuses,
         [
-            201, 409, 200, 200, 200, 201, 200, 201, 200, 200, 422, 404, 200, 201, 200, 200, 200,
-            200, 200, 201, 200
+            201, 409, 200, 200, 200, 201, 200, 201, 200, 200, 422, 404, 200, 200, 422, 200, 422,
+            201, 200, 200, 200, 200, 200, 201, 200
         ],
         "{problems:?}"
     );

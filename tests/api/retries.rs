@@ -142,7 +142,10 @@ async fn a_job_failing_twice_then_succeeding_completes_on_its_third_attempt(db: 
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["event"] == "flow_run.infrastructure_assigned" && e["resource_id"] == id)
+        .filter(|e| {
+            e["event"] == "pushpool.flow-run.infrastructure-assigned"
+                && e["resource"]["id"] == format!("pushpool.flow-run.{id}")
+        })
         .map(|e| {
             e["payload"]["infrastructure_id"]
                 .as_str()

@@ -8,6 +8,7 @@
 mod aws_lambda;
 mod cloud_run;
 mod controller;
+mod events;
 mod example;
 mod restart;
 mod sandbox;

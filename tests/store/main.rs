@@ -3,6 +3,8 @@
 //! API and a controller through a PostgreSQL outage (`outage`).
 
 mod access;
+mod automations;
+mod events;
 mod outage;
 mod retries;
 mod runs;

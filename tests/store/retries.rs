@@ -205,7 +205,11 @@ async fn a_failed_attempt_is_retried_in_the_same_transaction_until_retries_run_o
     let events = f.store.list_events(f.ws, 100).await.unwrap();
     let retried = events
         .iter()
-        .filter(|e| e.event == "flow_run.state.scheduled" && e.payload["from"] == "FAILED")
+        .filter(|e| {
+            e.event.starts_with("pushpool.flow-run.")
+                && e.resource.labels["pushpool.state-type"] == "SCHEDULED"
+                && e.payload["from"] == "FAILED"
+        })
         .count();
     assert_eq!(retried, 1, "one event per retry from FAILED");
 }

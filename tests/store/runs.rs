@@ -135,11 +135,17 @@ impl Fixture {
 
 async fn migrations_are_applied_once_and_versioned(db: TestDb) {
     let a = connect(&db, 2).await;
-    assert_eq!(a.schema_version().await.unwrap(), pushpool::store::SCHEMA_VERSION);
+    assert_eq!(
+        a.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
     a.create_workspace("w").await.unwrap();
     // A second connect (another controller starting) must not re-run or fail.
     let b = connect(&db, 2).await;
-    assert_eq!(b.schema_version().await.unwrap(), pushpool::store::SCHEMA_VERSION);
+    assert_eq!(
+        b.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
     assert_eq!(b.list_workspaces().await.unwrap().len(), 1);
 }
 
@@ -308,15 +314,15 @@ async fn lifecycle_records_history_and_events(db: TestDb) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.resource_id == id.to_string())
+        .filter(|e| e.resource.id == format!("pushpool.flow-run.{id}"))
         .map(|e| e.event)
         .collect();
     for expected in [
-        "flow_run.created",
-        "flow_run.state.pending",
-        "flow_run.infrastructure_assigned",
-        "flow_run.state.running",
-        "flow_run.state.completed",
+        "pushpool.flow-run.created",
+        "pushpool.flow-run.Submitting",
+        "pushpool.flow-run.infrastructure-assigned",
+        "pushpool.flow-run.Running",
+        "pushpool.flow-run.Completed",
     ] {
         assert!(
             events.contains(&expected.to_string()),

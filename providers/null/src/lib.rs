@@ -54,6 +54,8 @@ struct Book {
 pub struct NullProvider {
     latency: Duration,
     fail_rate: f64,
+    /// Injected failures look like throttling (HTTP 429 with a Retry-After).
+    throttle: bool,
     book: Arc<Mutex<Book>>,
     /// Shared submission journal (one file per process) so several processes agree on which jobs
     /// exist: what `lookup` reads and what the chaos checker counts.
@@ -158,6 +160,14 @@ impl NullProvider {
         self
     }
 
+    /// Makes a fraction (0..=1) of submit and status calls fail as a throttling provider does
+    /// (transient, "HTTP 429", a 10 ms Retry-After).
+    pub fn with_throttling(mut self, rate: f64) -> Self {
+        self.fail_rate = rate.clamp(0.0, 1.0);
+        self.throttle = true;
+        self
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -183,6 +193,12 @@ impl NullProvider {
 
     fn maybe_fail(&self, what: &str) -> Result<(), ProviderError> {
         if self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate {
+            if self.throttle {
+                return Err(ProviderError::Transient {
+                    message: format!("null provider: TooManyRequests (HTTP 429) on {what}"),
+                    retry_after: Some(Duration::from_millis(10)),
+                });
+            }
             return Err(ProviderError::Transient {
                 message: format!("null provider: injected transient failure on {what}"),
                 retry_after: None,

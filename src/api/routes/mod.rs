@@ -5,8 +5,10 @@
 pub mod access;
 pub mod api_keys;
 pub mod audit;
+pub mod automations;
 pub mod claims;
 pub mod deployments;
+pub mod events;
 pub mod grants;
 pub mod hooks;
 pub mod jobs;
@@ -34,8 +36,10 @@ pub const TABLE: &[&[Route]] = &[
     schedules::ROUTES,
     api_keys::ROUTES,
     jobs::ROUTES,
+    automations::ROUTES,
     notify::ROUTES,
     hooks::ROUTES,
+    events::ROUTES,
 ];
 
 /// Every route of the API.

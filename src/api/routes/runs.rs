@@ -1,5 +1,5 @@
-//! Flow runs of deployments: create, list, read, history, logs, cancel; and the workspace's
-//! event stream.
+//! Flow runs of deployments: create, list, read, history, logs, cancel (the workspace's events
+//! are in `events.rs`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,7 +21,7 @@ use super::super::{
 };
 use super::deployments::{render_for, retry_override};
 use crate::access::Scope;
-use crate::model::{Event, FlowRun, HistoryEntry, LogLine};
+use crate::model::{FlowRun, HistoryEntry, LogLine};
 use crate::state::{Proposal, RetryDelay, RetryOverride, StateType};
 use crate::store::{NewRun, RunFilter, TransitionGuard, TransitionOutcome};
 
@@ -69,11 +69,6 @@ pub const ROUTES: &[Route] = &[
         .access(Access::Workspace(Scope::RunsRead))
         .audit("flow_run.logs", DeniedOnly)
         .ok::<Vec<LogLine>>(),
-    Route::get(ws!("/events"), handler!(list_events))
-        .summary("Newest events of the workspace")
-        .access(Access::Workspace(Scope::EventsRead))
-        .audit("event.list", DeniedOnly)
-        .ok::<Vec<Event>>(),
 ];
 
 /// A flow run with its state history.
@@ -331,12 +326,4 @@ async fn cancel_run(
         "conflict",
         "the run keeps changing state; retry",
     ))
-}
-
-async fn list_events(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Event>>> {
-    let ws = caller.workspace()?;
-    // Each event is shown only to readers who may read what it is about.
-    let mut events = state.store.list_events(ws.id, 500).await?;
-    events.retain(|e| caller.has(crate::access::event_read_scope(&e.event)));
-    Ok(Json(events))
 }

@@ -9,12 +9,11 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::crypto::{self, SecretKey};
-use super::sql::{get_bool, get_uuid, insert_rows, unique_conflict};
+use super::sql::{get_bool, get_uuid, unique_conflict};
 use super::{Result, Store, StoreError, Tx};
-use crate::model::{
-    from_micros, now_micros, Deployment, Event, Micros, WorkPool, WorkQueue, Workspace,
-};
+use crate::model::{from_micros, now_micros, Deployment, WorkPool, WorkQueue, Workspace};
 
+pub(crate) use super::events::{insert_event, insert_event_rows, EventRow};
 pub use deployments::{DeploymentPatch, NewDeployment, RunDefaults};
 pub use pools::{NewPool, NewQueue, PoolPatch};
 
@@ -164,38 +163,6 @@ pub(crate) async fn insert_workspace(tx: &mut Tx, name: &str) -> Result<Workspac
     })
 }
 
-/// One event row to insert.
-pub(crate) struct EventRow {
-    /// The workspace it happened in.
-    pub(crate) workspace_id: Uuid,
-    /// When.
-    pub(crate) occurred: Micros,
-    /// What, e.g. `work_pool.created`.
-    pub(crate) event: String,
-    /// The id or name of the object it happened to.
-    pub(crate) resource_id: String,
-    /// Facts about it.
-    pub(crate) payload: Value,
-}
-
-/// Appends an event inside `tx`.
-pub(crate) async fn insert_event(
-    tx: &mut Tx,
-    workspace_id: Uuid,
-    event: &str,
-    resource_id: &str,
-    payload: &Value,
-) -> Result<()> {
-    let row = EventRow {
-        workspace_id,
-        occurred: now_micros(),
-        event: event.to_string(),
-        resource_id: resource_id.to_string(),
-        payload: payload.clone(),
-    };
-    insert_event_rows(tx, &[row]).await
-}
-
 /// Deletes the row `id` of `table` inside `tx`, appends `event` naming the object, and commits.
 async fn delete_recorded(
     mut tx: Tx,
@@ -214,20 +181,6 @@ async fn delete_recorded(
     insert_event(&mut tx, workspace_id, event, &id, &json!({"name": name})).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Appends events inside `tx` with multi-row statements.
-pub(crate) async fn insert_event_rows(tx: &mut Tx, rows: &[EventRow]) -> Result<()> {
-    let head = "INSERT INTO events (id, workspace_id, occurred, event, resource_id, payload)";
-    insert_rows(tx, head, 6, 500, rows, |q, row| {
-        q.bind(Uuid::now_v7().to_string())
-            .bind(row.workspace_id.to_string())
-            .bind(row.occurred)
-            .bind(row.event.clone())
-            .bind(row.resource_id.clone())
-            .bind(row.payload.to_string())
-    })
-    .await
 }
 
 impl Store {
@@ -278,27 +231,5 @@ impl Store {
     pub async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
         let query = sqlx::query("SELECT id, name, created FROM workspaces ORDER BY name");
         self.fetch_rows(query, workspace_from_row).await
-    }
-
-    /// A workspace's newest events, newest first.
-    pub async fn list_events(&self, workspace_id: Uuid, limit: i64) -> Result<Vec<Event>> {
-        let query = sqlx::query(
-            "SELECT id, workspace_id, occurred, event, resource_id, payload FROM events \
-             WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(workspace_id.to_string())
-        .bind(limit);
-        self.fetch_rows(query, |row| {
-            let payload: String = row.try_get("payload")?;
-            Ok(Event {
-                id: get_uuid(row, "id")?,
-                workspace_id: get_uuid(row, "workspace_id")?,
-                occurred: from_micros(row.try_get("occurred")?),
-                event: row.try_get("event")?,
-                resource_id: row.try_get("resource_id")?,
-                payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-            })
-        })
-        .await
     }
 }

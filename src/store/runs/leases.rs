@@ -13,7 +13,7 @@ use super::{
 };
 use crate::model::{from_micros, now_micros, to_micros, FlowRun};
 use crate::state::StateType;
-use crate::store::objects::insert_event;
+use crate::store::objects::insert_event_rows;
 use crate::store::sql::bind_all;
 use crate::store::{Result, Store};
 
@@ -86,6 +86,14 @@ impl Store {
     ) -> Result<Option<FlowRun>> {
         let now = now_micros();
         let mut tx = self.begin().await?;
+        let previous: Option<String> = sqlx::query(&format!(
+            "SELECT lease_owner FROM flow_runs WHERE id = $1{}",
+            self.for_update()
+        ))
+        .bind(run_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten());
         let row = sqlx::query(&format!(
             "UPDATE flow_runs SET lease_owner = $1, lease_expires = $2, version = version + 1, updated = $3 \
              WHERE id = $4 AND state_type IN {ACTIVE_STATES_SQL} \
@@ -101,14 +109,17 @@ impl Store {
             return Ok(None);
         };
         let run = run_from_row(&row, self.secret_key())?;
-        insert_event(
-            &mut tx,
-            run.workspace_id,
-            "flow_run.adopted",
-            &run_id.to_string(),
-            &json!({"controller": owner, "state": run.state.state_type}),
-        )
-        .await?;
+        // The lease was gone or had run out: this is a rescue (docs/events.md).
+        let event = super::flow_run_event(
+            &run,
+            "flow_run.lease_rescued",
+            json!({
+                "controller": owner,
+                "previous_owner": previous,
+                "state": run.state.state_type,
+            }),
+        );
+        insert_event_rows(&mut tx, &[event]).await?;
         tx.commit().await?;
         Ok(Some(run))
     }

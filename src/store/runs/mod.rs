@@ -202,7 +202,8 @@ async fn insert_history(tx: &mut Tx, rows: &[HistoryRow<'_>]) -> Result<()> {
     .await
 }
 
-/// The `flow_run.state.<type>` event of `run` having just left `from`.
+/// The `pushpool.flow-run.<state name>` event of `run` having just left `from`, with the run's
+/// deployment, pool, queue, workspace and tags as related resources.
 fn transition_event(run: &FlowRun, from: StateType) -> EventRow {
     EventRow {
         workspace_id: run.workspace_id,
@@ -219,6 +220,18 @@ fn transition_event(run: &FlowRun, from: StateType) -> EventRow {
             "message": run.state.message,
             "attempt": run.attempt,
         }),
+        resource_labels: crate::events::flow_run_labels(run),
+        related: crate::events::flow_run_related(run),
+    }
+}
+
+/// An event `event` (a short name, e.g. `flow_run.created`) about `run`, happening now, with the
+/// run's labels and related resources.
+pub(crate) fn flow_run_event(run: &FlowRun, event: &str, payload: Value) -> EventRow {
+    EventRow {
+        resource_labels: crate::events::flow_run_labels(run),
+        related: crate::events::flow_run_related(run),
+        ..EventRow::new(run.workspace_id, event, &run.id.to_string(), payload)
     }
 }
 

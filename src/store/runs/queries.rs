@@ -9,7 +9,7 @@ use super::{
 };
 use crate::model::{from_micros, now_micros, to_micros, Deployment, FlowRun, HistoryEntry};
 use crate::state::StateType;
-use crate::store::objects::insert_event;
+use crate::store::objects::insert_event_rows;
 use crate::store::retries::{insert_run_tags, policy_text, tags_text};
 use crate::store::sql::{bind_all, conflict, get_state_type, get_uuid, not_found};
 use crate::store::{is_unique_violation, Result, Store, StoreError};
@@ -109,14 +109,12 @@ impl Store {
             }],
         )
         .await?;
-        insert_event(
-            &mut tx,
-            run.workspace_id,
+        let event = super::flow_run_event(
+            &run,
             "flow_run.created",
-            &id.to_string(),
-            &json!({"deployment": deployment.name, "scheduled_time": run.scheduled_time}),
-        )
-        .await?;
+            json!({"deployment": deployment.name, "scheduled_time": run.scheduled_time}),
+        );
+        insert_event_rows(&mut tx, &[event]).await?;
         self.commit_notifying(tx).await?;
         Ok((run, true))
     }

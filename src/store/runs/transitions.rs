@@ -256,11 +256,12 @@ impl Store {
             .collect();
         if let Some(infra) = infrastructure {
             events.push(EventRow {
-                workspace_id: current.workspace_id,
                 occurred: to_micros(now),
-                event: "flow_run.infrastructure_assigned".into(),
-                resource_id: run_id.to_string(),
-                payload: json!({"infrastructure_id": infra, "controller": guard.lease_owner}),
+                ..super::flow_run_event(
+                    &current,
+                    "flow_run.infrastructure_assigned",
+                    json!({"infrastructure_id": infra, "controller": guard.lease_owner}),
+                )
             });
         }
         insert_event_rows(tx, &events).await?;

@@ -233,13 +233,20 @@ impl Store {
                     .map(|slot| {
                         let (id, parameters, job_variables) = self.slot_documents(plan, templates);
                         let key = slot_key(plan.batch.schedule.id, *slot);
-                        (id.to_string(), to_micros(*slot), key, parameters, job_variables)
+                        (
+                            id.to_string(),
+                            to_micros(*slot),
+                            key,
+                            parameters,
+                            job_variables,
+                        )
                     })
                     .collect();
-                let slots_json = serde_json::to_string(&slots).map_err(|e| StoreError::Invalid {
-                    field: "schedule".into(),
-                    message: format!("cannot encode the slots: {e}"),
-                })?;
+                let slots_json =
+                    serde_json::to_string(&slots).map_err(|e| StoreError::Invalid {
+                        field: "schedule".into(),
+                        message: format!("cannot encode the slots: {e}"),
+                    })?;
                 let made = sqlx::query(&insert_runs)
                     .bind(d.workspace_id.to_string())
                     .bind(d.id.to_string())
@@ -319,6 +326,7 @@ impl Store {
                 event: "schedule.runs_created".into(),
                 resource_id: sid,
                 payload: json!({"runs": n, "first": from_micros(first), "last": from_micros(last)}),
+                ..Default::default()
             })
             .collect();
         insert_event_rows(&mut tx, &events).await?;
