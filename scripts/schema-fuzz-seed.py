@@ -89,6 +89,15 @@ doomed_account = call("POST", f"{WS}/service_accounts", {"name": "fuzz-doomed-sa
 doomed_key = call("POST", f"{WS}/api_keys", {"name": "fuzz-doomed-key", "role": "viewer"})
 rotated_key = call("POST", f"{WS}/api_keys", {"name": "fuzz-rotated-key", "role": "viewer"})
 call("POST", f"{WS}/roles", {"name": "fuzz-role", "scopes": ["pools:read"]})
+# Notification channels and inbound hooks (docs/notifications.md). The URL is a documentation
+# address: the fuzzed server runs no delivery worker, so nothing is ever sent there.
+for channel in ("fuzz-channel", "fuzz-doomed-channel"):
+    call("POST", f"{WS}/notification_channels",
+         {"name": channel, "kind": "webhook", "url": "https://203.0.113.10/fuzz"})
+for hook in ("fuzz-hook", "fuzz-doomed-hook"):
+    made = call("POST", f"{WS}/inbound_hooks", {"name": hook})
+    if hook == "fuzz-hook":
+        hook_slug = made["slug"]
 
 # The finished runs: their job ran, so they have states, logs and a run token on disk.
 deadline = time.monotonic() + 60
@@ -115,6 +124,7 @@ values = {
     "FUZZ_ROTATED_KEY_ID": rotated_key["id"],
     "FUZZ_SCHEDULE_ID": schedule["id"],
     "FUZZ_DOOMED_SCHEDULE_ID": doomed_schedule["id"],
+    "FUZZ_HOOK_SLUG": hook_slug,
 }
 with open(OUT, "w") as f:
     for name, value in values.items():

@@ -82,6 +82,12 @@ pub enum Scope {
     /// Read the audit log.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// Read notification channels (secrets masked), deliveries and inbound hooks.
+    #[serde(rename = "notifications:read")]
+    NotificationsRead,
+    /// Create, test and delete notification channels and inbound hooks.
+    #[serde(rename = "notifications:write")]
+    NotificationsWrite,
 }
 
 /// The read scope a reader of the event stream needs to see an event, by its kind (the part
@@ -98,13 +104,14 @@ pub fn event_read_scope(event: &str) -> Scope {
         "service-account" | "service_account" => Scope::ServiceAccountsRead,
         "member" => Scope::MembersRead,
         "role" => Scope::RolesRead,
+        "notification" | "notification_channel" | "inbound_hook" => Scope::NotificationsRead,
         _ => Scope::AuditRead,
     }
 }
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 21] = [
+    pub const ALL: [Scope; 23] = [
         Scope::PoolsRead,
         Scope::PoolsWrite,
         Scope::DeploymentsRead,
@@ -126,6 +133,8 @@ impl Scope {
         Scope::RolesRead,
         Scope::RolesWrite,
         Scope::AuditRead,
+        Scope::NotificationsRead,
+        Scope::NotificationsWrite,
     ];
 
     /// The scope's wire name, e.g. `pools:read`.
@@ -152,6 +161,8 @@ impl Scope {
             Scope::RolesRead => "roles:read",
             Scope::RolesWrite => "roles:write",
             Scope::AuditRead => "audit:read",
+            Scope::NotificationsRead => "notifications:read",
+            Scope::NotificationsWrite => "notifications:write",
         }
     }
 }
@@ -197,7 +208,13 @@ pub const BUILTIN_ROLES: [&str; 5] = ["owner", "developer", "runner", "viewer", 
 /// The scopes of a built-in role, or `None` for any other name.
 pub fn builtin_scopes(role: &str) -> Option<Scopes> {
     use Scope::*;
-    let read = [PoolsRead, DeploymentsRead, RunsRead, EventsRead];
+    let read = [
+        PoolsRead,
+        DeploymentsRead,
+        RunsRead,
+        EventsRead,
+        NotificationsRead,
+    ];
     let scopes: Vec<Scope> = match role {
         "owner" => Scope::ALL.to_vec(),
         "developer" => [
@@ -209,6 +226,7 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
                 RunsOverride,
                 RunsCancel,
                 KeysSelf,
+                NotificationsWrite,
             ],
         ]
         .concat(),
@@ -224,9 +242,9 @@ pub fn builtin_scopes(role: &str) -> Option<Scopes> {
 pub fn builtin_description(role: &str) -> &'static str {
     match role {
         "owner" => "Everything in the workspace: members, service accounts, keys, roles, audit log.",
-        "developer" => "Work pools, deployments and runs (also with run-level job variables); reads everything but security settings.",
-        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs and events.",
-        "viewer" => "Reads pools, deployments, runs and events.",
+        "developer" => "Work pools, deployments and runs (also with run-level job variables), notification channels and inbound webhooks; reads everything but security settings.",
+        "runner" => "Creates runs as their deployment says (no run-level job variables) and cancels them; reads pools, deployments, runs, events and notifications.",
+        "viewer" => "Reads pools, deployments, runs, events and notifications.",
         "controller" => "What a controller working through the API needs: claim due runs of a pool and report their states. Nothing else.",
         _ => "",
     }

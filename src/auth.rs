@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-fn random_base62(n: usize) -> String {
+pub(crate) fn random_base62(n: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..n)
         .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
@@ -60,7 +60,7 @@ pub fn hash_key(key: &str) -> String {
     hex_encode(&Sha256::digest(key.as_bytes()))
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

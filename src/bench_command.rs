@@ -30,8 +30,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub controllers: usize,
     /// `runs` (default): run lifecycles; `schedule`: time the scheduler filling its window
-    /// for --deployments deployments with a minutely schedule each.
-    #[arg(long, default_value = "runs", value_parser = ["runs", "schedule"])]
+    /// for --deployments deployments with a minutely schedule each; `ui`: time the dashboard's
+    /// pages with --runs runs in the store (docs/ui.md).
+    #[arg(long, default_value = "runs", value_parser = ["runs", "schedule", "ui"])]
     pub mode: String,
     /// Deployments of `--mode schedule`.
     #[arg(long, default_value_t = 10_000)]
@@ -91,6 +92,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "postgres" => Some(database_url.context("--store postgres needs --database-url")?),
         other => anyhow::bail!("--store must be `sqlite` or `postgres`, not `{other}`"),
     };
+    if mode == "ui" {
+        anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+        let report =
+            crate::bench_ui::run_ui_bench(database_url, runs, 20, |line| eprintln!("{line}"))
+                .await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     if mode == "schedule" {
         let report = bench_schedule::run_schedule_bench(database_url, deployments, |line| {
             eprintln!("{line}")

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod job;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod redact;
 pub mod registry;
 pub mod schedule;
@@ -22,5 +23,6 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod ui;
 /// The template engine, at its old path (it lives in [`job::template`]).
 pub use job::template;

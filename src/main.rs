@@ -4,6 +4,7 @@ mod bench;
 mod bench_command;
 mod bench_prefect;
 mod bench_schedule;
+mod bench_ui;
 mod chaos;
 mod cli;
 
@@ -53,6 +54,23 @@ struct TenantPolicyArgs {
         value_delimiter = ','
     )]
     allowed_endpoints: Vec<String>,
+    /// Let notification channels, webhook actions and SMTP servers be on private, loopback or
+    /// link-local addresses (refused by default, so a workspace cannot reach internal services;
+    /// docs/notifications.md).
+    #[arg(long, env = "PUSHPOOL_ALLOW_PRIVATE_TARGETS")]
+    allow_private_targets: bool,
+}
+
+impl TenantPolicyArgs {
+    /// The notification worker's settings under this policy.
+    fn notify(&self) -> pushpool::notify::worker::NotifyConfig {
+        pushpool::notify::worker::NotifyConfig {
+            policy: pushpool::notify::TargetPolicy {
+                allow_private: self.allow_private_targets,
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// The scheduler that runs inside `up` and `controller` (docs/schedules.md): how far ahead it
@@ -503,6 +521,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                     process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
+                    notify: policy.notify(),
                     allowed_endpoints: policy.allowed_endpoints,
                     scheduler: scheduler.config(),
                 },
@@ -557,6 +576,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     max_in_flight_per_workspace: per_workspace(max_in_flight_per_workspace),
                     process_pools: policy.process_pools,
                     process_sandbox: sandbox.sandbox(),
+                    notify: policy.notify(),
                     allowed_endpoints: policy.allowed_endpoints,
                     scheduler: scheduler.config(),
                     ..ServeOptions::default()
@@ -577,6 +597,7 @@ async fn run_server(command: Command) -> anyhow::Result<()> {
                     database_url,
                     listen: Some(listen),
                     process_pools: policy.process_pools,
+                    notify: policy.notify(),
                     allowed_endpoints: policy.allowed_endpoints,
                     ..ServeOptions::default()
                 },

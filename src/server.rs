@@ -72,6 +72,9 @@ pub struct ServeOptions {
     pub allowed_endpoints: Vec<String>,
     /// The scheduler to run beside the controller (`None`: none here).
     pub scheduler: Option<crate::scheduler::SchedulerConfig>,
+    /// The notification delivery worker beside the controller, and the outbound-target policy
+    /// of notifications (`--allow-private-targets`).
+    pub notify: crate::notify::worker::NotifyConfig,
 }
 
 /// The paths no process job may reach: the data directory and, for a SQLite store, its files.
@@ -353,6 +356,14 @@ pub async fn serve(
             let scheduler = crate::scheduler::Scheduler::new(store.clone(), config);
             tokio::spawn(scheduler.run(stop_rx.clone()))
         });
+    let notify_task = options.controller.then(|| {
+        let id = controller
+            .as_ref()
+            .map(|c| c.context().config.id.clone())
+            .unwrap_or_else(|| format!("notify-{}", uuid::Uuid::new_v4()));
+        let worker = crate::notify::worker::Worker::new(store.clone(), id, options.notify.clone());
+        tokio::spawn(worker.run(stop_rx.clone()))
+    });
     let api_task = listener.map(|listener| {
         let app = router(AppState {
             store: store.clone(),
@@ -362,6 +373,7 @@ pub async fn serve(
             api_url: api_url.clone(),
             process_gate: gate.clone(),
             allowed_endpoints: AllowedEndpoints::new(&options.allowed_endpoints),
+            target_policy: options.notify.policy,
         });
         let mut stop = stop_rx.clone();
         tracing::info!(listen = ?local, "API listening");
@@ -383,6 +395,9 @@ pub async fn serve(
         let _ = t.await;
     }
     if let Some(t) = pruner_task {
+        let _ = t.await;
+    }
+    if let Some(t) = notify_task {
         let _ = t.await;
     }
     if let Some(t) = api_task {

@@ -466,6 +466,41 @@ async fn authorize(
     }
 }
 
+/// The caller an API key is in its own workspace (the dashboard's sign-in and every page): the
+/// key checked as the guard checks a bearer key, its workspace, its principal's role there and
+/// its scopes (role scopes ∩ the key's cap). A run token or a key without a role there is
+/// refused with a 401/403 like the API's.
+pub async fn key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
+    let mut headers = HeaderMap::new();
+    let value = header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+        .map_err(|_| ApiError::unauthorized("invalid API key"))?;
+    headers.insert(header::AUTHORIZATION, value);
+    let actor = authenticate(state, &headers).await?;
+    let Actor::Key(k) = &actor else {
+        return Err(ApiError::forbidden(
+            "a run token cannot sign in; use an API key",
+        ));
+    };
+    let ws = state.store.workspace_by_id(k.key.workspace_id).await?;
+    let role = state
+        .store
+        .workspace_access(&ws.name, k.principal.id)
+        .await?
+        .and_then(|(_, role)| role)
+        .ok_or_else(|| ApiError::forbidden("this key's principal is no member of its workspace"))?;
+    let mut scopes = role_scopes(state, ws.id, &role).await?.unwrap_or_default();
+    if let Some(cap) = &k.key.role {
+        let cap_scopes = role_scopes(state, ws.id, cap).await?.unwrap_or_default();
+        scopes = scopes.intersection(&cap_scopes).copied().collect();
+    }
+    Ok(Caller {
+        actor: actor.clone(),
+        workspace: Some(ws),
+        role: Some(role),
+        scopes,
+    })
+}
+
 fn target_of(spec: &Route, params: &HashMap<String, String>) -> Option<String> {
     let kind = spec.action.split('.').next().unwrap_or(spec.action);
     // The last parameter of the path template names the object (the workspace for

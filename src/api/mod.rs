@@ -53,14 +53,23 @@ pub struct AppState {
     pub process_gate: crate::execution::ProcessGate,
     /// Endpoint URL prefixes every workspace's pools may use (`--allowed-endpoint`).
     pub allowed_endpoints: crate::identity::AllowedEndpoints,
+    /// Which outbound targets notification channels may have (`--allow-private-targets`).
+    pub target_policy: crate::notify::TargetPolicy,
 }
 
 async fn not_found(req: Request) -> Response {
     guard::answer_unread(req.into_body(), ApiError::no_route()).await
 }
 
-/// The API router: exactly the routes of the table, each behind the [`guard::guard`].
+/// The API router: exactly the routes of the table, each behind the [`guard::guard`]; and the
+/// web dashboard at `/ui` ([`crate::ui`]), which calls the API router in-process.
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    crate::ui::router(state, api.clone()).merge(api)
+}
+
+/// The API routes alone (what the dashboard calls).
+fn api_router(state: AppState) -> Router {
     let mut router = Router::new();
     for r in routes::all() {
         // Routes of one path merge into one method router; the guard answers 405 for the rest.

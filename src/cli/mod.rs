@@ -11,6 +11,7 @@ mod api;
 mod deployments;
 mod events;
 mod input;
+mod notify;
 mod output;
 mod pools;
 pub mod prefect;
@@ -103,6 +104,10 @@ pub enum ClientCommand {
     Audit(access::AuditArgs),
     /// The workspace's events: list them, or follow them live.
     Events(events::EventsArgs),
+    /// Notification channels: signed webhooks, Slack, email; test them, see deliveries.
+    Channel(notify::ChannelArgs),
+    /// Inbound webhooks: `POST /hooks/{slug}` turns a JSON body into an event.
+    Hook(notify::HookArgs),
 }
 
 /// Runs one client command; returns the process exit code (0 ok; 1 usage/API error, message
@@ -145,6 +150,8 @@ async fn run(args: &ClientArgs, command: ClientCommand) -> Result<i32, CliError>
         ClientCommand::Role(r) => access::role(&api, out, r.command).await,
         ClientCommand::Audit(a) => access::audit(&api, out, a.command).await,
         ClientCommand::Events(e) => events::events(&api, out, e.command).await,
+        ClientCommand::Channel(c) => notify::channel(&api, out, c.command).await,
+        ClientCommand::Hook(h) => notify::hook(&api, out, h.command).await,
     }
 }
 

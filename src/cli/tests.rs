@@ -16,6 +16,7 @@ struct TestCli {
 }
 
 #[derive(clap::Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per test
 enum TestCommand {
     /// A server command.
     Up,
@@ -550,4 +551,46 @@ fn schedule_commands_parse() {
         "@daily"
     ])
     .is_err());
+}
+
+#[test]
+fn channel_and_hook_commands_parse() {
+    let c = parse(&[
+        "channel",
+        "create",
+        "ops",
+        "--kind",
+        "email",
+        "--smtp-host",
+        "smtp.example.com",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.com",
+        "--to",
+        "c@example.com",
+    ])
+    .unwrap();
+    match c {
+        ClientCommand::Channel(a) => match a.command {
+            notify::ChannelCommand::Create { to, kind, .. } => {
+                assert_eq!(to.len(), 2);
+                assert_eq!(kind, notify::KindArg::Email);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(&["channel", "test", "ops", "--wait", "5"]).is_ok());
+    assert!(parse(&["channel", "deliveries", "--limit", "5"]).is_ok());
+    assert!(parse(&[
+        "hook",
+        "create",
+        "gh",
+        "--event",
+        "github.{{ body.action }}",
+        "--signed"
+    ])
+    .is_ok());
+    assert!(parse(&["channel", "create", "x", "--kind", "carrier-pigeon"]).is_err());
 }

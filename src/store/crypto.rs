@@ -521,6 +521,8 @@ pub struct ResealReport {
     pub deployments: u64,
     /// Flow runs rewritten.
     pub flow_runs: u64,
+    /// Notification channels, deliveries and inbound hooks rewritten.
+    pub notifications: u64,
 }
 
 impl Store {
@@ -611,6 +613,7 @@ impl Store {
                 *counter += 1;
             }
         }
+        report.notifications = super::notify::reseal(&mut tx, old, new).await?;
         tx.commit().await?;
         Ok(report)
     }

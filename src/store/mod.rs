@@ -8,6 +8,7 @@ mod access;
 pub mod crypto;
 mod events;
 mod grants;
+mod notify;
 mod objects;
 mod retries;
 mod runs;
@@ -30,6 +31,7 @@ pub use events::{
     EventFilter, EventPage, EventRow, StoredEvent, EVENT_RETENTION_DAYS_SETTING, EVENT_SETTLE,
 };
 pub use grants::GrantRecord;
+pub use notify::{AttemptOutcome, Delivery, NewChannel, NewDelivery, StoredChannel, StoredHook};
 pub use objects::{DeploymentPatch, NewDeployment, NewPool, NewQueue, PoolPatch, RunDefaults};
 pub use runs::{
     quota_marker, round_robin, NewRun, PoolSelector, RunFilter, TransitionGuard, TransitionOutcome,
@@ -235,6 +237,9 @@ impl Default for ConnectOptions {
     }
 }
 
+/// The schema version this build migrates a database to (its newest migration).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
@@ -268,9 +273,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0007_retries_tags.sql"),
     ),
     (
+        8,
+        "slot_run_indexes",
+        include_str!("../../migrations/0008_slot_run_indexes.sql"),
+    ),
+    (
         9,
         "events",
         include_str!("../../migrations/0009_events.sql"),
+    ),
+    (
+        11,
+        "notify",
+        include_str!("../../migrations/0011_notify.sql"),
     ),
 ];
 

@@ -34,6 +34,9 @@ use Allowed::*;
 #[path = "authz_schedules.rs"]
 mod schedule_cases;
 
+#[path = "authz_notify.rs"]
+mod notify_cases;
+
 /// The expected authorization of every route, written out by hand.
 const MATRIX: &[(&str, &str, Allowed)] = &[
     ("get", "/healthz", Public),
@@ -282,6 +285,63 @@ const MATRIX: &[(&str, &str, Allowed)] = &[
         "/api/workspaces/{ws}/audit_log",
         Roles("O", "audit:read"),
     ),
+    // Notifications (issue 14, part 3); their requests are built in authz_notify.rs.
+    (
+        "post",
+        "/api/workspaces/{ws}/notification_channels",
+        Roles("OD", "notifications:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/notification_channels",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/notification_channels/{id_or_name}",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/notification_channels/{id_or_name}",
+        Roles("OD", "notifications:write"),
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/notification_channels/{id_or_name}/test",
+        Roles("OD", "notifications:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/notification_deliveries",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/notification_deliveries/{id}",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "post",
+        "/api/workspaces/{ws}/inbound_hooks",
+        Roles("OD", "notifications:write"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/inbound_hooks",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "get",
+        "/api/workspaces/{ws}/inbound_hooks/{id_or_name}",
+        Roles("ODRV", "notifications:read"),
+    ),
+    (
+        "delete",
+        "/api/workspaces/{ws}/inbound_hooks/{id_or_name}",
+        Roles("OD", "notifications:write"),
+    ),
+    ("post", "/hooks/{slug}", Public),
     ("get", "/api/runs/{id}", RunToken),
     ("post", "/api/runs/{id}/state", RunToken),
     ("post", "/api/runs/{id}/heartbeat", RunToken),
@@ -575,6 +635,7 @@ impl Env {
                 201,
             ),
             (m, t) if schedule_cases::covers(t) => schedule_cases::case(self, m, t, ws).await,
+            (m, t) if notify_cases::covers(t) => notify_cases::case(self, m, t, ws).await,
             ("get", "/flow_runs") => ok(format!("{w}/flow_runs"), None, 200),
             ("get", "/flow_runs/{id}") => ok(format!("{w}/flow_runs/{}", ws.run), None, 200),
             ("get", "/flow_runs/{id}/states") => {

@@ -12,6 +12,7 @@ mod events;
 mod fuzz;
 mod hardening;
 mod identity;
+mod notify;
 mod openapi;
 mod openapi_valid;
 mod overrides;

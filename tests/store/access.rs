@@ -1383,7 +1383,10 @@ async fn upgrade_from_schema_3_turns_old_keys_into_users(db: TestDb) {
     pool.close().await;
 
     let store = connect(&db, 4).await;
-    assert_eq!(store.schema_version().await.unwrap(), 9);
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
 
     let found = store
         .api_key_by_prefix(&owner.prefix)
@@ -1431,7 +1434,10 @@ async fn upgrade_from_schema_3_turns_old_keys_into_users(db: TestDb) {
 
     // Reconnecting does not migrate again.
     let store = connect(&db, 4).await;
-    assert_eq!(store.schema_version().await.unwrap(), 9);
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
     assert_eq!(store.list_users().await.unwrap().len(), 2);
     store.close().await;
 }

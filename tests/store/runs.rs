@@ -135,11 +135,17 @@ impl Fixture {
 
 async fn migrations_are_applied_once_and_versioned(db: TestDb) {
     let a = connect(&db, 2).await;
-    assert_eq!(a.schema_version().await.unwrap(), 9);
+    assert_eq!(
+        a.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
     a.create_workspace("w").await.unwrap();
     // A second connect (another controller starting) must not re-run or fail.
     let b = connect(&db, 2).await;
-    assert_eq!(b.schema_version().await.unwrap(), 9);
+    assert_eq!(
+        b.schema_version().await.unwrap(),
+        pushpool::store::SCHEMA_VERSION
+    );
     assert_eq!(b.list_workspaces().await.unwrap().len(), 1);
 }
 

@@ -9,7 +9,9 @@ pub mod claims;
 pub mod deployments;
 pub mod events;
 pub mod grants;
+pub mod hooks;
 pub mod jobs;
+pub mod notify;
 pub mod pools;
 pub mod queues;
 pub mod run_filters;
@@ -34,6 +36,8 @@ pub const TABLE: &[&[Route]] = &[
     api_keys::ROUTES,
     jobs::ROUTES,
     events::ROUTES,
+    notify::ROUTES,
+    hooks::ROUTES,
 ];
 
 /// Every route of the API.

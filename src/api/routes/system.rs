@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::super::table::{handler, Content, Reply, Route};
@@ -37,7 +37,7 @@ pub const ROUTES: &[Route] = &[
         .audit("openapi.read", DeniedOnly)
         .ok::<Map<String, Value>>(),
     Route::get("/docs", handler!(docs))
-        .summary("Interactive API documentation")
+        .summary("API reference (HTML, rendered from this document)")
         .access(Access::Public)
         .audit("docs.read", DeniedOnly)
         .text("text/html"),
@@ -87,13 +87,9 @@ async fn openapi_json() -> Json<Value> {
     Json(openapi::document())
 }
 
-async fn docs() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html><html><head><title>pushpool API</title><meta charset="utf-8"></head>
-<body><script id="api-reference" data-url="/api/openapi.json"></script>
-<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
-<noscript>The OpenAPI document is at <a href="/api/openapi.json">/api/openapi.json</a>.</noscript></body></html>"#,
-    )
+/// The API reference, rendered from the OpenAPI document with embedded assets only.
+async fn docs() -> Response {
+    crate::ui::docs::reference()
 }
 
 async fn list_pool_types(State(state): State<AppState>) -> Json<Vec<&'static str>> {

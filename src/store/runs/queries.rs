@@ -229,11 +229,18 @@ impl Store {
         Ok(all)
     }
 
-    /// A run's accepted states, oldest first.
+    /// A run's accepted states, oldest first. A scheduler-made run has no history row for its
+    /// creation (the run row records it; see `create_slot_runs`): it is shown here as the first
+    /// entry, SCHEDULED at the run's creation time.
     pub async fn state_history(&self, run_id: Uuid) -> Result<Vec<HistoryEntry>> {
         let query = sqlx::query(
-            "SELECT state_type, state_name, message, timestamp, transition_id FROM state_history \
-             WHERE run_id = $1 ORDER BY id",
+            "SELECT state_type, state_name, message, timestamp, transition_id, id AS ord \
+             FROM state_history WHERE run_id = $1 \
+             UNION ALL SELECT 'SCHEDULED', 'Scheduled', NULL, created, 'create-' || id, '' \
+             FROM flow_runs r WHERE r.id = $1 AND r.schedule_id IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM state_history h WHERE h.run_id = r.id \
+              AND h.transition_id = 'create-' || r.id) \
+             ORDER BY ord",
         )
         .bind(run_id.to_string());
         self.fetch_rows(query, |row| {
@@ -251,8 +258,13 @@ impl Store {
     /// Every history entry of a workspace's runs as (run, type), in order per run (for audits).
     pub async fn workspace_history(&self, workspace_id: Uuid) -> Result<Vec<(Uuid, StateType)>> {
         let query = sqlx::query(
-            "SELECT h.run_id, h.state_type FROM state_history h JOIN flow_runs r ON r.id = h.run_id \
-             WHERE r.workspace_id = $1 ORDER BY h.run_id, h.id",
+            "SELECT h.run_id, h.state_type, h.id AS ord FROM state_history h \
+             JOIN flow_runs r ON r.id = h.run_id WHERE r.workspace_id = $1 \
+             UNION ALL SELECT r.id, 'SCHEDULED', '' FROM flow_runs r \
+             WHERE r.workspace_id = $1 AND r.schedule_id IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM state_history h WHERE h.run_id = r.id \
+              AND h.transition_id = 'create-' || r.id) \
+             ORDER BY 1, 3",
         )
         .bind(workspace_id.to_string());
         self.fetch_rows(query, |row| {

@@ -16,8 +16,8 @@ use uuid::Uuid;
 use super::super::objects::{
     deployment_from_row, insert_event_rows, EventRow, DEPLOYMENT_COLUMNS, DEPLOYMENT_FROM,
 };
-use super::super::sql::{bind_all, get_uuid, insert_rows, placeholders};
-use super::super::{Backend, Result, Store, Tx};
+use super::super::sql::{bind_all, get_uuid, placeholders};
+use super::super::{Backend, Result, Store, StoreError, Tx};
 use super::{schedule_from_row, SCHEDULE_COLUMNS};
 use crate::model::{from_micros, now_micros, to_micros, Deployment};
 use crate::schedule::Schedule;
@@ -196,12 +196,6 @@ impl Store {
             })
             .collect();
         let now = now_micros();
-        let mut rows: Vec<(&SlotRun, DateTime<Utc>)> = vec![];
-        for plan in &fresh {
-            rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
-        }
-        let history = "INSERT INTO state_history \
-            (id, run_id, transition_id, state_type, state_name, message, timestamp)";
         // Per schedule: workspace, runs created, first and last slot.
         let mut per_schedule: HashMap<String, (Uuid, u64, i64, i64)> = HashMap::new();
         let mut count = |sid: String, ws: Uuid, n: u64, first: i64, last: i64| {
@@ -210,61 +204,77 @@ impl Store {
             e.2 = e.2.min(first);
             e.3 = e.3.max(last);
         };
+        // No `state_history` row is written for a slot run's creation: the run row holds it
+        // (SCHEDULED at `created`), and `Store::state_history` shows it as the first entry. At
+        // 600,000 runs per window fill that row was a third of the writes (docs/schedules.md).
         if self.backend() == Backend::Sqlite {
-            // A few statements per few thousand runs, the rows passed as one JSON array and
-            // nothing returned row by row: sqlx binds SQLite parameters by looking each one's
-            // name up (quadratic in a statement's parameter count), and hands every statement and
-            // every returned row to and from its worker thread.
-            let extract = |n: usize| {
-                (0..n)
-                    .map(|i| format!("json_extract(value, '$[{i}]')"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            // One statement per schedule: what all its slot runs share is bound once, and the
+            // slots (id, time, key and the sealed documents, which are bound to the run id) come
+            // as one JSON array. sqlx binds SQLite parameters by name (quadratic in their count)
+            // and hands every statement to a worker thread, so few, small-parameter statements.
             let insert_runs = format!(
-                "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT {} FROM json_each($1) \
-                 WHERE 1 ON CONFLICT DO NOTHING",
-                extract(SLOT_RUN_JSON_COLUMNS.len())
+                "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT \
+                 value ->> 0, $1, $2, $3, $4, $5, $6, $7, value ->> 3, value ->> 4, value ->> 1, \
+                 'SCHEDULED', 'Scheduled', $8, 1, value ->> 2, $8, $8, $9, value ->> 1 \
+                 FROM json_each($10) WHERE 1 ON CONFLICT DO NOTHING"
             );
-            // Run ids are fresh, so a run with one exists only if this pass inserted it.
-            let insert_history = format!(
-                "{history} SELECT json_extract(value, '$[{h}]'), json_extract(value, '$[0]'), \
-                 'create-' || json_extract(value, '$[0]'), 'SCHEDULED', 'Scheduled', NULL, $2 \
-                 FROM json_each($1) WHERE EXISTS \
-                 (SELECT 1 FROM flow_runs f WHERE f.id = json_extract(value, '$[0]'))",
-                h = SLOT_RUN_JSON_COLUMNS.len()
-            );
-            let tally = "SELECT schedule_id, workspace_id, COUNT(*) AS n, \
-                 MIN(scheduled_time) AS first, MAX(scheduled_time) AS last FROM flow_runs \
-                 WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each($1)) \
-                 GROUP BY schedule_id, workspace_id";
-            for part in rows.chunks(4096) {
-                let items: Vec<Value> = part
+            let tally = "SELECT COUNT(*) AS n, MIN(scheduled_time) AS first, \
+                 MAX(scheduled_time) AS last FROM flow_runs \
+                 WHERE id IN (SELECT value ->> 0 FROM json_each($1))";
+            for plan in &fresh {
+                if plan.slots.is_empty() {
+                    continue;
+                }
+                let d = &plan.batch.deployment;
+                let sid = plan.batch.schedule.id.to_string();
+                let slots: Vec<(String, i64, String, String, String)> = plan
+                    .slots
                     .iter()
-                    .map(|(plan, slot)| {
-                        let mut row = self.slot_row(plan, *slot, templates, now);
-                        row.push(json!(Uuid::now_v7().to_string()));
-                        Value::Array(row)
+                    .map(|slot| {
+                        let (id, parameters, job_variables) = self.slot_documents(plan, templates);
+                        let key = slot_key(plan.batch.schedule.id, *slot);
+                        (
+                            id.to_string(),
+                            to_micros(*slot),
+                            key,
+                            parameters,
+                            job_variables,
+                        )
                     })
                     .collect();
-                let items = Value::Array(items).to_string();
+                let slots_json =
+                    serde_json::to_string(&slots).map_err(|e| StoreError::Invalid {
+                        field: "schedule".into(),
+                        message: format!("cannot encode the slots: {e}"),
+                    })?;
                 let made = sqlx::query(&insert_runs)
-                    .bind(items.clone())
+                    .bind(d.workspace_id.to_string())
+                    .bind(d.id.to_string())
+                    .bind(d.name.clone())
+                    .bind(d.work_pool_id.to_string())
+                    .bind(d.work_pool.clone())
+                    .bind(d.work_queue_id.to_string())
+                    .bind(d.work_queue.clone())
+                    .bind(now)
+                    .bind(sid.clone())
+                    .bind(slots_json.clone())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                if made == 0 {
-                    continue;
-                }
-                sqlx::query(&insert_history)
-                    .bind(items.clone())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                for row in sqlx::query(tally).bind(items).fetch_all(&mut *tx).await? {
+                if made == slots.len() as u64 {
+                    let first = slots.iter().map(|s| s.1).min().unwrap_or_default();
+                    let last = slots.iter().map(|s| s.1).max().unwrap_or_default();
+                    count(sid, d.workspace_id, made, first, last);
+                } else if made > 0 {
+                    // Some slots had runs already (another scheduler, a backfill): count what
+                    // this statement made, by the fresh run ids.
+                    let row = sqlx::query(tally)
+                        .bind(slots_json)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     count(
-                        row.try_get("schedule_id")?,
-                        get_uuid(&row, "workspace_id")?,
+                        sid,
+                        d.workspace_id,
                         row.try_get::<i64, _>("n")? as u64,
                         row.try_get("first")?,
                         row.try_get("last")?,
@@ -272,6 +282,10 @@ impl Store {
                 }
             }
         } else {
+            let mut rows: Vec<(&SlotRun, DateTime<Utc>)> = vec![];
+            for plan in &fresh {
+                rows.extend(plan.slots.iter().map(|slot| (*plan, *slot)));
+            }
             let mut inserted: Vec<(String, Uuid, i64, String)> = vec![];
             for part in rows.chunks(16) {
                 let width = SLOT_RUN_JSON_COLUMNS.len();
@@ -297,16 +311,6 @@ impl Store {
                     inserted.push(slot_returned(&row)?);
                 }
             }
-            insert_rows(&mut tx, history, 7, 32, &inserted, |q, (id, _, _, _)| {
-                q.bind(Uuid::now_v7().to_string())
-                    .bind(id.clone())
-                    .bind(format!("create-{id}"))
-                    .bind("SCHEDULED")
-                    .bind("Scheduled")
-                    .bind(None::<String>)
-                    .bind(now)
-            })
-            .await?;
             for (_, ws, at, sid) in inserted {
                 count(sid, ws, 1, at, at);
             }
@@ -346,6 +350,25 @@ impl Store {
         Ok(created)
     }
 
+    /// A new slot run's id and its sealed `parameters` and `job_variables` (sealing binds them
+    /// to the run id).
+    fn slot_documents(
+        &self,
+        plan: &SlotRun,
+        templates: &HashMap<Uuid, Value>,
+    ) -> (Uuid, String, String) {
+        let d = &plan.batch.deployment;
+        let s = &plan.batch.schedule;
+        let id = Uuid::now_v7();
+        let mut parameters = d.parameters.clone();
+        parameters.extend(s.parameters.clone());
+        let null = Value::Null;
+        let template = templates.get(&d.work_pool_id).unwrap_or(&null);
+        let parameters = self.seal_variables("flow_runs", id, "parameters", &parameters, &null);
+        let job_variables = self.seal_job_variables(id, &s.job_variables, template);
+        (id, parameters, job_variables)
+    }
+
     /// One slot run's column values, in [`SLOT_RUN_JSON_COLUMNS`] order.
     fn slot_row(
         &self,
@@ -356,11 +379,7 @@ impl Store {
     ) -> Vec<Value> {
         let d = &plan.batch.deployment;
         let s = &plan.batch.schedule;
-        let id = Uuid::now_v7();
-        let mut parameters = d.parameters.clone();
-        parameters.extend(s.parameters.clone());
-        let null = Value::Null;
-        let template = templates.get(&d.work_pool_id).unwrap_or(&null);
+        let (id, parameters, job_variables) = self.slot_documents(plan, templates);
         vec![
             json!(id.to_string()),
             json!(d.workspace_id.to_string()),
@@ -370,8 +389,8 @@ impl Store {
             json!(d.work_pool),
             json!(d.work_queue_id.to_string()),
             json!(d.work_queue),
-            json!(self.seal_variables("flow_runs", id, "parameters", &parameters, &null)),
-            json!(self.seal_job_variables(id, &s.job_variables, template)),
+            json!(parameters),
+            json!(job_variables),
             json!(to_micros(slot)),
             json!("SCHEDULED"),
             json!("Scheduled"),
