@@ -106,6 +106,20 @@ fn operation(
             Content::Json(schema) => {
                 answer["content"] = json!({"application/json": {"schema": schema(answers)}});
             }
+            // A Server-Sent Events stream: the schema of each message, as OpenAPI 3.2's
+            // `itemSchema` and schemathesis read it (docs/events.md).
+            Content::Text("text/event-stream") => {
+                answer["content"] = json!({"text/event-stream": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "description": "The event's `seq`: resume with Last-Event-ID"},
+                        "event": {"type": "string", "enum": ["event"]},
+                        "data": {"type": "string", "description": "The event as JSON"},
+                        "retry": {"type": "integer"}
+                    },
+                    "required": ["id", "event", "data"]
+                }}});
+            }
             Content::Text(media_type) => {
                 answer["content"] = json!({media_type: {"schema": {"type": "string"}}});
             }
