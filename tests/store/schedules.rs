@@ -271,7 +271,13 @@ async fn catch_up_follows_each_policy_and_the_runs_execute(db: TestDb) {
             );
             let created = format!("create-{}", run.id);
             assert_eq!(history[0].transition_id, created);
-            assert_eq!(history.iter().filter(|h| h.transition_id == created).count(), 1);
+            assert_eq!(
+                history
+                    .iter()
+                    .filter(|h| h.transition_id == created)
+                    .count(),
+                1
+            );
             assert_eq!(history[0].timestamp, run.created);
             let journal = e.store.workspace_history(e.ws).await.unwrap();
             for r in &runs {
