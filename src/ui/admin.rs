@@ -1,4 +1,4 @@
-//! Events, the audit log (owners: `audit:read`), API keys and members (owners).
+//! Events, automations, the audit log (owners: `audit:read`), API keys and members (owners).
 
 use std::collections::HashMap;
 
@@ -38,11 +38,14 @@ fn event_row_with(e: &Value, with_details: bool) -> String {
         .or_else(|| e["resource"]["id"].as_str())
         .unwrap_or_default();
     let event = e["event"].as_str().unwrap_or_default();
-    let resource_html = if event.starts_with("flow_run") && uuid::Uuid::parse_str(resource).is_ok()
-    {
+    let is_run = event.starts_with("flow_run") || event.starts_with("pushpool.flow-run");
+    let run_id = resource
+        .strip_prefix("pushpool.flow-run.")
+        .unwrap_or(resource);
+    let resource_html = if is_run && uuid::Uuid::parse_str(run_id).is_ok() {
         format!(
-            "<a href=\"/ui/runs/{resource}\"><code>{}</code></a>",
-            esc(short(resource))
+            "<a href=\"/ui/runs/{run_id}\"><code>{}</code></a>",
+            esc(short(run_id))
         )
     } else {
         format!(
@@ -250,4 +253,47 @@ pub async fn members(State(ui): State<Ui>, session: Session) -> UiResult<Respons
         table("Service accounts", &["Name", "Role", "Created"], &account_rows, "No service accounts.")
     );
     Ok(page(&session, Nav::Members, "Members", &body).into_response())
+}
+
+/// `GET /ui/automations`: the workspace's automations (read-only; they are changed with
+/// `pushpool automation …` or the API, docs/automations.md).
+pub async fn automations(State(ui): State<Ui>, session: Session) -> UiResult<Response> {
+    let api = Api::new(&ui, &session);
+    let list: Vec<Value> = api.ws_get("/automations").await?;
+    let rows: Vec<String> = list
+        .iter()
+        .map(|a| {
+            let actions: Vec<String> = a["actions"]
+                .as_array()
+                .map(|v| v.iter().map(|x| text(&x["type"])).collect())
+                .unwrap_or_default();
+            let mut trigger = serde_json::to_string(&a["trigger"]).unwrap_or_default();
+            if trigger.chars().count() > 160 {
+                trigger = format!("{}…", trigger.chars().take(160).collect::<String>());
+            }
+            let enabled = if a["enabled"].as_bool().unwrap_or(false) {
+                "enabled"
+            } else {
+                "disabled"
+            };
+            format!(
+                "<tr><td>{}</td><td>{enabled}</td><td><code class=\"clip\">{}</code></td><td>{}</td><td>{}</td></tr>",
+                text(&a["name"]),
+                esc(&trigger),
+                actions.join(", "),
+                time_str(&a["updated"]),
+            )
+        })
+        .collect();
+    let body = format!(
+        "<h1>Automations</h1>\n<p>Triggers and the actions they start; change them with \
+         <code>pushpool automation</code> or the API.</p>\n{}",
+        table(
+            "Automations",
+            &["Name", "State", "Trigger", "Actions", "Changed"],
+            &rows,
+            "No automations."
+        )
+    );
+    Ok(page(&session, Nav::Automations, "Automations", &body).into_response())
 }

@@ -104,6 +104,8 @@ pub enum Nav {
     Pools,
     /// Events.
     Events,
+    /// Automations.
+    Automations,
     /// Audit log.
     Audit,
     /// Keys.
@@ -148,6 +150,12 @@ pub fn page(session: &Session, nav: Nav, title: &str, body: &str) -> Html<String
             "/ui/events",
             "Events",
             session.has(Scope::EventsRead),
+        ),
+        (
+            Nav::Automations,
+            "/ui/automations",
+            "Automations",
+            session.has(Scope::AutomationsRead),
         ),
         (
             Nav::Audit,

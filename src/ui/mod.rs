@@ -77,6 +77,7 @@ pub fn router(app: AppState, api: Router) -> Router {
         .route("/ui/pools/{name}/pause", post(pools::pause))
         .route("/ui/pools/{name}/resume", post(pools::resume))
         .route("/ui/events", get(admin::events))
+        .route("/ui/automations", get(admin::automations))
         .route("/ui/audit", get(admin::audit))
         .route("/ui/keys", get(admin::keys))
         .route("/ui/keys/{id}/revoke", post(admin::revoke_key))

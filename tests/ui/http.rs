@@ -410,3 +410,49 @@ async fn ui_dashboard_counts_runs_on_sqlite_and_postgres() {
         super::cancel_all(&s, &long).await;
     }
 }
+
+/// The automations page lists the workspace's automations to a reader, and a viewer's session
+/// shows it too (reading automations is a viewer scope); run events link to their run.
+#[tokio::test]
+async fn ui_automations_page_lists_the_workspace_automations() {
+    let (s, _db) = seeded().await;
+    let c = no_redirects();
+    let (st, body) = call_json(
+        &s.client,
+        "POST",
+        &format!("{}/api/workspaces/default/automations", s.base),
+        &s.admin_key,
+        Some(json!({
+            "name": "page-on-failure",
+            "trigger": {"type": "run-state", "states": ["Failed"]},
+            "actions": [{"type": "cancel-flow-run"}],
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let viewer = key_with_role(&s, "viewer").await;
+    for key in [s.admin_key.clone(), viewer] {
+        let r = c
+            .get(format!("{}/ui/automations", s.base))
+            .header(COOKIE, format!("pushpool_session={key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let html = r.text().await.unwrap();
+        assert!(html.contains("page-on-failure"), "{html}");
+        assert!(html.contains("cancel-flow-run"));
+        assert!(html.contains("href=\"/ui/automations\""));
+    }
+    let id = api_run(&s, "hello").await;
+    let html = c
+        .get(format!("{}/ui/events", s.base))
+        .header(COOKIE, format!("pushpool_session={}", s.admin_key))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("href=\"/ui/runs/{id}\"")), "{html}");
+}
