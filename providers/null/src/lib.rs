@@ -47,6 +47,8 @@ struct Book {
     /// First submit call per run (for lag measurements).
     first_submit: HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
     cancelled: HashMap<String, bool>,
+    /// Failures injected so far.
+    injected: u64,
 }
 
 /// The null provider. Clones share their submission book.
@@ -161,7 +163,8 @@ impl NullProvider {
     }
 
     /// Makes a fraction (0..=1) of submit and status calls fail as a throttling provider does
-    /// (transient, "HTTP 429", a 10 ms Retry-After).
+    /// (transient, "HTTP 429", a 10 ms Retry-After). The first call is always throttled, so a
+    /// test that asks for throttling sees some whatever the dice say.
     pub fn with_throttling(mut self, rate: f64) -> Self {
         self.fail_rate = rate.clamp(0.0, 1.0);
         self.throttle = true;
@@ -192,7 +195,9 @@ impl NullProvider {
     }
 
     fn maybe_fail(&self, what: &str) -> Result<(), ProviderError> {
-        if self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate {
+        let first_throttle = self.throttle && self.fail_rate > 0.0 && self.book().injected == 0;
+        if first_throttle || (self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate) {
+            self.book().injected += 1;
             if self.throttle {
                 return Err(ProviderError::Transient {
                     message: format!("null provider: TooManyRequests (HTTP 429) on {what}"),
