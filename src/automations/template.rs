@@ -9,6 +9,8 @@
 
 use serde_json::Value;
 
+pub use crate::notify::template::lookup;
+
 /// Fills the placeholders of every string in `template` (keys stay as they are).
 pub fn render(template: &Value, context: &Value) -> Value {
     match template {
@@ -32,46 +34,18 @@ pub fn render_text(template: &str, context: &Value) -> String {
     }
 }
 
+/// A string that is one placeholder (surrounding blanks allowed) keeps the value's type; any
+/// other string interpolates as notification templates do.
 fn render_str(s: &str, context: &Value) -> Value {
-    let trimmed = s.trim();
-    if let Some(path) = whole_placeholder(trimmed) {
+    if let Some(path) = whole_placeholder(s.trim()) {
         return lookup(context, path).cloned().unwrap_or(Value::Null);
     }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start..].find("}}") else {
-            break;
-        };
-        out.push_str(&rest[..start]);
-        let path = rest[start + 2..start + len].trim();
-        match lookup(context, path) {
-            Some(Value::String(v)) => out.push_str(v),
-            Some(Value::Null) | None => {}
-            Some(v) => out.push_str(&v.to_string()),
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    Value::String(out)
+    Value::String(crate::notify::template::render_text(s, context))
 }
 
 fn whole_placeholder(s: &str) -> Option<&str> {
     let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
     (!inner.contains("{{") && !inner.contains("}}")).then(|| inner.trim())
-}
-
-/// The value at a dotted path.
-pub fn lookup<'a>(context: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut at = context;
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        at = match at {
-            Value::Object(map) => map.get(part)?,
-            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
 }
 
 #[cfg(test)]
