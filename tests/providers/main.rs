@@ -1,7 +1,8 @@
 //! The controller and the providers end to end: the controller driven tick by tick with the null
 //! provider on SQLite and PostgreSQL (`controller`), `aws-lambda:push` pools against moto and a
 //! fault-injecting fake (`aws_lambda`), `cloud-run-v2:push` pools against a fake Cloud Run Admin
-//! API (`cloud_run`), the worked example provider through the whole service (`example`), and the execution
+//! API (`cloud_run`), `aws-lambda:push` pools against LocalStack and the results-queue cases on
+//! LocalStack and moto (`localstack`), the worked example provider through the whole service (`example`), and the execution
 //! boundary of `process` jobs (`sandbox`), and `process` outcomes across a kill -9 of `pushpool up`
 //! (`restart`).
 
@@ -10,5 +11,6 @@ mod cloud_run;
 mod controller;
 mod events;
 mod example;
+mod localstack;
 mod restart;
 mod sandbox;
