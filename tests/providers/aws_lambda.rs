@@ -1025,11 +1025,21 @@ async fn fake_error_codes_decide_retries_from_explicit_lists() {
         fake.always(function, Fault::api(status, code, message));
     }
     let app = spawn_app().await;
-    app.deployment("updating", &fake.url, "updating", json!({"timeout_seconds": 30}))
-        .await;
+    app.deployment(
+        "updating",
+        &fake.url,
+        "updating",
+        json!({"timeout_seconds": 30}),
+    )
+    .await;
     for (function, ..) in permanent {
-        app.deployment(function, &fake.url, function, json!({"timeout_seconds": 30}))
-            .await;
+        app.deployment(
+            function,
+            &fake.url,
+            function,
+            json!({"timeout_seconds": 30}),
+        )
+        .await;
     }
     let updating = app.run("updating").await;
     let mut ids = vec![];
@@ -1039,7 +1049,10 @@ async fn fake_error_codes_decide_retries_from_explicit_lists() {
     let run = app.wait_terminal(&updating, Duration::from_secs(30)).await;
     assert_eq!(
         state(&run),
-        ("COMPLETED", "Lambda function `updating` returned: {\"ok\":1}"),
+        (
+            "COMPLETED",
+            "Lambda function `updating` returned: {\"ok\":1}"
+        ),
         "{run}"
     );
     assert_eq!(fake.invocations("updating").len(), 4);
@@ -1047,8 +1060,14 @@ async fn fake_error_codes_decide_retries_from_explicit_lists() {
         let run = app.wait_terminal(id, Duration::from_secs(20)).await;
         let (t, message) = state(&run);
         assert_eq!(t, "CRASHED", "{function}: {run}");
-        assert!(message.contains(&format!("{code} (HTTP {status})")), "{message}");
-        assert!(message.contains(&format!("Lambda function `{function}`")), "{message}");
+        assert!(
+            message.contains(&format!("{code} (HTTP {status})")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("Lambda function `{function}`")),
+            "{message}"
+        );
         assert_eq!(fake.invocations(function).len(), 1, "{function} retried");
     }
     app.stop().await;
@@ -1110,7 +1129,8 @@ async fn fake_function_timing_out_is_heard_after_its_timeout() {
     let (t, message) = state(&run);
     assert_eq!(t, "FAILED", "{run}");
     assert!(
-        message.starts_with("Sandbox.Timedout: ") && message.contains("Task timed out after 2.00 seconds"),
+        message.starts_with("Sandbox.Timedout: ")
+            && message.contains("Task timed out after 2.00 seconds"),
         "{message}"
     );
     assert_eq!(fake.invocations("slowpoke").len(), 1);
@@ -1164,7 +1184,10 @@ async fn fake_long_synchronous_invoke_has_tcp_keepalive_on_its_connection() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await; // the request is sent and acknowledged
     let (timer, when) = tcp_timer(peer, server_port).expect("the connection is established");
-    assert_eq!(timer, 2, "no keepalive timer on the idle connection (timer {timer})");
+    assert_eq!(
+        timer, 2,
+        "no keepalive timer on the idle connection (timer {timer})"
+    );
     assert!(when > 0 && when <= 61 * 100, "keepalive in {when} ticks");
     let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(state(&run).0, "COMPLETED", "{run}");

@@ -104,26 +104,50 @@ async fn localstack_missing_function_crashes_at_once_naming_it_invoked_once() {
     let proxy = LambdaFake::start(Some(aws.url.clone())).await;
     let function = unique("missing");
     let app = spawn_app().await;
-    deployment(&app, "job", &proxy.url, &function, json!({"timeout_seconds": 60})).await;
+    deployment(
+        &app,
+        "job",
+        &proxy.url,
+        &function,
+        json!({"timeout_seconds": 60}),
+    )
+    .await;
     let started = Instant::now();
     let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
     let (t, message) = state(&run);
     assert_eq!(t, "CRASHED", "{run}");
     assert!(
-        message.contains(&format!("Lambda function `{function}` in region {REGION}, account {}", aws.account())),
+        message.contains(&format!(
+            "Lambda function `{function}` in region {REGION}, account {}",
+            aws.account()
+        )),
         "{message}"
     );
     assert!(
         message.contains("ResourceNotFoundException (HTTP 404): Function not found"),
         "{message}"
     );
-    assert!(message.contains(&format!("endpoint {}", proxy.url)), "{message}");
-    assert!(started.elapsed() < Duration::from_secs(15), "not at once: {:?}", started.elapsed());
+    assert!(
+        message.contains(&format!("endpoint {}", proxy.url)),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not at once: {:?}",
+        started.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.invocations(&function).len(), 1, "retried");
     // The same for Event: the submit fails and the run is CRASHED without retries.
-    deployment(&app, "event", &proxy.url, &function, json!({"invocation_type": "Event"})).await;
+    deployment(
+        &app,
+        "event",
+        &proxy.url,
+        &function,
+        json!({"invocation_type": "Event"}),
+    )
+    .await;
     let id = app.run("event").await;
     let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
     let (t, message) = state(&run);
@@ -150,7 +174,14 @@ async fn localstack_function_in_state_failed_crashes_at_once() {
     aws.create_function(&function, HANDLER).await;
     assert_eq!(aws.wait_function_settled(&function).await, "Failed");
     let app = spawn_app().await;
-    deployment(&app, "job", &proxy.url, &function, json!({"timeout_seconds": 60})).await;
+    deployment(
+        &app,
+        "job",
+        &proxy.url,
+        &function,
+        json!({"timeout_seconds": 60}),
+    )
+    .await;
     let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
     let (t, message) = state(&run);
@@ -185,7 +216,14 @@ async fn localstack_throttled_invoke_is_retried_until_localstack_answers() {
         ],
     );
     let app = spawn_app().await;
-    deployment(&app, "job", &proxy.url, &function, json!({"timeout_seconds": 30})).await;
+    deployment(
+        &app,
+        "job",
+        &proxy.url,
+        &function,
+        json!({"timeout_seconds": 30}),
+    )
+    .await;
     let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(60)).await;
     let (t, message) = state(&run);
@@ -193,7 +231,10 @@ async fn localstack_throttled_invoke_is_retried_until_localstack_answers() {
         assert_eq!(t, "COMPLETED", "{run}");
     } else {
         assert_eq!(t, "CRASHED", "{run}");
-        assert!(message.contains("state: Failed"), "LocalStack's answer: {message}");
+        assert!(
+            message.contains("state: Failed"),
+            "LocalStack's answer: {message}"
+        );
     }
     assert_eq!(proxy.invocations(&function).len(), 3);
     let retried = log_lines(&app, &id)
@@ -255,7 +296,10 @@ async fn event_function(aws: &Emulator, proxy: &LambdaFake, function: &str) {
 /// error → FAILED; records are deleted once the runs' final states are stored; a record of an
 /// invocation nobody watches stays for its reader.
 async fn results_queue_completes_and_fails_event_runs(aws: &Emulator) {
-    eprintln!("aws tests: backend = {:?} at {} ({})", aws.kind, aws.url, aws.how);
+    eprintln!(
+        "aws tests: backend = {:?} at {} ({})",
+        aws.kind, aws.url, aws.how
+    );
     let proxy = LambdaFake::start(Some(aws.url.clone())).await;
     let function = unique("queued");
     event_function(aws, &proxy, &function).await;
@@ -269,7 +313,13 @@ async fn results_queue_completes_and_fails_event_runs(aws: &Emulator) {
         json!({"invocation_type": "Event", "result_queue_url": queue, "timeout_seconds": 60}),
     )
     .await;
-    let foreign = aws.destination_record("someone-else", &function, "Success", json!({"statusCode": 200}), json!({"other": true}));
+    let foreign = aws.destination_record(
+        "someone-else",
+        &function,
+        "Success",
+        json!({"statusCode": 200}),
+        json!({"other": true}),
+    );
     aws.send_message(&queue, &foreign).await;
     let ok = app.run("job").await;
     let failing = app.run("job").await;
@@ -303,7 +353,10 @@ async fn results_queue_completes_and_fails_event_runs(aws: &Emulator) {
     let run = app.wait_terminal(&failing, Duration::from_secs(20)).await;
     assert_eq!(
         state(&run),
-        ("FAILED", "KeyError: 'customer_id' (after 1 attempt, from the results queue)"),
+        (
+            "FAILED",
+            "KeyError: 'customer_id' (after 1 attempt, from the results queue)"
+        ),
         "{run}"
     );
     wait_depth(aws, &queue, 1, Duration::from_secs(20)).await;
@@ -316,7 +369,10 @@ async fn results_queue_completes_and_fails_event_runs(aws: &Emulator) {
 /// them in front of a run's own record neither starve that run nor stay in the queue; a recent
 /// record of an invocation nobody here knows stays for its reader.
 async fn stale_records_are_deleted_and_never_starve_a_run(aws: &Emulator) {
-    eprintln!("aws tests: backend = {:?} at {} ({})", aws.kind, aws.url, aws.how);
+    eprintln!(
+        "aws tests: backend = {:?} at {} ({})",
+        aws.kind, aws.url, aws.how
+    );
     let proxy = LambdaFake::start(Some(aws.url.clone())).await;
     let function = unique("stale");
     event_function(aws, &proxy, &function).await;
@@ -331,8 +387,16 @@ async fn stale_records_are_deleted_and_never_starve_a_run(aws: &Emulator) {
     )
     .await;
     let first = app.run("job").await;
-    let first_id = request_id(&infra(&app.wait_running(&first, Duration::from_secs(20)).await));
-    let first_record = aws.destination_record(&first_id, &function, "Success", json!({"statusCode": 200}), json!(1));
+    let first_id = request_id(&infra(
+        &app.wait_running(&first, Duration::from_secs(20)).await,
+    ));
+    let first_record = aws.destination_record(
+        &first_id,
+        &function,
+        "Success",
+        json!({"statusCode": 200}),
+        json!(1),
+    );
     aws.send_message(&queue, &first_record).await;
     let run = app.wait_terminal(&first, Duration::from_secs(20)).await;
     assert_eq!(state(&run).0, "COMPLETED", "{run}");
@@ -344,16 +408,36 @@ async fn stale_records_are_deleted_and_never_starve_a_run(aws: &Emulator) {
         aws.send_message(&queue, &first_record).await;
     }
     for i in 0..30 {
-        let mut old = aws.destination_record(&format!("old-{i}"), &function, "Success", json!({"statusCode": 200}), json!(1));
+        let mut old = aws.destination_record(
+            &format!("old-{i}"),
+            &function,
+            "Success",
+            json!({"statusCode": 200}),
+            json!(1),
+        );
         old["timestamp"] = json!("2026-01-01T00:00:00.000Z");
         aws.send_message(&queue, &old).await;
     }
-    let foreign = aws.destination_record("someone-else", &function, "Success", json!({"statusCode": 200}), json!(1));
+    let foreign = aws.destination_record(
+        "someone-else",
+        &function,
+        "Success",
+        json!({"statusCode": 200}),
+        json!(1),
+    );
     aws.send_message(&queue, &foreign).await;
     let second = app.run("job").await;
-    let second_id = request_id(&infra(&app.wait_running(&second, Duration::from_secs(20)).await));
+    let second_id = request_id(&infra(
+        &app.wait_running(&second, Duration::from_secs(20)).await,
+    ));
     let started = Instant::now();
-    let record = aws.destination_record(&second_id, &function, "Success", json!({"statusCode": 200}), json!({"second": true}));
+    let record = aws.destination_record(
+        &second_id,
+        &function,
+        "Success",
+        json!({"statusCode": 200}),
+        json!({"second": true}),
+    );
     aws.send_message(&queue, &record).await;
     let run = app.wait_terminal(&second, Duration::from_secs(60)).await;
     assert_eq!(
@@ -364,7 +448,10 @@ async fn stale_records_are_deleted_and_never_starve_a_run(aws: &Emulator) {
         ),
         "{run}"
     );
-    eprintln!("the second run's record was read {:?} after it was sent, behind 181 others", started.elapsed());
+    eprintln!(
+        "the second run's record was read {:?} after it was sent, behind 181 others",
+        started.elapsed()
+    );
     // Only the foreign record is left.
     wait_depth(aws, &queue, 1, Duration::from_secs(30)).await;
     app.stop().await;

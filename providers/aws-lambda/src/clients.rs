@@ -130,14 +130,16 @@ pub fn region_from_arn(function: &str) -> Option<String> {
 /// An SDK HTTP client with [`TCP_KEEPALIVE`] on its sockets (rustls with aws-lc, like the SDK's
 /// default client; plain `http://` endpoints such as emulators work too).
 pub fn keepalive_http_client() -> Option<aws_sdk_lambda::config::SharedHttpClient> {
-    let pool = ConnectionPool::builder()
+    let client = ConnectionPool::builder()
         .tcp_keepalive(TCP_KEEPALIVE)
         .tls_provider(TlsProvider::Rustls(CryptoMode::AwsLc))
-        .build_https();
-    match pool.map(|p| PoolClient::new(&p)) {
-        Ok(Ok(client)) => Some(aws_sdk_lambda::config::SharedHttpClient::new(client)),
-        failed => {
-            tracing::warn!(error = ?failed.err(), "could not build the keepalive HTTP client; using the SDK's default");
+        .build_https()
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|pool| PoolClient::new(&pool).map_err(|e| format!("{e:?}")));
+    match client {
+        Ok(client) => Some(aws_sdk_lambda::config::SharedHttpClient::new(client)),
+        Err(error) => {
+            tracing::warn!(%error, "could not build the keepalive HTTP client; using the SDK's default");
             None
         }
     }
@@ -152,7 +154,8 @@ pub struct ClientCache {
 impl ClientCache {
     /// The clients for a job's region, endpoint, credentials and retry settings.
     pub async fn get(&self, job: &LambdaJobConfig) -> Clients {
-        let lambda_region = region_from_arn(&job.function_name).filter(|r| Some(r) != job.region.as_ref());
+        let lambda_region =
+            region_from_arn(&job.function_name).filter(|r| Some(r) != job.region.as_ref());
         let key = ClientKey {
             region: job.region.clone(),
             lambda_region,

@@ -415,11 +415,12 @@ mod tests {
             "result_queue_url": "http://127.0.0.1:5000/123456789012/q",
             "credentials": {"profile_name": "dev", "role_arn": "arn:aws:iam::123456789012:role/r",
                             "role_session_name": null},
-            "max_attempts": 1
+            "max_attempts": 1, "maximum_retry_attempts": 0
         }))
         .unwrap();
         assert_eq!(cfg.invocation_type, InvocationType::Event);
         assert_eq!(cfg.env["A"], "1");
+        assert_eq!(cfg.maximum_retry_attempts, 0);
         assert_eq!(cfg.watchdog_window(), Duration::from_secs(5));
         assert_eq!(cfg.credentials.profile_name.as_deref(), Some("dev"));
         assert_eq!(cfg.max_attempts, 1);

@@ -183,7 +183,10 @@ fn never_connected(error: Option<&(dyn std::error::Error + 'static)>) -> bool {
             use std::io::ErrorKind as K;
             if matches!(
                 io.kind(),
-                K::ConnectionRefused | K::AddrNotAvailable | K::NetworkUnreachable | K::HostUnreachable
+                K::ConnectionRefused
+                    | K::AddrNotAvailable
+                    | K::NetworkUnreachable
+                    | K::HostUnreachable
             ) {
                 return true;
             }
@@ -407,16 +410,22 @@ mod tests {
     fn ambiguous_failures_are_told_apart_from_answers() {
         let timeout: SdkError<InvokeError> = SdkError::timeout_error("slow");
         assert!(sent_without_answer(&timeout));
-        let unreadable: SdkError<InvokeError> =
-            SdkError::response_error("eof", response(200, &[]));
+        let unreadable: SdkError<InvokeError> = SdkError::response_error("eof", response(200, &[]));
         assert!(sent_without_answer(&unreadable));
         let gateway = service(
             InvokeError::generic(aws_sdk_lambda::error::ErrorMetadata::builder().build()),
             504,
             &[],
         );
-        assert!(sent_without_answer(&gateway), "a 5xx without an AWS error code");
-        assert!(!sent_without_answer(&coded(429, "TooManyRequestsException", "Rate Exceeded.")));
+        assert!(
+            sent_without_answer(&gateway),
+            "a 5xx without an AWS error code"
+        );
+        assert!(!sent_without_answer(&coded(
+            429,
+            "TooManyRequestsException",
+            "Rate Exceeded."
+        )));
         let refused = SdkError::<InvokeError>::dispatch_failure(
             aws_smithy_runtime_api::client::result::ConnectorError::io(Box::new(
                 std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),

@@ -164,7 +164,8 @@ impl ResultsMap {
     /// the record read for it, if any.
     pub fn end(&mut self, source: &ResultSource, request_id: &str) -> Option<QueuedResult> {
         let now = Instant::now();
-        self.ended.retain(|_, at| now.duration_since(*at) < ENDED_TTL);
+        self.ended
+            .retain(|_, at| now.duration_since(*at) < ENDED_TTL);
         if self.ended.len() >= ENDED_MAX {
             if let Some(oldest) = self
                 .ended
@@ -288,7 +289,10 @@ pub fn parse_record(body: &str, function: &str) -> Option<DestinationRecord> {
             ),
         },
     };
-    let written_at = v.get("timestamp").and_then(Value::as_str).and_then(parse_utc);
+    let written_at = v
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_utc);
     Some(DestinationRecord {
         request_id,
         status,
@@ -333,9 +337,18 @@ mod tests {
         map.watch(&theirs, "req-2");
 
         let no = Offered::NotMine;
-        assert_eq!(map.offer(&theirs, record("req-1"), Some("h1".into()), None), no);
-        assert_eq!(map.offer(&same_queue_other_credentials, record("req-1"), None, None), no);
-        assert_eq!(map.offer(&mine, record("req-2"), Some("h2".into()), None), no);
+        assert_eq!(
+            map.offer(&theirs, record("req-1"), Some("h1".into()), None),
+            no
+        );
+        assert_eq!(
+            map.offer(&same_queue_other_credentials, record("req-1"), None, None),
+            no
+        );
+        assert_eq!(
+            map.offer(&mine, record("req-2"), Some("h2".into()), None),
+            no
+        );
         assert_eq!(map.offer(&mine, record("req-3"), None, None), no);
         assert_eq!(map.result(&mine, "req-1"), None);
         assert_eq!(map.result(&theirs, "req-2"), None);
@@ -366,21 +379,35 @@ mod tests {
             map.offer(&q, record(id), Some(format!("h-{m}")), Some(m.into()))
         };
         assert_eq!(take(&mut map, "r1", "m1"), Offered::Taken);
-        assert_eq!(take(&mut map, "r1", "m1"), Offered::Taken, "the same message again");
+        assert_eq!(
+            take(&mut map, "r1", "m1"),
+            Offered::Taken,
+            "the same message again"
+        );
         assert_eq!(
             map.result(&q, "r1").unwrap().receipt_handle.as_deref(),
             Some("h-m1")
         );
-        assert_eq!(take(&mut map, "r1", "m2"), Offered::Stale, "a duplicate delivery");
+        assert_eq!(
+            take(&mut map, "r1", "m2"),
+            Offered::Stale,
+            "a duplicate delivery"
+        );
         assert!(map.end(&q, "r1").is_some());
-        assert_eq!(take(&mut map, "r1", "m3"), Offered::Stale, "the run has ended");
+        assert_eq!(
+            take(&mut map, "r1", "m3"),
+            Offered::Stale,
+            "the run has ended"
+        );
         assert_eq!(take(&mut map, "r2", "m4"), Offered::NotMine);
-        let old = json!({"timestamp": "2020-01-01T00:00:00.000Z", "requestContext": {"requestId": "r2"}});
+        let old =
+            json!({"timestamp": "2020-01-01T00:00:00.000Z", "requestContext": {"requestId": "r2"}});
         let old = parse_record(&old.to_string(), "f").unwrap();
         assert_eq!(old.written_at, Some(1_577_836_800));
         assert!(old.is_stale());
         assert_eq!(map.offer(&q, old, None, Some("m5".into())), Offered::Stale);
-        let now = json!({"timestamp": "2099-01-01T00:00:00.000Z", "requestContext": {"requestId": "r2"}});
+        let now =
+            json!({"timestamp": "2099-01-01T00:00:00.000Z", "requestContext": {"requestId": "r2"}});
         assert!(!parse_record(&now.to_string(), "f").unwrap().is_stale());
     }
 

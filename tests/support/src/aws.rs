@@ -63,7 +63,11 @@ impl Emulator {
             .region(Region::new(REGION))
             .endpoint_url(url)
             .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-                "testing", "testing", None, None, "pushpool-testkit",
+                "testing",
+                "testing",
+                None,
+                None,
+                "pushpool-testkit",
             ))
             .load()
             .await;
@@ -84,7 +88,9 @@ impl Emulator {
             }
             _ => {
                 assert!(!under_ci(), "PUSHPOOL_TEST_MOTO_URL is not set: under CI=true the moto suite must run (scripts/test sources scripts/test-emulators.sh)");
-                eprintln!("SKIPPED: PUSHPOOL_TEST_MOTO_URL not set (source scripts/test-emulators.sh)");
+                eprintln!(
+                    "SKIPPED: PUSHPOOL_TEST_MOTO_URL not set (source scripts/test-emulators.sh)"
+                );
                 None
             }
         }
@@ -168,7 +174,10 @@ impl Emulator {
                 .send()
                 .await
                 .unwrap();
-            let state = out.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+            let state = out
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
             if state != "Pending" {
                 return state;
             }
@@ -226,10 +235,13 @@ impl Emulator {
             .await
             .unwrap();
         let attrs = out.attributes().cloned().unwrap_or_default();
-        [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
-            .iter()
-            .filter_map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()))
-            .sum()
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
     }
 
     /// A Lambda on-success / on-failure destination record, as Lambda writes it to a results
@@ -279,7 +291,8 @@ impl LocalStack {
     pub async fn from_env_or_start() -> Option<LocalStack> {
         if let Ok(url) = std::env::var("PUSHPOOL_TEST_LOCALSTACK_URL") {
             if !url.is_empty() {
-                let emulator = Emulator::at(&url, Kind::LocalStack, "localstack-core process").await;
+                let emulator =
+                    Emulator::at(&url, Kind::LocalStack, "localstack-core process").await;
                 eprintln!("aws tests: backend = LocalStack at {url} (localstack-core process, no Docker: function code is not run)");
                 return Some(LocalStack {
                     emulator,
@@ -293,7 +306,10 @@ impl LocalStack {
             match Self::start_container().await {
                 Ok(ls) => return Some(ls),
                 Err(e) => {
-                    assert!(!under_ci(), "LocalStack through testcontainers did not start: {e}");
+                    assert!(
+                        !under_ci(),
+                        "LocalStack through testcontainers did not start: {e}"
+                    );
                     eprintln!("SKIPPED: LocalStack through testcontainers did not start: {e}");
                     return None;
                 }
