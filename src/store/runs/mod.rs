@@ -8,6 +8,7 @@ mod leases;
 mod logs;
 pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
 mod queries;
+mod plans;
 mod stats;
 mod transitions;
 

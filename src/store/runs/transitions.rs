@@ -382,14 +382,7 @@ impl Store {
         let now = now_micros();
         let (cond, args) = pools.condition(3);
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
-             WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
-             WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {cond} \
-             ORDER BY r.scheduled_time LIMIT {limit}) AND state_type = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
-            late = names::LATE,
-            limit = limit.clamp(1, 10_000),
-        );
+        let sql = mark_late_sql(&cond, limit);
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(now - lease_micros(threshold));
@@ -406,6 +399,19 @@ impl Store {
         tx.commit().await?;
         Ok(runs.iter().map(|r| r.id).collect())
     }
+}
+
+/// The late-run sweep of [`Store::mark_late`]: `$1` now, `$2` the time before which a run is
+/// late, the pool condition's arguments from `$3` (shared with [`Store::explain_mark_late`]).
+pub(crate) fn mark_late_sql(pool_cond: &str, limit: i64) -> String {
+    format!(
+        "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
+         WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
+         WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {pool_cond} \
+         ORDER BY r.scheduled_time LIMIT {limit}) AND state_type = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
+        late = names::LATE,
+        limit = limit.clamp(1, 10_000),
+    )
 }
 
 /// A proposal whose texts PostgreSQL can store (they come from jobs and providers: see
