@@ -413,7 +413,8 @@ pub async fn run_bench(
     let seconds = first_due.elapsed().as_secs_f64();
     // Writes of the run creations (rate mode) are the producer's, not the controllers'.
     let creations = if options.rate > 0.0 { options.runs } else { 0 };
-    let writes = (pushpool::store::write_commits() - writes_before).saturating_sub(creations as u64);
+    let writes =
+        (pushpool::store::write_commits() - writes_before).saturating_sub(creations as u64);
     for (c, _) in &controllers {
         c.shutdown();
     }

@@ -310,6 +310,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notify",
         include_str!("../../migrations/0011_notify.sql"),
     ),
+    (
+        12,
+        "scheduled_due_index",
+        include_str!("../../migrations/0012_scheduled_due_index.sql"),
+    ),
 ];
 
 /// A migration's SQL for `backend`: the few spellings the two databases do not share are written

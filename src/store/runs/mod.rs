@@ -7,8 +7,8 @@ pub use claim::{round_robin, WorkspaceQuota};
 mod leases;
 mod logs;
 pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
-mod queries;
 mod plans;
+mod queries;
 mod stats;
 mod transitions;
 

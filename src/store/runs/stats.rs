@@ -170,8 +170,22 @@ impl Store {
         let now = crate::model::now_micros();
         // (first n, count, state, first scheduled time, step between runs in microseconds)
         let parts = [
-            (0, terminal, "COMPLETED", "Completed", now - month, month / terminal.max(1) as i64),
-            (terminal, future, "SCHEDULED", "Scheduled", now + month / 30, 10_000),
+            (
+                0,
+                terminal,
+                "COMPLETED",
+                "Completed",
+                now - month,
+                month / terminal.max(1) as i64,
+            ),
+            (
+                terminal,
+                future,
+                "SCHEDULED",
+                "Scheduled",
+                now + month / 30,
+                10_000,
+            ),
         ];
         for (first, count, state, name, t0, step) in parts {
             let mut lo = first;
