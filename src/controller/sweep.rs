@@ -56,10 +56,18 @@ pub(super) fn spawn(ctx: &Arc<Context>, running: &Arc<AtomicBool>) {
             };
             match provider.sweep(&ledger).await {
                 Ok(report) if report.deleted > 0 || report.failed > 0 => {
-                    tracing::info!(pool_type, deleted = report.deleted, kept = report.kept, failed = report.failed, "swept leftover jobs");
+                    tracing::info!(
+                        pool_type,
+                        deleted = report.deleted,
+                        kept = report.kept,
+                        failed = report.failed,
+                        "swept leftover jobs"
+                    );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(pool_type, error = %e, "sweeping leftover jobs failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(pool_type, error = %e, "sweeping leftover jobs failed; will retry")
+                }
             }
         }
     });

@@ -768,7 +768,11 @@ async fn fake_watchdog_window_counts_task_waves() {
     app.wait_running(&id, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(4600)).await;
     let run = app.flow_run(&id).await;
-    assert_eq!(state(&run).0, "RUNNING", "killed before its second wave: {run}");
+    assert_eq!(
+        state(&run).0,
+        "RUNNING",
+        "killed before its second wave: {run}"
+    );
     assert_eq!(fake.cancel_calls(), 0);
     let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
     let (t, message) = state(&run);
@@ -792,7 +796,11 @@ async fn fake_aborted_409_on_create_is_retried_not_taken_for_already_exists() {
     let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
     assert_eq!(state(&run).0, "COMPLETED", "{run}");
     assert_eq!(fake.executions_started(), 1);
-    assert_eq!(fake.created_bodies().len(), 1, "the ABORTED create was retried");
+    assert_eq!(
+        fake.created_bodies().len(),
+        1,
+        "the ABORTED create was retried"
+    );
     let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
     assert!(!logs.to_string().contains("already exists"), "{logs}");
     app.stop().await;
@@ -801,13 +809,7 @@ async fn fake_aborted_409_on_create_is_retried_not_taken_for_already_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fake_submit_refused_after_create_deletes_the_job() {
     let (fake, app) = setup(json!({})).await;
-    fake.fail_calls(
-        "POST",
-        ":run",
-        403,
-        "PERMISSION_DENIED",
-        1,
-    );
+    fake.fail_calls("POST", ":run", 403, "PERMISSION_DENIED", 1);
     let id = app.run("job").await;
     let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
     let (t, message) = state(&run);
@@ -820,7 +822,10 @@ async fn fake_submit_refused_after_create_deletes_the_job() {
     .await;
     assert_eq!(fake.deleted_jobs().len(), 1);
     let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
-    assert!(logs.to_string().contains("after the submission failed"), "{logs}");
+    assert!(
+        logs.to_string().contains("after the submission failed"),
+        "{logs}"
+    );
     app.stop().await;
 }
 
@@ -844,8 +849,15 @@ async fn fake_controller_sweeps_leftover_jobs_of_unknown_runs() {
         !fake.jobs().contains(&orphan)
     })
     .await;
-    assert!(fake.jobs().contains(&foreign), "a job without pushpool's label was touched");
-    assert_eq!(state(&app.flow_run(&id).await).0, "RUNNING", "the active run's job was swept");
+    assert!(
+        fake.jobs().contains(&foreign),
+        "a job without pushpool's label was touched"
+    );
+    assert_eq!(
+        state(&app.flow_run(&id).await).0,
+        "RUNNING",
+        "the active run's job was swept"
+    );
     assert_eq!(fake.jobs().len(), 2);
     fake.finish_all(Outcome::Succeeded);
     let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
@@ -934,7 +946,11 @@ async fn fake_submit_cut_short_after_run_adopts_the_latest_created_execution() {
     };
     assert_eq!(fake.executions()[0].0, execution);
     assert_eq!(b.submit(&run, &job).await.unwrap(), execution);
-    assert_eq!(fake.executions_started(), 1, "a second execution was started");
+    assert_eq!(
+        fake.executions_started(),
+        1,
+        "a second execution was started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,12 +984,17 @@ async fn fake_sweep_deletes_leftover_jobs_by_run_label_and_honours_keep_job_rete
     let parent = format!("projects/{PROJECT}/locations/{REGION}");
     let day = Duration::from_secs(86_400);
     let mut phases = std::collections::HashMap::new();
-    let mut job_of = |name: &str, phase: Option<RunPhase>, attempt: u32, keep: Option<u64>, age: Duration| {
+    let mut job_of = |name: &str,
+                      phase: Option<RunPhase>,
+                      attempt: u32,
+                      keep: Option<u64>,
+                      age: Duration| {
         let run_id = uuid::Uuid::new_v4();
         if let Some(p) = phase {
             phases.insert(run_id, p);
         }
-        let mut labels = json!({"pushpool-run-id": run_id.to_string(), "pushpool-attempt": attempt.to_string()});
+        let mut labels =
+            json!({"pushpool-run-id": run_id.to_string(), "pushpool-attempt": attempt.to_string()});
         if let Some(days) = keep {
             labels["pushpool-keep-job"] = json!("true");
             labels["pushpool-retention-days"] = json!(days.to_string());
@@ -984,11 +1005,35 @@ async fn fake_sweep_deletes_leftover_jobs_by_run_label_and_honours_keep_job_rete
     };
     let unknown = job_of("unknown-run", None, 1, None, day);
     let terminal = job_of("terminal-run", Some(RunPhase::Terminal), 1, None, day);
-    let active = job_of("active-run", Some(RunPhase::Active { attempt: 2 }), 2, None, day);
-    let earlier_attempt = job_of("earlier-attempt", Some(RunPhase::Active { attempt: 2 }), 1, None, day);
-    let kept_expired = job_of("kept-expired", Some(RunPhase::Terminal), 1, Some(7), day * 8);
+    let active = job_of(
+        "active-run",
+        Some(RunPhase::Active { attempt: 2 }),
+        2,
+        None,
+        day,
+    );
+    let earlier_attempt = job_of(
+        "earlier-attempt",
+        Some(RunPhase::Active { attempt: 2 }),
+        1,
+        None,
+        day,
+    );
+    let kept_expired = job_of(
+        "kept-expired",
+        Some(RunPhase::Terminal),
+        1,
+        Some(7),
+        day * 8,
+    );
     let kept_young = job_of("kept-young", Some(RunPhase::Terminal), 1, Some(7), day);
-    let kept_for_ever = job_of("kept-for-ever", Some(RunPhase::Terminal), 1, Some(0), day * 400);
+    let kept_for_ever = job_of(
+        "kept-for-ever",
+        Some(RunPhase::Terminal),
+        1,
+        Some(0),
+        day * 400,
+    );
     let foreign = format!("{parent}/jobs/not-pushpools");
     fake.insert_job(&foreign, json!({"team": "web"}), day * 400);
     let provider = CloudRunProvider::new().with_sweep_interval(Duration::from_secs(3600));
@@ -997,9 +1042,16 @@ async fn fake_sweep_deletes_leftover_jobs_by_run_label_and_honours_keep_job_rete
     assert_eq!(provider.sweep(&ledger).await.unwrap().deleted, 0);
     // Any call in the location (here a takeover lookup) makes it known.
     let job = provider_job(&provider, &fake, json!({}));
-    assert_eq!(provider.lookup(&spec(1), &job).await.unwrap(), Lookup::Absent);
+    assert_eq!(
+        provider.lookup(&spec(1), &job).await.unwrap(),
+        Lookup::Absent
+    );
     let report = provider.sweep(&ledger).await.unwrap();
-    assert_eq!((report.deleted, report.kept, report.failed), (4, 3, 0), "{report:?}");
+    assert_eq!(
+        (report.deleted, report.kept, report.failed),
+        (4, 3, 0),
+        "{report:?}"
+    );
     let mut deleted = fake.deleted_jobs();
     deleted.sort();
     let mut want = vec![unknown, terminal, earlier_attempt, kept_expired];

@@ -825,7 +825,10 @@ impl Provider for CloudRunProvider {
         let now = Instant::now();
         let due: Vec<(CloudRunJobConfig, String)> = lock(&self.locations)
             .values_mut()
-            .filter(|l| l.swept.is_none_or(|t| now.duration_since(t) >= self.sweep_interval))
+            .filter(|l| {
+                l.swept
+                    .is_none_or(|t| now.duration_since(t) >= self.sweep_interval)
+            })
             .map(|l| {
                 l.swept = Some(now);
                 (l.job.clone(), l.parent.clone())
@@ -833,7 +836,10 @@ impl Provider for CloudRunProvider {
             .collect();
         let mut last_error = None;
         for (job, parent) in due {
-            if let Err(e) = self.sweep_location(&job, &parent, ledger, &mut report).await {
+            if let Err(e) = self
+                .sweep_location(&job, &parent, ledger, &mut report)
+                .await
+            {
                 tracing::warn!(location = %parent, error = %e, "sweeping Cloud Run jobs failed; will retry");
                 report.failed += 1;
                 last_error = Some(e);

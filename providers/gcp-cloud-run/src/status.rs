@@ -47,8 +47,10 @@ fn count(execution: &Value, key: &str) -> u64 {
 
 /// An integer as the API writes it (int32 as a number, int64 as a string, durations `"600s"`).
 fn number(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.trim_end_matches('s').parse().ok()))
+    v.as_u64().or_else(|| {
+        v.as_str()
+            .and_then(|s| s.trim_end_matches('s').parse().ok())
+    })
 }
 
 /// Reads the execution's `Completed` condition (the only word on whether it ended) and task counts.

@@ -169,8 +169,10 @@ fn executions_map_to_job_statuses() {
         JobStatus::Cancelled
     );
     assert_eq!(
-        ex(json!({"cancelledCount": 1, "conditions": [{"type": "Completed",
-            "state": "CONDITION_FAILED", "executionReason": "CANCELLED"}]})),
+        ex(
+            json!({"cancelledCount": 1, "conditions": [{"type": "Completed",
+            "state": "CONDITION_FAILED", "executionReason": "CANCELLED"}]})
+        ),
         JobStatus::Cancelled
     );
     let old = (chrono::Utc::now() - chrono::Duration::seconds(100_000)).to_rfc3339();
@@ -307,10 +309,12 @@ fn execution(fields: Value) -> Value {
 fn completion_time_without_a_final_completed_condition_is_still_running() {
     let c = config_with(json!({}));
     let now = chrono::Utc::now().to_rfc3339();
-    let e = execution(json!({"completionTime": now, "runningCount": 0, "succeededCount": 1,
+    let e = execution(
+        json!({"completionTime": now, "runningCount": 0, "succeededCount": 1,
         "taskCount": 1, "conditions": [
             {"type": "Started", "state": "CONDITION_SUCCEEDED"},
-            {"type": "Completed", "state": "CONDITION_RECONCILING"}]}));
+            {"type": "Completed", "state": "CONDITION_RECONCILING"}]}),
+    );
     assert_eq!(execution_status(&e, &c), JobStatus::Running);
     // Other conditions succeeding say nothing about the end.
     let e = execution(json!({"runningCount": 1, "conditions": [
@@ -319,7 +323,10 @@ fn completion_time_without_a_final_completed_condition_is_still_running() {
     // The condition alone ends it, with or without completionTime.
     let e = execution(json!({"succeededCount": 1, "taskCount": 1,
         "conditions": [{"type": "Completed", "state": 4}]}));
-    assert!(matches!(execution_status(&e, &c), JobStatus::Completed { .. }));
+    assert!(matches!(
+        execution_status(&e, &c),
+        JobStatus::Completed { .. }
+    ));
 }
 
 /// Issue 16: a multi-task execution that failed has cancelled tasks too (Cloud Run stops the
@@ -327,11 +334,13 @@ fn completion_time_without_a_final_completed_condition_is_still_running() {
 #[test]
 fn a_failed_execution_with_cancelled_tasks_is_failed_not_cancelled() {
     let c = config_with(json!({}));
-    let e = execution(json!({"taskCount": 4, "failedCount": 1, "cancelledCount": 3,
+    let e = execution(
+        json!({"taskCount": 4, "failedCount": 1, "cancelledCount": 3,
         "completionTime": chrono::Utc::now().to_rfc3339(),
         "conditions": [{"type": "Completed", "state": "CONDITION_FAILED",
             "executionReason": "NON_ZERO_EXIT_CODE",
-            "message": "Task j-abc-task2 failed with message: The container exited with an error."}]}));
+            "message": "Task j-abc-task2 failed with message: The container exited with an error."}]}),
+    );
     assert_eq!(
         execution_status(&e, &c),
         JobStatus::Failed {
@@ -339,8 +348,10 @@ fn a_failed_execution_with_cancelled_tasks_is_failed_not_cancelled() {
         }
     );
     // Being cancelled is not cancelled yet: the run stays RUNNING until CANCELLED.
-    let e = execution(json!({"runningCount": 1, "conditions": [{"type": "Completed",
-        "state": 2, "executionReason": 4}]}));
+    let e = execution(
+        json!({"runningCount": 1, "conditions": [{"type": "Completed",
+        "state": 2, "executionReason": 4}]}),
+    );
     assert_eq!(execution_status(&e, &c), JobStatus::Running);
 }
 
@@ -349,9 +360,7 @@ fn a_failed_execution_with_cancelled_tasks_is_failed_not_cancelled() {
 #[test]
 fn the_watchdog_window_counts_task_waves() {
     let c = config_with(json!({"timeout": 600, "watchdog_grace_seconds": 300}));
-    let started = |secs: i64| {
-        (chrono::Utc::now() - chrono::Duration::seconds(secs)).to_rfc3339()
-    };
+    let started = |secs: i64| (chrono::Utc::now() - chrono::Duration::seconds(secs)).to_rfc3339();
     // 10 tasks, 2 at a time: 5 waves × 600 s + 300 s = 3,300 s.
     let running = |secs: i64| {
         execution(json!({"taskCount": 10, "parallelism": 2, "runningCount": 2,
@@ -369,7 +378,10 @@ fn the_watchdog_window_counts_task_waves() {
     // Retries multiply each wave; an unknown parallelism (0) counts as one task at a time.
     let e = execution(json!({"taskCount": 3, "parallelism": 0,
         "template": {"timeout": "100s", "maxRetries": 2}}));
-    assert_eq!(watchdog_window(&e, &c).duration(), Duration::from_secs(3 * 100 * 3 + 300));
+    assert_eq!(
+        watchdog_window(&e, &c).duration(),
+        Duration::from_secs(3 * 100 * 3 + 300)
+    );
     // Without the execution's counts, the job body's own `taskCount` and `parallelism`.
     let mut r = rendered(json!({"timeout": 60, "watchdog_grace_seconds": 0}));
     r["job_body"]["template"]["taskCount"] = json!(6);
@@ -378,7 +390,10 @@ fn the_watchdog_window_counts_task_waves() {
     assert_eq!(c.watchdog_window(), Duration::from_secs(120));
     r["job_body"]["template"]["taskCount"] = json!("many");
     let e = CloudRunJobConfig::from_rendered(&r).unwrap_err();
-    assert!(e.to_string().contains("`job_body.template.taskCount`"), "{e}");
+    assert!(
+        e.to_string().contains("`job_body.template.taskCount`"),
+        "{e}"
+    );
 }
 
 #[test]

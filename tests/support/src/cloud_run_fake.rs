@@ -70,7 +70,9 @@ fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
 impl Execution {
     /// Moves a cancel in progress on once its lag has passed.
     fn settle(&mut self) {
-        if self.outcome == Outcome::Cancelling && self.cancelled_at.is_some_and(|t| Instant::now() >= t) {
+        if self.outcome == Outcome::Cancelling
+            && self.cancelled_at.is_some_and(|t| Instant::now() >= t)
+        {
             self.outcome = Outcome::Cancelled;
             self.ended = Some(chrono::Utc::now());
         }
@@ -255,7 +257,14 @@ impl CloudRunFake {
 
     /// The next `times` calls whose method is `method` and whose path (after `/v2/`) ends with
     /// `path_suffix` answer `code` with the google.rpc status `status` (e.g. 409 `ABORTED`).
-    pub fn fail_calls(&self, method: &str, path_suffix: &str, code: u16, status: &str, times: usize) {
+    pub fn fail_calls(
+        &self,
+        method: &str,
+        path_suffix: &str,
+        code: u16,
+        status: &str,
+        times: usize,
+    ) {
         self.lock().rules.push(FailRule {
             method: method.into(),
             path_suffix: path_suffix.into(),
@@ -459,7 +468,10 @@ async fn handle(
     let lost = method == Method::POST
         && path.ends_with(":run")
         && response.status().is_success()
-        && inner.lock().unwrap_or_else(|e| e.into_inner()).lose_run_answers;
+        && inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lose_run_answers;
     if lost {
         std::future::pending::<()>().await;
     }
