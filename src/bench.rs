@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pushpool_provider::{
-    CancelOutcome, DynProvider, JobStatus, Lookup, Need, ProviderError, RunSpec, ValidatedJob,
+    CancelOutcome, DynProvider, JobStatus, Lookup, Need, ProviderError, RunLedger, RunSpec,
+    SweepReport, ValidatedJob,
 };
 use serde_json::Value;
 
@@ -175,6 +176,9 @@ impl DynProvider for Timed {
     }
     async fn lookup(&self, run: &RunSpec, job: &ValidatedJob) -> Result<Lookup, ProviderError> {
         self.inner.lookup(run, job).await
+    }
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        self.inner.sweep(ledger).await
     }
 }
 

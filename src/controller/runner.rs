@@ -57,6 +57,8 @@ pub struct Controller {
     freed: Arc<Notify>,
     tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
     shutdown: watch::Sender<bool>,
+    /// True while a provider sweep of leftover jobs runs ([`super::sweep`]).
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Controller {
@@ -68,6 +70,7 @@ impl Controller {
             freed: Arc::new(Notify::new()),
             tasks: Arc::new(Mutex::new(tokio::task::JoinSet::new())),
             shutdown: watch::channel(false).0,
+            sweeping: Arc::default(),
         }
     }
 
@@ -140,7 +143,8 @@ impl Controller {
     }
 
     /// One step of the claim loop: adopt orphaned runs, wake runs asked to cancel, mark late
-    /// runs, crash silent ones, claim due runs up to the free capacity and start a task for each.
+    /// runs, crash silent ones, claim due runs up to the free capacity and start a task for each,
+    /// and let the providers sweep leftover jobs in the background.
     /// Tests call this directly.
     pub async fn tick(&self) -> Result<TickReport, PlaneError> {
         let mut report = TickReport::default();
@@ -171,6 +175,7 @@ impl Controller {
         report.late = plane.mark_late(self.ctx.config.late_after).await?;
         report.zombies = self.crash_silent_runs().await?;
         report.claimed = self.claim().await?;
+        super::sweep::spawn(&self.ctx, &self.sweeping);
         Ok(report)
     }
 
