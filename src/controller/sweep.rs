@@ -72,3 +72,37 @@ pub(super) fn spawn(ctx: &Arc<Context>, running: &Arc<AtomicBool>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::MemoryPlane;
+    use crate::state::StateType;
+
+    /// What a provider's sweep learns: an active run with its attempt, a terminal run, and a
+    /// run the plane does not have.
+    #[tokio::test]
+    async fn the_ledger_tells_active_terminal_and_unknown_runs_apart() {
+        let plane = MemoryPlane::new("c1", Duration::from_secs(30));
+        let pool = plane.add_pool("p", "null", json!({}));
+        let deployment = plane.add_deployment(&pool, "d", Default::default());
+        let mut active = plane.add_run(&deployment, chrono::Utc::now());
+        active.attempt = 3;
+        active.state.state_type = StateType::Running;
+        plane.put_run(active.clone());
+        let mut done = plane.add_run(&deployment, chrono::Utc::now());
+        done.state.state_type = StateType::Crashed;
+        plane.put_run(done.clone());
+        let ledger = PlaneLedger(Arc::new(plane));
+        assert_eq!(
+            ledger.phase(active.id).await,
+            Ok(RunPhase::Active { attempt: 3 })
+        );
+        assert_eq!(ledger.phase(done.id).await, Ok(RunPhase::Terminal));
+        assert_eq!(ledger.phase(Uuid::now_v7()).await, Ok(RunPhase::Unknown));
+    }
+}
