@@ -452,6 +452,15 @@ pub trait Provider: Send + Sync + 'static {
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
 
+    /// Resolves once the job has ended, for a provider that learns a job's end by itself (a
+    /// child process exiting, a synchronous invoke returning), so the controller reads
+    /// [`Provider::status`] at once instead of at its next poll. Returns `false` at once when
+    /// this provider cannot tell (the default; also for a job it does not track): the
+    /// controller then polls, with its backoff.
+    async fn wait_ended(&self, _infrastructure_id: &str, _job: &Self::JobConfig) -> bool {
+        false
+    }
+
     /// Removes what the job left behind once the run is terminal.
     async fn cleanup(
         &self,
@@ -523,6 +532,8 @@ pub trait DynProvider: Send + Sync {
         job: &ValidatedJob,
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
+    /// See [`Provider::wait_ended`].
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool;
     /// See [`Provider::cleanup`].
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError>;
     /// See [`Provider::lookup`].
@@ -589,6 +600,12 @@ impl<P: Provider> DynProvider for P {
     ) -> Result<CancelOutcome, ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::cancel(self, id, config, grace).await
+    }
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool {
+        match typed::<P::JobConfig>(job, Provider::pool_type(self)) {
+            Ok(config) => Provider::wait_ended(self, id, config).await,
+            Err(_) => false,
+        }
     }
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
