@@ -296,6 +296,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notify",
         include_str!("../../migrations/0011_notify.sql"),
     ),
+    (
+        12,
+        "error_summaries",
+        include_str!("../../migrations/0012_error_summaries.sql"),
+    ),
 ];
 
 /// A migration's SQL for `backend`: the few spellings the two databases do not share are written

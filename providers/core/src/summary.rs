@@ -85,7 +85,7 @@ impl fmt::Display for Cause {
 }
 
 /// Why a run failed: cause, one-line explanation, the few lines that show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorSummary {
     /// The stable cause.
     pub cause: Cause,

@@ -24,6 +24,7 @@
 mod api;
 mod body;
 mod config;
+mod logs;
 mod status;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use serde_json::{json, Value};
 
 pub use api::{AmbientCredentials, ApiError, CloudRunApi, HOW_TO_PROVIDE_CREDENTIALS};
 pub use body::shell_split;
+pub use logs::{entry_line, filter as logging_filter, logging_endpoint, LOGGING_ENDPOINT};
 pub use config::{
     CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TEMPLATE,
     DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES, MAX_TIMEOUT_SECONDS,
@@ -80,6 +82,8 @@ pub struct CloudRunProvider {
     /// Run operations started by this provider, by job name, so a retried submit waits on the
     /// operation instead of running the job again.
     operations: Mutex<HashMap<String, String>>,
+    /// Cloud Logging clients (the job's own logs; docs/error-summaries.md).
+    logs: logs::LogReader,
 }
 
 impl std::fmt::Debug for CloudRunProvider {
@@ -98,6 +102,7 @@ impl CloudRunProvider {
         CloudRunProvider {
             api: CloudRunApi::new(),
             operations: Mutex::default(),
+            logs: logs::LogReader::default(),
         }
     }
 
@@ -107,6 +112,7 @@ impl CloudRunProvider {
         CloudRunProvider {
             api: CloudRunApi::new().with_ambient_credentials(ambient),
             operations: Mutex::default(),
+            logs: logs::LogReader::default(),
         }
     }
 
@@ -519,6 +525,26 @@ impl Provider for CloudRunProvider {
             Some(job_name) => self.delete_job(job, job_name).await,
             None => Ok(()),
         }
+    }
+
+    fn reads_logs(&self) -> bool {
+        true
+    }
+
+    /// The execution's entries from Cloud Logging, filtered by job and execution name.
+    async fn read_logs(
+        &self,
+        infrastructure_id: &str,
+        job: &CloudRunJobConfig,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        self.logs
+            .read(&self.api, job, infrastructure_id, cursor)
+            .await
+    }
+
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        logs::summarize(end)
     }
 
     /// Finds the job of this attempt by its deterministic name and its execution:
