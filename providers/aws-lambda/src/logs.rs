@@ -110,11 +110,35 @@ pub fn log_group(function: &str) -> String {
 }
 
 /// Where the read of one invocation's stream stands, kept in [`LogCursor::page_token`]:
-/// `<stream>\n<next token or empty>`; `done` once the `REPORT` line was read.
-fn split_token(token: &str) -> (&str, Option<&str>) {
-    match token.split_once('\n') {
-        Some((stream, next)) => (stream, Some(next).filter(|n| !n.is_empty())),
-        None => (token, None),
+/// `<stream>\n<query start ms>\n<next token>` (the start and token empty between queries; a
+/// token is only valid with the query it came from), or [`DONE`] once the `REPORT` line was
+/// read.
+struct StreamToken {
+    stream: String,
+    query_start_ms: Option<i64>,
+    next: Option<String>,
+}
+
+impl StreamToken {
+    fn parse(token: &str) -> StreamToken {
+        let mut parts = token.splitn(3, '\n');
+        let stream = parts.next().unwrap_or_default().to_string();
+        let query_start_ms = parts.next().and_then(|s| s.parse().ok());
+        let next = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
+        StreamToken {
+            stream,
+            query_start_ms,
+            next,
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.stream,
+            self.query_start_ms.map(|s| s.to_string()).unwrap_or_default(),
+            self.next.as_deref().unwrap_or_default()
+        )
     }
 }
 
@@ -131,16 +155,15 @@ pub(crate) async fn read(
         return Ok(vec![]);
     }
     let group = log_group(&id.function);
-    let start_ms = id.submitted_ms as i64 - SEARCH_MARGIN_MS;
+    let search_from = id.submitted_ms as i64 - SEARCH_MARGIN_MS;
     if cursor.page_token.is_none() {
         // Find the invocation's stream by its START line.
         let found = clients
             .logs
             .filter_log_events()
             .log_group_name(&group)
-            .start_time(start_ms)
+            .start_time(search_from)
             .filter_pattern(format!("\"START RequestId: {request_id}\""))
-            .limit(1)
             .send()
             .await;
         let out = match found {
@@ -156,39 +179,52 @@ pub(crate) async fn read(
                 ))
             }
         };
-        let Some(start) = out.events().first() else {
+        let start = out.events().iter().find(|e| {
+            e.message()
+                .is_some_and(|m| m.starts_with(&format!("START RequestId: {request_id}")))
+        });
+        let Some((stream, at)) = start.and_then(|e| Some((e.log_stream_name()?, e.timestamp()?)))
+        else {
             return Ok(vec![]);
         };
-        let Some(stream) = start.log_stream_name() else {
-            return Ok(vec![]);
-        };
-        cursor.page_token = Some(format!("{stream}\n"));
+        cursor.page_token = Some(
+            StreamToken {
+                stream: stream.to_string(),
+                query_start_ms: None,
+                next: None,
+            }
+            .encode(),
+        );
         if cursor.since_micros.is_none() {
-            cursor.since_micros = start.timestamp().map(|t| t * 1000);
+            cursor.since_micros = Some(at * 1000);
         }
     }
     let report = format!("REPORT RequestId: {request_id}");
     let mut lines = vec![];
     for _ in 0..PAGES_PER_READ {
-        let token = cursor.page_token.clone().unwrap_or_default();
-        let (stream, next) = split_token(&token);
-        let since_ms = cursor.since_micros.map_or(start_ms, |us| us / 1000);
+        let mut token = StreamToken::parse(cursor.page_token.as_deref().unwrap_or_default());
+        let query_start = token
+            .query_start_ms
+            .or(cursor.since_micros.map(|us| us / 1000))
+            .unwrap_or(search_from);
         let out = clients
             .logs
             .filter_log_events()
             .log_group_name(&group)
-            .log_stream_names(stream)
-            .start_time(since_ms)
-            .set_next_token(next.map(str::to_string))
+            .log_stream_names(&token.stream)
+            .start_time(query_start)
+            .set_next_token(token.next.clone())
             .send()
             .await
             .map_err(|e| {
                 to_provider_error(
                     &e,
-                    &format!("reading the log stream `{stream}` of `{group}` from CloudWatch Logs"),
+                    &format!(
+                        "reading the log stream `{}` of `{group}` from CloudWatch Logs",
+                        token.stream
+                    ),
                 )
             })?;
-        let stream = stream.to_string();
         let mut finished = false;
         for event in out.events() {
             let text = event.message().unwrap_or_default().trim_end().to_string();
@@ -213,13 +249,18 @@ pub(crate) async fn read(
             cursor.page_token = Some(DONE.to_string());
             break;
         }
-        match out.next_token() {
-            Some(next) if !next.is_empty() && !cursor.exhausted() => {
-                cursor.page_token = Some(format!("{stream}\n{next}"));
+        match out.next_token().filter(|n| !n.is_empty()) {
+            Some(next) if !cursor.exhausted() => {
+                token.query_start_ms = Some(query_start);
+                token.next = Some(next.to_string());
+                cursor.page_token = Some(token.encode());
             }
             _ => {
-                // Caught up: the next read asks again from the newest line's time.
-                cursor.page_token = Some(format!("{stream}\n"));
+                // Caught up: the next read asks again from the newest line's time (repeats
+                // there are dropped by their event id).
+                token.query_start_ms = None;
+                token.next = None;
+                cursor.page_token = Some(token.encode());
                 break;
             }
         }
