@@ -240,22 +240,33 @@ async fn follow_logs(api: &Api, out: OutputFormat, id: &str) -> Result<(), CliEr
     let mut after = String::new();
     let mut ended_at: Option<std::time::Instant> = None;
     loop {
-        let wait = if ended_at.is_some() { 1 } else { FOLLOW_WAIT_SECONDS };
+        let wait = if ended_at.is_some() {
+            1
+        } else {
+            FOLLOW_WAIT_SECONDS
+        };
         let mut url = api.ws_url(&["flow_runs", id, "logs"]);
         url.query_pairs_mut()
             .append_pair("after", &after)
             .append_pair("wait", &wait.to_string());
         let page = api.get(url).await?;
         let lines = items(&page);
-        for l in &lines {
+        for l in lines {
             match out {
                 OutputFormat::Table => {
-                    println!("{}", terminal_safe(l.get("line").and_then(Value::as_str).unwrap_or("")))
+                    println!(
+                        "{}",
+                        terminal_safe(l.get("line").and_then(Value::as_str).unwrap_or(""))
+                    )
                 }
                 OutputFormat::Json => println!("{l}"),
             }
         }
-        if let Some(last) = lines.last().and_then(|l| l.get("id")).and_then(Value::as_str) {
+        if let Some(last) = lines
+            .last()
+            .and_then(|l| l.get("id"))
+            .and_then(Value::as_str)
+        {
             after = last.to_string();
         }
         if !lines.is_empty() {

@@ -8,8 +8,8 @@ use backon::{ExponentialBuilder, Retryable};
 use pushpool_provider::{CancelOutcome, JobStatus, Lookup, ProviderError};
 
 use super::context::{Context, PreparedJob, RunWork};
-use super::provider_logs;
 use super::plane::{Guard, PlaneError};
+use super::provider_logs;
 use super::{Action, ControllerError};
 use crate::state::{names, Proposal, StateType};
 use crate::store::TransitionOutcome;

@@ -44,7 +44,9 @@ async fn wait_log(app: &App, id: &str, stream: &str, text: &str, limit: Duration
 /// Waits until the run's API object has an error summary; the summary.
 async fn wait_summary(app: &App, id: &str, limit: Duration) -> Value {
     let run = app
-        .wait_for(id, limit, "error summary", |r| r["error_summary"].is_object())
+        .wait_for(id, limit, "error summary", |r| {
+            r["error_summary"].is_object()
+        })
         .await;
     run["error_summary"].clone()
 }
@@ -135,9 +137,17 @@ async fn process_logs_can_be_followed_with_after_and_wait() {
     assert_eq!(s, 200, "{page}");
     let page = page.as_array().unwrap();
     assert!(!page.is_empty());
-    assert!(page.iter().all(|l| l["id"].as_str().unwrap() > last.as_str()));
-    assert!(asked.elapsed() > Duration::from_millis(500), "answered before a new line");
-    assert!(asked.elapsed() < Duration::from_secs(25), "waited to the end");
+    assert!(page
+        .iter()
+        .all(|l| l["id"].as_str().unwrap() > last.as_str()));
+    assert!(
+        asked.elapsed() > Duration::from_millis(500),
+        "answered before a new line"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(25),
+        "waited to the end"
+    );
     app.wait_terminal(&id, Duration::from_secs(20)).await;
     // Bad input names the parameter.
     let (s, b) = app.get(&format!("/flow_runs/{id}/logs?wait=61")).await;
@@ -168,7 +178,9 @@ mod lambda {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
                     panic!("PUSHPOOL_TEST_MOTO_URL is not set: under CI=true the moto-backed tests must run");
                 }
-                eprintln!("SKIPPED: PUSHPOOL_TEST_MOTO_URL not set (source scripts/test-emulators.sh)");
+                eprintln!(
+                    "SKIPPED: PUSHPOOL_TEST_MOTO_URL not set (source scripts/test-emulators.sh)"
+                );
                 None
             }
         }
@@ -234,6 +246,7 @@ mod lambda {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn fake_function_error_summary_names_type_and_message_and_the_log_tail_is_in_the_run_logs(
     ) {
+        pushpool_testkit::env::aws_test_credentials();
         let fake = LambdaFake::start(None).await;
         let request_id = "6d8e3f0a-1b2c-4d5e-8f90-0a1b2c3d4e5f";
         let tail = [
@@ -280,7 +293,14 @@ mod lambda {
         let event = state_event(&app, &id, "Failed").await;
         assert_eq!(event["payload"]["error_summary"], summary, "{event}");
         // The tail is in the run's log, as provider lines, in order.
-        let lines = wait_log(&app, &id, "provider", "REPORT RequestId", Duration::from_secs(5)).await;
+        let lines = wait_log(
+            &app,
+            &id,
+            "provider",
+            "REPORT RequestId",
+            Duration::from_secs(5),
+        )
+        .await;
         let provider: Vec<&str> = lines
             .iter()
             .filter(|l| l["stream"] == "provider")
@@ -335,7 +355,14 @@ mod lambda {
             json!({"logGroupName": group, "logStreamName": stream, "logEvents": events}),
         )
         .await;
-        let lines = wait_log(&app, &id, "provider", "REPORT RequestId", Duration::from_secs(30)).await;
+        let lines = wait_log(
+            &app,
+            &id,
+            "provider",
+            "REPORT RequestId",
+            Duration::from_secs(30),
+        )
+        .await;
         let provider: Vec<&str> = lines
             .iter()
             .filter(|l| l["stream"] == "provider")
@@ -398,9 +425,23 @@ mod cloud_run {
         // A failing read first: one warning line, then the next read succeeds.
         fake.fail_logs_next(1);
         fake.seed_logs(&execution, &[("stdout", "loading rows")]);
-        let lines = wait_log(&app, &id, "system", "reading the job's logs", Duration::from_secs(15)).await;
+        wait_log(
+            &app,
+            &id,
+            "system",
+            "reading the job's logs",
+            Duration::from_secs(15),
+        )
+        .await;
         assert_eq!(state(&app.flow_run(&id).await).0, "RUNNING");
-        wait_log(&app, &id, "provider", "loading rows", Duration::from_secs(15)).await;
+        wait_log(
+            &app,
+            &id,
+            "provider",
+            "loading rows",
+            Duration::from_secs(15),
+        )
+        .await;
         fake.seed_logs(
             &execution,
             &[
@@ -416,7 +457,14 @@ mod cloud_run {
         ));
         let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
         assert_eq!(state(&run).0, "FAILED", "{run}");
-        let lines = wait_log(&app, &id, "provider", "Container called exit(1).", Duration::from_secs(15)).await;
+        let lines = wait_log(
+            &app,
+            &id,
+            "provider",
+            "Container called exit(1).",
+            Duration::from_secs(15),
+        )
+        .await;
         let provider: Vec<&str> = lines
             .iter()
             .filter(|l| l["stream"] == "provider")
@@ -436,14 +484,22 @@ mod cloud_run {
         );
         let warnings = lines
             .iter()
-            .filter(|l| l["line"].as_str().unwrap().contains("reading the job's logs"))
+            .filter(|l| {
+                l["line"]
+                    .as_str()
+                    .unwrap()
+                    .contains("reading the job's logs")
+            })
             .count();
         assert_eq!(warnings, 1);
         // The summary names the exit code; the final read may sharpen it after the end.
         let summary = app
-            .wait_for(&id, Duration::from_secs(15), "summary with exit code", |r| {
-                r["error_summary"]["evidence"][0] == "exit code 1"
-            })
+            .wait_for(
+                &id,
+                Duration::from_secs(15),
+                "summary with exit code",
+                |r| r["error_summary"]["evidence"][0] == "exit code 1",
+            )
             .await["error_summary"]
             .clone();
         assert_eq!(summary["cause"], "user_code_error", "{summary}");
@@ -460,7 +516,10 @@ mod cloud_run {
         assert_eq!(state(&run).0, "FAILED", "{run}");
         let summary = wait_summary(&app, &id, Duration::from_secs(5)).await;
         assert_eq!(summary["cause"], "timeout", "{summary}");
-        assert!(evidence(&summary)[0].contains("watchdog_grace_seconds"), "{summary}");
+        assert!(
+            evidence(&summary)[0].contains("watchdog_grace_seconds"),
+            "{summary}"
+        );
         let event = state_event(&app, &id, "Failed").await;
         assert_eq!(event["payload"]["error_summary"]["cause"], "timeout");
         assert!(fake.cancel_calls() >= 1);

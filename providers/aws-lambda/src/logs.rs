@@ -136,7 +136,9 @@ impl StreamToken {
         format!(
             "{}\n{}\n{}",
             self.stream,
-            self.query_start_ms.map(|s| s.to_string()).unwrap_or_default(),
+            self.query_start_ms
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             self.next.as_deref().unwrap_or_default()
         )
     }
@@ -335,10 +337,7 @@ pub fn summarize(end: &RunEnd<'_>) -> ErrorSummary {
                 Cause::InfrastructureLost,
                 format!("the Lambda runtime failed ({other})"),
             ),
-            _ => (
-                Cause::UserCodeError,
-                format!("the function raised {kind}"),
-            ),
+            _ => (Cause::UserCodeError, format!("the function raised {kind}")),
         };
         let mut s = ErrorSummary::new(cause, why).with_evidence(format!("{kind}: {message}"));
         if let Some((_, last)) = summary::python_exception(end.job_lines()) {

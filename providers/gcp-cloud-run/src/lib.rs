@@ -39,12 +39,12 @@ use serde_json::{json, Value};
 
 pub use api::{AmbientCredentials, ApiError, CloudRunApi, HOW_TO_PROVIDE_CREDENTIALS};
 pub use body::shell_split;
-pub use logs::{entry_line, filter as logging_filter, logging_endpoint, LOGGING_ENDPOINT};
 pub use config::{
     CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TEMPLATE,
     DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES, MAX_TIMEOUT_SECONDS,
     MAX_WATCHDOG_GRACE_SECONDS,
 };
+pub use logs::{entry_line, filter as logging_filter, logging_endpoint, LOGGING_ENDPOINT};
 pub use status::{execution_status, Observed};
 
 /// The pool type served by [`CloudRunProvider`].

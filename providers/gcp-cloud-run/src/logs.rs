@@ -209,7 +209,11 @@ pub fn summarize(end: &RunEnd<'_>) -> ErrorSummary {
         )
         .with_evidence(end.message);
     }
-    if lower.contains("image") && (lower.contains("not found") || lower.contains("manifest unknown") || lower.contains("pull")) {
+    if lower.contains("image")
+        && (lower.contains("not found")
+            || lower.contains("manifest unknown")
+            || lower.contains("pull"))
+    {
         return ErrorSummary::new(
             Cause::NotFound,
             "the container image could not be pulled; check `image` and the service account's access to the registry",
@@ -244,7 +248,11 @@ pub fn summarize(end: &RunEnd<'_>) -> ErrorSummary {
             (None, Cause::UserCodeError) => format!("the container ended with {what}"),
             _ => format!("the container was stopped with {what} (the out-of-memory killer, a stop, or its host going away)"),
         };
-        let cause = if python.is_some() { Cause::UserCodeError } else { cause };
+        let cause = if python.is_some() {
+            Cause::UserCodeError
+        } else {
+            cause
+        };
         let mut s = ErrorSummary::new(cause, why).with_evidence(&what);
         if let Some((_, line)) = &python {
             s = s.with_evidence(line);

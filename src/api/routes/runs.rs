@@ -313,12 +313,18 @@ async fn run_logs(
     }
     let after = q.after.filter(|a| !a.is_empty());
     if after.as_ref().is_some_and(|a| a.len() > 64) {
-        return Err(ApiError::unprocessable("after", "a log line id (at most 64 characters)"));
+        return Err(ApiError::unprocessable(
+            "after",
+            "a log line id (at most 64 characters)",
+        ));
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
     let mut run = run;
     loop {
-        let lines = state.store.logs_after(run.id, after.as_deref(), limit).await?;
+        let lines = state
+            .store
+            .logs_after(run.id, after.as_deref(), limit)
+            .await?;
         if !lines.is_empty()
             || run.state.state_type.is_terminal()
             || std::time::Instant::now() >= deadline

@@ -63,10 +63,7 @@ impl Store {
     /// `run` with its error summary filled in when it is FAILED or CRASHED in the attempt the
     /// summary is about.
     pub async fn with_error_summary(&self, mut run: FlowRun) -> Result<FlowRun> {
-        if matches!(
-            run.state.state_type,
-            StateType::Failed | StateType::Crashed
-        ) {
+        if matches!(run.state.state_type, StateType::Failed | StateType::Crashed) {
             if let Some((attempt, summary)) = self.error_summary(run.id).await? {
                 if attempt == run.attempt {
                     run.error_summary = Some(summary);

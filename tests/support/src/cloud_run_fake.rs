@@ -487,7 +487,11 @@ impl CloudRunFake {
     /// Seeds log entries of `execution` (its full name or its last segment): `(log, text)` pairs
     /// where `log` is `stdout`, `stderr` or `varlog/system`, one millisecond apart from now.
     pub fn seed_logs(&self, execution: &str, lines: &[(&str, &str)]) {
-        let exec = execution.rsplit('/').next().unwrap_or(execution).to_string();
+        let exec = execution
+            .rsplit('/')
+            .next()
+            .unwrap_or(execution)
+            .to_string();
         let job = execution
             .split("/jobs/")
             .nth(1)
@@ -539,7 +543,11 @@ async fn list_entries(State(inner): State<Shared>, Json(body): Json<Value>) -> R
     }
     let filter = body["filter"].as_str().unwrap_or_default();
     if !filter.contains("resource.type=\"cloud_run_job\"") {
-        return error(400, "INVALID_ARGUMENT", "the fake expects a cloud_run_job filter");
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "the fake expects a cloud_run_job filter",
+        );
     }
     let exec = filter_value(filter, "labels.\"run.googleapis.com/execution_name\"");
     let since = filter_value(filter, "timestamp>=")
@@ -561,7 +569,12 @@ async fn list_entries(State(inner): State<Shared>, Json(body): Json<Value>) -> R
         .as_str()
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let page: Vec<Value> = matching.iter().skip(offset).take(size).map(|e| (*e).clone()).collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|e| (*e).clone())
+        .collect();
     let next = if offset + size < matching.len() {
         (offset + size).to_string()
     } else {
