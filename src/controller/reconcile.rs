@@ -380,14 +380,25 @@ async fn record_submitted(
     ctx.metrics
         .submitted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(end) = early_end(prepared, &infra).await {
-        ctx.logs.flush().await;
-        let proposals = vec![Proposal::new(StateType::Running), end];
-        if propose_all(work, ctx, proposals, Some(&infra)).await? {
-            cleanup(work).await;
-            return Ok(Action::done());
+    match early_status(prepared, &infra).await {
+        Some(JobStatus::Running) => {
+            // Started as submit returned (a child process, a synchronous invoke): the id and
+            // RUNNING in one write, not the id now and RUNNING at the next poll.
+            let proposals = vec![Proposal::new(StateType::Running)];
+            if propose_all(work, ctx, proposals, Some(&infra)).await? {
+                return Ok(next_poll(work, ctx));
+            }
+            // Refused (the run changed meanwhile): the path below records or stops the job.
         }
-        // Refused (the run changed meanwhile): the path below records or stops the job.
+        Some(end) => {
+            ctx.logs.flush().await;
+            let proposals = vec![Proposal::new(StateType::Running), end_proposal(end)];
+            if propose_all(work, ctx, proposals, Some(&infra)).await? {
+                cleanup(work).await;
+                return Ok(Action::done());
+            }
+        }
+        None => {}
     }
     if ctx
         .plane
@@ -409,18 +420,27 @@ async fn record_submitted(
     }
 }
 
-/// The end of a job that finished before its submit call returned, as a proposal.
-async fn early_end(prepared: &PreparedJob, infra: &str) -> Option<Proposal> {
+/// The status of a job right after its submit call returned, when it is already running
+/// ([`JobStatus::Running`]) or already over ([`JobStatus::Completed`], [`JobStatus::Failed`]).
+async fn early_status(prepared: &PreparedJob, infra: &str) -> Option<JobStatus> {
     match prepared.provider.status(infra, &prepared.job).await {
-        Ok(JobStatus::Completed { summary }) => {
-            let mut p = Proposal::new(StateType::Completed);
-            p.message = summary;
-            Some(p)
-        }
-        Ok(JobStatus::Failed { message }) => {
-            Some(Proposal::new(StateType::Failed).with_message(message))
+        Ok(s @ (JobStatus::Running | JobStatus::Completed { .. } | JobStatus::Failed { .. })) => {
+            Some(s)
         }
         _ => None,
+    }
+}
+
+/// A job's end reported by [`early_status`] as a proposal.
+fn end_proposal(end: JobStatus) -> Proposal {
+    match end {
+        JobStatus::Failed { message } => Proposal::new(StateType::Failed).with_message(message),
+        JobStatus::Completed { summary } => {
+            let mut p = Proposal::new(StateType::Completed);
+            p.message = summary;
+            p
+        }
+        other => crashed(format!("unexpected early status {other:?}")),
     }
 }
 

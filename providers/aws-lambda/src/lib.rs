@@ -161,6 +161,8 @@ fn now_ms() -> u64 {
 /// A synchronous invocation running on a background task of this provider.
 struct SyncJob {
     outcome: Arc<Mutex<Option<(JobStatus, Instant)>>>,
+    /// Turns `true` once `outcome` is set, for [`Provider::wait_ended`].
+    ended: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::AbortHandle,
 }
 
@@ -524,15 +526,18 @@ impl Provider for AwsLambdaProvider {
                 let started = Instant::now();
                 let run_id = run.run_id;
                 let tail = (id.key.clone(), self.request_ids.clone());
+                let (ended_tx, ended) = tokio::sync::watch::channel(false);
                 let task = tokio::spawn(async move {
                     let status = run_sync(clients, job, body, started, logs, tail).await;
                     tracing::info!(%run_id, final = ?std::mem::discriminant(&status), "synchronous Lambda invocation ended");
                     *lock(&slot) = Some((status, Instant::now()));
+                    ended_tx.send_replace(true);
                 });
                 lock(&self.sync_jobs).insert(
                     id.key.clone(),
                     SyncJob {
                         outcome,
+                        ended,
                         task: task.abort_handle(),
                     },
                 );
@@ -540,6 +545,20 @@ impl Provider for AwsLambdaProvider {
                 Ok(id.to_string())
             }
         }
+    }
+
+    /// A synchronous invocation's answer arrives on this provider's own task: the controller is
+    /// told at once. Event invocations are polled.
+    async fn wait_ended(&self, infrastructure_id: &str, _job: &LambdaJobConfig) -> bool {
+        let Ok(id) = infrastructure_id.parse::<InfraId>() else {
+            return false;
+        };
+        let Some(mut ended) = lock(&self.sync_jobs).get(&id.key).map(|j| j.ended.clone()) else {
+            return false;
+        };
+        // An error: the invocation's task was aborted before answering (cancel); poll then.
+        let ended = ended.wait_for(|done| *done).await.is_ok();
+        ended
     }
 
     async fn status(

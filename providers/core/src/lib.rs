@@ -310,6 +310,41 @@ pub enum Lookup {
     Unknown,
 }
 
+/// What the control plane knows of a run, for a sweep of leftover infrastructure
+/// ([`Provider::sweep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPhase {
+    /// The run is not terminal; `attempt` is its current attempt (jobs of earlier attempts are
+    /// leftovers).
+    Active {
+        /// The run's current attempt.
+        attempt: u32,
+    },
+    /// The run reached a terminal state.
+    Terminal,
+    /// The control plane has no such run.
+    Unknown,
+}
+
+/// The control plane as a provider's sweep sees it: the phase of a run by id.
+#[async_trait]
+pub trait RunLedger: Send + Sync {
+    /// The run's phase; `Err` when the control plane cannot tell right now (the sweep then
+    /// leaves the run's infrastructure alone).
+    async fn phase(&self, run_id: Uuid) -> Result<RunPhase, String>;
+}
+
+/// What a [`Provider::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Leftover jobs deleted.
+    pub deleted: usize,
+    /// Jobs looked at and kept (their run is active, or a retention period runs).
+    pub kept: usize,
+    /// Deletions or look-ups that failed (retried by the next sweep).
+    pub failed: usize,
+}
+
 /// The AWS `ExternalId` pushpool passes on every `AssumeRole` made for a workspace's jobs:
 /// `pushpool-<workspace id>`. Stable for the workspace's life and never chosen by a tenant, so a
 /// role's trust policy that requires it admits only that workspace's pools (the confused-deputy
@@ -432,6 +467,15 @@ pub trait Provider: Send + Sync + 'static {
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
 
+    /// Resolves once the job has ended, for a provider that learns a job's end by itself (a
+    /// child process exiting, a synchronous invoke returning), so the controller reads
+    /// [`Provider::status`] at once instead of at its next poll. Returns `false` at once when
+    /// this provider cannot tell (the default; also for a job it does not track): the
+    /// controller then polls, with its backoff.
+    async fn wait_ended(&self, _infrastructure_id: &str, _job: &Self::JobConfig) -> bool {
+        false
+    }
+
     /// Removes what the job left behind once the run is terminal.
     async fn cleanup(
         &self,
@@ -474,6 +518,14 @@ pub trait Provider: Send + Sync + 'static {
     /// provider puts its own rules first and falls back to those.
     fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary {
         summary::common(end)
+    }
+
+    /// Housekeeping the controller calls often (every claim-loop tick): a provider whose jobs
+    /// outlive their runs (a failed cleanup, a controller that died) deletes those whose run
+    /// `ledger` says is terminal or unknown. The provider decides when a sweep is due and
+    /// returns at once otherwise; the default does nothing.
+    async fn sweep(&self, _ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        Ok(SweepReport::default())
     }
 }
 
@@ -521,6 +573,8 @@ pub trait DynProvider: Send + Sync {
         job: &ValidatedJob,
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
+    /// See [`Provider::wait_ended`].
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool;
     /// See [`Provider::cleanup`].
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError>;
     /// See [`Provider::lookup`].
@@ -536,6 +590,8 @@ pub trait DynProvider: Send + Sync {
     ) -> Result<Vec<ProviderLogLine>, ProviderError>;
     /// See [`Provider::summarize`].
     fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary;
+    /// See [`Provider::sweep`].
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError>;
 }
 
 fn typed<'a, C: 'static>(job: &'a ValidatedJob, pool_type: &str) -> Result<&'a C, ProviderError> {
@@ -597,6 +653,12 @@ impl<P: Provider> DynProvider for P {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::cancel(self, id, config, grace).await
     }
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool {
+        match typed::<P::JobConfig>(job, Provider::pool_type(self)) {
+            Ok(config) => Provider::wait_ended(self, id, config).await,
+            Err(_) => false,
+        }
+    }
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::cleanup(self, id, config).await
@@ -619,6 +681,9 @@ impl<P: Provider> DynProvider for P {
     }
     fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary {
         Provider::summarize(self, end)
+    }
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        Provider::sweep(self, ledger).await
     }
 }
 

@@ -7,6 +7,7 @@ pub use claim::{round_robin, WorkspaceQuota};
 mod leases;
 mod logs;
 pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
+mod plans;
 mod queries;
 mod stats;
 mod summaries;

@@ -396,14 +396,7 @@ impl Store {
         let now = now_micros();
         let (cond, args) = pools.condition(3);
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
-             WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
-             WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {cond} \
-             ORDER BY r.scheduled_time LIMIT {limit}) AND state_type = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
-            late = names::LATE,
-            limit = limit.clamp(1, 10_000),
-        );
+        let sql = mark_late_sql(self.backend(), &cond, limit);
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(now - lease_micros(threshold));
@@ -420,6 +413,26 @@ impl Store {
         tx.commit().await?;
         Ok(runs.iter().map(|r| r.id).collect())
     }
+}
+
+/// The late-run sweep of [`Store::mark_late`]: `$1` now, `$2` the time before which a run is
+/// late, the pool condition's arguments from `$3` (shared with [`Store::explain_mark_late`]).
+/// The outer state check guards against a claim committed meanwhile on PostgreSQL; on SQLite
+/// (one writer) it is kept out of index choice (`+state_type`), where it made SQLite read every
+/// SCHEDULED run instead of the late ones by id.
+pub(crate) fn mark_late_sql(backend: crate::store::Backend, pool_cond: &str, limit: i64) -> String {
+    let recheck = match backend {
+        crate::store::Backend::Postgres => "state_type",
+        crate::store::Backend::Sqlite => "+state_type",
+    };
+    format!(
+        "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
+         WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
+         WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {pool_cond} \
+         ORDER BY r.scheduled_time LIMIT {limit}) AND {recheck} = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
+        late = names::LATE,
+        limit = limit.clamp(1, 10_000),
+    )
 }
 
 /// A proposal whose texts PostgreSQL can store (they come from jobs and providers: see

@@ -1,8 +1,21 @@
 //! A fake Cloud Run Admin API v2 for tests: the REST paths the `cloud-run-v2:push` provider uses
-//! (jobs create/get/delete, `:run` with a long-running operation, operations get, executions
-//! list/get/`:cancel`), the `{"error":{code,message,status}}` envelope, enums as integers
-//! (`$alt=json;enum-encoding=int`), and switches to inject 429/503 storms, `ALREADY_EXISTS`,
-//! hanging `:run` calls, and to drive executions from RUNNING to SUCCEEDED/FAILED/CANCELLED.
+//! (jobs create/get/list/delete, `:run` with a long-running operation, operations get, executions
+//! list/get/`:cancel`), the `{"error":{code,message,status}}` envelope (google.rpc status names:
+//! `ALREADY_EXISTS` and `ABORTED` are both HTTP 409), enums as integers
+//! (`$alt=json;enum-encoding=int`), and switches to inject 429/503 storms, errors on chosen calls,
+//! `ALREADY_EXISTS`, hanging `:run` calls, and to drive executions from RUNNING to
+//! SUCCEEDED/FAILED/CANCELLED.
+//!
+//! Shapes follow the Admin API v2 reference: an execution carries `taskCount`, `parallelism`,
+//! its task `template` (`timeout`, `maxRetries`), the per-state task counts and `conditions`
+//! (`type`, `state`, `message`, `reason`/`executionReason`), of which only `Completed` says
+//! whether it ended; a job carries `labels`, `createTime`, `executionCount` and
+//! `latestCreatedExecution` (`name`, `createTime`, `completionTime`). Behaviour the reference does
+//! not pin down is a switch: `completionTime` written before the `Completed` condition
+//! ([`CloudRunFake::condition_lag`]), a cancel that passes through `CANCELLING`
+//! ([`CloudRunFake::cancel_lag`]), an executions list that shows a new execution late
+//! ([`CloudRunFake::list_lag`]), a `:run` whose answer is lost after it started the execution
+//! ([`CloudRunFake::lose_run_answers`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +40,9 @@ pub enum Outcome {
     TimedOut,
     /// Cancelled.
     Cancelled,
+    /// Being cancelled (the `Completed` condition still reconciling, `executionReason`
+    /// CANCELLING); becomes `Cancelled` after the fake's cancel lag.
+    Cancelling,
 }
 
 #[derive(Debug, Clone)]
@@ -36,54 +52,104 @@ struct Execution {
     created: chrono::DateTime<chrono::Utc>,
     outcome: Outcome,
     ended: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the `Completed` condition shows the outcome (`completionTime` shows at `ended`).
+    condition_at: Option<Instant>,
+    /// When a `Cancelling` execution becomes `Cancelled`.
+    cancelled_at: Option<Instant>,
+    /// From the job's execution template: tasks, parallelism, task timeout, maxRetries.
+    tasks: u64,
+    parallelism: u64,
+    task_timeout: String,
+    max_retries: u64,
+}
+
+fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Execution {
+    /// Moves a cancel in progress on once its lag has passed.
+    fn settle(&mut self) {
+        if self.outcome == Outcome::Cancelling
+            && self.cancelled_at.is_some_and(|t| Instant::now() >= t)
+        {
+            self.outcome = Outcome::Cancelled;
+            self.ended = Some(chrono::Utc::now());
+        }
+    }
+
+    fn short(&self) -> &str {
+        self.name.rsplit('/').next().unwrap()
+    }
+
     fn to_json(&self) -> Value {
-        let ts = |t: &chrono::DateTime<chrono::Utc>| {
-            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        };
+        let n = self.tasks;
         let mut e = json!({
             "name": self.name, "uid": uuid::Uuid::new_v4().to_string(),
             "job": self.job.rsplit('/').next().unwrap(),
             "createTime": ts(&self.created), "startTime": ts(&self.created),
-            "taskCount": 1, "parallelism": 1, "reconciling": self.ended.is_none(),
+            "taskCount": n, "parallelism": self.parallelism,
+            "template": {"timeout": self.task_timeout, "maxRetries": self.max_retries,
+                         "containers": [{"image": "img"}]},
+            "reconciling": self.ended.is_none(),
             "runningCount": 0, "succeededCount": 0, "failedCount": 0, "cancelledCount": 0,
+            "retriedCount": 0,
         });
-        let (state, message, reason) = match &self.outcome {
+        // The condition catches up with `completionTime` only at `condition_at`.
+        let shown = if self.condition_at.is_some_and(|t| Instant::now() < t) {
+            &Outcome::Running
+        } else {
+            &self.outcome
+        };
+        let short = self.short();
+        // (Completed state, message, executionReason): CONDITION_RECONCILING 2, FAILED 3,
+        // SUCCEEDED 4; NON_ZERO_EXIT_CODE 2, CANCELLED 3, CANCELLING 4.
+        let (state, message, reason) = match shown {
             Outcome::Running => {
-                e["runningCount"] = json!(1);
+                e["runningCount"] = json!(n);
                 (2, String::new(), 0)
             }
             Outcome::Succeeded => {
-                e["succeededCount"] = json!(1);
+                e["succeededCount"] = json!(n);
                 (4, "Execution completed successfully in 1.2s.".into(), 0)
             }
+            // One task failed for good: Cloud Run stops the others, which count as cancelled.
             Outcome::Failed(m) => {
                 e["failedCount"] = json!(1);
+                e["cancelledCount"] = json!(n - 1);
                 (3, m.clone(), 2)
             }
             Outcome::TimedOut => {
                 e["failedCount"] = json!(1);
+                e["cancelledCount"] = json!(n - 1);
                 (
                     3,
                     format!(
-                        "Task {}-task0 failed with message: The configured timeout was reached.",
-                        self.name.rsplit('/').next().unwrap()
+                        "Task {short}-task0 failed with message: The configured timeout was reached."
                     ),
                     2,
                 )
             }
+            Outcome::Cancelling => {
+                e["runningCount"] = json!(n);
+                (2, "The execution is being cancelled.".into(), 4)
+            }
             Outcome::Cancelled => {
-                e["cancelledCount"] = json!(1);
+                e["cancelledCount"] = json!(n);
                 (3, "The execution was cancelled.".into(), 3)
             }
         };
-        let mut condition = json!({"type": "Completed", "state": state, "message": message});
+        let mut condition = json!({"type": "Completed", "state": state, "message": message,
+                                   "lastTransitionTime": ts(&self.created)});
         if reason != 0 {
             condition["executionReason"] = json!(reason);
         }
-        e["conditions"] = json!([condition]);
+        // Real executions list other conditions before `Completed`.
+        e["conditions"] = json!([
+            {"type": "ResourcesAvailable", "state": 4, "lastTransitionTime": ts(&self.created)},
+            {"type": "Started", "state": 4, "lastTransitionTime": ts(&self.created)},
+            condition
+        ]);
         if let Some(end) = &self.ended {
             e["completionTime"] = json!(ts(end));
         }
@@ -104,9 +170,24 @@ pub struct Call {
     pub at: Instant,
 }
 
+/// An error answered to matching calls, a number of times.
+struct FailRule {
+    method: String,
+    path_suffix: String,
+    code: u16,
+    status: String,
+    times: usize,
+}
+
 #[derive(Default)]
 struct Inner {
     jobs: BTreeMap<String, Value>,
+    rules: Vec<FailRule>,
+    condition_lag: Duration,
+    cancel_lag: Duration,
+    list_lag: Duration,
+    lose_run_answers: bool,
+    deleted_jobs: Vec<String>,
     created_bodies: Vec<(String, Value)>,
     executions: Vec<Execution>,
     operations: BTreeMap<String, Value>,
@@ -181,6 +262,64 @@ impl CloudRunFake {
         self.lock().storm_served
     }
 
+    /// The next `times` calls whose method is `method` and whose path (after `/v2/`) ends with
+    /// `path_suffix` answer `code` with the google.rpc status `status` (e.g. 409 `ABORTED`).
+    pub fn fail_calls(
+        &self,
+        method: &str,
+        path_suffix: &str,
+        code: u16,
+        status: &str,
+        times: usize,
+    ) {
+        self.lock().rules.push(FailRule {
+            method: method.into(),
+            path_suffix: path_suffix.into(),
+            code,
+            status: status.into(),
+            times,
+        });
+    }
+
+    /// Finished executions show `completionTime` at once but their `Completed` condition only
+    /// `lag` later (the two are not written together).
+    pub fn condition_lag(&self, lag: Duration) {
+        self.lock().condition_lag = lag;
+    }
+
+    /// A cancelled execution stays CANCELLING (condition reconciling, `executionReason`
+    /// CANCELLING) for `lag` before it is CANCELLED.
+    pub fn cancel_lag(&self, lag: Duration) {
+        self.lock().cancel_lag = lag;
+    }
+
+    /// The executions list leaves out executions younger than `lag` (the job's
+    /// `latestCreatedExecution` names them at once).
+    pub fn list_lag(&self, lag: Duration) {
+        self.lock().list_lag = lag;
+    }
+
+    /// While set, `:run` starts the execution and then never answers (the answer is lost).
+    pub fn lose_run_answers(&self, on: bool) {
+        self.lock().lose_run_answers = on;
+    }
+
+    /// Adds a job as if created earlier: `labels`, created `age` ago.
+    pub fn insert_job(&self, name: &str, labels: Value, age: Duration) {
+        let created = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap();
+        self.lock().jobs.insert(
+            name.to_string(),
+            json!({"name": name, "labels": labels, "createTime": ts(&created),
+                   "reconciling": false, "executionCount": 0,
+                   "terminalCondition": {"type": "Ready", "state": 4}}),
+        );
+    }
+
+    /// Names of the jobs deleted so far, in order.
+    pub fn deleted_jobs(&self) -> Vec<String> {
+        self.lock().deleted_jobs.clone()
+    }
+
     /// The next job create stores the job but answers 409 ALREADY_EXISTS (a lost answer).
     pub fn already_exists_once(&self) {
         self.lock().already_exists_once = true;
@@ -199,11 +338,13 @@ impl CloudRunFake {
     /// Sets the outcome of every execution that is still RUNNING.
     pub fn finish_all(&self, outcome: Outcome) {
         let mut inner = self.lock();
+        let lag = inner.condition_lag;
         for e in inner.executions.iter_mut() {
             if e.outcome == Outcome::Running {
                 e.outcome = outcome.clone();
                 if outcome != Outcome::Running {
                     e.ended = Some(chrono::Utc::now());
+                    e.condition_at = Some(Instant::now() + lag);
                 }
             }
         }
@@ -236,7 +377,9 @@ impl CloudRunFake {
 
     /// The current outcome of every execution (name, outcome).
     pub fn executions(&self) -> Vec<(String, Outcome)> {
-        self.lock()
+        let mut inner = self.lock();
+        inner.executions.iter_mut().for_each(Execution::settle);
+        inner
             .executions
             .iter()
             .map(|e| (e.name.clone(), e.outcome.clone()))
@@ -282,6 +425,19 @@ async fn handle(
             alt: query.get("$alt").cloned(),
             at: Instant::now(),
         });
+        let m = method.to_string();
+        if let Some(rule) = s
+            .rules
+            .iter_mut()
+            .find(|r| r.times > 0 && r.method == m && path.ends_with(&r.path_suffix))
+        {
+            rule.times -= 1;
+            let (code, status) = (rule.code, rule.status.clone());
+            if method == Method::POST && path.ends_with(":run") {
+                s.run_calls += 1;
+            }
+            return error(code, &status, "injected failure");
+        }
         if !s.fail_next.is_empty() {
             let code = s.fail_next.remove(0);
             s.storm_served += 1;
@@ -315,8 +471,32 @@ async fn handle(
     if hang {
         std::future::pending::<()>().await;
     }
+    let response = answer(&inner, &method, &path, &query, body);
+    let lost = method == Method::POST
+        && path.ends_with(":run")
+        && response.status().is_success()
+        && inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lose_run_answers;
+    if lost {
+        std::future::pending::<()>().await;
+    }
+    response
+}
+
+fn answer(
+    inner: &Shared,
+    method: &Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: Option<Value>,
+) -> Response {
+    let path = path.to_string();
+    let method = method.clone();
     let mut s = inner.lock().unwrap_or_else(|e| e.into_inner());
     let s = &mut *s;
+    s.executions.iter_mut().for_each(Execution::settle);
     if method == Method::POST && path.ends_with("/jobs") {
         let Some(id) = query.get("jobId") else {
             return error(400, "INVALID_ARGUMENT", "jobId is required");
@@ -333,6 +513,8 @@ async fn handle(
         }
         job["name"] = json!(name);
         job["reconciling"] = json!(false);
+        job["createTime"] = json!(ts(&chrono::Utc::now()));
+        job["executionCount"] = json!(0);
         job["terminalCondition"] = json!({"type": "Ready", "state": 4});
         s.jobs.insert(name.clone(), job.clone());
         if std::mem::take(&mut s.already_exists_once) {
@@ -344,6 +526,34 @@ async fn handle(
         }
         let op = operation(s, &location_of(&path), typed(job, "Job"), true);
         return Json(op).into_response();
+    }
+    if method == Method::GET && path.ends_with("/jobs") {
+        let prefix = format!("{path}/");
+        let all: Vec<Value> = s
+            .jobs
+            .iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(_, j)| j.clone())
+            .collect();
+        // Pages of `pageSize` (default 100), the token being the offset.
+        let size: usize = query
+            .get("pageSize")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p > 0)
+            .unwrap_or(100);
+        let from: usize = query
+            .get("pageToken")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let page: Vec<Value> = all.iter().skip(from).take(size).cloned().collect();
+        let mut answer = json!({});
+        if !page.is_empty() {
+            answer["jobs"] = json!(page);
+        }
+        if from + size < all.len() {
+            answer["nextPageToken"] = json!((from + size).to_string());
+        }
+        return Json(answer).into_response();
     }
     if method == Method::POST && path.ends_with(":run") {
         let job_name = path.trim_end_matches(":run").to_string();
@@ -361,12 +571,36 @@ async fn handle(
         );
         let outcome = s.auto.clone().unwrap_or(Outcome::Running);
         let ended = (outcome != Outcome::Running).then(chrono::Utc::now);
+        let created = chrono::Utc::now();
+        let job = s.jobs.get_mut(&job_name).unwrap();
+        let template = &job["template"];
+        let num = |v: &Value, default: u64| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or(default)
+        };
+        let tasks = num(&template["taskCount"], 1).max(1);
+        let parallelism = num(&template["parallelism"], 0);
+        let task_timeout = template["template"]["timeout"]
+            .as_str()
+            .unwrap_or("600s")
+            .to_string();
+        let max_retries = num(&template["template"]["maxRetries"], 3);
+        let short = name.rsplit('/').next().unwrap().to_string();
+        job["executionCount"] = json!(num(&job["executionCount"], 0) + 1);
+        job["latestCreatedExecution"] = json!({"name": short, "createTime": ts(&created)});
         s.executions.push(Execution {
             name: name.clone(),
             job: job_name.clone(),
-            created: chrono::Utc::now(),
+            created,
             outcome,
             ended,
+            condition_at: None,
+            cancelled_at: None,
+            tasks,
+            parallelism,
+            task_timeout,
+            max_retries,
         });
         s.executions_started += 1;
         // Like Cloud Run, the first answer's metadata may not name the execution yet: it is only
@@ -386,6 +620,7 @@ async fn handle(
     }
     if method == Method::POST && path.ends_with(":cancel") {
         s.cancel_calls += 1;
+        let cancel_lag = s.cancel_lag;
         let name = path.trim_end_matches(":cancel");
         let Some(e) = s.executions.iter_mut().find(|e| e.name == name) else {
             return error(
@@ -401,8 +636,11 @@ async fn handle(
                 "the execution has already finished",
             );
         }
-        e.outcome = Outcome::Cancelled;
-        e.ended = Some(chrono::Utc::now());
+        if e.outcome != Outcome::Cancelling {
+            e.outcome = Outcome::Cancelling;
+            e.cancelled_at = Some(Instant::now() + cancel_lag);
+            e.settle();
+        }
         let ex = typed(e.to_json(), "Execution");
         let op = operation(s, &location_of(&path), ex, true);
         return Json(op).into_response();
@@ -416,10 +654,11 @@ async fn handle(
                 &format!("Resource '{job_name}' was not found"),
             );
         }
+        let lag = chrono::Duration::from_std(s.list_lag).unwrap();
         let list: Vec<Value> = s
             .executions
             .iter()
-            .filter(|e| e.job == job_name)
+            .filter(|e| e.job == job_name && chrono::Utc::now() - e.created >= lag)
             .map(Execution::to_json)
             .collect();
         return Json(if list.is_empty() {
@@ -459,6 +698,7 @@ async fn handle(
         return match s.jobs.remove(&path) {
             Some(j) => {
                 s.executions.retain(|e| e.job != path);
+                s.deleted_jobs.push(path.clone());
                 let op = operation(s, &location_of(&path), typed(j, "Job"), true);
                 Json(op).into_response()
             }
