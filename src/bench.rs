@@ -180,6 +180,20 @@ impl DynProvider for Timed {
     async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
         self.inner.sweep(ledger).await
     }
+    fn reads_logs(&self) -> bool {
+        self.inner.reads_logs()
+    }
+    async fn read_logs(
+        &self,
+        id: &str,
+        job: &ValidatedJob,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        self.inner.read_logs(id, job, cursor).await
+    }
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        self.inner.summarize(end)
+    }
 }
 
 /// Peak resident set size of this process in MiB (Linux; 0 elsewhere).

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod memory;
 pub mod plane;
 pub mod prefect;
+mod provider_logs;
 pub mod rate;
 pub mod reconcile;
 pub mod runner;

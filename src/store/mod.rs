@@ -315,6 +315,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scheduled_due_index",
         include_str!("../../migrations/0012_scheduled_due_index.sql"),
     ),
+    (
+        13,
+        "error_summaries",
+        include_str!("../../migrations/0013_error_summaries.sql"),
+    ),
 ];
 
 /// A migration's SQL for `backend`: the few spellings the two databases do not share are written

@@ -4,7 +4,7 @@
 //! API (`cloud_run`), `aws-lambda:push` pools against LocalStack and the results-queue cases on
 //! LocalStack and moto (`localstack`), the worked example provider through the whole service (`example`), and the execution
 //! boundary of `process` jobs (`sandbox`), and `process` outcomes across a kill -9 of `pushpool up`
-//! (`restart`).
+//! (`restart`), and the job's own logs and error summaries per provider (`provider_logs`).
 
 mod aws_lambda;
 mod cloud_run;
@@ -12,5 +12,6 @@ mod controller;
 mod events;
 mod example;
 mod localstack;
+mod provider_logs;
 mod restart;
 mod sandbox;

@@ -44,6 +44,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     /// STS (to name the account in error messages).
     pub sts: aws_sdk_sts::Client,
+    /// CloudWatch Logs (the function's own logs; docs/error-summaries.md).
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     /// The region the configuration resolved to, if any.
     pub region: Option<String>,
     /// The region Lambda is called in: a full function ARN's, else [`Clients::region`].
@@ -182,6 +184,7 @@ impl ClientCache {
             lambda_region: key.lambda_region.clone().or(region.clone()),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             sts: aws_sdk_sts::Client::new(&sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
             region,
             endpoint_url: key.endpoint_url.clone(),
             account: Default::default(),

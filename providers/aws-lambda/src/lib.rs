@@ -22,6 +22,7 @@
 mod clients;
 mod config;
 mod errors;
+mod logs;
 mod payload;
 mod results;
 
@@ -53,6 +54,7 @@ pub use errors::{
     to_provider_error, ErrorClass, NOT_FOUND_ERRORS, PERMANENT_ERRORS, THROTTLING_ERRORS,
     TRANSIENT_ERRORS,
 };
+pub use logs::{decode_tail, log_group};
 pub use payload::{
     function_error_message, redact_tokens, result_summary, PAYLOAD_PLACEHOLDERS, SUMMARY_LIMIT,
 };
@@ -196,6 +198,8 @@ pub struct AwsLambdaProvider {
     watched: Mutex<ResultsMap>,
     /// Per results queue: one reader at a time, and when it was last read.
     queue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Request ids of answered synchronous invocations (for their CloudWatch logs).
+    request_ids: Arc<logs::RequestIds>,
 }
 
 impl fmt::Debug for AwsLambdaProvider {
@@ -354,6 +358,11 @@ async fn invoke(
         .invocation_type(aws_sdk_lambda::types::InvocationType::from(
             job.invocation_type.as_str(),
         ))
+        // The last 4 KB of the log with a synchronous answer (docs/error-summaries.md).
+        .set_log_type(
+            (job.invocation_type == InvocationType::RequestResponse)
+                .then_some(aws_sdk_lambda::types::LogType::Tail),
+        )
         .payload(Blob::new(body));
     match job.invocation_type {
         InvocationType::RequestResponse => {
@@ -394,6 +403,7 @@ async fn run_sync(
     body: Vec<u8>,
     started: Instant,
     logs: Arc<dyn LogSink>,
+    tail: (String, Arc<logs::RequestIds>),
 ) -> JobStatus {
     let deadline = started + job.timeout();
     let in_flight = in_flight_limit(job.timeout());
@@ -429,7 +439,10 @@ async fn run_sync(
                     ),
                 }
             }
-            Ok(Ok(out)) => return sync_outcome(&job, &out),
+            Ok(Ok(out)) => {
+                logs::write_tail(&out, &tail.0, &tail.1, logs.as_ref());
+                return sync_outcome(&job, &out);
+            }
             Ok(Err(e)) => e,
         };
         if sent_without_answer(&err) {
@@ -594,9 +607,10 @@ impl Provider for AwsLambdaProvider {
                 let logs = run.logs.clone();
                 let started = Instant::now();
                 let run_id = run.run_id;
+                let tail = (id.key.clone(), self.request_ids.clone());
                 let (ended_tx, ended) = tokio::sync::watch::channel(false);
                 let task = tokio::spawn(async move {
-                    let status = run_sync(clients, job, body, started, logs).await;
+                    let status = run_sync(clients, job, body, started, logs, tail).await;
                     tracing::info!(%run_id, final = ?std::mem::discriminant(&status), "synchronous Lambda invocation ended");
                     *lock(&slot) = Some((status, Instant::now()));
                     ended_tx.send_replace(true);
@@ -737,6 +751,33 @@ impl Provider for AwsLambdaProvider {
             }
         }
         Ok(())
+    }
+
+    fn reads_logs(&self) -> bool {
+        true
+    }
+
+    /// The invocation's lines from CloudWatch Logs (`/aws/lambda/<function>`, filtered by the
+    /// request id); nothing for a synchronous invocation that has not answered yet (its request
+    /// id comes with the answer, with the log tail).
+    async fn read_logs(
+        &self,
+        infrastructure_id: &str,
+        job: &LambdaJobConfig,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        let Ok(id) = infrastructure_id.parse::<InfraId>() else {
+            return Ok(vec![]);
+        };
+        let Some(request_id) = self.request_ids.of(&id) else {
+            return Ok(vec![]);
+        };
+        let clients = self.clients.get(job).await;
+        logs::read(&clients, &id, &request_id, cursor).await
+    }
+
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        logs::summarize(end)
     }
 
     /// Lambda's `Invoke` takes no idempotency token and there is no API listing invocations, so

@@ -238,7 +238,7 @@ fn credentials(
 }
 
 /// Maps an error of the official client to an [`ApiError`].
-fn api_error(e: google_cloud_run_v2::Error) -> ApiError {
+pub(crate) fn api_error(e: google_cloud_run_v2::Error) -> ApiError {
     let status = e.status();
     let code = e.http_status_code().or_else(|| {
         status.map(|s| match s.code.name() {
@@ -293,6 +293,19 @@ impl CloudRunApi {
     pub fn with_ambient_credentials(mut self, ambient: AmbientCredentials) -> Self {
         self.ambient = Some(ambient);
         self
+    }
+
+    /// The credentials this API's clients use for `job` (for the Cloud Logging client of
+    /// `logs.rs`, which shares them).
+    pub(crate) fn credentials_for(
+        &self,
+        job: &CloudRunJobConfig,
+    ) -> Result<google_cloud_auth::credentials::Credentials, ApiError> {
+        let ambient = self
+            .ambient
+            .clone()
+            .unwrap_or_else(AmbientCredentials::detect);
+        credentials(&job.credentials, &ambient)
     }
 
     async fn clients(&self, job: &CloudRunJobConfig) -> Result<Clients, ApiError> {

@@ -24,6 +24,7 @@
 mod api;
 mod body;
 mod config;
+mod logs;
 mod status;
 
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ pub use config::{
     DEFAULT_TEMPLATE, DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES,
     MAX_JOB_RETENTION_DAYS, MAX_TIMEOUT_SECONDS, MAX_WATCHDOG_GRACE_SECONDS,
 };
+pub use logs::{entry_line, filter as logging_filter, logging_endpoint, LOGGING_ENDPOINT};
 pub use status::{execution_status, watchdog_window, Observed, WatchdogWindow};
 
 /// The pool type served by [`CloudRunProvider`].
@@ -106,6 +108,8 @@ pub struct CloudRunProvider {
     /// Run operations started by this provider, by job name, so a retried submit waits on the
     /// operation instead of running the job again.
     operations: Mutex<HashMap<String, String>>,
+    /// Cloud Logging clients (the job's own logs; docs/error-summaries.md).
+    logs: logs::LogReader,
     /// Locations seen since start, by (endpoint, credentials, parent).
     locations: Mutex<HashMap<String, Location>>,
     /// Job deletions that failed, by job name.
@@ -142,6 +146,7 @@ impl CloudRunProvider {
         CloudRunProvider {
             api,
             operations: Mutex::default(),
+            logs: logs::LogReader::default(),
             locations: Mutex::default(),
             pending_deletes: Mutex::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
@@ -782,6 +787,26 @@ impl Provider for CloudRunProvider {
             Some(job_name) => self.delete_or_queue(job, job_name).await,
             None => Ok(()),
         }
+    }
+
+    fn reads_logs(&self) -> bool {
+        true
+    }
+
+    /// The execution's entries from Cloud Logging, filtered by job and execution name.
+    async fn read_logs(
+        &self,
+        infrastructure_id: &str,
+        job: &CloudRunJobConfig,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        self.logs
+            .read(&self.api, job, infrastructure_id, cursor)
+            .await
+    }
+
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        logs::summarize(end)
     }
 
     /// Finds the job of this attempt by its deterministic name and its execution:

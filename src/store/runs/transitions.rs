@@ -35,6 +35,8 @@ struct Plan {
     wakes: bool,
     /// The infrastructure id an accepted transition recorded.
     infrastructure: Option<String>,
+    /// The error summary of an accepted FAILED/CRASHED proposal: its step index, the summary.
+    summary: Option<(usize, pushpool_provider::ErrorSummary)>,
 }
 
 impl Plan {
@@ -45,6 +47,7 @@ impl Plan {
             current: read,
             wakes: false,
             infrastructure: None,
+            summary: None,
         };
         for (decision, proposal) in decisions.into_iter().zip(proposals) {
             let outcome = match decision {
@@ -59,6 +62,11 @@ impl Plan {
                         plan.infrastructure = Some(id);
                     }
                     plan.wakes |= transition.wakes_controllers;
+                    if let (Some(summary), StateType::Failed | StateType::Crashed) =
+                        (&proposal.error_summary, next.state.state_type)
+                    {
+                        plan.summary = Some((plan.steps.len(), summary.clone()));
+                    }
                     plan.steps.push((
                         next.clone(),
                         transition.from,
@@ -199,6 +207,7 @@ impl Store {
             current,
             wakes,
             infrastructure,
+            summary,
         } = plan;
         let updated = sqlx::query(&format!(
             "UPDATE flow_runs SET state_type = $1, state_name = $2, state_message = $3, state_timestamp = $4, \
@@ -254,6 +263,11 @@ impl Store {
             .iter()
             .map(|(run, from, _)| transition_event(run, *from))
             .collect();
+        if let Some((step, summary)) = summary {
+            let attempt = steps[step].0.attempt;
+            super::summaries::write_summary(tx, run_id, attempt, &summary).await?;
+            events[step].payload["error_summary"] = json!(summary);
+        }
         if let Some(infra) = infrastructure {
             events.push(EventRow {
                 occurred: to_micros(now),

@@ -43,6 +43,16 @@ pub enum Fault {
     /// The request was read, then the connection is lost before the answer is complete (a
     /// network failure after the function may have run).
     Drop,
+    /// This exact answer: status, headers (e.g. `x-amz-function-error`, `x-amz-log-result`),
+    /// body; for answers shaped like real Lambda's that moto cannot give.
+    Reply {
+        /// HTTP status.
+        status: u16,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// The body.
+        body: String,
+    },
     /// Waits, then does the inner fault.
     Delay(Duration, Box<Fault>),
 }
@@ -75,6 +85,8 @@ pub struct Invocation {
     pub signing_region: Option<String>,
     /// The client's address: its TCP connection can be inspected while the call is in flight.
     pub peer: Option<SocketAddr>,
+    /// `X-Amz-Log-Type` (`Tail` asks for the log's last 4 KB).
+    pub log_type: Option<String>,
     /// When it arrived.
     pub at: Instant,
 }
@@ -233,6 +245,10 @@ async fn handle(
             access_key_id: credential_scope(&headers, 0),
             signing_region: credential_scope(&headers, 2),
             peer: Some(peer),
+            log_type: headers
+                .get("x-amz-log-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             at: Instant::now(),
         });
         let queued = s.queued.get_mut(&function).and_then(VecDeque::pop_front);
@@ -280,6 +296,17 @@ async fn handle(
                     .header("content-type", "application/json")
                     .body(Body::from_stream(failing))
                     .unwrap();
+            }
+            Fault::Reply {
+                status,
+                headers,
+                body,
+            } => {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                return reply(status, &headers, body);
             }
         }
     }

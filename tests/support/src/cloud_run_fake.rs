@@ -201,6 +201,12 @@ struct Inner {
     already_exists_once: bool,
     hang_runs: bool,
     auto: Option<Outcome>,
+    /// Cloud Logging entries (the logging fake, `POST /v2/entries:list`).
+    log_entries: Vec<Value>,
+    /// The next `entries:list` calls answer 503, one each.
+    logs_fail_next: usize,
+    /// `entries:list` calls so far.
+    logs_calls: usize,
 }
 
 /// The fake server.
@@ -228,6 +234,7 @@ impl CloudRunFake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
+            .route("/v2/entries:list", axum::routing::post(list_entries))
             .route("/v2/{*path}", axum::routing::any(handle))
             .with_state(inner.clone());
         tokio::spawn(async move {
@@ -707,4 +714,111 @@ fn answer(
         "NOT_FOUND",
         &format!("no route for {method} /v2/{path}"),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The logging fake: Cloud Logging's `entries:list` (REST `POST /v2/entries:list`) over entries
+// the test seeds, shaped like a Cloud Run job's (`resource.type` `cloud_run_job`, the execution
+// name label, `textPayload`, `insertId`, RFC 3339 `timestamp`). It understands the part of the
+// filter the provider sends: the execution name and `timestamp>=`; it orders by timestamp and
+// pages with `pageSize` / `pageToken` (an offset).
+
+impl CloudRunFake {
+    /// Seeds log entries of `execution` (its full name or its last segment): `(log, text)` pairs
+    /// where `log` is `stdout`, `stderr` or `varlog/system`, one millisecond apart from now.
+    pub fn seed_logs(&self, execution: &str, lines: &[(&str, &str)]) {
+        let exec = execution
+            .rsplit('/')
+            .next()
+            .unwrap_or(execution)
+            .to_string();
+        let job = execution
+            .split("/jobs/")
+            .nth(1)
+            .and_then(|j| j.split('/').next())
+            .unwrap_or("")
+            .to_string();
+        let start = chrono::Utc::now();
+        let mut inner = self.lock();
+        for (i, (log, text)) in lines.iter().enumerate() {
+            let at = start + chrono::Duration::milliseconds(i as i64);
+            let entry = json!({
+                "insertId": format!("{:024x}", uuid::Uuid::new_v4().as_u128() >> 32),
+                "logName": format!("projects/test-project/logs/run.googleapis.com%2F{}", log.replace('/', "%2F")),
+                "resource": {"type": "cloud_run_job", "labels": {"job_name": job, "location": "us-central1", "project_id": "test-project"}},
+                "labels": {"run.googleapis.com/execution_name": exec, "run.googleapis.com/task_index": "0", "run.googleapis.com/task_attempt": "0"},
+                "textPayload": text,
+                "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "receiveTimestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            });
+            inner.log_entries.push(entry);
+        }
+    }
+
+    /// The next `n` `entries:list` calls answer 503 UNAVAILABLE.
+    pub fn fail_logs_next(&self, n: usize) {
+        self.lock().logs_fail_next = n;
+    }
+
+    /// `entries:list` calls so far.
+    pub fn logs_calls(&self) -> usize {
+        self.lock().logs_calls
+    }
+}
+
+/// The quoted value after `key` in a logging filter (`key"value"` with `=` or `>=` before it).
+fn filter_value<'a>(filter: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &filter[filter.find(key)? + key.len()..];
+    let rest = rest.trim_start_matches(['=', '>', ' ']);
+    let rest = rest.strip_prefix('"')?;
+    Some(&rest[..rest.find('"')?])
+}
+
+async fn list_entries(State(inner): State<Shared>, Json(body): Json<Value>) -> Response {
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    inner.logs_calls += 1;
+    if inner.logs_fail_next > 0 {
+        inner.logs_fail_next -= 1;
+        return error(503, "UNAVAILABLE", "The service is currently unavailable.");
+    }
+    let filter = body["filter"].as_str().unwrap_or_default();
+    if !filter.contains("resource.type=\"cloud_run_job\"") {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "the fake expects a cloud_run_job filter",
+        );
+    }
+    let exec = filter_value(filter, "labels.\"run.googleapis.com/execution_name\"");
+    let since = filter_value(filter, "timestamp>=")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let mut matching: Vec<&Value> = inner
+        .log_entries
+        .iter()
+        .filter(|e| exec.is_none_or(|x| e["labels"]["run.googleapis.com/execution_name"] == x))
+        .filter(|e| {
+            since.is_none_or(|s| {
+                chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or(""))
+                    .is_ok_and(|t| t >= s)
+            })
+        })
+        .collect();
+    matching.sort_by_key(|e| e["timestamp"].as_str().unwrap_or("").to_string());
+    let size = body["pageSize"].as_u64().filter(|n| *n > 0).unwrap_or(50) as usize;
+    let offset: usize = body["pageToken"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|e| (*e).clone())
+        .collect();
+    let next = if offset + size < matching.len() {
+        (offset + size).to_string()
+    } else {
+        String::new()
+    };
+    Json(json!({"entries": page, "nextPageToken": next})).into_response()
 }
