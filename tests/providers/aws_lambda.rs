@@ -309,7 +309,7 @@ async fn moto_event_invocation_is_running_then_the_watchdog_crashes_it_without_w
         &function,
         json!({
             "invocation_type": "Event", "timeout_seconds": 2, "watchdog_grace_seconds": 1,
-            "qualifier": "$LATEST",
+            "maximum_retry_attempts": 0, "qualifier": "$LATEST",
             "payload": {"run": "{{ flow_run.id }}", "greeting": "hello from {{ deployment.name }}",
                         "n": "{{ flow_run.attempt }}", "static": [1, 2]}
         }),
@@ -637,7 +637,7 @@ async fn fake_5xx_storm_is_retried_until_the_function_answers() {
         [
             Fault::api(503, "ServiceException", "unavailable"),
             Fault::api(500, "ServiceException", "internal"),
-            Fault::api(502, "EniLimitReachedException", "eni"),
+            Fault::api(502, "EC2ThrottledException", "throttled by EC2"),
             Fault::api(429, "TooManyRequestsException", "slow down"),
         ],
     );
@@ -710,7 +710,7 @@ async fn fake_slow_response_keeps_the_run_running_then_completes_or_crashes_at_t
     let (t, message) = state(&run);
     assert_eq!(t, "CRASHED", "{run}");
     assert!(
-        message.contains("no result from Lambda function `stuck` within timeout_seconds = 2s"),
+        message.contains("outcome unknown: no answer from Lambda function `stuck` within timeout_seconds = 2s plus a margin (12s in all)"),
         "{message}"
     );
     assert!(message.contains("may still be running"), "{message}");
@@ -736,7 +736,8 @@ async fn fake_event_throttled_at_submit_is_retried_then_runs() {
         "job",
         &fake.url,
         "async",
-        json!({"invocation_type": "Event", "timeout_seconds": 1, "watchdog_grace_seconds": 1}),
+        json!({"invocation_type": "Event", "timeout_seconds": 1, "watchdog_grace_seconds": 1,
+               "maximum_retry_attempts": 0}),
     )
     .await;
     let id = app.run("job").await;
@@ -987,5 +988,227 @@ async fn moto_other_workspace_needs_a_role_or_the_ambient_grant() {
         2,
         "nothing more was invoked"
     );
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16, Build 5: behaviour the AWS references describe, shown against the fake
+
+/// Lambda answers 409 `ResourceConflictException` while a function is being created or updated
+/// (state `Pending`, `LastUpdateStatus: InProgress`) and `SnapStartNotReadyException` while a
+/// snapshot is made: the function did not run and will, so the call is retried. A 409 for a
+/// function whose deployment `Failed`, and the 502s of its VPC, KMS key or package, are permanent:
+/// CRASHED at once, invoked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_error_codes_decide_retries_from_explicit_lists() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.push(
+        "updating",
+        [
+            Fault::api(409, "ResourceConflictException", "The operation cannot be performed at this time. An update is in progress for resource: arn:aws:lambda:us-east-1:123456789012:function:updating"),
+            Fault::api(409, "ResourceConflictException", "The operation cannot be performed at this time. The function is currently in the following state: Pending"),
+            Fault::api(409, "SnapStartNotReadyException", "Lambda is initializing your function. You can invoke the function when the state of your function is Active."),
+        ],
+    );
+    fake.always("updating", Fault::Respond(json!({"ok": 1})));
+    let permanent = [
+        ("eni", 502, "ENILimitReachedException", "Lambda was not able to create an ENI in the VPC"),
+        ("kms", 502, "KMSDisabledException", "Lambda was unable to decrypt the environment variables because the KMS key used is disabled"),
+        ("kms-denied", 502, "KMSAccessDeniedException", "Lambda was unable to decrypt the environment variables because KMS access was denied"),
+        ("subnet", 502, "InvalidSubnetIDException", "The subnet ID provided in the Lambda function VPC configuration is invalid"),
+        ("ec2-denied", 502, "EC2AccessDeniedException", "Need additional permissions to configure VPC settings"),
+        ("zip", 502, "InvalidZipFileException", "Lambda could not unzip the deployment package"),
+        ("failed", 409, "ResourceConflictException", "The operation cannot be performed at this time. The function is currently in the following state: Failed"),
+    ];
+    for (function, status, code, message) in permanent {
+        fake.always(function, Fault::api(status, code, message));
+    }
+    let app = spawn_app().await;
+    app.deployment(
+        "updating",
+        &fake.url,
+        "updating",
+        json!({"timeout_seconds": 30}),
+    )
+    .await;
+    for (function, ..) in permanent {
+        app.deployment(
+            function,
+            &fake.url,
+            function,
+            json!({"timeout_seconds": 30}),
+        )
+        .await;
+    }
+    let updating = app.run("updating").await;
+    let mut ids = vec![];
+    for (function, ..) in permanent {
+        ids.push(app.run(function).await);
+    }
+    let run = app.wait_terminal(&updating, Duration::from_secs(30)).await;
+    assert_eq!(
+        state(&run),
+        (
+            "COMPLETED",
+            "Lambda function `updating` returned: {\"ok\":1}"
+        ),
+        "{run}"
+    );
+    assert_eq!(fake.invocations("updating").len(), 4);
+    for ((function, status, code, _), id) in permanent.iter().zip(&ids) {
+        let run = app.wait_terminal(id, Duration::from_secs(20)).await;
+        let (t, message) = state(&run);
+        assert_eq!(t, "CRASHED", "{function}: {run}");
+        assert!(
+            message.contains(&format!("{code} (HTTP {status})")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("Lambda function `{function}`")),
+            "{message}"
+        );
+        assert_eq!(fake.invocations(function).len(), 1, "{function} retried");
+    }
+    app.stop().await;
+}
+
+/// A synchronous invocation whose connection is lost after the request went out may have run
+/// the function: the run ends CRASHED "outcome unknown" and the function is not invoked again
+/// (neither by the SDK's own retries, which get one attempt for RequestResponse, nor by
+/// pushpool's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_connection_lost_after_send_is_outcome_unknown_and_never_invoked_twice() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.push("lost", [Fault::Drop]);
+    fake.always("lost", Fault::Respond(json!("second run")));
+    let app = spawn_app().await;
+    app.deployment(
+        "job",
+        &fake.url,
+        "lost",
+        json!({"timeout_seconds": 20, "max_attempts": 3}),
+    )
+    .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(message.starts_with("outcome unknown"), "{message}");
+    assert!(message.contains("Lambda function `lost`"), "{message}");
+    assert!(message.contains("not invoked again"), "{message}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.invocations("lost").len(), 1, "invoked twice");
+    app.stop().await;
+}
+
+/// Lambda answers a function that ran into its own timeout after that timeout (plus its init):
+/// 200 with `FunctionError: Unhandled` and `Task timed out after …`. The call is given a margin
+/// beyond `timeout_seconds`, so the run ends FAILED with Lambda's answer, not CRASHED for lack of
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_function_timing_out_is_heard_after_its_timeout() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "slowpoke",
+        Fault::Delay(
+            Duration::from_millis(3500),
+            Box::new(Fault::FunctionError {
+                error_type: "Sandbox.Timedout".into(),
+                message: "2026-12-01T10:00:02.000Z 6f1c Task timed out after 2.00 seconds".into(),
+            }),
+        ),
+    );
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, "slowpoke", json!({"timeout_seconds": 2}))
+        .await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(
+        message.starts_with("Sandbox.Timedout: ")
+            && message.contains("Task timed out after 2.00 seconds"),
+        "{message}"
+    );
+    assert_eq!(fake.invocations("slowpoke").len(), 1);
+    app.stop().await;
+}
+
+/// The TCP state of the connection from `client` to the fake's `server` port, from
+/// /proc/net/tcp{,6}: (`tr` timer kind, `tm->when` in clock ticks).
+fn tcp_timer(client: std::net::SocketAddr, server_port: u16) -> Option<(u8, u64)> {
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).ok()?;
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+            if cols.len() > 5
+                && port(cols[1]) == Some(client.port())
+                && port(cols[2]) == Some(server_port)
+                && cols[3] == "01"
+            {
+                let (tr, when) = cols[5].split_once(':')?;
+                return Some((tr.parse().ok()?, u64::from_str_radix(when, 16).ok()?));
+            }
+        }
+    }
+    None
+}
+
+/// NAT gateways and load balancers drop a connection idle for ~350 s; a synchronous invoke is idle
+/// for as long as the function runs. The SDK's connection has TCP keepalive armed (the kernel's
+/// keepalive timer, `tr` 2 in /proc/net/tcp, at most 60 s away) while the call waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_long_synchronous_invoke_has_tcp_keepalive_on_its_connection() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    fake.always(
+        "long",
+        Fault::Delay(Duration::from_secs(3), Box::new(Fault::Respond(json!(1)))),
+    );
+    let server_port: u16 = fake.url.rsplit(':').next().unwrap().parse().unwrap();
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, "long", json!({"timeout_seconds": 30}))
+        .await;
+    let id = app.run("job").await;
+    let start = Instant::now();
+    let peer = loop {
+        if let Some(p) = fake.invocations("long").first().and_then(|i| i.peer) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never invoked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // the request is sent and acknowledged
+    let (timer, when) = tcp_timer(peer, server_port).expect("the connection is established");
+    assert_eq!(
+        timer, 2,
+        "no keepalive timer on the idle connection (timer {timer})"
+    );
+    assert!(when > 0 && when <= 61 * 100, "keepalive in {when} ticks");
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    app.stop().await;
+}
+
+/// A function given as a full ARN in another region than the pool's `region` is invoked in the
+/// ARN's region (signed for it, and sent to its endpoint), as Lambda requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_cross_region_function_arn_is_invoked_in_the_arns_region() {
+    init_env();
+    let fake = LambdaFake::start(None).await;
+    let arn = "arn:aws:lambda:eu-west-1:123456789012:function:etl";
+    fake.always(arn, Fault::Respond(json!({"rows": 1})));
+    let app = spawn_app().await;
+    app.deployment("job", &fake.url, arn, json!({})).await;
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    let calls = fake.invocations(arn);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].signing_region.as_deref(), Some("eu-west-1"));
     app.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The controller and the providers end to end: the controller driven tick by tick with the null
 //! provider on SQLite and PostgreSQL (`controller`), `aws-lambda:push` pools against moto and a
 //! fault-injecting fake (`aws_lambda`), `cloud-run-v2:push` pools against a fake Cloud Run Admin
-//! API (`cloud_run`), the worked example provider through the whole service (`example`), and the execution
+//! API (`cloud_run`), `aws-lambda:push` pools against LocalStack and the results-queue cases on
+//! LocalStack and moto (`localstack`), the worked example provider through the whole service (`example`), and the execution
 //! boundary of `process` jobs (`sandbox`), and `process` outcomes across a kill -9 of `pushpool up`
 //! (`restart`), and the job's own logs and error summaries per provider (`provider_logs`).
 
@@ -10,6 +11,7 @@ mod cloud_run;
 mod controller;
 mod events;
 mod example;
+mod localstack;
 mod provider_logs;
 mod restart;
 mod sandbox;

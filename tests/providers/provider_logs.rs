@@ -324,7 +324,8 @@ mod lambda {
             &app,
             &fake.url,
             &function,
-            json!({"invocation_type": "Event", "timeout_seconds": 3, "watchdog_grace_seconds": 2}),
+            json!({"invocation_type": "Event", "timeout_seconds": 3, "watchdog_grace_seconds": 2,
+                   "maximum_retry_attempts": 0}),
         )
         .await;
         let id = app.run("job").await;

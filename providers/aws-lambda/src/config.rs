@@ -25,6 +25,12 @@ pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
 pub const DEFAULT_WATCHDOG_GRACE_SECONDS: u64 = 120;
 /// Largest accepted [`LambdaJobConfig::watchdog_grace_seconds`].
 pub const MAX_WATCHDOG_GRACE_SECONDS: u64 = 86_400;
+/// Default for [`LambdaJobConfig::maximum_retry_attempts`]: Lambda's own default for
+/// asynchronous invocations (two retries).
+pub const DEFAULT_MAXIMUM_RETRY_ATTEMPTS: u64 = 2;
+/// Lambda's pauses before its retries of a failed asynchronous invocation: at least 1 minute
+/// before the first, 2 minutes before the second ("Error handling and automatic retries").
+pub const ASYNC_RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(120)];
 /// Default for [`LambdaJobConfig::max_attempts`].
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Largest accepted [`LambdaJobConfig::max_attempts`].
@@ -102,8 +108,12 @@ pub struct LambdaJobConfig {
     pub result_queue_url: Option<String>,
     /// Profile / role settings.
     pub credentials: CredentialsConfig,
-    /// SDK attempts per API call.
+    /// SDK attempts per API call (asynchronous invocations and the results queue; a synchronous
+    /// `Invoke` always gets one).
     pub max_attempts: u32,
+    /// Event only: the function's asynchronous `MaximumRetryAttempts` (0–2), so the watchdog
+    /// waits for every attempt Lambda makes.
+    pub maximum_retry_attempts: u64,
 }
 
 impl LambdaJobConfig {
@@ -122,6 +132,7 @@ impl LambdaJobConfig {
             result_queue_url: None,
             credentials: CredentialsConfig::default(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            maximum_retry_attempts: DEFAULT_MAXIMUM_RETRY_ATTEMPTS,
         }
     }
 
@@ -130,9 +141,22 @@ impl LambdaJobConfig {
         Duration::from_secs(self.timeout_seconds)
     }
 
-    /// How long after the submission a job with no word is declared crashed.
+    /// How long after the submission a job with no word is declared crashed:
+    /// `timeout_seconds + watchdog_grace_seconds` for `RequestResponse`; for `Event` every attempt
+    /// Lambda makes (1 + `maximum_retry_attempts`, each up to `timeout_seconds`) and its pauses
+    /// between them (1 and 2 minutes), plus the grace. With the defaults (900 s, 2 retries, 120 s)
+    /// that is 3,000 s.
     pub fn watchdog_window(&self) -> Duration {
-        Duration::from_secs(self.timeout_seconds + self.watchdog_grace_seconds)
+        let grace = Duration::from_secs(self.watchdog_grace_seconds);
+        match self.invocation_type {
+            InvocationType::RequestResponse => self.timeout() + grace,
+            InvocationType::Event => {
+                let retries = self.maximum_retry_attempts.min(2) as usize;
+                let attempts = self.timeout() * (retries as u32 + 1);
+                let pauses: Duration = ASYNC_RETRY_DELAYS[..retries].iter().sum();
+                attempts + pauses + grace
+            }
+        }
     }
 
     /// This configuration as submitted for workspace `workspace_id`: an assumed role gets the
@@ -234,6 +258,12 @@ impl LambdaJobConfig {
                 (1, u64::from(MAX_MAX_ATTEMPTS)),
                 u64::from(DEFAULT_MAX_ATTEMPTS),
             )? as u32,
+            maximum_retry_attempts: bounded(
+                fields.maximum_retry_attempts,
+                "maximum_retry_attempts",
+                (0, 2),
+                DEFAULT_MAXIMUM_RETRY_ATTEMPTS,
+            )?,
         })
     }
 }
@@ -255,6 +285,7 @@ struct Fields {
     result_queue_url: Option<String>,
     credentials: Option<CredentialFields>,
     max_attempts: Option<u32>,
+    maximum_retry_attempts: Option<u64>,
 }
 
 /// The `credentials` object. The static-key fields are read only to be refused with a reason
@@ -384,11 +415,12 @@ mod tests {
             "result_queue_url": "http://127.0.0.1:5000/123456789012/q",
             "credentials": {"profile_name": "dev", "role_arn": "arn:aws:iam::123456789012:role/r",
                             "role_session_name": null},
-            "max_attempts": 1
+            "max_attempts": 1, "maximum_retry_attempts": 0
         }))
         .unwrap();
         assert_eq!(cfg.invocation_type, InvocationType::Event);
         assert_eq!(cfg.env["A"], "1");
+        assert_eq!(cfg.maximum_retry_attempts, 0);
         assert_eq!(cfg.watchdog_window(), Duration::from_secs(5));
         assert_eq!(cfg.credentials.profile_name.as_deref(), Some("dev"));
         assert_eq!(cfg.max_attempts, 1);

@@ -41,21 +41,27 @@ use pushpool_provider::{
 };
 use serde_json::Value;
 
-pub use clients::{account_from_arn, ClientCache, Clients};
+pub use clients::{
+    account_from_arn, keepalive_http_client, region_from_arn, ClientCache, Clients, TCP_KEEPALIVE,
+};
 pub use config::{
     default_payload, CredentialsConfig, InvocationType, LambdaJobConfig, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TEMPLATE, DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, MAX_MAX_ATTEMPTS,
     MAX_TIMEOUT_SECONDS, MAX_WATCHDOG_GRACE_SECONDS,
 };
 pub use errors::{
-    classify, describe, is_retriable_error, to_provider_error, ErrorClass, THROTTLING_ERRORS,
+    classify, describe, is_failed_function, is_retriable_error, sent_without_answer,
+    to_provider_error, ErrorClass, NOT_FOUND_ERRORS, PERMANENT_ERRORS, THROTTLING_ERRORS,
     TRANSIENT_ERRORS,
 };
 pub use logs::{decode_tail, log_group};
 pub use payload::{
     function_error_message, redact_tokens, result_summary, PAYLOAD_PLACEHOLDERS, SUMMARY_LIMIT,
 };
-pub use results::{parse_record, DestinationRecord, QueuedResult, ResultSource, ResultsMap};
+pub use results::{
+    parse_record, DestinationRecord, Offered, QueuedResult, ResultSource, ResultsMap,
+    STALE_RECORD_AGE,
+};
 
 /// The pool type served by [`AwsLambdaProvider`].
 pub const POOL_TYPE: &str = "aws-lambda:push";
@@ -74,14 +80,31 @@ pub const ASYNC_PAYLOAD_LIMIT: usize = 1024 * 1024;
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause between pushpool's own retries.
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+/// The fixed part of [`in_flight_limit`]'s margin: cold start, init and the answer's transfer.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long one synchronous `Invoke` may be in flight: the function's own timeout
+/// (`timeout_seconds`) plus a margin of 10 s and a tenth of the timeout. Lambda answers a function
+/// that timed out itself (`Sandbox.Timedout`, after `timeout_seconds` plus its init), so the call
+/// must outlive the function to hear that answer instead of giving up at the same instant.
+pub fn in_flight_limit(timeout: Duration) -> Duration {
+    timeout + IN_FLIGHT_MARGIN + timeout / 10
+}
+
 /// How long a finished synchronous result nobody asked for is kept.
 const FINISHED_TTL: Duration = Duration::from_secs(3600);
-/// Receive calls per results-queue check.
-const RECEIVE_ROUNDS: usize = 3;
+/// Receive calls per results-queue check at most (10 records each).
+const RECEIVE_ROUNDS: usize = 10;
+/// SQS long polling: each receive waits up to this long for records and asks every SQS server
+/// (short polling samples a subset and may answer empty while records wait).
+const LONG_POLL_SECONDS: i32 = 1;
+/// A queue is read at most once per this interval; checks in between use what was read.
+const MIN_READ_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a received record is hidden from other readers while this provider holds it.
 const OWN_VISIBILITY_SECONDS: i32 = 60;
-/// How long a record for a run this provider does not watch is hidden before others may read it.
-const OTHERS_VISIBILITY_SECONDS: i32 = 5;
+/// How long a record for a run this provider does not know is hidden before others may read it;
+/// long enough that the following receives reach the records behind it.
+const OTHERS_VISIBILITY_SECONDS: i32 = 10;
 
 /// Why an infrastructure id could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +196,8 @@ pub struct AwsLambdaProvider {
     sync_jobs: Mutex<HashMap<String, SyncJob>>,
     /// Event invocations whose status was asked, with their record once read.
     watched: Mutex<ResultsMap>,
-    queue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per results queue: one reader at a time, and when it was last read.
+    queue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     /// Request ids of answered synchronous invocations (for their CloudWatch logs).
     request_ids: Arc<logs::RequestIds>,
 }
@@ -214,7 +238,7 @@ impl AwsLambdaProvider {
         });
     }
 
-    fn queue_lock(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn queue_lock(&self, url: &str) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
         lock(&self.queue_locks)
             .entry(url.to_string())
             .or_default()
@@ -227,9 +251,12 @@ impl AwsLambdaProvider {
             .map(|r| r.status.clone())
     }
 
-    /// Reads the results queue for the record of `id`'s request; keeps records of other runs this
-    /// provider watches on the same queue, and hands the rest back to the queue for other
-    /// controllers.
+    /// Reads the results queue for the record of `id`'s request (long polling, up to
+    /// [`RECEIVE_ROUNDS`] receives until it is found or the queue has nothing more to give):
+    /// records of other runs this provider watches on the same queue are kept for them; records
+    /// of ended runs, duplicates and records older than [`STALE_RECORD_AGE`] are deleted on
+    /// sight (so they never pile up in front of a run's own record); the rest are handed back to
+    /// the queue for other controllers.
     async fn check_queue(
         &self,
         source: &ResultSource,
@@ -242,9 +269,12 @@ impl AwsLambdaProvider {
             return Ok(Some(s));
         }
         let queue = self.queue_lock(queue_url);
-        let _reading = queue.lock().await;
+        let mut last_read = queue.lock().await;
         if let Some(s) = self.cached_result(source, &id.key) {
             return Ok(Some(s));
+        }
+        if last_read.is_some_and(|at| at.elapsed() < MIN_READ_INTERVAL) {
+            return Ok(None);
         }
         let clients = self.clients.get(job).await;
         for _ in 0..RECEIVE_ROUNDS {
@@ -253,7 +283,7 @@ impl AwsLambdaProvider {
                 .receive_message()
                 .queue_url(queue_url)
                 .max_number_of_messages(10)
-                .wait_time_seconds(0)
+                .wait_time_seconds(LONG_POLL_SECONDS)
                 .visibility_timeout(OWN_VISIBILITY_SECONDS)
                 .send()
                 .await
@@ -267,10 +297,31 @@ impl AwsLambdaProvider {
             for m in messages {
                 let record = m.body().and_then(|body| parse_record(body, &id.function));
                 let receipt = m.receipt_handle().map(str::to_string);
-                let mine =
-                    record.is_some_and(|r| lock(&self.watched).offer(source, r, receipt.clone()));
-                if !mine {
-                    if let Some(receipt) = receipt {
+                let offered = match record {
+                    Some(r) => lock(&self.watched).offer(
+                        source,
+                        r,
+                        receipt.clone(),
+                        m.message_id().map(str::to_string),
+                    ),
+                    None => Offered::NotMine,
+                };
+                let Some(receipt) = receipt else { continue };
+                match offered {
+                    Offered::Taken => {}
+                    Offered::Stale => {
+                        if let Err(e) = clients
+                            .sqs
+                            .delete_message()
+                            .queue_url(queue_url)
+                            .receipt_handle(receipt)
+                            .send()
+                            .await
+                        {
+                            tracing::warn!(queue_url, error = %describe(&e), "could not delete a stale record from the results queue");
+                        }
+                    }
+                    Offered::NotMine => {
                         let _ = clients
                             .sqs
                             .change_message_visibility()
@@ -286,16 +337,20 @@ impl AwsLambdaProvider {
                 break;
             }
         }
+        *last_read = Some(Instant::now());
         Ok(self.cached_result(source, &id.key))
     }
 }
 
+/// Calls `Invoke` once. A synchronous call gets **one SDK attempt**: the SDK would repeat a call
+/// that timed out or lost its connection, which may have run the function; [`run_sync`] retries
+/// only what Lambda refused before running it.
 async fn invoke(
     clients: &Clients,
     job: &LambdaJobConfig,
     body: Vec<u8>,
 ) -> Result<InvokeOutput, aws_sdk_lambda::error::SdkError<InvokeError>> {
-    clients
+    let call = clients
         .lambda
         .invoke()
         .function_name(&job.function_name)
@@ -308,9 +363,19 @@ async fn invoke(
             (job.invocation_type == InvocationType::RequestResponse)
                 .then_some(aws_sdk_lambda::types::LogType::Tail),
         )
-        .payload(Blob::new(body))
-        .send()
-        .await
+        .payload(Blob::new(body));
+    match job.invocation_type {
+        InvocationType::RequestResponse => {
+            call.customize()
+                .config_override(
+                    aws_sdk_lambda::config::Builder::default()
+                        .retry_config(aws_config::retry::RetryConfig::disabled()),
+                )
+                .send()
+                .await
+        }
+        InvocationType::Event => call.send().await,
+    }
 }
 
 /// What a synchronous answer means for the run.
@@ -326,8 +391,12 @@ fn sync_outcome(job: &LambdaJobConfig, out: &InvokeOutput) -> JobStatus {
     }
 }
 
-/// The background task of a synchronous invocation: calls `Invoke`, retrying what the SDK
-/// classifies as retriable until `timeout_seconds` after the submission.
+/// The background task of a synchronous invocation: calls `Invoke` (one SDK attempt each) and
+/// retries only what Lambda refused before running the function (throttling, a function being
+/// created or updated, a SnapStart snapshot not ready, the service's internal error), until
+/// `timeout_seconds` after the submission. A call that may have reached the function without its
+/// answer reaching pushpool (timeout, connection lost, unreadable answer) is never repeated: the
+/// run ends CRASHED with "outcome unknown".
 async fn run_sync(
     clients: Clients,
     job: Arc<LambdaJobConfig>,
@@ -337,56 +406,69 @@ async fn run_sync(
     tail: (String, Arc<logs::RequestIds>),
 ) -> JobStatus {
     let deadline = started + job.timeout();
+    let in_flight = in_flight_limit(job.timeout());
     let mut delay = RETRY_MIN_DELAY;
     let mut calls = 0u32;
     let mut last_error: Option<String> = None;
     let gave_up = |calls: u32, last_error: Option<String>| {
         let waited = started.elapsed().as_secs_f64();
-        match last_error {
-            Some(e) => JobStatus::Crashed {
-                message: format!(
-                    "invoking Lambda function `{}` kept failing for {waited:.1}s ({calls} call{}, each with up to {} SDK attempts) until timeout_seconds = {}s passed; the last error: {e}",
-                    job.function_name,
-                    if calls == 1 { "" } else { "s" },
-                    job.max_attempts,
-                    job.timeout_seconds
-                ),
-            },
-            None => JobStatus::Crashed {
-                message: format!(
-                    "no result from Lambda function `{}` within timeout_seconds = {}s; Lambda cannot stop an invocation, so the function may still be running",
-                    job.function_name, job.timeout_seconds
-                ),
-            },
+        JobStatus::Crashed {
+            message: format!(
+                "invoking Lambda function `{}` kept failing for {waited:.1}s ({calls} call{}) until timeout_seconds = {}s passed; the last error: {}",
+                job.function_name,
+                if calls == 1 { "" } else { "s" },
+                job.timeout_seconds,
+                last_error.unwrap_or_default()
+            ),
         }
     };
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        if Instant::now() >= deadline && calls > 0 {
             return gave_up(calls, last_error);
         }
         calls += 1;
-        let answer = tokio::time::timeout(remaining, invoke(&clients, &job, body.clone())).await;
+        let answer = tokio::time::timeout(in_flight, invoke(&clients, &job, body.clone())).await;
         let err = match answer {
-            Err(_) => return gave_up(calls, last_error),
+            Err(_) => {
+                return JobStatus::Crashed {
+                    message: format!(
+                        "outcome unknown: no answer from Lambda function `{}` within timeout_seconds = {}s plus a margin ({}s in all); Lambda cannot stop an invocation, so the function may still be running or may have finished; it is not invoked again",
+                        job.function_name,
+                        job.timeout_seconds,
+                        in_flight.as_secs()
+                    ),
+                }
+            }
             Ok(Ok(out)) => {
                 logs::write_tail(&out, &tail.0, &tail.1, logs.as_ref());
                 return sync_outcome(&job, &out);
             }
             Ok(Err(e)) => e,
         };
+        if sent_without_answer(&err) {
+            return JobStatus::Crashed {
+                message: format!(
+                    "outcome unknown: the synchronous invocation of Lambda function `{}` failed after the request was sent ({}); the function may have run, so it is not invoked again",
+                    job.function_name,
+                    describe(&err)
+                ),
+            };
+        }
         match classify(&err) {
             ErrorClass::Transient { retry_after } => {
                 let message = describe(&err);
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return gave_up(calls, Some(message));
+                }
                 logs.line(
                     LogStream::System,
                     format!(
-                        "invoking Lambda function `{}` failed transiently ({message}); retrying",
+                        "invoking Lambda function `{}` failed before it ran ({message}); retrying",
                         job.function_name
                     ),
                 );
                 last_error = Some(message);
-                let remaining = deadline.saturating_duration_since(Instant::now());
                 let pause = retry_after.unwrap_or(delay).max(delay).min(remaining);
                 tokio::time::sleep(pause).await;
                 delay = (delay * 2).min(RETRY_MAX_DELAY);
@@ -602,11 +684,13 @@ impl Provider for AwsLambdaProvider {
                     Some(q) => format!("no report through the run API and no destination record in the results queue `{q}`"),
                     None => "no report through the run API, and no result_queue_url is set to read Lambda's destination records from".to_string(),
                 };
+                let attempts = job.maximum_retry_attempts.min(2) + 1;
                 Ok(JobStatus::Crashed {
                     message: format!(
-                        "no word about the asynchronous invocation {} of Lambda function `{}` within timeout_seconds + watchdog_grace_seconds = {}s of the submission: {where_from}; the function failed, timed out, was throttled or is still queued (Lambda keeps events up to 6 hours and retries failures twice)",
+                        "no word about the asynchronous invocation {} of Lambda function `{}` within the watchdog window ({attempts} attempt{} of timeout_seconds, Lambda's pauses between them and watchdog_grace_seconds = {}s) of the submission: {where_from}; the function failed, timed out, was throttled or is still queued (Lambda keeps events up to 6 hours)",
                         id.key,
                         id.function,
+                        if attempts == 1 { "" } else { "s" },
                         window.as_secs()
                     ),
                 })
@@ -628,7 +712,7 @@ impl Provider for AwsLambdaProvider {
                 entry.task.abort();
             }
             if let Some(source) = ResultSource::of(job) {
-                lock(&self.watched).forget(&source, &id.key);
+                lock(&self.watched).end(&source, &id.key);
             }
         }
         Ok(CancelOutcome::Unsupported)
@@ -647,7 +731,7 @@ impl Provider for AwsLambdaProvider {
         if let Some(entry) = lock(&self.sync_jobs).remove(&id.key) {
             entry.task.abort();
         }
-        let record = ResultSource::of(job).and_then(|s| lock(&self.watched).forget(&s, &id.key));
+        let record = ResultSource::of(job).and_then(|s| lock(&self.watched).end(&s, &id.key));
         if let Some(QueuedResult {
             source: ResultSource { queue_url, .. },
             receipt_handle: Some(receipt),

@@ -105,6 +105,7 @@ async fn event_without_queue_is_running_until_the_watchdog() {
     job.invocation_type = InvocationType::Event;
     job.timeout_seconds = 2;
     job.watchdog_grace_seconds = 0;
+    job.maximum_retry_attempts = 0;
     let fresh = id(InvocationType::Event, Duration::ZERO);
     assert_eq!(p.status(&fresh, &job).await.unwrap(), JobStatus::Running);
     let old = id(InvocationType::Event, Duration::from_secs(3));
@@ -116,6 +117,54 @@ async fn event_without_queue_is_running_until_the_watchdog() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Issue 16: Lambda retries a failed asynchronous invocation twice, at least 1 and 2 minutes
+/// later ("Error handling and automatic retries"); by default the watchdog waits for all three
+/// attempts and the pauses, so a run whose first attempt failed is not crashed while Lambda's
+/// retry may still succeed.
+#[tokio::test]
+async fn event_watchdog_default_covers_lambdas_own_retries() {
+    let p = AwsLambdaProvider::new();
+    let mut job = LambdaJobConfig::new("f");
+    job.invocation_type = InvocationType::Event;
+    job.timeout_seconds = 60;
+    assert_eq!(job.maximum_retry_attempts, 2, "Lambda's default");
+    // 3 x 60 s + 60 s + 120 s + the default grace of 120 s.
+    assert_eq!(job.watchdog_window(), Duration::from_secs(480));
+    let during_first_retry = id(InvocationType::Event, Duration::from_secs(200));
+    assert_eq!(
+        p.status(&during_first_retry, &job).await.unwrap(),
+        JobStatus::Running
+    );
+    let during_second_retry = id(InvocationType::Event, Duration::from_secs(400));
+    assert_eq!(
+        p.status(&during_second_retry, &job).await.unwrap(),
+        JobStatus::Running
+    );
+    let after = id(InvocationType::Event, Duration::from_secs(481));
+    match p.status(&after, &job).await.unwrap() {
+        JobStatus::Crashed { message } => {
+            assert!(message.contains("3 attempts"), "{message}");
+            assert!(message.contains("= 480s"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The defaults: 3 x 900 s + 180 s + 120 s.
+    let mut defaults = LambdaJobConfig::new("f");
+    defaults.invocation_type = InvocationType::Event;
+    assert_eq!(defaults.watchdog_window(), Duration::from_secs(3000));
+    // A function configured without retries, and synchronous calls, wait one timeout.
+    job.maximum_retry_attempts = 0;
+    assert_eq!(job.watchdog_window(), Duration::from_secs(180));
+    job.invocation_type = InvocationType::RequestResponse;
+    job.maximum_retry_attempts = 2;
+    assert_eq!(job.watchdog_window(), Duration::from_secs(180));
+    let bad = json!({"function_name": "f", "maximum_retry_attempts": 3});
+    assert!(LambdaJobConfig::from_rendered(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("maximum_retry_attempts"));
 }
 
 #[tokio::test]

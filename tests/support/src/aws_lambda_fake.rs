@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -38,6 +38,11 @@ pub enum Fault {
     },
     /// 200 with this payload (no upstream needed).
     Respond(Value),
+    /// 202 with no payload and a fresh request id: Lambda accepted an `Event` invocation.
+    Accepted,
+    /// The request was read, then the connection is lost before the answer is complete (a
+    /// network failure after the function may have run).
+    Drop,
     /// This exact answer: status, headers (e.g. `x-amz-function-error`, `x-amz-log-result`),
     /// body; for answers shaped like real Lambda's that moto cannot give.
     Reply {
@@ -76,6 +81,10 @@ pub struct Invocation {
     pub payload: Value,
     /// The access key id the request was signed with (dummy credentials in tests).
     pub access_key_id: Option<String>,
+    /// The region in the request's SigV4 credential scope.
+    pub signing_region: Option<String>,
+    /// The client's address: its TCP connection can be inspected while the call is in flight.
+    pub peer: Option<SocketAddr>,
     /// `X-Amz-Log-Type` (`Tail` asks for the log's last 4 KB).
     pub log_type: Option<String>,
     /// When it arrived.
@@ -125,7 +134,11 @@ impl LambdaFake {
             .fallback(handle)
             .with_state(state.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         LambdaFake {
             url: format!("http://{addr}"),
@@ -203,6 +216,7 @@ fn percent_decode(s: &str) -> String {
 
 async fn handle(
     State(state): State<FakeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -228,12 +242,9 @@ async fn handle(
                 .to_string(),
             query: uri.query().map(str::to_string),
             payload: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            access_key_id: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|a| a.split("Credential=").nth(1))
-                .and_then(|c| c.split('/').next())
-                .map(str::to_string),
+            access_key_id: credential_scope(&headers, 0),
+            signing_region: credential_scope(&headers, 2),
+            peer: Some(peer),
             log_type: headers
                 .get("x-amz-log-type")
                 .and_then(|v| v.to_str().ok())
@@ -276,6 +287,16 @@ async fn handle(
                 )
             }
             Fault::Respond(v) => return reply(200, &[], v.to_string()),
+            Fault::Accepted => return reply(202, &[], String::new()),
+            Fault::Drop => {
+                // Headers go out, then the body fails: hyper closes the connection mid-answer.
+                let failing = failing_body();
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from_stream(failing))
+                    .unwrap();
+            }
             Fault::Reply {
                 status,
                 headers,
@@ -289,6 +310,27 @@ async fn handle(
             }
         }
     }
+}
+
+/// Part `index` of the SigV4 credential (`AKID/date/region/service/aws4_request`).
+fn credential_scope(headers: &HeaderMap, index: usize) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split([',', ' ']).next())
+        .and_then(|c| c.split('/').nth(index))
+        .map(str::to_string)
+}
+
+/// A body stream whose first chunk is an error.
+fn failing_body() -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures::stream::once(async {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the fake drops the connection",
+        ))
+    })
 }
 
 fn reply(status: u16, headers: &[(&str, &str)], body: String) -> Response {

@@ -4,6 +4,7 @@
 //! AWS Lambda and Cloud Run APIs. Dev-only: never published.
 
 pub mod app;
+pub mod aws;
 pub mod aws_lambda_fake;
 pub mod cloud_run_fake;
 pub mod db;
