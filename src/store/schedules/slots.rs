@@ -214,21 +214,26 @@ impl Store {
             // array. sqlx binds SQLite parameters by name (quadratic in their count) and hands
             // every statement to a worker thread, so one statement per schedule cost more than
             // the rows it wrote (docs/benchmarks.md).
+            // The schedules' shared values are a second JSON array, read once per statement
+            // into a materialized table that SQLite indexes for the join: reading them from a
+            // value that also held the schedule's slots re-encoded that value for every slot.
             let insert_runs = format!(
-                "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT \
-                 slot.value ->> 0, s.value ->> 0, s.value ->> 1, s.value ->> 2, s.value ->> 3, \
-                 s.value ->> 4, s.value ->> 5, s.value ->> 6, slot.value ->> 3, slot.value ->> 4, \
-                 slot.value ->> 1, 'SCHEDULED', 'Scheduled', $2, 1, slot.value ->> 2, $2, $2, \
-                 s.value ->> 7, slot.value ->> 1 \
-                 FROM json_each($1) AS s, json_each(s.value, '$[8]') AS slot \
+                "WITH s AS MATERIALIZED (SELECT key AS idx, value ->> 0 AS ws, \
+                 value ->> 1 AS dep, value ->> 2 AS dname, value ->> 3 AS pool, \
+                 value ->> 4 AS pname, value ->> 5 AS queue, value ->> 6 AS qname, \
+                 value ->> 7 AS sid FROM json_each($2)) \
+                 INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT \
+                 slot.value ->> 1, s.ws, s.dep, s.dname, s.pool, s.pname, s.queue, s.qname, \
+                 slot.value ->> 4, slot.value ->> 5, slot.value ->> 2, 'SCHEDULED', 'Scheduled', \
+                 $3, 1, slot.value ->> 3, $3, $3, s.sid, slot.value ->> 2 \
+                 FROM json_each($1) AS slot CROSS JOIN s ON s.idx = slot.value ->> 0 \
                  WHERE 1 ON CONFLICT DO NOTHING"
             );
             let tally = "SELECT schedule_id, COUNT(*) AS n, MIN(scheduled_time) AS first, \
                  MAX(scheduled_time) AS last FROM flow_runs WHERE id IN \
-                 (SELECT slot.value ->> 0 FROM json_each($1) AS s, \
-                 json_each(s.value, '$[8]') AS slot) GROUP BY schedule_id";
+                 (SELECT value ->> 1 FROM json_each($1)) GROUP BY schedule_id";
             let mut chunk: Vec<Value> = vec![];
-            let mut chunk_runs = 0;
+            let mut chunk_slots: Vec<Value> = vec![];
             // Per schedule of the chunk: id, workspace, runs, first and last slot.
             let mut chunk_tally: Vec<(String, Uuid, u64, i64, i64)> = vec![];
             let last_index = fresh.len().saturating_sub(1);
@@ -236,26 +241,28 @@ impl Store {
                 if !plan.slots.is_empty() {
                     let d = &plan.batch.deployment;
                     let sid = plan.batch.schedule.id.to_string();
-                    let slots: Vec<Value> = plan
-                        .slots
-                        .iter()
-                        .map(|slot| {
-                            let (id, parameters, job_variables) =
-                                self.slot_documents(plan, templates);
-                            let key = slot_key(plan.batch.schedule.id, *slot);
-                            json!([id.to_string(), to_micros(*slot), key, parameters, job_variables])
-                        })
-                        .collect();
+                    let index = chunk.len();
+                    for slot in &plan.slots {
+                        let (id, parameters, job_variables) = self.slot_documents(plan, templates);
+                        let key = slot_key(plan.batch.schedule.id, *slot);
+                        chunk_slots.push(json!([
+                            index,
+                            id.to_string(),
+                            to_micros(*slot),
+                            key,
+                            parameters,
+                            job_variables
+                        ]));
+                    }
                     let first = plan.slots.iter().map(|s| to_micros(*s)).min();
                     let last = plan.slots.iter().map(|s| to_micros(*s)).max();
                     chunk_tally.push((
                         sid.clone(),
                         d.workspace_id,
-                        slots.len() as u64,
+                        plan.slots.len() as u64,
                         first.unwrap_or_default(),
                         last.unwrap_or_default(),
                     ));
-                    chunk_runs += slots.len();
                     chunk.push(json!([
                         d.workspace_id.to_string(),
                         d.id.to_string(),
@@ -264,17 +271,19 @@ impl Store {
                         d.work_pool,
                         d.work_queue_id.to_string(),
                         d.work_queue,
-                        sid,
-                        slots
+                        sid
                     ]));
                 }
-                if chunk.is_empty() || (chunk_runs < SQLITE_SLOT_CHUNK && i < last_index) {
+                if chunk.is_empty() || (chunk_slots.len() < SQLITE_SLOT_CHUNK && i < last_index) {
                     continue;
                 }
-                let items = Value::Array(std::mem::take(&mut chunk)).to_string();
-                let planned = std::mem::take(&mut chunk_runs) as u64;
+                let schedules = Value::Array(std::mem::take(&mut chunk)).to_string();
+                let items = Value::Array(std::mem::take(&mut chunk_slots));
+                let planned = items.as_array().map_or(0, Vec::len) as u64;
+                let items = items.to_string();
                 let made = sqlx::query(&insert_runs)
                     .bind(items.clone())
+                    .bind(schedules)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?
