@@ -29,6 +29,19 @@ pub struct BenchArgs {
     /// Controller instances, each with its own connections.
     #[arg(long, default_value_t = 1)]
     pub controllers: usize,
+    /// Put this many old COMPLETED runs (and a tenth as many runs scheduled a day or more
+    /// ahead) in the bench's pool first, to measure on a long-lived store.
+    #[arg(long, default_value_t = 0)]
+    pub preload: u64,
+    /// Most runs in flight per controller (and per workspace); default: the controller's.
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+    /// `null` (no jobs, default) or `process` (a child process per run running --command).
+    #[arg(long, default_value = "null", value_parser = ["null", "process"])]
+    pub provider: String,
+    /// Shell command of each run with `--provider process`.
+    #[arg(long, default_value = "true")]
+    pub command: String,
     /// `runs` (default): run lifecycles; `schedule`: time the scheduler filling its window
     /// for --deployments deployments with a minutely schedule each; `ui`: time the dashboard's
     /// pages with --runs runs in the store (docs/ui.md).
@@ -55,6 +68,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rate,
         provider_latency_ms,
         controllers,
+        preload,
+        max_in_flight,
+        provider,
+        command,
         mode,
         deployments,
         prefect_api_url,
@@ -111,6 +128,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if runs == 0 {
         anyhow::bail!("--runs must be at least 1");
     }
+    anyhow::ensure!(
+        max_in_flight != Some(0),
+        "--max-in-flight must be at least 1"
+    );
     let report = run_bench(
         BenchOptions {
             database_url,
@@ -118,6 +139,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             provider_latency: Duration::from_millis(provider_latency_ms),
             controllers,
+            preload,
+            max_in_flight,
+            provider,
+            process_command: command,
         },
         |line| eprintln!("{line}"),
     )

@@ -194,6 +194,10 @@ pub struct FlowRun {
     pub scheduled_time: DateTime<Utc>,
     /// Current state.
     pub state: State,
+    /// Why it failed: present on a FAILED or CRASHED run whose controller computed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ErrorSummaryDoc>")]
+    pub error_summary: Option<pushpool_provider::ErrorSummary>,
     /// Attempt number, from 1.
     pub attempt: i64,
     /// The provider's id of the job, once submitted.
@@ -268,9 +272,14 @@ pub struct RelatedResource {
 /// One line of a run's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
-    /// When it was received.
+    /// The line's id (UUID v7, increasing in the order lines were stored): pass the last one
+    /// seen as `after` to read only newer lines (`run logs --follow`).
+    #[serde(default)]
+    pub id: String,
+    /// When it was written: the provider log entry's own time for `provider` lines, else when
+    /// pushpool received it.
     pub timestamp: DateTime<Utc>,
-    /// `stdout`, `stderr` or `system`.
+    /// `stdout`, `stderr`, `system` or `provider`.
     #[schemars(with = "LogSource")]
     pub stream: String,
     /// The text, without newline.
@@ -297,6 +306,46 @@ pub enum LogSource {
     Stderr,
     /// pushpool itself (submission, status changes).
     System,
+    /// The provider's log service (CloudWatch Logs, Cloud Logging, Lambda's log tail).
+    Provider,
+}
+
+/// Why a FAILED or CRASHED run failed (docs/error-summaries.md): computed by the controller from
+/// the provider's status and the run's last log lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorSummaryDoc {
+    /// A short stable cause.
+    pub cause: CauseDoc,
+    /// One line for a human.
+    pub explanation: String,
+    /// The few status and log lines that show the cause (at most 4).
+    pub evidence: Vec<String>,
+}
+
+/// The stable causes of an error summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseDoc {
+    /// Ran out of time (own timeout, the provider's, or pushpool's watchdog).
+    Timeout,
+    /// Ran out of memory.
+    OutOfMemory,
+    /// A call was refused for lack of permission.
+    PermissionDenied,
+    /// The image, function or a file does not exist.
+    NotFound,
+    /// A rate or concurrency limit refused the work.
+    Throttled,
+    /// The job configuration is not usable.
+    InvalidConfiguration,
+    /// The job's own code failed (exception, non-zero exit code).
+    UserCodeError,
+    /// The infrastructure went away or pushpool lost sight of it.
+    InfrastructureLost,
+    /// The provider cancelled the job.
+    CancelledByProvider,
+    /// No rule recognised it.
+    Unknown,
 }
 
 impl JsonSchema for StateType {

@@ -72,8 +72,16 @@ pub(crate) fn secrets_in<'a>(
 
 /// One run as the API shows it, its pool's secret variables masked.
 pub(crate) async fn run_json(state: &AppState, run: &FlowRun) -> FlowRun {
+    // A FAILED/CRASHED run shows why (docs/error-summaries.md); the summary is its own row.
+    let run = match state.store.with_error_summary(run.clone()).await {
+        Ok(with) => with,
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "could not read the error summary");
+            run.clone()
+        }
+    };
     run_out(
-        run,
+        &run,
         &secret_variables_of_pool(state, run.work_pool_id).await,
     )
 }

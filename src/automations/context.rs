@@ -1,6 +1,7 @@
 //! The context of a firing, which action templates read: `event` (the triggering event, see
 //! [`super::EventFacts::to_json`]), `automation` (`id`, `name`), `firing` (`id`, `occurrence`,
-//! `count`, `group`), and, when the event concerns them, `flow_run` (`id`, `state`, `name`),
+//! `count`, `group`), and, when the event concerns them, `flow_run` (`id`, `state`, `name`,
+//! `error_summary` of a failed run),
 //! `deployment`, `work_pool`, `work_queue` (`id`, `name` each).
 
 use serde_json::{json, Map, Value};
@@ -91,6 +92,8 @@ pub fn build(f: &FiringInfo<'_>) -> Value {
         r["state"] = json!(state);
         r["state_name"] = event["payload"]["name"].clone();
         r["message"] = event["payload"]["message"].clone();
+        // Why a FAILED/CRASHED run failed (docs/error-summaries.md), null otherwise.
+        r["error_summary"] = event["payload"]["error_summary"].clone();
         ctx.insert("flow_run".into(), r);
     }
     for (key, role, prefix) in [

@@ -13,13 +13,14 @@ use crate::notify::{self, Notification, NotifyError};
 use crate::store::{ActionResult, ClaimedAction, Store, StoreError};
 
 /// The payload a notification's templates (and a webhook channel's JSON) see: the firing's
-/// context plus `state` (`type`, `name`) and `message` of the run, as notify's templates name
-/// them.
+/// context plus `state` (`type`, `name`), `message` and `error_summary` (`cause`, `explanation`,
+/// `evidence`) of the run, as notify's templates name them.
 fn payload(ctx: &Value) -> Value {
     let mut p = ctx.clone();
     if let Some(run) = ctx.get("flow_run") {
         p["state"] = json!({"type": run["state"], "name": run["state_name"]});
         p["message"] = run["message"].clone();
+        p["error_summary"] = run["error_summary"].clone();
     }
     p
 }

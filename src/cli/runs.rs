@@ -64,6 +64,9 @@ pub enum RunCommand {
     Logs {
         /// Run id.
         id: String,
+        /// Keep printing new lines while the run is active (and its last lines after it ends).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -106,6 +109,10 @@ fn run_details(run: &Value) -> String {
         ("created", time_field(run, "created")),
         ("updated", time_field(run, "updated")),
     ]);
+    if let Some(summary) = error_summary_text(run) {
+        text.push_str("\n\n");
+        text.push_str(&summary);
+    }
     if let Some(history) = run.get("state_history") {
         text.push_str("\n\n");
         text.push_str(&list_table(
@@ -212,11 +219,86 @@ pub(super) async fn flow_run(
             )
             .await?;
         }
-        RunCommand::Logs { id } => {
+        RunCommand::Logs { id, follow: false } => {
             get_and_show(api, out, api.ws_url(&["flow_runs", &id, "logs"]), log_lines).await?;
         }
+        RunCommand::Logs { id, follow: true } => follow_logs(api, out, &id).await?,
     }
     Ok(0)
+}
+
+/// Seconds one long-poll of `run logs --follow` waits for new lines.
+const FOLLOW_WAIT_SECONDS: u64 = 20;
+/// How long `--follow` keeps reading after the run ended: the controller reads the provider's
+/// log service once more a few seconds after the end.
+const FOLLOW_AFTER_END: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// `run logs ID --follow`: long-polls the logs route with `after` and `wait` until the run is
+/// terminal and no line came for [`FOLLOW_AFTER_END`]. Table output prints the text of each line,
+/// JSON output one JSON object per line.
+async fn follow_logs(api: &Api, out: OutputFormat, id: &str) -> Result<(), CliError> {
+    let mut after = String::new();
+    let mut ended_at: Option<std::time::Instant> = None;
+    loop {
+        let wait = if ended_at.is_some() {
+            1
+        } else {
+            FOLLOW_WAIT_SECONDS
+        };
+        let mut url = api.ws_url(&["flow_runs", id, "logs"]);
+        url.query_pairs_mut()
+            .append_pair("after", &after)
+            .append_pair("wait", &wait.to_string());
+        let page = api.get(url).await?;
+        let lines = items(&page);
+        for l in lines {
+            match out {
+                OutputFormat::Table => {
+                    println!(
+                        "{}",
+                        terminal_safe(l.get("line").and_then(Value::as_str).unwrap_or(""))
+                    )
+                }
+                OutputFormat::Json => println!("{l}"),
+            }
+        }
+        if let Some(last) = lines
+            .last()
+            .and_then(|l| l.get("id"))
+            .and_then(Value::as_str)
+        {
+            after = last.to_string();
+        }
+        if !lines.is_empty() {
+            continue;
+        }
+        match ended_at {
+            Some(t) if t.elapsed() >= FOLLOW_AFTER_END => return Ok(()),
+            Some(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+            None => {
+                let run = api.get(api.ws_url(&["flow_runs", id])).await?;
+                let state = run["state"]["type"].as_str().unwrap_or_default();
+                if matches!(state, "COMPLETED" | "FAILED" | "CRASHED" | "CANCELLED") {
+                    ended_at = Some(std::time::Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The error summary of a FAILED/CRASHED run (`run inspect`): cause, explanation, evidence.
+fn error_summary_text(run: &Value) -> Option<String> {
+    let summary = run.get("error_summary").filter(|s| s.is_object())?;
+    let mut text = format!(
+        "error summary: {} — {}",
+        terminal_safe(summary["cause"].as_str().unwrap_or("unknown")),
+        terminal_safe(summary["explanation"].as_str().unwrap_or(""))
+    );
+    for line in summary["evidence"].as_array().into_iter().flatten() {
+        text.push_str("\n  | ");
+        text.push_str(&terminal_safe(line.as_str().unwrap_or("")));
+    }
+    Some(text)
 }
 
 /// The text of a page of log lines, one per line. Job output is untrusted: it is shown through

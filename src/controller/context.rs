@@ -256,6 +256,7 @@ impl Context {
         if miss {
             self.templates.insert(key, template);
         }
+        let (logs, tail) = self.logs.sink_with_tail(run.id);
         let spec = RunSpec {
             run_id: run.id,
             attempt: u32::try_from(run.attempt).unwrap_or(1),
@@ -265,7 +266,7 @@ impl Context {
             parameters: Value::Object(run.parameters.clone()),
             api_url: self.config.api_url.clone(),
             run_token: Secret::new(token),
-            logs: self.logs.sink(run.id),
+            logs,
         };
         let rate_limit = pool
             .submit_rate
@@ -278,6 +279,7 @@ impl Context {
             spec,
             pool_type: pool.pool_type.clone(),
             rate_limit,
+            follow: super::provider_logs::Follow::new(tail),
         }))
     }
 }
@@ -291,6 +293,8 @@ pub struct PreparedJob {
     pub(super) pool_type: String,
     /// Pool id and submissions per second, when limited.
     pub(super) rate_limit: Option<(Uuid, f64)>,
+    /// The run's last log lines and the reading of its provider logs.
+    pub(super) follow: super::provider_logs::Follow,
 }
 
 /// What a controller remembers about a run between reconciles.

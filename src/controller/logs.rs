@@ -1,10 +1,10 @@
 //! Job log lines, written to the control plane in batches off the job's path.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pushpool_provider::{LogSink, LogStream};
+use pushpool_provider::{LogSink, LogStream, TailLine};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -27,17 +27,46 @@ enum LogMsg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Most lines a run's [`RunTail`] keeps.
+const TAIL_LINES: usize = 60;
+
+/// The last lines a run's job wrote (all streams), kept in memory for its error summary.
+#[derive(Clone, Default)]
+pub struct RunTail(Arc<Mutex<VecDeque<TailLine>>>);
+
+impl RunTail {
+    fn push(&self, stream: LogStream, line: &str) {
+        let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(TailLine::new(stream, line));
+    }
+
+    /// The kept lines, oldest first.
+    pub fn lines(&self) -> Vec<TailLine> {
+        let tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect()
+    }
+}
+
 struct RunLogSink {
     run_id: Uuid,
     tx: mpsc::Sender<LogMsg>,
+    tail: RunTail,
 }
 
 impl LogSink for RunLogSink {
     fn line(&self, stream: LogStream, line: String) {
+        self.line_at(stream, now_micros(), line);
+    }
+
+    fn line_at(&self, stream: LogStream, timestamp_micros: i64, line: String) {
+        self.tail.push(stream, &line);
         // A full buffer drops lines rather than stalling the job's output pipe.
         let _ = self.tx.try_send(LogMsg::Line(
             self.run_id,
-            now_micros(),
+            timestamp_micros,
             stream.as_str(),
             line,
         ));
@@ -82,10 +111,18 @@ impl LogWriter {
 
     /// A sink for one run's lines.
     pub fn sink(&self, run_id: Uuid) -> Arc<dyn LogSink> {
-        Arc::new(RunLogSink {
+        self.sink_with_tail(run_id).0
+    }
+
+    /// A sink for one run's lines, and the tail it keeps of them.
+    pub fn sink_with_tail(&self, run_id: Uuid) -> (Arc<dyn LogSink>, RunTail) {
+        let tail = RunTail::default();
+        let sink = Arc::new(RunLogSink {
             run_id,
             tx: self.tx.clone(),
-        })
+            tail: tail.clone(),
+        });
+        (sink, tail)
     }
 
     /// Waits until every line sent before this call is stored.

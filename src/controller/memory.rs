@@ -163,6 +163,7 @@ impl MemoryPlane {
                 message: None,
                 timestamp: now,
             },
+            error_summary: None,
             attempt: 1,
             infrastructure_id: None,
             idempotency_key: None,

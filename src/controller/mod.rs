@@ -12,6 +12,7 @@
 //! - [`reconcile`](mod@reconcile): [`reconcile`] and its steps, [`error_policy`].
 //! - [`context`]: the shared [`Context`] (caches, rate limiters) and job preparation through
 //!   [`crate::job`].
+//! - [`sweep`](mod@sweep): providers' background sweeps of jobs that outlived their runs.
 //! - [`logs`]: batched job log writing ([`LogWriter`]); [`rate`]: [`TokenBucket`];
 //!   [`cache`]: [`TtlCache`].
 
@@ -21,10 +22,12 @@ pub mod logs;
 pub mod memory;
 pub mod plane;
 pub mod prefect;
+mod provider_logs;
 pub mod rate;
 pub mod reconcile;
 pub mod runner;
 pub mod store_plane;
+pub mod sweep;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -192,6 +192,18 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Appends job output lines to a run.
     async fn append_logs(&self, run_id: Uuid, lines: &[LogEntry]) -> PlaneResult<()>;
 
+    /// Records (or replaces) why attempt `attempt` of a run failed, after its terminal state
+    /// (the final read of its provider logs sharpened it, or the job itself ended the run).
+    /// Planes without a place for it drop it (the default).
+    async fn record_error_summary(
+        &self,
+        _run_id: Uuid,
+        _attempt: i64,
+        _summary: &pushpool_provider::ErrorSummary,
+    ) -> PlaneResult<()> {
+        Ok(())
+    }
+
     /// The run's work pool (with its base job template).
     async fn pool_of(&self, run: &FlowRun) -> PlaneResult<WorkPool>;
 

@@ -9,6 +9,7 @@ use pushpool_provider::{CancelOutcome, JobStatus, Lookup, ProviderError};
 
 use super::context::{Context, PreparedJob, RunWork};
 use super::plane::{Guard, PlaneError};
+use super::provider_logs;
 use super::{Action, ControllerError};
 use crate::state::{names, Proposal, StateType};
 use crate::store::TransitionOutcome;
@@ -17,6 +18,13 @@ use crate::store::TransitionOutcome;
 pub async fn reconcile(work: &mut RunWork, ctx: &Context) -> Result<Action, ControllerError> {
     let state = work.run.state.state_type;
     if state.is_terminal() {
+        // Ended by someone else (the job's own report, a cancel): the last read of its
+        // provider logs and, when it failed, its error summary (once per job).
+        if let Some(job) = &work.job {
+            let infra = work.run.infrastructure_id.clone();
+            job.follow
+                .finish(job, infra.as_deref(), ctx.plane.clone(), &work.run, None);
+        }
         cleanup(work).await;
         return Ok(Action::done());
     }
@@ -101,10 +109,16 @@ pub(super) async fn propose(
 async fn propose_all(
     work: &mut RunWork,
     ctx: &Context,
-    proposals: Vec<Proposal>,
+    mut proposals: Vec<Proposal>,
     infrastructure_id: Option<&str>,
 ) -> Result<bool, PlaneError> {
     let wanted = proposals.len();
+    for p in &mut proposals {
+        if p.error_summary.is_none() {
+            p.error_summary = provider_logs::summary_for(work.job.as_ref(), p);
+        }
+    }
+    let summary = proposals.last().and_then(|p| p.error_summary.clone());
     let attempt = work.run.attempt;
     let infra = (work.run.infrastructure_id.clone()).or(infrastructure_id.map(str::to_string));
     // Only for this task's attempt: a retry may have started the next one meanwhile (issue 13).
@@ -122,6 +136,13 @@ async fn propose_all(
         }
         work.run = last.run().clone();
     }
+    let recorded = outcomes.len() == wanted && outcomes.iter().all(TransitionOutcome::is_recorded);
+    if recorded && (work.run.state.state_type.is_terminal() || work.run.attempt > attempt) {
+        if let Some(job) = &work.job {
+            job.follow
+                .finish(job, infra.as_deref(), ctx.plane.clone(), &work.run, summary);
+        }
+    }
     if work.run.attempt > attempt {
         // The attempt ended and the store scheduled a retry (docs/retries.md): the finished
         // attempt's infrastructure is cleaned up now, the next attempt is prepared afresh.
@@ -131,7 +152,7 @@ async fn propose_all(
             }
         }
     }
-    Ok(outcomes.len() == wanted && outcomes.iter().all(TransitionOutcome::is_recorded))
+    Ok(recorded)
 }
 
 async fn crash(work: &mut RunWork, ctx: &Context, message: String) -> Result<bool, PlaneError> {
@@ -359,14 +380,25 @@ async fn record_submitted(
     ctx.metrics
         .submitted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(end) = early_end(prepared, &infra).await {
-        ctx.logs.flush().await;
-        let proposals = vec![Proposal::new(StateType::Running), end];
-        if propose_all(work, ctx, proposals, Some(&infra)).await? {
-            cleanup(work).await;
-            return Ok(Action::done());
+    match early_status(prepared, &infra).await {
+        Some(JobStatus::Running) => {
+            // Started as submit returned (a child process, a synchronous invoke): the id and
+            // RUNNING in one write, not the id now and RUNNING at the next poll.
+            let proposals = vec![Proposal::new(StateType::Running)];
+            if propose_all(work, ctx, proposals, Some(&infra)).await? {
+                return Ok(next_poll(work, ctx));
+            }
+            // Refused (the run changed meanwhile): the path below records or stops the job.
         }
-        // Refused (the run changed meanwhile): the path below records or stops the job.
+        Some(end) => {
+            ctx.logs.flush().await;
+            let proposals = vec![Proposal::new(StateType::Running), end_proposal(end)];
+            if propose_all(work, ctx, proposals, Some(&infra)).await? {
+                cleanup(work).await;
+                return Ok(Action::done());
+            }
+        }
+        None => {}
     }
     if ctx
         .plane
@@ -388,18 +420,27 @@ async fn record_submitted(
     }
 }
 
-/// The end of a job that finished before its submit call returned, as a proposal.
-async fn early_end(prepared: &PreparedJob, infra: &str) -> Option<Proposal> {
+/// The status of a job right after its submit call returned, when it is already running
+/// ([`JobStatus::Running`]) or already over ([`JobStatus::Completed`], [`JobStatus::Failed`]).
+async fn early_status(prepared: &PreparedJob, infra: &str) -> Option<JobStatus> {
     match prepared.provider.status(infra, &prepared.job).await {
-        Ok(JobStatus::Completed { summary }) => {
-            let mut p = Proposal::new(StateType::Completed);
-            p.message = summary;
-            Some(p)
-        }
-        Ok(JobStatus::Failed { message }) => {
-            Some(Proposal::new(StateType::Failed).with_message(message))
+        Ok(s @ (JobStatus::Running | JobStatus::Completed { .. } | JobStatus::Failed { .. })) => {
+            Some(s)
         }
         _ => None,
+    }
+}
+
+/// A job's end reported by [`early_status`] as a proposal.
+fn end_proposal(end: JobStatus) -> Proposal {
+    match end {
+        JobStatus::Failed { message } => Proposal::new(StateType::Failed).with_message(message),
+        JobStatus::Completed { summary } => {
+            let mut p = Proposal::new(StateType::Completed);
+            p.message = summary;
+            p
+        }
+        other => crashed(format!("unexpected early status {other:?}")),
     }
 }
 
@@ -498,6 +539,9 @@ async fn track_run(work: &mut RunWork, ctx: &Context) -> Result<Action, Controll
             return finish(work, ctx, crashed(message)).await;
         }
     };
+    if !status.is_final() {
+        prepared.follow.poll(&prepared, &infra);
+    }
     let end = match status {
         JobStatus::Pending => return Ok(next_poll(work, ctx)),
         JobStatus::Running => {

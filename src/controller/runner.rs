@@ -57,6 +57,8 @@ pub struct Controller {
     freed: Arc<Notify>,
     tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
     shutdown: watch::Sender<bool>,
+    /// True while a provider sweep of leftover jobs runs ([`super::sweep`]).
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Controller {
@@ -68,6 +70,7 @@ impl Controller {
             freed: Arc::new(Notify::new()),
             tasks: Arc::new(Mutex::new(tokio::task::JoinSet::new())),
             shutdown: watch::channel(false).0,
+            sweeping: Arc::default(),
         }
     }
 
@@ -140,7 +143,8 @@ impl Controller {
     }
 
     /// One step of the claim loop: adopt orphaned runs, wake runs asked to cancel, mark late
-    /// runs, crash silent ones, claim due runs up to the free capacity and start a task for each.
+    /// runs, crash silent ones, claim due runs up to the free capacity and start a task for each,
+    /// and let the providers sweep leftover jobs in the background.
     /// Tests call this directly.
     pub async fn tick(&self) -> Result<TickReport, PlaneError> {
         let mut report = TickReport::default();
@@ -171,6 +175,7 @@ impl Controller {
         report.late = plane.mark_late(self.ctx.config.late_after).await?;
         report.zombies = self.crash_silent_runs().await?;
         report.claimed = self.claim().await?;
+        super::sweep::spawn(&self.ctx, &self.sweeping);
         Ok(report)
     }
 
@@ -412,6 +417,7 @@ async fn drive(
     // Set at shutdown for runs that already have infrastructure: keep recording their progress
     // until this deadline, then release the hold for another controller.
     let mut drain_until: Option<Instant> = None;
+    let mut end_signalled = false;
     // A retried run's next attempt is a new piece of work: this task stops driving it (the slot
     // hands a claimed next attempt to a fresh `drive`).
     let attempt = work.run.attempt;
@@ -478,13 +484,35 @@ async fn drive(
                 Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
                 None => delay,
             };
+            // A provider that learns the job's end by itself says so at once (once per task:
+            // after that, polling, so a reconcile that keeps failing cannot spin on it).
+            let ended = job_ended(&work, !end_signalled);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = wake.notified() => needs_read = true,
                 _ = shutdown.changed(), if drain_until.is_none() => needs_read = true,
+                _ = ended => end_signalled = true,
             }
         }
     }
+}
+
+/// Resolves when the provider reports the run's submitted job ended (see
+/// [`pushpool_provider::Provider::wait_ended`]); never when `armed` is false, the run has no
+/// job yet, or the provider cannot tell.
+async fn job_ended(work: &RunWork, armed: bool) {
+    let tracked = matches!(
+        work.run.state.state_type,
+        StateType::Pending | StateType::Running
+    );
+    if let (true, true, Some(job), Some(infra)) =
+        (armed, tracked, &work.job, &work.run.infrastructure_id)
+    {
+        if job.provider.wait_ended(infra, &job.job).await {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// On shutdown: a run not yet submitted goes back to SCHEDULED for another controller; a submitted

@@ -189,6 +189,18 @@ impl ControlPlane for StorePlane {
         Ok(())
     }
 
+    async fn record_error_summary(
+        &self,
+        run_id: Uuid,
+        attempt: i64,
+        summary: &pushpool_provider::ErrorSummary,
+    ) -> PlaneResult<()> {
+        self.store
+            .record_error_summary(run_id, attempt, summary)
+            .await?;
+        Ok(())
+    }
+
     async fn pool_of(&self, run: &FlowRun) -> PlaneResult<WorkPool> {
         Ok(self.store.pool_by_id(run.work_pool_id).await?)
     }

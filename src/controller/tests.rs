@@ -36,6 +36,8 @@ struct Script {
     cleaned: Vec<String>,
     /// Submit panics (a provider bug) instead of answering.
     panic_on_submit: bool,
+    /// Set: the provider learns jobs' ends by itself, `wait_ended` returns once this is notified.
+    ended: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A provider that answers what the test scripted, in order, and records what it was asked.
@@ -127,6 +129,17 @@ impl Provider for ScriptedProvider {
     ) -> Result<CancelOutcome, ProviderError> {
         self.script().cancelled.push(id.to_string());
         Ok(CancelOutcome::Cancelled)
+    }
+
+    async fn wait_ended(&self, _id: &str, _job: &FakeJob) -> bool {
+        let ended = self.script().ended.clone();
+        match ended {
+            Some(ended) => {
+                ended.notified().await;
+                true
+            }
+            None => false,
+        }
     }
 
     async fn cleanup(&self, id: &str, _job: &FakeJob) -> Result<(), ProviderError> {
@@ -540,6 +553,73 @@ async fn the_claim_loop_drives_runs_to_the_end_over_any_plane() {
     let runs = b.plane.held_runs().await.unwrap();
     assert!(runs.is_empty(), "{runs:?}");
     assert_eq!(b.provider.submitted().len(), 3);
+}
+
+/// Issue 17: a job already running when submit returned is recorded RUNNING with its
+/// infrastructure id in one write, not PENDING first and RUNNING at the next status poll.
+#[tokio::test]
+async fn a_job_running_when_submit_returned_is_recorded_running_in_one_step() {
+    let b = bench();
+    let mut work = b.claimed().await;
+    b.provider.on_status(Ok(JobStatus::Running));
+    assert_eq!(b.tick(&mut work).await, poll(&b));
+    b.assert_state(&work, StateType::Running, None);
+    let run = b.plane.get(work.run.id).unwrap();
+    assert_eq!(run.infrastructure_id.as_deref(), Some("fake-1"));
+    assert_eq!(b.history(&work), [StateType::Pending, StateType::Running]);
+}
+
+/// Issue 17: a provider that learns a job's end by itself (`wait_ended`) has it recorded at
+/// once, without waiting for the next status poll (here a minute away).
+#[tokio::test]
+async fn a_job_end_the_provider_reports_is_recorded_before_the_next_poll() {
+    let plane = MemoryPlane::new("c1", Duration::from_secs(30));
+    let provider = ScriptedProvider::default();
+    let ended = Arc::new(tokio::sync::Notify::new());
+    provider.script().ended = Some(ended.clone());
+    provider.on_status(Ok(JobStatus::Running));
+    let mut registry = Registry::new();
+    registry.register(Arc::new(provider.clone()));
+    let pool = plane.add_pool("fakes", FAKE, provider.default_base_job_template());
+    let d = plane.add_deployment(&pool, "d", Map::new());
+    let run = plane.add_run(&d, Utc::now());
+    let config = ControllerConfig {
+        poll_min: Duration::from_secs(60),
+        poll_max: Duration::from_secs(60),
+        ..config("c1")
+    };
+    let controller = Controller::new(Context::with_plane(
+        Arc::new(plane.clone()),
+        registry,
+        config,
+        RunTokens::new(b"t".to_vec()),
+        Arc::new(Metrics::default()),
+    ));
+    assert_eq!(controller.tick().await.unwrap().claimed, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while plane.get(run.id).unwrap().state.state_type != StateType::Running {
+        assert!(std::time::Instant::now() < deadline, "never RUNNING");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    provider.on_status(Ok(JobStatus::Completed {
+        summary: Some("exit code 0".into()),
+    }));
+    ended.notify_one();
+    while controller.in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the end was not recorded before the next poll (a minute away)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let run = plane.get(run.id).unwrap();
+    assert_eq!(
+        run.state.state_type,
+        StateType::Completed,
+        "{:?}",
+        run.state
+    );
+    assert_eq!(run.state.message.as_deref(), Some("exit code 0"));
 }
 
 /// Regression (issue 19 item 7): a panic while processing a run held its in-flight slot for ever

@@ -261,6 +261,10 @@ pub struct Proposal {
     pub message: Option<String>,
     /// Idempotency id of this proposal: a retried proposal with the same id is a no-op.
     pub transition_id: String,
+    /// Why the run failed, with a FAILED or CRASHED proposal: stored with the run and put into
+    /// the transition's event (docs/error-summaries.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_summary: Option<pushpool_provider::ErrorSummary>,
 }
 
 impl Proposal {
@@ -271,7 +275,13 @@ impl Proposal {
             name: None,
             message: None,
             transition_id: uuid::Uuid::now_v7().to_string(),
+            error_summary: None,
         }
+    }
+    /// Sets the error summary.
+    pub fn with_summary(mut self, summary: Option<pushpool_provider::ErrorSummary>) -> Self {
+        self.error_summary = summary;
+        self
     }
     /// Sets the sub-state name.
     pub fn named(mut self, name: impl Into<String>) -> Self {

@@ -130,7 +130,7 @@ prop_compose! {
         message in prop::option::of(Just("why".to_string())),
         transition_id in prop::sample::select(vec!["t1", "t2", "t3", "t4"]),
     ) -> Proposal {
-        Proposal { state_type, name, message, transition_id: transition_id.to_string() }
+        Proposal { state_type, name, message, transition_id: transition_id.to_string(), error_summary: None }
     }
 }
 

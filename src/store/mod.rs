@@ -157,8 +157,22 @@ pub(crate) struct Tx {
 impl Tx {
     pub(crate) async fn commit(self) -> Result<()> {
         self.inner.commit().await?;
+        count_write();
         Ok(())
     }
+}
+
+/// Write transactions committed by every [`Store`] of this process (see [`write_commits`]).
+static WRITE_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_write() {
+    WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Write transactions committed so far by this process's stores, each single-statement write
+/// (lease renewals, heartbeats) counted as one: `pushpool bench` reports them per run.
+pub fn write_commits() -> u64 {
+    WRITE_COMMITS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl std::ops::Deref for Tx {
@@ -295,6 +309,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "notify",
         include_str!("../../migrations/0011_notify.sql"),
+    ),
+    (
+        12,
+        "scheduled_due_index",
+        include_str!("../../migrations/0012_scheduled_due_index.sql"),
+    ),
+    (
+        13,
+        "error_summaries",
+        include_str!("../../migrations/0013_error_summaries.sql"),
     ),
 ];
 

@@ -678,3 +678,392 @@ async fn fake_provider_lookup_and_retried_submit_never_start_a_second_execution(
     assert!(fake.jobs().is_empty());
     assert_eq!(provider.lookup(&spec, &job).await.unwrap(), Lookup::Absent);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16: correctness against the Admin API reference (each fails on the code before it)
+
+/// The default template with an execution template of `tasks` tasks, `parallelism` at a time.
+fn multi_task_template(tasks: u64, parallelism: u64) -> Value {
+    let mut t = pushpool_gcp_cloud_run::CloudRunProvider::template();
+    t["job_configuration"]["job_body"]["template"]["taskCount"] = json!(tasks);
+    t["job_configuration"]["job_body"]["template"]["parallelism"] = json!(parallelism);
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_completion_time_before_the_completed_condition_does_not_end_the_run_early() {
+    let (fake, app) = setup(json!({})).await;
+    // completionTime shows 1.5 s before the Completed condition says SUCCEEDED.
+    fake.condition_lag(Duration::from_millis(1500));
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "COMPLETED", "{run}");
+    assert!(message.contains("succeeded (1 of 1 task(s))"), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_failed_multi_task_execution_with_cancelled_tasks_is_failed_not_cancelled() {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let app = spawn_app().await;
+    app.deployment(
+        "cr",
+        Some(multi_task_template(4, 4)),
+        "job",
+        vars(&fake, json!({})),
+    )
+    .await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    // Task 2 failed for good; Cloud Run stopped the other three (cancelledCount 3).
+    fake.finish_all(Outcome::Failed(
+        "Task pp-task2 failed with message: The container exited with an error (exit code 1)."
+            .into(),
+    ));
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(message.contains("exit code 1"), "{message}");
+    assert_eq!(fake.created_bodies()[0].1["template"]["taskCount"], 4);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_cancel_passing_through_cancelling_ends_cancelled() {
+    let (fake, app) = setup(json!({})).await;
+    fake.cancel_lag(Duration::from_millis(800));
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    let (s, body) = app
+        .post(&format!("/flow_runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "CANCELLED", "{run}");
+    wait_until(Duration::from_secs(10), "job deleted", || {
+        fake.jobs().is_empty()
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_watchdog_window_counts_task_waves() {
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let app = spawn_app().await;
+    // 4 tasks, 2 at a time: 2 waves × 3 s + 1 s = 7 s (one wave would be 4 s).
+    app.deployment(
+        "cr",
+        Some(multi_task_template(4, 2)),
+        "job",
+        vars(&fake, json!({"timeout": 3, "watchdog_grace_seconds": 1})),
+    )
+    .await;
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(4600)).await;
+    let run = app.flow_run(&id).await;
+    assert_eq!(
+        state(&run).0,
+        "RUNNING",
+        "killed before its second wave: {run}"
+    );
+    assert_eq!(fake.cancel_calls(), 0);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "FAILED", "{run}");
+    assert!(
+        message.contains("timed out: still not finished 7s after it started (2 wave(s) of 4 task(s) at parallelism 2"),
+        "{message}"
+    );
+    assert!(fake.cancel_calls() >= 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_aborted_409_on_create_is_retried_not_taken_for_already_exists() {
+    let (fake, app) = setup(json!({})).await;
+    // ABORTED (a concurrency conflict) is HTTP 409 like ALREADY_EXISTS, and created nothing.
+    fake.fail_calls("POST", "/jobs", 409, "ABORTED", 1);
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(20)).await;
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    assert_eq!(fake.executions_started(), 1);
+    assert_eq!(
+        fake.created_bodies().len(),
+        1,
+        "the ABORTED create was retried"
+    );
+    let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
+    assert!(!logs.to_string().contains("already exists"), "{logs}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_submit_refused_after_create_deletes_the_job() {
+    let (fake, app) = setup(json!({})).await;
+    fake.fail_calls("POST", ":run", 403, "PERMISSION_DENIED", 1);
+    let id = app.run("job").await;
+    let run = app.wait_terminal(&id, Duration::from_secs(20)).await;
+    let (t, message) = state(&run);
+    assert_eq!(t, "CRASHED", "{run}");
+    assert!(message.contains("PERMISSION_DENIED"), "{message}");
+    assert_eq!(fake.executions_started(), 0);
+    wait_until(Duration::from_secs(10), "job deleted", || {
+        fake.jobs().is_empty()
+    })
+    .await;
+    assert_eq!(fake.deleted_jobs().len(), 1);
+    let (_, logs) = app.get(&format!("/flow_runs/{id}/logs")).await;
+    assert!(
+        logs.to_string().contains("after the submission failed"),
+        "{logs}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_controller_sweeps_leftover_jobs_of_unknown_runs() {
+    let (fake, app) = setup(json!({})).await;
+    let parent = format!("projects/{PROJECT}/locations/{REGION}");
+    let orphan = format!("{parent}/jobs/pp-{}-1", uuid::Uuid::new_v4().simple());
+    let run_id = uuid::Uuid::new_v4().to_string();
+    fake.insert_job(
+        &orphan,
+        json!({"pushpool-run-id": run_id, "pushpool-attempt": "1"}),
+        Duration::from_secs(3600),
+    );
+    let foreign = format!("{parent}/jobs/someone-elses");
+    fake.insert_job(&foreign, json!({"team": "web"}), Duration::from_secs(3600));
+    // A run in the location lets the controller learn it; its first sweep follows.
+    let id = app.run("job").await;
+    app.wait_running(&id, Duration::from_secs(15)).await;
+    wait_until(Duration::from_secs(10), "orphan job swept", || {
+        !fake.jobs().contains(&orphan)
+    })
+    .await;
+    assert!(
+        fake.jobs().contains(&foreign),
+        "a job without pushpool's label was touched"
+    );
+    assert_eq!(
+        state(&app.flow_run(&id).await).0,
+        "RUNNING",
+        "the active run's job was swept"
+    );
+    assert_eq!(fake.jobs().len(), 2);
+    fake.finish_all(Outcome::Succeeded);
+    let run = app.wait_terminal(&id, Duration::from_secs(15)).await;
+    assert_eq!(state(&run).0, "COMPLETED", "{run}");
+    app.stop().await;
+}
+
+/// The job configuration of the provider-alone tests, pointed at `fake`.
+fn provider_job(
+    provider: &pushpool_gcp_cloud_run::CloudRunProvider,
+    fake: &CloudRunFake,
+    extra: Value,
+) -> pushpool_gcp_cloud_run::CloudRunJobConfig {
+    use pushpool_provider::Provider;
+    let template = provider.default_base_job_template();
+    let mut body = template["job_configuration"]["job_body"].clone();
+    body["launchStage"] = json!("BETA");
+    let task = &mut body["template"]["template"];
+    task["maxRetries"] = json!(0);
+    task["timeout"] = json!(600);
+    task["vpcAccess"] = json!({});
+    task.as_object_mut().unwrap().remove("serviceAccount");
+    task["containers"][0] =
+        json!({"image": "img", "resources": {"limits": {"cpu": "1000m", "memory": "512Mi"}}});
+    let mut rendered = json!({
+        "job_body": body, "project": PROJECT, "region": REGION,
+        "endpoint_url": fake.url, "credentials": {"anonymous": true}, "timeout": 600
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        rendered[k] = v.clone();
+    }
+    provider.validate(&rendered).unwrap()
+}
+
+fn spec(attempt: u32) -> pushpool_provider::RunSpec {
+    pushpool_provider::RunSpec {
+        run_id: uuid::Uuid::now_v7(),
+        attempt,
+        workspace: "default".into(),
+        work_pool: "cr".into(),
+        deployment: "job".into(),
+        parameters: json!({}),
+        api_url: "http://127.0.0.1:1".into(),
+        run_token: pushpool_provider::Secret::new("pp_test_token"),
+        logs: Arc::new(pushpool_provider::DiscardLogs),
+    }
+}
+
+/// A ledger with fixed answers (unlisted runs are unknown).
+struct Ledger(std::collections::HashMap<uuid::Uuid, pushpool_provider::RunPhase>);
+
+#[async_trait::async_trait]
+impl pushpool_provider::RunLedger for Ledger {
+    async fn phase(&self, run_id: uuid::Uuid) -> Result<pushpool_provider::RunPhase, String> {
+        Ok(self
+            .0
+            .get(&run_id)
+            .copied()
+            .unwrap_or(pushpool_provider::RunPhase::Unknown))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_submit_cut_short_after_run_adopts_the_latest_created_execution() {
+    use pushpool_gcp_cloud_run::CloudRunProvider;
+    use pushpool_provider::{Lookup, Provider};
+    init_env();
+    let fake = CloudRunFake::start().await;
+    // The executions list shows a new execution only after a minute; the job's
+    // latestCreatedExecution names it at once.
+    fake.list_lag(Duration::from_secs(60));
+    fake.lose_run_answers(true);
+    let a = CloudRunProvider::new();
+    let job = provider_job(&a, &fake, json!({}));
+    let run = spec(1);
+    // Controller A: `:run` started the execution, its answer was lost, A died.
+    let cut = tokio::time::timeout(Duration::from_millis(1500), a.submit(&run, &job)).await;
+    assert!(cut.is_err(), "the submit should have hung in :run");
+    assert_eq!(fake.executions_started(), 1);
+    fake.lose_run_answers(false);
+    // Controller B (no memory of A's operation): takeover lookup and submit both adopt it.
+    let b = CloudRunProvider::new();
+    let found = b.lookup(&run, &job).await.unwrap();
+    let Lookup::Found(execution) = found else {
+        panic!("lookup did not find the execution: {found:?}");
+    };
+    assert_eq!(fake.executions()[0].0, execution);
+    assert_eq!(b.submit(&run, &job).await.unwrap(), execution);
+    assert_eq!(
+        fake.executions_started(),
+        1,
+        "a second execution was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_failed_job_deletes_are_retried_by_the_sweep() {
+    use pushpool_gcp_cloud_run::CloudRunProvider;
+    use pushpool_provider::{Provider, RunPhase};
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let provider = CloudRunProvider::new().with_sweep_interval(Duration::ZERO);
+    let job = provider_job(&provider, &fake, json!({}));
+    let run = spec(1);
+    let execution = provider.submit(&run, &job).await.unwrap();
+    fake.finish_all(Outcome::Succeeded);
+    // Every try of the cleanup's deletion fails (503): the job stays for now.
+    fake.fail_calls("DELETE", "", 503, "UNAVAILABLE", 3);
+    let err = provider.cleanup(&execution, &job).await.unwrap_err();
+    assert!(err.is_retriable(), "{err:?}");
+    assert_eq!(fake.jobs().len(), 1);
+    let ledger = Ledger([(run.run_id, RunPhase::Terminal)].into());
+    let report = provider.sweep(&ledger).await.unwrap();
+    assert!(report.deleted >= 1, "{report:?}");
+    assert!(fake.jobs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_sweep_deletes_leftover_jobs_by_run_label_and_honours_keep_job_retention() {
+    use pushpool_gcp_cloud_run::CloudRunProvider;
+    use pushpool_provider::{Lookup, Provider, RunPhase};
+    init_env();
+    let fake = CloudRunFake::start().await;
+    let parent = format!("projects/{PROJECT}/locations/{REGION}");
+    let day = Duration::from_secs(86_400);
+    let mut phases = std::collections::HashMap::new();
+    let mut job_of = |name: &str,
+                      phase: Option<RunPhase>,
+                      attempt: u32,
+                      keep: Option<u64>,
+                      age: Duration| {
+        let run_id = uuid::Uuid::new_v4();
+        if let Some(p) = phase {
+            phases.insert(run_id, p);
+        }
+        let mut labels =
+            json!({"pushpool-run-id": run_id.to_string(), "pushpool-attempt": attempt.to_string()});
+        if let Some(days) = keep {
+            labels["pushpool-keep-job"] = json!("true");
+            labels["pushpool-retention-days"] = json!(days.to_string());
+        }
+        let full = format!("{parent}/jobs/{name}");
+        fake.insert_job(&full, labels, age);
+        full
+    };
+    let unknown = job_of("unknown-run", None, 1, None, day);
+    let terminal = job_of("terminal-run", Some(RunPhase::Terminal), 1, None, day);
+    let active = job_of(
+        "active-run",
+        Some(RunPhase::Active { attempt: 2 }),
+        2,
+        None,
+        day,
+    );
+    let earlier_attempt = job_of(
+        "earlier-attempt",
+        Some(RunPhase::Active { attempt: 2 }),
+        1,
+        None,
+        day,
+    );
+    let kept_expired = job_of(
+        "kept-expired",
+        Some(RunPhase::Terminal),
+        1,
+        Some(7),
+        day * 8,
+    );
+    let kept_young = job_of("kept-young", Some(RunPhase::Terminal), 1, Some(7), day);
+    let kept_for_ever = job_of(
+        "kept-for-ever",
+        Some(RunPhase::Terminal),
+        1,
+        Some(0),
+        day * 400,
+    );
+    let foreign = format!("{parent}/jobs/not-pushpools");
+    fake.insert_job(&foreign, json!({"team": "web"}), day * 400);
+    let provider = CloudRunProvider::new().with_sweep_interval(Duration::from_secs(3600));
+    let ledger = Ledger(phases);
+    // Nothing known yet: nothing swept.
+    assert_eq!(provider.sweep(&ledger).await.unwrap().deleted, 0);
+    // Any call in the location (here a takeover lookup) makes it known.
+    let job = provider_job(&provider, &fake, json!({}));
+    assert_eq!(
+        provider.lookup(&spec(1), &job).await.unwrap(),
+        Lookup::Absent
+    );
+    let report = provider.sweep(&ledger).await.unwrap();
+    assert_eq!(
+        (report.deleted, report.kept, report.failed),
+        (4, 3, 0),
+        "{report:?}"
+    );
+    let mut deleted = fake.deleted_jobs();
+    deleted.sort();
+    let mut want = vec![unknown, terminal, earlier_attempt, kept_expired];
+    want.sort();
+    assert_eq!(deleted, want);
+    let mut left = fake.jobs();
+    left.sort();
+    let mut want = vec![active, kept_young, kept_for_ever, foreign];
+    want.sort();
+    assert_eq!(left, want);
+    // Not due again within the interval.
+    let calls = fake.calls().len();
+    assert_eq!(provider.sweep(&ledger).await.unwrap(), Default::default());
+    assert_eq!(fake.calls().len(), calls);
+}

@@ -3,12 +3,13 @@
 //! fault-injecting fake (`aws_lambda`), `cloud-run-v2:push` pools against a fake Cloud Run Admin
 //! API (`cloud_run`), the worked example provider through the whole service (`example`), and the execution
 //! boundary of `process` jobs (`sandbox`), and `process` outcomes across a kill -9 of `pushpool up`
-//! (`restart`).
+//! (`restart`), and the job's own logs and error summaries per provider (`provider_logs`).
 
 mod aws_lambda;
 mod cloud_run;
 mod controller;
 mod events;
 mod example;
+mod provider_logs;
 mod restart;
 mod sandbox;

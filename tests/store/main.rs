@@ -6,6 +6,7 @@ mod access;
 mod automations;
 mod events;
 mod outage;
+mod plans;
 mod retries;
 mod runs;
 mod schedules;

@@ -27,6 +27,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     /// STS (to name the account in error messages).
     pub sts: aws_sdk_sts::Client,
+    /// CloudWatch Logs (the function's own logs; docs/error-summaries.md).
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     /// The region the configuration resolved to, if any.
     pub region: Option<String>,
     /// The endpoint override, if any.
@@ -120,6 +122,7 @@ impl ClientCache {
             lambda: aws_sdk_lambda::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             sts: aws_sdk_sts::Client::new(&sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
             region: sdk.region().map(|r| r.to_string()),
             endpoint_url: key.endpoint_url.clone(),
             account: Default::default(),

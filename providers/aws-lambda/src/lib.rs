@@ -22,6 +22,7 @@
 mod clients;
 mod config;
 mod errors;
+mod logs;
 mod payload;
 mod results;
 
@@ -50,6 +51,7 @@ pub use errors::{
     classify, describe, is_retriable_error, to_provider_error, ErrorClass, THROTTLING_ERRORS,
     TRANSIENT_ERRORS,
 };
+pub use logs::{decode_tail, log_group};
 pub use payload::{
     function_error_message, redact_tokens, result_summary, PAYLOAD_PLACEHOLDERS, SUMMARY_LIMIT,
 };
@@ -159,6 +161,8 @@ fn now_ms() -> u64 {
 /// A synchronous invocation running on a background task of this provider.
 struct SyncJob {
     outcome: Arc<Mutex<Option<(JobStatus, Instant)>>>,
+    /// Turns `true` once `outcome` is set, for [`Provider::wait_ended`].
+    ended: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::AbortHandle,
 }
 
@@ -170,6 +174,8 @@ pub struct AwsLambdaProvider {
     /// Event invocations whose status was asked, with their record once read.
     watched: Mutex<ResultsMap>,
     queue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Request ids of answered synchronous invocations (for their CloudWatch logs).
+    request_ids: Arc<logs::RequestIds>,
 }
 
 impl fmt::Debug for AwsLambdaProvider {
@@ -297,6 +303,11 @@ async fn invoke(
         .invocation_type(aws_sdk_lambda::types::InvocationType::from(
             job.invocation_type.as_str(),
         ))
+        // The last 4 KB of the log with a synchronous answer (docs/error-summaries.md).
+        .set_log_type(
+            (job.invocation_type == InvocationType::RequestResponse)
+                .then_some(aws_sdk_lambda::types::LogType::Tail),
+        )
         .payload(Blob::new(body))
         .send()
         .await
@@ -323,6 +334,7 @@ async fn run_sync(
     body: Vec<u8>,
     started: Instant,
     logs: Arc<dyn LogSink>,
+    tail: (String, Arc<logs::RequestIds>),
 ) -> JobStatus {
     let deadline = started + job.timeout();
     let mut delay = RETRY_MIN_DELAY;
@@ -357,7 +369,10 @@ async fn run_sync(
         let answer = tokio::time::timeout(remaining, invoke(&clients, &job, body.clone())).await;
         let err = match answer {
             Err(_) => return gave_up(calls, last_error),
-            Ok(Ok(out)) => return sync_outcome(&job, &out),
+            Ok(Ok(out)) => {
+                logs::write_tail(&out, &tail.0, &tail.1, logs.as_ref());
+                return sync_outcome(&job, &out);
+            }
             Ok(Err(e)) => e,
         };
         match classify(&err) {
@@ -510,15 +525,19 @@ impl Provider for AwsLambdaProvider {
                 let logs = run.logs.clone();
                 let started = Instant::now();
                 let run_id = run.run_id;
+                let tail = (id.key.clone(), self.request_ids.clone());
+                let (ended_tx, ended) = tokio::sync::watch::channel(false);
                 let task = tokio::spawn(async move {
-                    let status = run_sync(clients, job, body, started, logs).await;
+                    let status = run_sync(clients, job, body, started, logs, tail).await;
                     tracing::info!(%run_id, final = ?std::mem::discriminant(&status), "synchronous Lambda invocation ended");
                     *lock(&slot) = Some((status, Instant::now()));
+                    ended_tx.send_replace(true);
                 });
                 lock(&self.sync_jobs).insert(
                     id.key.clone(),
                     SyncJob {
                         outcome,
+                        ended,
                         task: task.abort_handle(),
                     },
                 );
@@ -526,6 +545,20 @@ impl Provider for AwsLambdaProvider {
                 Ok(id.to_string())
             }
         }
+    }
+
+    /// A synchronous invocation's answer arrives on this provider's own task: the controller is
+    /// told at once. Event invocations are polled.
+    async fn wait_ended(&self, infrastructure_id: &str, _job: &LambdaJobConfig) -> bool {
+        let Ok(id) = infrastructure_id.parse::<InfraId>() else {
+            return false;
+        };
+        let Some(mut ended) = lock(&self.sync_jobs).get(&id.key).map(|j| j.ended.clone()) else {
+            return false;
+        };
+        // An error: the invocation's task was aborted before answering (cancel); poll then.
+        let ended = ended.wait_for(|done| *done).await.is_ok();
+        ended
     }
 
     async fn status(
@@ -634,6 +667,33 @@ impl Provider for AwsLambdaProvider {
             }
         }
         Ok(())
+    }
+
+    fn reads_logs(&self) -> bool {
+        true
+    }
+
+    /// The invocation's lines from CloudWatch Logs (`/aws/lambda/<function>`, filtered by the
+    /// request id); nothing for a synchronous invocation that has not answered yet (its request
+    /// id comes with the answer, with the log tail).
+    async fn read_logs(
+        &self,
+        infrastructure_id: &str,
+        job: &LambdaJobConfig,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        let Ok(id) = infrastructure_id.parse::<InfraId>() else {
+            return Ok(vec![]);
+        };
+        let Some(request_id) = self.request_ids.of(&id) else {
+            return Ok(vec![]);
+        };
+        let clients = self.clients.get(job).await;
+        logs::read(&clients, &id, &request_id, cursor).await
+    }
+
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        logs::summarize(end)
     }
 
     /// Lambda's `Invoke` takes no idempotency token and there is no API listing invocations, so

@@ -14,6 +14,8 @@
 
 pub mod config;
 pub mod conformance;
+pub mod logs;
+pub mod summary;
 
 use std::any::Any;
 use std::fmt;
@@ -26,6 +28,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use config::{bounded, ensure, non_blank, parse_config};
+pub use logs::{LogCursor, ProviderLogLine};
+pub use summary::{Cause, Ending, ErrorSummary, RunEnd, TailLine};
 
 /// How a provider call failed; the controller picks its reaction from the class.
 #[non_exhaustive]
@@ -154,6 +158,9 @@ pub enum LogStream {
     Stderr,
     /// A line written by pushpool itself about the job.
     System,
+    /// A line of the job read from the provider's log service (CloudWatch Logs, Cloud Logging,
+    /// Lambda's log tail), with the provider's timestamp.
+    Provider,
 }
 
 impl LogStream {
@@ -163,14 +170,22 @@ impl LogStream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
             LogStream::System => "system",
+            LogStream::Provider => "provider",
         }
     }
 }
 
 /// Where a provider sends the job's log lines; the core stores them with the run.
 pub trait LogSink: Send + Sync {
-    /// Records one line (without its trailing newline).
+    /// Records one line (without its trailing newline), timestamped now.
     fn line(&self, stream: LogStream, line: String);
+
+    /// Records one line with the time it was written at the source (Unix microseconds), e.g. a
+    /// provider log entry's own timestamp. Sinks that keep no timestamps ignore it.
+    fn line_at(&self, stream: LogStream, timestamp_micros: i64, line: String) {
+        let _ = timestamp_micros;
+        self.line(stream, line);
+    }
 }
 
 /// A sink that drops everything (for providers whose logs live elsewhere, and tests).
@@ -295,6 +310,41 @@ pub enum Lookup {
     Unknown,
 }
 
+/// What the control plane knows of a run, for a sweep of leftover infrastructure
+/// ([`Provider::sweep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPhase {
+    /// The run is not terminal; `attempt` is its current attempt (jobs of earlier attempts are
+    /// leftovers).
+    Active {
+        /// The run's current attempt.
+        attempt: u32,
+    },
+    /// The run reached a terminal state.
+    Terminal,
+    /// The control plane has no such run.
+    Unknown,
+}
+
+/// The control plane as a provider's sweep sees it: the phase of a run by id.
+#[async_trait]
+pub trait RunLedger: Send + Sync {
+    /// The run's phase; `Err` when the control plane cannot tell right now (the sweep then
+    /// leaves the run's infrastructure alone).
+    async fn phase(&self, run_id: Uuid) -> Result<RunPhase, String>;
+}
+
+/// What a [`Provider::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Leftover jobs deleted.
+    pub deleted: usize,
+    /// Jobs looked at and kept (their run is active, or a retention period runs).
+    pub kept: usize,
+    /// Deletions or look-ups that failed (retried by the next sweep).
+    pub failed: usize,
+}
+
 /// The AWS `ExternalId` pushpool passes on every `AssumeRole` made for a workspace's jobs:
 /// `pushpool-<workspace id>`. Stable for the workspace's life and never chosen by a tenant, so a
 /// role's trust policy that requires it admits only that workspace's pools (the confused-deputy
@@ -417,6 +467,15 @@ pub trait Provider: Send + Sync + 'static {
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
 
+    /// Resolves once the job has ended, for a provider that learns a job's end by itself (a
+    /// child process exiting, a synchronous invoke returning), so the controller reads
+    /// [`Provider::status`] at once instead of at its next poll. Returns `false` at once when
+    /// this provider cannot tell (the default; also for a job it does not track): the
+    /// controller then polls, with its backoff.
+    async fn wait_ended(&self, _infrastructure_id: &str, _job: &Self::JobConfig) -> bool {
+        false
+    }
+
     /// Removes what the job left behind once the run is terminal.
     async fn cleanup(
         &self,
@@ -433,6 +492,40 @@ pub trait Provider: Send + Sync + 'static {
         _job: &Self::JobConfig,
     ) -> Result<Lookup, ProviderError> {
         Ok(Lookup::Unknown)
+    }
+
+    /// True when [`Provider::read_logs`] reads a log service: the controller then follows the
+    /// run's provider logs while it is active and once after it ends.
+    fn reads_logs(&self) -> bool {
+        false
+    }
+
+    /// Reads the job's lines from the provider's log service, from `cursor` on: one bounded
+    /// call (a few pages at most), each line passed through [`LogCursor::accept`] so repeats and
+    /// lines past the budget are dropped. An error is shown as one warning line and the read is
+    /// tried again later; it never changes the run's state.
+    async fn read_logs(
+        &self,
+        _infrastructure_id: &str,
+        _job: &Self::JobConfig,
+        _cursor: &mut LogCursor,
+    ) -> Result<Vec<ProviderLogLine>, ProviderError> {
+        Ok(vec![])
+    }
+
+    /// Why a run ended FAILED or CRASHED, from the state message and the run's last log lines.
+    /// Pure. The default applies the rules every provider shares ([`summary::common`]); a
+    /// provider puts its own rules first and falls back to those.
+    fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary {
+        summary::common(end)
+    }
+
+    /// Housekeeping the controller calls often (every claim-loop tick): a provider whose jobs
+    /// outlive their runs (a failed cleanup, a controller that died) deletes those whose run
+    /// `ledger` says is terminal or unknown. The provider decides when a sweep is due and
+    /// returns at once otherwise; the default does nothing.
+    async fn sweep(&self, _ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        Ok(SweepReport::default())
     }
 }
 
@@ -480,10 +573,25 @@ pub trait DynProvider: Send + Sync {
         job: &ValidatedJob,
         grace: Duration,
     ) -> Result<CancelOutcome, ProviderError>;
+    /// See [`Provider::wait_ended`].
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool;
     /// See [`Provider::cleanup`].
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError>;
     /// See [`Provider::lookup`].
     async fn lookup(&self, run: &RunSpec, job: &ValidatedJob) -> Result<Lookup, ProviderError>;
+    /// See [`Provider::reads_logs`].
+    fn reads_logs(&self) -> bool;
+    /// See [`Provider::read_logs`].
+    async fn read_logs(
+        &self,
+        id: &str,
+        job: &ValidatedJob,
+        cursor: &mut LogCursor,
+    ) -> Result<Vec<ProviderLogLine>, ProviderError>;
+    /// See [`Provider::summarize`].
+    fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary;
+    /// See [`Provider::sweep`].
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError>;
 }
 
 fn typed<'a, C: 'static>(job: &'a ValidatedJob, pool_type: &str) -> Result<&'a C, ProviderError> {
@@ -545,6 +653,12 @@ impl<P: Provider> DynProvider for P {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::cancel(self, id, config, grace).await
     }
+    async fn wait_ended(&self, id: &str, job: &ValidatedJob) -> bool {
+        match typed::<P::JobConfig>(job, Provider::pool_type(self)) {
+            Ok(config) => Provider::wait_ended(self, id, config).await,
+            Err(_) => false,
+        }
+    }
     async fn cleanup(&self, id: &str, job: &ValidatedJob) -> Result<(), ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::cleanup(self, id, config).await
@@ -552,6 +666,24 @@ impl<P: Provider> DynProvider for P {
     async fn lookup(&self, run: &RunSpec, job: &ValidatedJob) -> Result<Lookup, ProviderError> {
         let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
         Provider::lookup(self, run, config).await
+    }
+    fn reads_logs(&self) -> bool {
+        Provider::reads_logs(self)
+    }
+    async fn read_logs(
+        &self,
+        id: &str,
+        job: &ValidatedJob,
+        cursor: &mut LogCursor,
+    ) -> Result<Vec<ProviderLogLine>, ProviderError> {
+        let config = typed::<P::JobConfig>(job, Provider::pool_type(self))?;
+        Provider::read_logs(self, id, config, cursor).await
+    }
+    fn summarize(&self, end: &RunEnd<'_>) -> ErrorSummary {
+        Provider::summarize(self, end)
+    }
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        Provider::sweep(self, ledger).await
     }
 }
 

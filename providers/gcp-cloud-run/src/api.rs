@@ -2,9 +2,10 @@
 //! authenticated with `google-cloud-auth`.
 //!
 //! Answers are handed to the rest of the provider as JSON (the models' own serde form), and
-//! errors are classified into [`ProviderError`] classes: 408, 429, 500, 502, 503, 504, timeouts and
-//! connection failures are transient; 404 is not-found; 409 is `ALREADY_EXISTS`; everything else
-//! is permanent. The client's own retry loop is switched off (`NeverRetry`): the controller
+//! errors are classified into [`ProviderError`] classes: 408, 429, 500, 502, 503, 504, the
+//! google.rpc status `ABORTED` (a concurrency conflict, HTTP 409), timeouts and connection
+//! failures are transient; 404 is not-found; `ALREADY_EXISTS` is recognised by its status name
+//! (HTTP 409 is shared with `ABORTED`); everything else is permanent. The client's own retry loop is switched off (`NeverRetry`): the controller
 //! retries transient errors with its own backoff and deadlines.
 
 use std::collections::HashMap;
@@ -118,15 +119,18 @@ impl ApiError {
         self.code() == Some(404)
     }
 
-    /// True for 409 / `ALREADY_EXISTS`.
+    /// True for the google.rpc status `ALREADY_EXISTS` (by name: `ABORTED` is HTTP 409 too).
     pub fn is_already_exists(&self) -> bool {
-        matches!(self, ApiError::Status { code: 409, .. })
+        matches!(self, ApiError::Status { status, .. } if status == "ALREADY_EXISTS")
     }
 
     /// True when retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Status { code, .. } => matches!(code, 408 | 429 | 500 | 502 | 503 | 504),
+            // ABORTED: "retry at a higher level" (AIP-194); the calls here are idempotent.
+            ApiError::Status { code, status, .. } => {
+                matches!(code, 408 | 429 | 500 | 502 | 503 | 504) || status == "ABORTED"
+            }
             ApiError::Transport(_) => true,
             ApiError::Auth { transient, .. } => *transient,
             ApiError::Decode(_) => false,
@@ -234,7 +238,7 @@ fn credentials(
 }
 
 /// Maps an error of the official client to an [`ApiError`].
-fn api_error(e: google_cloud_run_v2::Error) -> ApiError {
+pub(crate) fn api_error(e: google_cloud_run_v2::Error) -> ApiError {
     let status = e.status();
     let code = e.http_status_code().or_else(|| {
         status.map(|s| match s.code.name() {
@@ -289,6 +293,19 @@ impl CloudRunApi {
     pub fn with_ambient_credentials(mut self, ambient: AmbientCredentials) -> Self {
         self.ambient = Some(ambient);
         self
+    }
+
+    /// The credentials this API's clients use for `job` (for the Cloud Logging client of
+    /// `logs.rs`, which shares them).
+    pub(crate) fn credentials_for(
+        &self,
+        job: &CloudRunJobConfig,
+    ) -> Result<google_cloud_auth::credentials::Credentials, ApiError> {
+        let ambient = self
+            .ambient
+            .clone()
+            .unwrap_or_else(AmbientCredentials::detect);
+        credentials(&job.credentials, &ambient)
     }
 
     async fn clients(&self, job: &CloudRunJobConfig) -> Result<Clients, ApiError> {
@@ -405,6 +422,37 @@ impl CloudRunApi {
                 .map_err(api_error)?;
             for e in page.executions {
                 out.push(to_json(e)?);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(out)
+    }
+
+    /// `ListJobs` of a location (`projects/P/locations/R`), all pages (at most 100 of 100).
+    pub async fn list_jobs(
+        &self,
+        job: &CloudRunJobConfig,
+        parent: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let c = self.clients(job).await?;
+        let mut out = Vec::new();
+        let mut token = String::new();
+        for _ in 0..100 {
+            let page = c
+                .jobs
+                .list_jobs()
+                .set_parent(parent)
+                .set_page_size(100)
+                .set_page_token(token.clone())
+                .with_attempt_timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(api_error)?;
+            for j in page.jobs {
+                out.push(to_json(j)?);
             }
             if page.next_page_token.is_empty() {
                 break;

@@ -31,6 +31,10 @@ pub const MAX_TIMEOUT_SECONDS: u64 = 604_800;
 pub const DEFAULT_WATCHDOG_GRACE_SECONDS: u64 = 300;
 /// Largest accepted [`CloudRunJobConfig::watchdog_grace_seconds`].
 pub const MAX_WATCHDOG_GRACE_SECONDS: u64 = 86_400;
+/// Default for [`CloudRunJobConfig::job_retention_days`].
+pub const DEFAULT_JOB_RETENTION_DAYS: u64 = 7;
+/// Largest accepted [`CloudRunJobConfig::job_retention_days`].
+pub const MAX_JOB_RETENTION_DAYS: u64 = 3650;
 /// The public Cloud Run Admin API endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://run.googleapis.com";
 
@@ -105,6 +109,8 @@ pub struct CloudRunJobConfig {
     pub timeout_seconds: u64,
     /// Keep the Cloud Run job after the run ended.
     pub keep_job: bool,
+    /// With `keep_job`: days a kept job stays before the sweep deletes it (0 = never).
+    pub job_retention_days: u64,
     /// Added to `timeout × (maxRetries + 1)` before a still-running execution is declared timed out.
     pub watchdog_grace_seconds: u64,
     /// Admin API endpoint (default `https://run.googleapis.com`).
@@ -120,6 +126,10 @@ pub struct CloudRunJobConfig {
     pub job_body: Map<String, Value>,
     /// `maxRetries` of the task template (for the watchdog window).
     pub max_retries: u64,
+    /// `taskCount` of the execution template (1 when unset).
+    pub task_count: u64,
+    /// `parallelism` of the execution template (0 when unset: as many as the quota allows).
+    pub parallelism: u64,
 }
 
 impl CloudRunJobConfig {
@@ -128,13 +138,12 @@ impl CloudRunJobConfig {
         Duration::from_secs(self.timeout_seconds)
     }
 
-    /// How long an execution may run before the watchdog calls it timed out.
+    /// How long an execution of this job may run before the watchdog calls it timed out:
+    /// `ceil(taskCount / parallelism) × timeout × (maxRetries + 1) + watchdog_grace_seconds`
+    /// (an unknown parallelism counts as 1). An execution's own counts take precedence at
+    /// status time ([`crate::status::watchdog_window`]).
     pub fn watchdog_window(&self) -> Duration {
-        Duration::from_secs(
-            self.timeout_seconds
-                .saturating_mul(self.max_retries.saturating_add(1))
-                .saturating_add(self.watchdog_grace_seconds),
-        )
+        crate::status::watchdog_window(&Value::Null, self).duration()
     }
 
     /// Checks a rendered job configuration and turns it into a [`CloudRunJobConfig`]; pure, no I/O.
@@ -222,12 +231,24 @@ impl CloudRunJobConfig {
         })?;
         let (job_body, max_retries) =
             body::normalise(job_body, timeout_seconds, fields.env_from_secrets)?;
+        let execution_template = &job_body["template"];
+        let task_count = execution_count(execution_template, "taskCount")?.unwrap_or(1);
+        let parallelism = execution_count(execution_template, "parallelism")?.unwrap_or(0);
+        let job_retention_days = fields
+            .job_retention_days
+            .unwrap_or(DEFAULT_JOB_RETENTION_DAYS);
+        ensure(
+            job_retention_days <= MAX_JOB_RETENTION_DAYS,
+            "job_retention_days",
+            format!("must be between 0 (keep for ever) and {MAX_JOB_RETENTION_DAYS} days"),
+        )?;
 
         Ok(CloudRunJobConfig {
             project,
             region,
             timeout_seconds,
             keep_job: fields.keep_job.unwrap_or(false),
+            job_retention_days,
             watchdog_grace_seconds,
             endpoint_url,
             credentials,
@@ -235,7 +256,26 @@ impl CloudRunJobConfig {
             labels,
             job_body,
             max_retries,
+            task_count,
+            parallelism,
         })
+    }
+}
+
+/// `taskCount` / `parallelism` of the execution template: absent, or a non-negative integer.
+fn execution_count(template: &Value, key: &str) -> Result<Option<u64>, ProviderError> {
+    match &template[key] {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .map(Some)
+            .ok_or_else(|| {
+                ProviderError::invalid(
+                    format!("job_body.template.{key}"),
+                    "must be a non-negative integer",
+                )
+            }),
     }
 }
 
@@ -256,6 +296,8 @@ struct Fields {
     #[serde(default, deserialize_with = "seconds")]
     timeout: Option<u64>,
     keep_job: Option<bool>,
+    #[serde(default, deserialize_with = "whole_number")]
+    job_retention_days: Option<u64>,
     job_body: Option<Map<String, Value>>,
     project: Option<String>,
     endpoint_url: Option<String>,
@@ -289,6 +331,18 @@ fn lenient_map(map: BTreeMap<String, LenientString>) -> BTreeMap<String, String>
     map.into_iter()
         .filter_map(|(k, v)| v.0.map(|v| (k, v)))
         .collect()
+}
+
+/// A non-negative integer (or its text).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("must be a non-negative integer")),
+    }
 }
 
 /// Seconds as a number or as Cloud Run writes durations (`"600"`, `"600s"`).

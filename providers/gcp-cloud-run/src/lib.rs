@@ -24,26 +24,29 @@
 mod api;
 mod body;
 mod config;
+mod logs;
 mod status;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pushpool_provider::{
-    CancelOutcome, JobStatus, LogStream, Lookup, Provider, ProviderError, RunSpec,
+    CancelOutcome, JobStatus, LogStream, Lookup, Provider, ProviderError, RunLedger, RunPhase,
+    RunSpec, SweepReport,
 };
 use serde_json::{json, Value};
 
 pub use api::{AmbientCredentials, ApiError, CloudRunApi, HOW_TO_PROVIDE_CREDENTIALS};
 pub use body::shell_split;
 pub use config::{
-    CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TEMPLATE,
-    DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES, MAX_TIMEOUT_SECONDS,
-    MAX_WATCHDOG_GRACE_SECONDS,
+    CloudRunJobConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_JOB_RETENTION_DAYS, DEFAULT_REGION,
+    DEFAULT_TEMPLATE, DEFAULT_TIMEOUT_SECONDS, DEFAULT_WATCHDOG_GRACE_SECONDS, LAUNCH_STAGES,
+    MAX_JOB_RETENTION_DAYS, MAX_TIMEOUT_SECONDS, MAX_WATCHDOG_GRACE_SECONDS,
 };
-pub use status::{execution_status, Observed};
+pub use logs::{entry_line, filter as logging_filter, logging_endpoint, LOGGING_ENDPOINT};
+pub use status::{execution_status, watchdog_window, Observed, WatchdogWindow};
 
 /// The pool type served by [`CloudRunProvider`].
 pub const POOL_TYPE: &str = "cloud-run-v2:push";
@@ -54,6 +57,19 @@ const WAIT_STEP: Duration = Duration::from_millis(200);
 const WAIT_ROUNDS: u32 = 25;
 /// Longest wait for a cancelled execution to stop.
 const CANCEL_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often each location (endpoint, credentials, project, region) is swept for leftover jobs.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How soon a failed job deletion is tried again (besides the location's sweep).
+const DELETE_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Label of every job pushpool creates: the run id (the sweep's key).
+pub const RUN_LABEL: &str = "pushpool-run-id";
+/// Label: the run attempt of the job.
+pub const ATTEMPT_LABEL: &str = "pushpool-attempt";
+/// Label on jobs created with `keep_job`: `"true"`.
+pub const KEEP_LABEL: &str = "pushpool-keep-job";
+/// Label on jobs created with `keep_job`: `job_retention_days`.
+pub const RETENTION_LABEL: &str = "pushpool-retention-days";
 
 /// The deterministic Cloud Run job name of a run attempt: `pp-<run id, 32 hex>-<attempt>`
 /// (lowercase, starts with a letter, at most 63 characters).
@@ -73,13 +89,41 @@ fn short(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// A location jobs were created or tracked in, for the sweep.
+struct Location {
+    job: CloudRunJobConfig,
+    parent: String,
+    swept: Option<Instant>,
+}
+
+/// A job deletion that failed, tried again from the sweep.
+struct PendingDelete {
+    job: CloudRunJobConfig,
+    due: Instant,
+}
+
 /// Runs Google Cloud Run jobs (pool type `cloud-run-v2:push`).
-#[derive(Default)]
 pub struct CloudRunProvider {
     api: CloudRunApi,
     /// Run operations started by this provider, by job name, so a retried submit waits on the
     /// operation instead of running the job again.
     operations: Mutex<HashMap<String, String>>,
+    /// Cloud Logging clients (the job's own logs; docs/error-summaries.md).
+    logs: logs::LogReader,
+    /// Locations seen since start, by (endpoint, credentials, parent).
+    locations: Mutex<HashMap<String, Location>>,
+    /// Job deletions that failed, by job name.
+    pending_deletes: Mutex<HashMap<String, PendingDelete>>,
+    /// How often a location is swept.
+    sweep_interval: Duration,
+    /// True while a sweep runs (one at a time).
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Default for CloudRunProvider {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for CloudRunProvider {
@@ -95,19 +139,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl CloudRunProvider {
     /// A provider with its own HTTP client.
     pub fn new() -> Self {
+        Self::with_api(CloudRunApi::new())
+    }
+
+    fn with_api(api: CloudRunApi) -> Self {
         CloudRunProvider {
-            api: CloudRunApi::new(),
+            api,
             operations: Mutex::default(),
+            logs: logs::LogReader::default(),
+            locations: Mutex::default(),
+            pending_deletes: Mutex::default(),
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            sweeping: Default::default(),
         }
     }
 
     /// A provider whose Application Default Credentials see `ambient` instead of what the machine
     /// offers (tests, pinned set-ups).
     pub fn with_ambient_credentials(ambient: AmbientCredentials) -> Self {
-        CloudRunProvider {
-            api: CloudRunApi::new().with_ambient_credentials(ambient),
-            operations: Mutex::default(),
-        }
+        Self::with_api(CloudRunApi::new().with_ambient_credentials(ambient))
+    }
+
+    /// Sweeps each location at most every `interval` (default [`DEFAULT_SWEEP_INTERVAL`]; the
+    /// first sweep of a location comes with the first sweep call after it was seen).
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Remembers the location of `job` for the sweep.
+    fn remember(&self, job: &CloudRunJobConfig) {
+        let Ok(parent) = Self::parent(job) else {
+            return;
+        };
+        let key = format!(
+            "{} {} {parent}",
+            job.endpoint_url,
+            job.credentials.cache_key()
+        );
+        lock(&self.locations).entry(key).or_insert(Location {
+            job: job.clone(),
+            parent,
+            swept: None,
+        });
     }
 
     /// The parsed default base job template (this crate's `template.json`).
@@ -171,8 +245,12 @@ impl CloudRunProvider {
             for (k, v) in &job.labels {
                 labels[k] = json!(v);
             }
-            labels["pushpool-run-id"] = json!(run.run_id.to_string());
-            labels["pushpool-attempt"] = json!(run.attempt.to_string());
+            labels[RUN_LABEL] = json!(run.run_id.to_string());
+            labels[ATTEMPT_LABEL] = json!(run.attempt.to_string());
+            if job.keep_job {
+                labels[KEEP_LABEL] = json!("true");
+                labels[RETENTION_LABEL] = json!(job.job_retention_days.to_string());
+            }
         }
         if let Some(container) = body
             .pointer_mut("/template/template/containers/0")
@@ -197,18 +275,24 @@ impl CloudRunProvider {
         body
     }
 
-    /// Waits until a newly created (or adopted) job is ready to run.
-    async fn wait_job_ready(
+    /// Waits until a newly created (or adopted) job is ready to run. Answers the execution the
+    /// job already has (its `latestCreatedExecution`), if any: a submit cut short after `:run`
+    /// (the controller died before recording the execution) adopts it instead of running the
+    /// job a second time.
+    async fn ready_or_started(
         &self,
         job: &CloudRunJobConfig,
         name: &str,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<String>, ProviderError> {
         for round in 0..WAIT_ROUNDS {
             let current = self
                 .api
                 .get(job, name)
                 .await
                 .map_err(|e| e.into_provider(&format!("reading Cloud Run job `{name}`")))?;
+            if let Some(execution) = latest_created_execution(&current, name) {
+                return Ok(Some(execution));
+            }
             let condition = &current["terminalCondition"];
             if status::state_is(&condition["state"], "CONDITION_FAILED", 3) {
                 return Err(ProviderError::permanent(format!(
@@ -218,7 +302,7 @@ impl CloudRunProvider {
             }
             let reconciling = current["reconciling"].as_bool().unwrap_or(false);
             if !reconciling {
-                return Ok(());
+                return Ok(None);
             }
             if round + 1 < WAIT_ROUNDS {
                 tokio::time::sleep(WAIT_STEP).await;
@@ -351,12 +435,221 @@ impl CloudRunProvider {
         match self.api.delete(job, name).await {
             Ok(_) => {
                 tracing::info!(job = name, "deleted Cloud Run job");
+                lock(&self.pending_deletes).remove(name);
                 Ok(())
             }
-            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.is_not_found() => {
+                lock(&self.pending_deletes).remove(name);
+                Ok(())
+            }
             Err(e) => Err(e.into_provider(&format!("deleting Cloud Run job `{name}`"))),
         }
     }
+
+    /// Deletes a job, trying a transient failure twice more at once; a deletion that still
+    /// fails is queued for the sweep (and the location's sweep finds the job by its run label
+    /// even after a restart).
+    async fn delete_or_queue(
+        &self,
+        job: &CloudRunJobConfig,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        let mut result = self.delete_job(job, name).await;
+        for pause in [Duration::from_millis(200), Duration::from_millis(800)] {
+            match &result {
+                Err(e) if e.is_retriable() => {
+                    tokio::time::sleep(pause).await;
+                    result = self.delete_job(job, name).await;
+                }
+                _ => break,
+            }
+        }
+        if result.is_err() {
+            self.remember(job);
+            lock(&self.pending_deletes).insert(
+                name.to_string(),
+                PendingDelete {
+                    job: job.clone(),
+                    due: Instant::now() + DELETE_RETRY_AFTER.min(self.sweep_interval),
+                },
+            );
+        }
+        result
+    }
+
+    /// Starts (or adopts) the execution of the created job `name`.
+    async fn start_execution(
+        &self,
+        run: &RunSpec,
+        job: &CloudRunJobConfig,
+        name: &str,
+    ) -> Result<String, ProviderError> {
+        let started = self.ready_or_started(job, name).await?;
+        let pending_op = lock(&self.operations).get(name).cloned();
+        if let Some(op_name) = pending_op {
+            match self.api.get(job, &op_name).await {
+                Ok(op) => {
+                    let execution = self.execution_of_operation(job, name, op).await?;
+                    lock(&self.operations).remove(name);
+                    return Ok(execution);
+                }
+                Err(e) if e.is_transient() => {
+                    return Err(e.into_provider(&format!("reading operation `{op_name}`")))
+                }
+                // The operation is gone: the job and its executions decide.
+                Err(_) => {
+                    lock(&self.operations).remove(name);
+                }
+            }
+        }
+        let existing = match started {
+            Some(e) => Some(e),
+            None => self
+                .existing_execution(job, name)
+                .await
+                .map_err(|e| e.into_provider(&format!("listing executions of `{name}`")))?,
+        };
+        if let Some(existing) = existing {
+            run.logs.line(
+                LogStream::System,
+                format!(
+                    "adopting the existing execution `{existing}` instead of running the job again"
+                ),
+            );
+            tracing::info!(run_id = %run.run_id, infrastructure_id = %existing, "adopted existing Cloud Run execution");
+            return Ok(existing);
+        }
+        let op = self
+            .api
+            .post_verb(job, name, "run")
+            .await
+            .map_err(|e| e.into_provider(&format!("running Cloud Run job `{name}`")))?;
+        if let Some(op_name) = op["name"].as_str() {
+            lock(&self.operations).insert(name.to_string(), op_name.to_string());
+        }
+        let execution = self.execution_of_operation(job, name, op).await?;
+        lock(&self.operations).remove(name);
+        run.logs.line(
+            LogStream::System,
+            format!("started Cloud Run execution `{execution}`"),
+        );
+        tracing::info!(run_id = %run.run_id, infrastructure_id = %execution, "started Cloud Run execution");
+        Ok(execution)
+    }
+
+    /// Tries the queued deletions that are due.
+    async fn retry_pending_deletes(&self, report: &mut SweepReport) {
+        let now = Instant::now();
+        let due: Vec<(String, CloudRunJobConfig)> = lock(&self.pending_deletes)
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(n, p)| (n.clone(), p.job.clone()))
+            .collect();
+        for (name, job) in due {
+            match self.delete_job(&job, &name).await {
+                Ok(()) => report.deleted += 1,
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(job = %name, error = %e, "deleting the Cloud Run job failed again; will retry");
+                    if let Some(p) = lock(&self.pending_deletes).get_mut(&name) {
+                        p.due = Instant::now() + DELETE_RETRY_AFTER.min(self.sweep_interval);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sweeps one location: deletes pushpool's jobs (by their run label) whose run is terminal
+    /// or unknown, or whose attempt is older than the run's current one; a job created with
+    /// `keep_job` only once it is older than its `job_retention_days` (never for 0).
+    async fn sweep_location(
+        &self,
+        job: &CloudRunJobConfig,
+        parent: &str,
+        ledger: &dyn RunLedger,
+        report: &mut SweepReport,
+    ) -> Result<(), ProviderError> {
+        let jobs = self
+            .api
+            .list_jobs(job, parent)
+            .await
+            .map_err(|e| e.into_provider(&format!("listing Cloud Run jobs of `{parent}`")))?;
+        for found in jobs {
+            let labels = &found["labels"];
+            let Some(run_id) = labels[RUN_LABEL]
+                .as_str()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            else {
+                continue; // not pushpool's
+            };
+            let Some(name) = found["name"].as_str() else {
+                continue;
+            };
+            let attempt: u32 = labels[ATTEMPT_LABEL]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let leftover = match ledger.phase(run_id).await {
+                Ok(RunPhase::Active { attempt: current }) => attempt < current,
+                Ok(RunPhase::Terminal | RunPhase::Unknown) => true,
+                Err(e) => {
+                    tracing::debug!(job = name, error = %e, "run phase unknown; job left alone");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            if !leftover || !retention_over(&found) {
+                report.kept += 1;
+                continue;
+            }
+            match self.delete_job(job, name).await {
+                Ok(()) => {
+                    tracing::info!(job = name, %run_id, "sweep deleted a leftover Cloud Run job");
+                    report.deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e, "sweep could not delete a leftover Cloud Run job");
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The execution a job already started (`latestCreatedExecution`), as a full resource name.
+fn latest_created_execution(job: &Value, job_name: &str) -> Option<String> {
+    let name = job["latestCreatedExecution"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())?;
+    Some(if name.contains("/executions/") {
+        name.to_string()
+    } else {
+        format!("{job_name}/executions/{name}")
+    })
+}
+
+/// For a leftover job: true unless it was created with `keep_job` and its retention period
+/// (the `pushpool-retention-days` label; 0 = for ever) has not passed since it was created.
+fn retention_over(job: &Value) -> bool {
+    if job["labels"][KEEP_LABEL].as_str() != Some("true") {
+        return true;
+    }
+    let days: u64 = job["labels"][RETENTION_LABEL]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_JOB_RETENTION_DAYS);
+    if days == 0 {
+        return false;
+    }
+    let Some(created) = job["createTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    else {
+        return false;
+    };
+    let age = chrono::Utc::now().signed_duration_since(created);
+    age.num_seconds() >= i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -401,6 +694,7 @@ impl Provider for CloudRunProvider {
         job: &CloudRunJobConfig,
     ) -> Result<String, ProviderError> {
         let parent = Self::parent(job)?;
+        self.remember(job);
         let id = job_id(run);
         let name = format!("{parent}/jobs/{id}");
         let body = Self::job_body(run, job);
@@ -417,54 +711,25 @@ impl Provider for CloudRunProvider {
             }
             Err(e) => return Err(e.into_provider(&format!("creating Cloud Run job `{name}`"))),
         }
-        self.wait_job_ready(job, &name).await?;
-        let pending_op = lock(&self.operations).get(&name).cloned();
-        if let Some(op_name) = pending_op {
-            match self.api.get(job, &op_name).await {
-                Ok(op) => {
-                    let execution = self.execution_of_operation(job, &name, op).await?;
-                    lock(&self.operations).remove(&name);
-                    return Ok(execution);
+        match self.start_execution(run, job, &name).await {
+            Ok(execution) => Ok(execution),
+            Err(e) if !e.is_retriable() => {
+                // The attempt ends here (the run is CRASHED): its job must not stay behind
+                // towards the region's quota of 1,000 jobs.
+                match self.delete_or_queue(job, &name).await {
+                    Ok(()) => run.logs.line(
+                        LogStream::System,
+                        format!("deleted Cloud Run job `{name}` after the submission failed"),
+                    ),
+                    Err(d) => run.logs.line(
+                        LogStream::System,
+                        format!("could not delete Cloud Run job `{name}` after the submission failed ({d}); the sweep will"),
+                    ),
                 }
-                Err(e) if e.is_transient() => {
-                    return Err(e.into_provider(&format!("reading operation `{op_name}`")))
-                }
-                // The operation is gone: the executions list below decides.
-                Err(_) => {
-                    lock(&self.operations).remove(&name);
-                }
+                Err(e)
             }
+            Err(e) => Err(e),
         }
-        if let Some(existing) = self
-            .existing_execution(job, &name)
-            .await
-            .map_err(|e| e.into_provider(&format!("listing executions of `{name}`")))?
-        {
-            run.logs.line(
-                LogStream::System,
-                format!(
-                    "adopting the existing execution `{existing}` instead of running the job again"
-                ),
-            );
-            tracing::info!(run_id = %run.run_id, infrastructure_id = %existing, "adopted existing Cloud Run execution");
-            return Ok(existing);
-        }
-        let op = self
-            .api
-            .post_verb(job, &name, "run")
-            .await
-            .map_err(|e| e.into_provider(&format!("running Cloud Run job `{name}`")))?;
-        if let Some(op_name) = op["name"].as_str() {
-            lock(&self.operations).insert(name.clone(), op_name.to_string());
-        }
-        let execution = self.execution_of_operation(job, &name, op).await?;
-        lock(&self.operations).remove(&name);
-        run.logs.line(
-            LogStream::System,
-            format!("started Cloud Run execution `{execution}`"),
-        );
-        tracing::info!(run_id = %run.run_id, infrastructure_id = %execution, "started Cloud Run execution");
-        Ok(execution)
     }
 
     async fn status(
@@ -472,6 +737,7 @@ impl Provider for CloudRunProvider {
         infrastructure_id: &str,
         job: &CloudRunJobConfig,
     ) -> Result<JobStatus, ProviderError> {
+        self.remember(job);
         let execution =
             self.api.get(job, infrastructure_id).await.map_err(|e| {
                 e.into_provider(&format!("reading execution `{infrastructure_id}`"))
@@ -498,27 +764,49 @@ impl Provider for CloudRunProvider {
         let outcome = self.stop_execution(job, infrastructure_id, grace).await?;
         if !job.keep_job {
             if let Some(job_name) = job_of_execution(infrastructure_id) {
-                if let Err(e) = self.delete_job(job, job_name).await {
-                    tracing::warn!(infrastructure_id, error = %e, "could not delete the cancelled job");
+                if let Err(e) = self.delete_or_queue(job, job_name).await {
+                    tracing::warn!(infrastructure_id, error = %e, "could not delete the cancelled job; queued for the sweep");
                 }
             }
         }
         Ok(outcome)
     }
 
-    /// Deletes the Cloud Run job (and with it its executions) unless `keep_job`.
+    /// Deletes the Cloud Run job (and with it its executions) unless `keep_job`; a deletion
+    /// that fails is retried by the sweep.
     async fn cleanup(
         &self,
         infrastructure_id: &str,
         job: &CloudRunJobConfig,
     ) -> Result<(), ProviderError> {
+        self.remember(job);
         if job.keep_job {
             return Ok(());
         }
         match job_of_execution(infrastructure_id) {
-            Some(job_name) => self.delete_job(job, job_name).await,
+            Some(job_name) => self.delete_or_queue(job, job_name).await,
             None => Ok(()),
         }
+    }
+
+    fn reads_logs(&self) -> bool {
+        true
+    }
+
+    /// The execution's entries from Cloud Logging, filtered by job and execution name.
+    async fn read_logs(
+        &self,
+        infrastructure_id: &str,
+        job: &CloudRunJobConfig,
+        cursor: &mut pushpool_provider::LogCursor,
+    ) -> Result<Vec<pushpool_provider::ProviderLogLine>, ProviderError> {
+        self.logs
+            .read(&self.api, job, infrastructure_id, cursor)
+            .await
+    }
+
+    fn summarize(&self, end: &pushpool_provider::RunEnd<'_>) -> pushpool_provider::ErrorSummary {
+        logs::summarize(end)
     }
 
     /// Finds the job of this attempt by its deterministic name and its execution:
@@ -530,8 +818,13 @@ impl Provider for CloudRunProvider {
         job: &CloudRunJobConfig,
     ) -> Result<Lookup, ProviderError> {
         let name = format!("{}/jobs/{}", Self::parent(job)?, job_id(run));
+        self.remember(job);
         match self.api.get(job, &name).await {
-            Ok(_) => {}
+            Ok(found) => {
+                if let Some(execution) = latest_created_execution(&found, &name) {
+                    return Ok(Lookup::Found(execution));
+                }
+            }
             Err(e) if e.is_not_found() => return Ok(Lookup::Absent),
             Err(e) => return Err(e.into_provider(&format!("looking up Cloud Run job `{name}`"))),
         }
@@ -541,6 +834,55 @@ impl Provider for CloudRunProvider {
             Err(e) if e.is_not_found() => Ok(Lookup::Absent),
             Err(e) => Err(e.into_provider(&format!("listing executions of `{name}`"))),
         }
+    }
+
+    /// Retries failed job deletions that are due, then sweeps each location seen since start
+    /// (submit, status, cancel, cleanup, lookup) whose last sweep is older than the sweep
+    /// interval, deleting leftover jobs (see [`CloudRunProvider::with_sweep_interval`]).
+    async fn sweep(&self, ledger: &dyn RunLedger) -> Result<SweepReport, ProviderError> {
+        use std::sync::atomic::Ordering;
+        let mut report = SweepReport::default();
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return Ok(report);
+        }
+        let _done = SweepingGuard(&self.sweeping);
+        self.retry_pending_deletes(&mut report).await;
+        let now = Instant::now();
+        let due: Vec<(CloudRunJobConfig, String)> = lock(&self.locations)
+            .values_mut()
+            .filter(|l| {
+                l.swept
+                    .is_none_or(|t| now.duration_since(t) >= self.sweep_interval)
+            })
+            .map(|l| {
+                l.swept = Some(now);
+                (l.job.clone(), l.parent.clone())
+            })
+            .collect();
+        let mut last_error = None;
+        for (job, parent) in due {
+            if let Err(e) = self
+                .sweep_location(&job, &parent, ledger, &mut report)
+                .await
+            {
+                tracing::warn!(location = %parent, error = %e, "sweeping Cloud Run jobs failed; will retry");
+                report.failed += 1;
+                last_error = Some(e);
+            }
+        }
+        match last_error {
+            Some(e) if report.deleted == 0 && report.kept == 0 => Err(e),
+            _ => Ok(report),
+        }
+    }
+}
+
+/// Clears the "sweep running" flag however the sweep ends.
+struct SweepingGuard<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SweepingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

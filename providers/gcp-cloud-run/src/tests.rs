@@ -168,6 +168,13 @@ fn executions_map_to_job_statuses() {
         "conditions": [{"type": "Completed", "state": 3, "executionReason": 3}]})),
         JobStatus::Cancelled
     );
+    assert_eq!(
+        ex(
+            json!({"cancelledCount": 1, "conditions": [{"type": "Completed",
+            "state": "CONDITION_FAILED", "executionReason": "CANCELLED"}]})
+        ),
+        JobStatus::Cancelled
+    );
     let old = (chrono::Utc::now() - chrono::Duration::seconds(100_000)).to_rfc3339();
     let stuck = ex(json!({"runningCount": 1, "startTime": old}));
     assert!(
@@ -191,7 +198,17 @@ fn errors_are_classified() {
         e(404).into_provider("x"),
         ProviderError::NotFound { .. }
     ));
-    assert!(e(409).is_already_exists());
+    // ALREADY_EXISTS by its google.rpc status name, not by HTTP 409, which ABORTED shares.
+    let named = |code: u16, status: &str| ApiError::Status {
+        code,
+        status: status.into(),
+        message: "m".into(),
+        retry_after: None,
+    };
+    assert!(named(409, "ALREADY_EXISTS").is_already_exists());
+    assert!(!named(409, "ABORTED").is_already_exists());
+    assert!(!e(409).is_already_exists());
+    assert!(named(409, "ABORTED").into_provider("x").is_retriable());
     assert!(matches!(
         e(403).into_provider("x"),
         ProviderError::Permanent { .. }
@@ -270,4 +287,126 @@ async fn missing_credentials_fail_fast_saying_how_to_provide_them() {
         matches!(status, Err(ProviderError::Permanent { .. })),
         "{status:?}"
     );
+}
+
+fn config_with(extra: Value) -> CloudRunJobConfig {
+    CloudRunJobConfig::from_rendered(&rendered(extra)).unwrap()
+}
+
+fn execution(fields: Value) -> Value {
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut e = json!({"name": "projects/p/locations/r/jobs/j/executions/j-abc",
+                       "createTime": now, "startTime": now});
+    for (k, val) in fields.as_object().unwrap() {
+        e[k] = val.clone();
+    }
+    e
+}
+
+/// Issue 16: `completionTime` is not ordered with the conditions; only the `Completed`
+/// condition says the execution ended (and how).
+#[test]
+fn completion_time_without_a_final_completed_condition_is_still_running() {
+    let c = config_with(json!({}));
+    let now = chrono::Utc::now().to_rfc3339();
+    let e = execution(
+        json!({"completionTime": now, "runningCount": 0, "succeededCount": 1,
+        "taskCount": 1, "conditions": [
+            {"type": "Started", "state": "CONDITION_SUCCEEDED"},
+            {"type": "Completed", "state": "CONDITION_RECONCILING"}]}),
+    );
+    assert_eq!(execution_status(&e, &c), JobStatus::Running);
+    // Other conditions succeeding say nothing about the end.
+    let e = execution(json!({"runningCount": 1, "conditions": [
+        {"type": "ResourcesAvailable", "state": 4}, {"type": "Started", "state": 4}]}));
+    assert_eq!(execution_status(&e, &c), JobStatus::Running);
+    // The condition alone ends it, with or without completionTime.
+    let e = execution(json!({"succeededCount": 1, "taskCount": 1,
+        "conditions": [{"type": "Completed", "state": 4}]}));
+    assert!(matches!(
+        execution_status(&e, &c),
+        JobStatus::Completed { .. }
+    ));
+}
+
+/// Issue 16: a multi-task execution that failed has cancelled tasks too (Cloud Run stops the
+/// rest); only `executionReason` CANCELLED means the execution was cancelled.
+#[test]
+fn a_failed_execution_with_cancelled_tasks_is_failed_not_cancelled() {
+    let c = config_with(json!({}));
+    let e = execution(
+        json!({"taskCount": 4, "failedCount": 1, "cancelledCount": 3,
+        "completionTime": chrono::Utc::now().to_rfc3339(),
+        "conditions": [{"type": "Completed", "state": "CONDITION_FAILED",
+            "executionReason": "NON_ZERO_EXIT_CODE",
+            "message": "Task j-abc-task2 failed with message: The container exited with an error."}]}),
+    );
+    assert_eq!(
+        execution_status(&e, &c),
+        JobStatus::Failed {
+            message: "Cloud Run execution `j-abc` failed: Task j-abc-task2 failed with message: The container exited with an error.".into()
+        }
+    );
+    // Being cancelled is not cancelled yet: the run stays RUNNING until CANCELLED.
+    let e = execution(
+        json!({"runningCount": 1, "conditions": [{"type": "Completed",
+        "state": 2, "executionReason": 4}]}),
+    );
+    assert_eq!(execution_status(&e, &c), JobStatus::Running);
+}
+
+/// Issue 16: tasks run in waves of `parallelism`; the watchdog window is
+/// `ceil(taskCount / parallelism) × timeout × (maxRetries + 1) + grace`.
+#[test]
+fn the_watchdog_window_counts_task_waves() {
+    let c = config_with(json!({"timeout": 600, "watchdog_grace_seconds": 300}));
+    let started = |secs: i64| (chrono::Utc::now() - chrono::Duration::seconds(secs)).to_rfc3339();
+    // 10 tasks, 2 at a time: 5 waves × 600 s + 300 s = 3,300 s.
+    let running = |secs: i64| {
+        execution(json!({"taskCount": 10, "parallelism": 2, "runningCount": 2,
+            "template": {"timeout": "600s", "maxRetries": 0}, "startTime": started(secs)}))
+    };
+    let w = watchdog_window(&running(0), &c);
+    assert_eq!((w.waves, w.duration()), (5, Duration::from_secs(3300)));
+    assert_eq!(execution_status(&running(1000), &c), JobStatus::Running);
+    assert_eq!(execution_status(&running(3200), &c), JobStatus::Running);
+    let late = execution_status(&running(3400), &c);
+    assert!(
+        matches!(&late, JobStatus::Failed { message } if message.contains("timed out: still not finished 3300s") && message.contains("5 wave(s) of 10 task(s) at parallelism 2")),
+        "{late:?}"
+    );
+    // Retries multiply each wave; an unknown parallelism (0) counts as one task at a time.
+    let e = execution(json!({"taskCount": 3, "parallelism": 0,
+        "template": {"timeout": "100s", "maxRetries": 2}}));
+    assert_eq!(
+        watchdog_window(&e, &c).duration(),
+        Duration::from_secs(3 * 100 * 3 + 300)
+    );
+    // Without the execution's counts, the job body's own `taskCount` and `parallelism`.
+    let mut r = rendered(json!({"timeout": 60, "watchdog_grace_seconds": 0}));
+    r["job_body"]["template"]["taskCount"] = json!(6);
+    r["job_body"]["template"]["parallelism"] = json!(4);
+    let c = CloudRunJobConfig::from_rendered(&r).unwrap();
+    assert_eq!(c.watchdog_window(), Duration::from_secs(120));
+    r["job_body"]["template"]["taskCount"] = json!("many");
+    let e = CloudRunJobConfig::from_rendered(&r).unwrap_err();
+    assert!(
+        e.to_string().contains("`job_body.template.taskCount`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn keep_job_labels_carry_the_retention() {
+    let r = run(1);
+    let body = CloudRunProvider::job_body(&r, &config_with(json!({})));
+    assert!(body["labels"].get(KEEP_LABEL).is_none(), "{body}");
+    let c = config_with(json!({"keep_job": true, "job_retention_days": 30}));
+    let body = CloudRunProvider::job_body(&r, &c);
+    assert_eq!(body["labels"][KEEP_LABEL], "true");
+    assert_eq!(body["labels"][RETENTION_LABEL], "30");
+    assert_eq!(config_with(json!({"keep_job": true})).job_retention_days, 7);
+    let e = CloudRunJobConfig::from_rendered(&rendered(json!({"job_retention_days": 5000})))
+        .unwrap_err();
+    assert!(e.to_string().contains("`job_retention_days`"), "{e}");
 }

@@ -643,6 +643,16 @@ impl Provider for ProcessProvider {
         Ok(CancelOutcome::Cancelled)
     }
 
+    /// The child's exit is seen by its waiter task the moment it happens: no need to poll.
+    async fn wait_ended(&self, infrastructure_id: &str, _job: &ProcessJobConfig) -> bool {
+        let Some(entry) = self.entry(infrastructure_id) else {
+            return false;
+        };
+        let mut exit = entry.exit.clone();
+        let ended = exit.wait_for(|e| e.is_some()).await.is_ok();
+        ended
+    }
+
     /// Finds a job started for this attempt by a controller that died before recording its id:
     /// a run directory of the attempt whose supervisor wrote its pid. Anything else is
     /// "unknown" (never "absent": the job may have been started on another machine, or its

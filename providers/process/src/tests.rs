@@ -750,3 +750,29 @@ async fn a_missing_supervisor_is_a_permanent_error_naming_it() {
     // Its run directory is not left behind.
     assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
 }
+
+/// Issue 17: the provider tells the controller a job ended the moment its child exits, so the
+/// end is recorded without waiting for a status poll; for a job it does not track it says it
+/// cannot tell (the controller polls).
+#[tokio::test]
+async fn wait_ended_returns_once_the_child_exits() {
+    let p = provider();
+    let config = cmd("sleep 30");
+    let id = submit(&p, &config).await;
+    assert_eq!(p.status(&id, &config).await.unwrap(), JobStatus::Running);
+    let waiting = tokio::time::timeout(Duration::from_millis(300), p.wait_ended(&id, &config));
+    assert!(
+        waiting.await.is_err(),
+        "wait_ended returned while the child runs"
+    );
+    let pgid = Pid::from_raw(ProcessProvider::parse_id(&id).unwrap());
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), p.wait_ended(&id, &config));
+    assert!(
+        ended.await.expect("wait_ended returned"),
+        "wait_ended said it cannot tell"
+    );
+    assert!(p.status(&id, &config).await.unwrap().is_final());
+    assert!(!p.wait_ended("process:999999:nothing", &config).await);
+    p.cleanup(&id, &config).await.unwrap();
+}

@@ -65,9 +65,10 @@ pub const ROUTES: &[Route] = &[
         .ok::<FlowRun>()
         .errors(&[409]),
     Route::get(ws!("/flow_runs/{id}/logs"), handler!(run_logs))
-        .summary("A flow run's log lines")
+        .summary("A flow run's log lines; `after` + `wait` long-poll for new ones (follow)")
         .access(Access::Workspace(Scope::RunsRead))
         .audit("flow_run.logs", DeniedOnly)
+        .query::<LogQuery>()
         .ok::<Vec<LogLine>>(),
 ];
 
@@ -117,6 +118,24 @@ pub struct CreateRun {
     #[serde(default)]
     tags: Option<Vec<String>>,
 }
+
+/// Which log lines to read, and whether to wait for new ones (docs/error-summaries.md,
+/// "Following a run's logs").
+#[derive(Deserialize, JsonSchema)]
+pub struct LogQuery {
+    /// Only lines stored after the line with this id (the `id` of the last line seen).
+    after: Option<String>,
+    /// Seconds (0–60) to wait for a line after `after` when there is none yet and the run is
+    /// not terminal; answers as soon as one is stored (long-poll). Default 0.
+    #[schemars(range(min = 0, max = 60))]
+    wait: Option<u64>,
+    /// Most lines in the answer, 1–10000 (default 10000; a page also stops at 1 MiB).
+    #[schemars(range(min = 1, max = 10000))]
+    limit: Option<i64>,
+}
+
+/// Longest `wait` of a log long-poll.
+const MAX_LOG_WAIT_SECONDS: u64 = 60;
 
 /// Filters of the run list; empty values are ignored.
 #[derive(Deserialize, JsonSchema)]
@@ -278,9 +297,45 @@ async fn run_logs(
     State(state): State<AppState>,
     Path((_ws, id)): Path<(String, String)>,
     caller: Caller,
+    Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
     let run = run_in_ws(&state, &caller, &id).await?;
-    Ok(Json(state.store.logs(run.id, 10_000).await?))
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_LOG_WAIT_SECONDS {
+        return Err(ApiError::unprocessable(
+            "wait",
+            format!("at most {MAX_LOG_WAIT_SECONDS} seconds"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(10_000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::unprocessable("limit", "between 1 and 10000"));
+    }
+    let after = q.after.filter(|a| !a.is_empty());
+    if after.as_ref().is_some_and(|a| a.len() > 64) {
+        return Err(ApiError::unprocessable(
+            "after",
+            "a log line id (at most 64 characters)",
+        ));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut run = run;
+    loop {
+        let lines = state
+            .store
+            .logs_after(run.id, after.as_deref(), limit)
+            .await?;
+        if !lines.is_empty()
+            || run.state.state_type.is_terminal()
+            || std::time::Instant::now() >= deadline
+        {
+            return Ok(Json(lines));
+        }
+        // Lines come in batches from the controller's log writer; a short sleep is cheap and
+        // needs no notification path from the log writer to the API.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        run = state.store.run(run.id).await?;
+    }
 }
 
 /// Cancels a run: not yet submitted → CANCELLED at once; submitted → CANCELLING (the controller

@@ -157,6 +157,7 @@ impl PfFlowRun {
             state,
             // Stable between the claim and an adoption (run_count grows only when the flow
             // starts RUNNING), so providers' deterministic names find the same job.
+            error_summary: None,
             attempt: self.run_count.max(0) + 1,
             infrastructure_id: self.infrastructure_pid.clone().filter(|s| !s.is_empty()),
             idempotency_key: self.idempotency_key.clone(),

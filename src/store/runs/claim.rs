@@ -214,63 +214,8 @@ impl Store {
             }
         }
 
-        let active_count = |col: &str, alias: &str| {
-            format!(
-                "({alias}.concurrency_limit IS NULL OR {alias}.concurrency_limit > \
-                 (SELECT COUNT(*) FROM flow_runs a WHERE a.{col} = {alias}.id AND a.state_type IN {ACTIVE_STATES_SQL}))"
-            )
-        };
         let scan = (limit * 4).max(64);
-        let lock = match self.backend() {
-            Backend::Postgres => " FOR UPDATE OF r SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        // Workspaces at their quota are left out (ids are UUIDs: inlined as literals).
-        let full = quota.full();
-        let not_full = if full.is_empty() {
-            String::new()
-        } else {
-            let list = full
-                .iter()
-                .map(|ws| format!("'{ws}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(" AND r.workspace_id NOT IN ({list})")
-        };
-        // Fair share: rank due runs within their workspace (priority, then schedule) and take
-        // rank 1 of every workspace first, then rank 2, … so one workspace's backlog can neither
-        // fill the batch nor push other workspaces' runs out of the scan window. The ranking is a
-        // subquery because PostgreSQL refuses FOR UPDATE next to a window function; it is sorted
-        // itself so PostgreSQL locks rows lazily in that order up to the LIMIT (the outer ORDER
-        // BY is then free) instead of joining and sorting the whole backlog once more.
-        let sql = format!(
-            "SELECT c.run_id AS id, c.workspace_id, c.pool_id, c.queue_id, c.deployment_id, \
-             c.pool_limit, c.queue_limit, c.deployment_limit, c.schedule_id, c.schedule_limit \
-             FROM (SELECT r.id AS run_id, r.workspace_id, r.pool_id, r.queue_id, r.deployment_id, \
-                   p.concurrency_limit AS pool_limit, q.concurrency_limit AS queue_limit, \
-                   d.concurrency_limit AS deployment_limit, q.priority AS priority, \
-                   r.schedule_id AS schedule_id, s.max_active_runs AS schedule_limit, \
-                   r.scheduled_time AS scheduled_time, \
-                   ROW_NUMBER() OVER (PARTITION BY r.workspace_id \
-                   ORDER BY q.priority, r.scheduled_time, r.id) AS fair_rank \
-                   FROM flow_runs r \
-                   JOIN work_pools p ON p.id = r.pool_id \
-                   JOIN work_queues q ON q.id = r.queue_id \
-                   JOIN deployments d ON d.id = r.deployment_id \
-                   LEFT JOIN schedules s ON s.id = r.schedule_id \
-                   WHERE r.state_type = 'SCHEDULED' AND r.scheduled_time <= $1 AND {pool_cond}{not_full} \
-                   AND p.paused = 0 AND q.paused = 0 AND d.paused = 0 \
-                   AND {} AND {} AND {} \
-                   AND (s.max_active_runs IS NULL OR s.max_active_runs > (SELECT COUNT(*) FROM flow_runs a \
-                        WHERE a.schedule_id = s.id AND a.state_type IN {ACTIVE_STATES_SQL})) \
-                   ORDER BY fair_rank, priority, scheduled_time, run_id) c \
-             JOIN flow_runs r ON r.id = c.run_id \
-             WHERE r.state_type = 'SCHEDULED' \
-             ORDER BY c.fair_rank, c.priority, c.scheduled_time, c.run_id LIMIT {scan}{lock}",
-            active_count("pool_id", "p"),
-            active_count("queue_id", "q"),
-            active_count("deployment_id", "d"),
-        );
+        let sql = self.claim_scan_sql(&pool_cond, &quota.full(), scan);
         let mut q = sqlx::query(&sql).bind(to_micros(due_before));
         q = bind_all(q, pool_args.iter().cloned());
         let rows = q.fetch_all(&mut *tx).await?;
@@ -351,18 +296,7 @@ impl Store {
             return Ok(vec![]);
         }
 
-        let lock_again = match self.backend() {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE flow_runs SET state_type = 'PENDING', state_name = '{}', state_message = NULL, \
-             state_timestamp = $1, lease_owner = $2, lease_expires = $3, version = version + 1, updated = $1 \
-             WHERE id IN (SELECT id FROM flow_runs WHERE id IN ({}) AND state_type = 'SCHEDULED'{lock_again}) \
-             RETURNING {RUN_COLUMNS}",
-            names::SUBMITTING,
-            placeholders(4, admitted.len())
-        );
+        let sql = self.claim_update_sql(admitted.len());
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(owner)
@@ -392,6 +326,87 @@ impl Store {
         record_transitions(&mut tx, &runs, StateType::Scheduled, "claim").await?;
         tx.commit().await?;
         Ok(runs)
+    }
+
+    /// The claim's candidate scan: due SCHEDULED runs of the pools `pool_cond` selects (its
+    /// arguments from `$2`; `$1` is the due time), workspaces in `full` left out, ranked for
+    /// fair share, at most `scan` rows. Shared with [`Store::explain_claim`].
+    pub(crate) fn claim_scan_sql(&self, pool_cond: &str, full: &[Uuid], scan: usize) -> String {
+        let active_count = |col: &str, alias: &str| {
+            format!(
+                    "({alias}.concurrency_limit IS NULL OR {alias}.concurrency_limit > \
+                     (SELECT COUNT(*) FROM flow_runs a WHERE a.{col} = {alias}.id AND a.state_type IN {ACTIVE_STATES_SQL}))"
+                )
+        };
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE OF r SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // Workspaces at their quota are left out (ids are UUIDs: inlined as literals).
+        let not_full = if full.is_empty() {
+            String::new()
+        } else {
+            let list = full
+                .iter()
+                .map(|ws| format!("'{ws}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(" AND r.workspace_id NOT IN ({list})")
+        };
+        // Fair share: rank due runs within their workspace (priority, then schedule) and take
+        // rank 1 of every workspace first, then rank 2, … so one workspace's backlog can neither
+        // fill the batch nor push other workspaces' runs out of the scan window. The ranking is a
+        // subquery because PostgreSQL refuses FOR UPDATE next to a window function; it is sorted
+        // itself so PostgreSQL locks rows lazily in that order up to the LIMIT (the outer ORDER
+        // BY is then free) instead of joining and sorting the whole backlog once more.
+        format!(
+                "SELECT c.run_id AS id, c.workspace_id, c.pool_id, c.queue_id, c.deployment_id, \
+                 c.pool_limit, c.queue_limit, c.deployment_limit, c.schedule_id, c.schedule_limit \
+                 FROM (SELECT r.id AS run_id, r.workspace_id, r.pool_id, r.queue_id, r.deployment_id, \
+                       p.concurrency_limit AS pool_limit, q.concurrency_limit AS queue_limit, \
+                       d.concurrency_limit AS deployment_limit, q.priority AS priority, \
+                       r.schedule_id AS schedule_id, s.max_active_runs AS schedule_limit, \
+                       r.scheduled_time AS scheduled_time, \
+                       ROW_NUMBER() OVER (PARTITION BY r.workspace_id \
+                       ORDER BY q.priority, r.scheduled_time, r.id) AS fair_rank \
+                       FROM flow_runs r \
+                       JOIN work_pools p ON p.id = r.pool_id \
+                       JOIN work_queues q ON q.id = r.queue_id \
+                       JOIN deployments d ON d.id = r.deployment_id \
+                       LEFT JOIN schedules s ON s.id = r.schedule_id \
+                       WHERE r.state_type = 'SCHEDULED' AND r.scheduled_time <= $1 AND {pool_cond}{not_full} \
+                       AND p.paused = 0 AND q.paused = 0 AND d.paused = 0 \
+                       AND {} AND {} AND {} \
+                       AND (s.max_active_runs IS NULL OR s.max_active_runs > (SELECT COUNT(*) FROM flow_runs a \
+                            WHERE a.schedule_id = s.id AND a.state_type IN {ACTIVE_STATES_SQL})) \
+                       ORDER BY fair_rank, priority, scheduled_time, run_id) c \
+                 JOIN flow_runs r ON r.id = c.run_id \
+                 WHERE r.state_type = 'SCHEDULED' \
+                 ORDER BY c.fair_rank, c.priority, c.scheduled_time, c.run_id LIMIT {scan}{lock}",
+                active_count("pool_id", "p"),
+                active_count("queue_id", "q"),
+                active_count("deployment_id", "d"),
+            )
+    }
+
+    /// The claim's write: the `n` admitted runs (`$4`…) still SCHEDULED move to
+    /// PENDING/Submitting with the lease (`$1` now, `$2` owner, `$3` lease end). On SQLite the
+    /// state check is kept out of index choice (`+state_type`): it is true anyway inside the
+    /// claim's write transaction, and as an index term it made SQLite read every SCHEDULED run
+    /// instead of the admitted ones by id. Shared with [`Store::explain_claim`].
+    pub(crate) fn claim_update_sql(&self, n: usize) -> String {
+        let recheck = match self.backend() {
+            Backend::Postgres => "state_type = 'SCHEDULED' FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "+state_type = 'SCHEDULED'",
+        };
+        format!(
+            "UPDATE flow_runs SET state_type = 'PENDING', state_name = '{}', state_message = NULL, \
+             state_timestamp = $1, lease_owner = $2, lease_expires = $3, version = version + 1, updated = $1 \
+             WHERE id IN (SELECT id FROM flow_runs WHERE id IN ({}) AND {recheck}) \
+             RETURNING {RUN_COLUMNS}",
+            names::SUBMITTING,
+            placeholders(4, n)
+        )
     }
 
     /// The earliest scheduled time among SCHEDULED runs of the selected, unpaused pools.

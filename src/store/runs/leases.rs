@@ -27,6 +27,7 @@ impl Store {
         .bind(owner)
         .execute(self.db())
         .await?;
+        crate::store::count_write();
         Ok(done.rows_affected())
     }
 
@@ -40,6 +41,7 @@ impl Store {
         .bind(owner)
         .execute(self.db())
         .await?;
+        crate::store::count_write();
         Ok(done.rows_affected() == 1)
     }
 
@@ -53,6 +55,7 @@ impl Store {
         .bind(owner)
         .execute(self.db())
         .await?;
+        crate::store::count_write();
         Ok(done.rows_affected() == 1)
     }
 
@@ -174,6 +177,7 @@ impl Store {
             .bind(run_id.to_string())
             .execute(self.db())
             .await?;
+        crate::store::count_write();
         Ok(())
     }
 

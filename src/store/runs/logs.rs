@@ -83,20 +83,33 @@ impl Store {
     /// [`LOG_PAGE_BYTES`] bytes (the database adds up the sizes, so a page of long lines is never
     /// loaded whole).
     pub async fn logs(&self, run_id: Uuid, limit: i64) -> Result<Vec<LogLine>> {
+        self.logs_after(run_id, None, limit).await
+    }
+
+    /// Like [`Store::logs`], only lines stored after the line with id `after` (the follow
+    /// cursor: ids are UUID v7, increasing in the order lines were stored).
+    pub async fn logs_after(
+        &self,
+        run_id: Uuid,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<LogLine>> {
         let len = self.byte_length("line");
         let sql = format!(
-            "SELECT timestamp, stream, line FROM ( \
+            "SELECT id, timestamp, stream, line FROM ( \
                SELECT id, timestamp, stream, line, \
                  SUM({len}) OVER (ORDER BY id) - {len} AS before_bytes \
-               FROM run_logs WHERE run_id = $1 \
+               FROM run_logs WHERE run_id = $1 AND id > $4 \
              ) page WHERE before_bytes < $2 ORDER BY id LIMIT $3"
         );
         let query = sqlx::query(&sql)
             .bind(run_id.to_string())
             .bind(LOG_PAGE_BYTES)
-            .bind(limit);
+            .bind(limit)
+            .bind(after.unwrap_or("").to_string());
         self.fetch_rows(query, |row| {
             Ok(LogLine {
+                id: row.try_get("id")?,
                 timestamp: from_micros(row.try_get("timestamp")?),
                 stream: row.try_get("stream")?,
                 line: row.try_get("line")?,

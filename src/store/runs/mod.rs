@@ -7,8 +7,10 @@ pub use claim::{round_robin, WorkspaceQuota};
 mod leases;
 mod logs;
 pub use logs::{quota_marker, LOG_PAGE_BYTES, RUN_LOG_QUOTA_BYTES};
+mod plans;
 mod queries;
 mod stats;
+mod summaries;
 mod transitions;
 
 use std::time::Duration;
@@ -168,6 +170,7 @@ fn run_from_row(row: &AnyRow, key: Option<&SecretKey>) -> Result<FlowRun> {
             message: row.try_get("state_message")?,
             timestamp: from_micros(row.try_get("state_timestamp")?),
         },
+        error_summary: None,
         attempt: row.try_get("attempt")?,
         infrastructure_id: row.try_get("infrastructure_id")?,
         idempotency_key: row.try_get("idempotency_key")?,

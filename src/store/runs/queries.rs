@@ -157,54 +157,7 @@ impl Store {
 
     /// Lists a workspace's runs, newest first.
     pub async fn list_runs(&self, workspace_id: Uuid, filter: &RunFilter) -> Result<Vec<FlowRun>> {
-        let mut sql = format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE workspace_id = $1");
-        let mut args: Vec<String> = vec![workspace_id.to_string()];
-        if let Some(s) = filter.state {
-            args.push(s.as_str().to_string());
-            sql.push_str(&format!(" AND state_type = ${}", args.len()));
-        }
-        if !filter.states.is_empty() {
-            let first = args.len() + 1;
-            args.extend(filter.states.iter().map(|s| s.as_str().to_string()));
-            let list = crate::store::sql::placeholders(first, filter.states.len());
-            sql.push_str(&format!(" AND state_type IN ({list})"));
-        }
-        for tag in &filter.tags {
-            args.push(tag.clone());
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM flow_run_tags t WHERE t.workspace_id = $1 \
-                 AND t.tag = ${} AND t.run_id = flow_runs.id)",
-                args.len()
-            ));
-        }
-        if let Some(since) = filter.since {
-            args.push(to_micros(since).to_string());
-            sql.push_str(&format!(
-                " AND scheduled_time >= CAST(${} AS BIGINT)",
-                args.len()
-            ));
-        }
-        if let Some(until) = filter.until {
-            args.push(to_micros(until).to_string());
-            sql.push_str(&format!(
-                " AND scheduled_time < CAST(${} AS BIGINT)",
-                args.len()
-            ));
-        }
-        if let Some(p) = &filter.work_pool {
-            args.push(p.clone());
-            sql.push_str(&format!(" AND pool_name = ${}", args.len()));
-        }
-        if let Some(d) = filter.deployment_id {
-            args.push(d.to_string());
-            sql.push_str(&format!(" AND deployment_id = ${}", args.len()));
-        }
-        if let Some(c) = filter.cursor {
-            args.push(c.to_string());
-            sql.push_str(&format!(" AND id < ${}", args.len()));
-        }
-        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let (sql, args) = list_runs_sql(workspace_id, filter);
         self.fetch_rows(bind_all(sqlx::query(&sql), args), |r| {
             run_from_row(r, self.secret_key())
         })
@@ -301,4 +254,57 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The statement of [`Store::list_runs`] and its arguments (shared with [`Store::explain_list_runs`]).
+pub(crate) fn list_runs_sql(workspace_id: Uuid, filter: &RunFilter) -> (String, Vec<String>) {
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE workspace_id = $1");
+    let mut args: Vec<String> = vec![workspace_id.to_string()];
+    if let Some(s) = filter.state {
+        args.push(s.as_str().to_string());
+        sql.push_str(&format!(" AND state_type = ${}", args.len()));
+    }
+    if !filter.states.is_empty() {
+        let first = args.len() + 1;
+        args.extend(filter.states.iter().map(|s| s.as_str().to_string()));
+        let list = crate::store::sql::placeholders(first, filter.states.len());
+        sql.push_str(&format!(" AND state_type IN ({list})"));
+    }
+    for tag in &filter.tags {
+        args.push(tag.clone());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM flow_run_tags t WHERE t.workspace_id = $1 \
+             AND t.tag = ${} AND t.run_id = flow_runs.id)",
+            args.len()
+        ));
+    }
+    if let Some(since) = filter.since {
+        args.push(to_micros(since).to_string());
+        sql.push_str(&format!(
+            " AND scheduled_time >= CAST(${} AS BIGINT)",
+            args.len()
+        ));
+    }
+    if let Some(until) = filter.until {
+        args.push(to_micros(until).to_string());
+        sql.push_str(&format!(
+            " AND scheduled_time < CAST(${} AS BIGINT)",
+            args.len()
+        ));
+    }
+    if let Some(p) = &filter.work_pool {
+        args.push(p.clone());
+        sql.push_str(&format!(" AND pool_name = ${}", args.len()));
+    }
+    if let Some(d) = filter.deployment_id {
+        args.push(d.to_string());
+        sql.push_str(&format!(" AND deployment_id = ${}", args.len()));
+    }
+    if let Some(c) = filter.cursor {
+        args.push(c.to_string());
+        sql.push_str(&format!(" AND id < ${}", args.len()));
+    }
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+    (sql, args)
 }

@@ -139,3 +139,131 @@ impl Store {
         Ok(())
     }
 }
+
+/// How many rows [`Store::preload_runs`] inserts per statement (and per transaction).
+const PRELOAD_CHUNK: u64 = 50_000;
+
+impl Store {
+    /// Fills the store with `terminal` COMPLETED runs from the last month (one COMPLETED history
+    /// row each) and `future` SCHEDULED runs due from a day ahead, copies of the run `template`
+    /// (pool, deployment, parameters) in all but id, times and state: the store `pushpool bench
+    /// --preload` measures against. Their ids (`00000000-0000-4000-8000-<n>`) sort before any
+    /// real run's, as old runs' do.
+    pub async fn preload_runs(&self, template: Uuid, terminal: u64, future: u64) -> Result<()> {
+        let postgres = self.backend() == crate::store::Backend::Postgres;
+        let id = |prefix: &str| {
+            if postgres {
+                format!("'{prefix}' || lpad(s.n::text, 12, '0')")
+            } else {
+                format!("'{prefix}' || printf('%012d', s.n)")
+            }
+        };
+        let series = if postgres {
+            "generate_series($1::bigint, $2::bigint) AS s(n)".to_string()
+        } else {
+            "(WITH RECURSIVE q(n) AS (SELECT $1 UNION ALL SELECT n + 1 FROM q WHERE n < $2) \
+             SELECT n FROM q) AS s"
+                .to_string()
+        };
+        let run_id = id("00000000-0000-4000-8000-");
+        let month = 30 * 24 * 3600 * 1_000_000_i64;
+        let now = crate::model::now_micros();
+        // (first n, count, state, first scheduled time, step between runs in microseconds)
+        let parts = [
+            (
+                0,
+                terminal,
+                "COMPLETED",
+                "Completed",
+                now - month,
+                month / terminal.max(1) as i64,
+            ),
+            (
+                terminal,
+                future,
+                "SCHEDULED",
+                "Scheduled",
+                now + month / 30,
+                10_000,
+            ),
+        ];
+        for (first, count, state, name, t0, step) in parts {
+            let mut lo = first;
+            while lo < first + count {
+                let hi = (lo + PRELOAD_CHUNK).min(first + count) - 1;
+                let time = format!("({t0} + (s.n - {first}) * {step})");
+                let mut tx = self.begin().await?;
+                sqlx::query(&format!(
+                    "INSERT INTO flow_runs (id, workspace_id, deployment_id, deployment_name, pool_id, \
+                     pool_name, queue_id, queue_name, parameters, job_variables, scheduled_time, \
+                     state_type, state_name, state_timestamp, attempt, created, updated, retry_policy, tags) \
+                     SELECT {run_id}, t.workspace_id, t.deployment_id, t.deployment_name, t.pool_id, \
+                     t.pool_name, t.queue_id, t.queue_name, t.parameters, t.job_variables, {time}, \
+                     '{state}', '{name}', {time}, 1, {time}, {time}, t.retry_policy, t.tags \
+                     FROM flow_runs t, {series} WHERE t.id = $3"
+                ))
+                .bind(lo as i64)
+                .bind(hi as i64)
+                .bind(template.to_string())
+                .execute(&mut *tx)
+                .await?;
+                if state == "COMPLETED" {
+                    sqlx::query(&format!(
+                        "INSERT INTO state_history (id, run_id, transition_id, state_type, state_name, \
+                         message, timestamp) SELECT {}, {run_id}, {}, 'COMPLETED', 'Completed', NULL, {time} \
+                         FROM {series}",
+                        id("00000000-0000-4000-9000-"),
+                        id("preload-"),
+                    ))
+                    .bind(lo as i64)
+                    .bind(hi as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                lo = hi + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs of pool `pool_id` due by `until` that are not terminal yet, counted through the
+    /// `(state_type, pool_id, scheduled_time)` index (`pushpool bench` waits on it).
+    pub async fn unfinished_runs(&self, pool_id: Uuid, until: Micros) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM flow_runs WHERE state_type IN \
+             ('SCHEDULED', 'PENDING', 'RUNNING', 'PAUSED', 'CANCELLING') \
+             AND pool_id = $1 AND scheduled_time <= $2",
+        )
+        .bind(pool_id.to_string())
+        .bind(until)
+        .fetch_one(self.db())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// When each run of `workspace_id` was first recorded RUNNING (what `pushpool bench`
+    /// measures submit → RUNNING with).
+    pub async fn running_times(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>>> {
+        let query = sqlx::query(
+            "SELECT h.run_id, MIN(h.timestamp) AS t FROM state_history h \
+             JOIN flow_runs r ON r.id = h.run_id \
+             WHERE r.workspace_id = $1 AND h.state_type = 'RUNNING' GROUP BY h.run_id",
+        )
+        .bind(workspace_id.to_string());
+        let rows = self
+            .fetch_rows(query, |row| {
+                let id: String = row.try_get("run_id")?;
+                let t: i64 = row.try_get("t")?;
+                Ok((id, t))
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, t)| Some((id.parse().ok()?, crate::model::from_micros(t))))
+            .collect())
+    }
+}

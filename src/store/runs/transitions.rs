@@ -35,6 +35,8 @@ struct Plan {
     wakes: bool,
     /// The infrastructure id an accepted transition recorded.
     infrastructure: Option<String>,
+    /// The error summary of an accepted FAILED/CRASHED proposal: its step index, the summary.
+    summary: Option<(usize, pushpool_provider::ErrorSummary)>,
 }
 
 impl Plan {
@@ -45,6 +47,7 @@ impl Plan {
             current: read,
             wakes: false,
             infrastructure: None,
+            summary: None,
         };
         for (decision, proposal) in decisions.into_iter().zip(proposals) {
             let outcome = match decision {
@@ -59,6 +62,11 @@ impl Plan {
                         plan.infrastructure = Some(id);
                     }
                     plan.wakes |= transition.wakes_controllers;
+                    if let (Some(summary), StateType::Failed | StateType::Crashed) =
+                        (&proposal.error_summary, next.state.state_type)
+                    {
+                        plan.summary = Some((plan.steps.len(), summary.clone()));
+                    }
                     plan.steps.push((
                         next.clone(),
                         transition.from,
@@ -199,6 +207,7 @@ impl Store {
             current,
             wakes,
             infrastructure,
+            summary,
         } = plan;
         let updated = sqlx::query(&format!(
             "UPDATE flow_runs SET state_type = $1, state_name = $2, state_message = $3, state_timestamp = $4, \
@@ -254,6 +263,11 @@ impl Store {
             .iter()
             .map(|(run, from, _)| transition_event(run, *from))
             .collect();
+        if let Some((step, summary)) = summary {
+            let attempt = steps[step].0.attempt;
+            super::summaries::write_summary(tx, run_id, attempt, &summary).await?;
+            events[step].payload["error_summary"] = json!(summary);
+        }
         if let Some(infra) = infrastructure {
             events.push(EventRow {
                 occurred: to_micros(now),
@@ -382,14 +396,7 @@ impl Store {
         let now = now_micros();
         let (cond, args) = pools.condition(3);
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
-             WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
-             WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {cond} \
-             ORDER BY r.scheduled_time LIMIT {limit}) AND state_type = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
-            late = names::LATE,
-            limit = limit.clamp(1, 10_000),
-        );
+        let sql = mark_late_sql(self.backend(), &cond, limit);
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(now - lease_micros(threshold));
@@ -406,6 +413,26 @@ impl Store {
         tx.commit().await?;
         Ok(runs.iter().map(|r| r.id).collect())
     }
+}
+
+/// The late-run sweep of [`Store::mark_late`]: `$1` now, `$2` the time before which a run is
+/// late, the pool condition's arguments from `$3` (shared with [`Store::explain_mark_late`]).
+/// The outer state check guards against a claim committed meanwhile on PostgreSQL; on SQLite
+/// (one writer) it is kept out of index choice (`+state_type`), where it made SQLite read every
+/// SCHEDULED run instead of the late ones by id.
+pub(crate) fn mark_late_sql(backend: crate::store::Backend, pool_cond: &str, limit: i64) -> String {
+    let recheck = match backend {
+        crate::store::Backend::Postgres => "state_type",
+        crate::store::Backend::Sqlite => "+state_type",
+    };
+    format!(
+        "UPDATE flow_runs SET state_name = '{late}', state_timestamp = $1, updated = $1, version = version + 1 \
+         WHERE id IN (SELECT r.id FROM flow_runs r JOIN work_pools p ON p.id = r.pool_id \
+         WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' AND r.scheduled_time < $2 AND {pool_cond} \
+         ORDER BY r.scheduled_time LIMIT {limit}) AND {recheck} = 'SCHEDULED' RETURNING {RUN_COLUMNS}",
+        late = names::LATE,
+        limit = limit.clamp(1, 10_000),
+    )
 }
 
 /// A proposal whose texts PostgreSQL can store (they come from jobs and providers: see

@@ -38,6 +38,16 @@ pub enum Fault {
     },
     /// 200 with this payload (no upstream needed).
     Respond(Value),
+    /// This exact answer: status, headers (e.g. `x-amz-function-error`, `x-amz-log-result`),
+    /// body; for answers shaped like real Lambda's that moto cannot give.
+    Reply {
+        /// HTTP status.
+        status: u16,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// The body.
+        body: String,
+    },
     /// Waits, then does the inner fault.
     Delay(Duration, Box<Fault>),
 }
@@ -66,6 +76,8 @@ pub struct Invocation {
     pub payload: Value,
     /// The access key id the request was signed with (dummy credentials in tests).
     pub access_key_id: Option<String>,
+    /// `X-Amz-Log-Type` (`Tail` asks for the log's last 4 KB).
+    pub log_type: Option<String>,
     /// When it arrived.
     pub at: Instant,
 }
@@ -222,6 +234,10 @@ async fn handle(
                 .and_then(|a| a.split("Credential=").nth(1))
                 .and_then(|c| c.split('/').next())
                 .map(str::to_string),
+            log_type: headers
+                .get("x-amz-log-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             at: Instant::now(),
         });
         let queued = s.queued.get_mut(&function).and_then(VecDeque::pop_front);
@@ -260,6 +276,17 @@ async fn handle(
                 )
             }
             Fault::Respond(v) => return reply(200, &[], v.to_string()),
+            Fault::Reply {
+                status,
+                headers,
+                body,
+            } => {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                return reply(status, &headers, body);
+            }
         }
     }
 }
