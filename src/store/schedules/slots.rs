@@ -17,7 +17,7 @@ use super::super::objects::{
     deployment_from_row, insert_event_rows, EventRow, DEPLOYMENT_COLUMNS, DEPLOYMENT_FROM,
 };
 use super::super::sql::{bind_all, get_uuid, placeholders};
-use super::super::{Backend, Result, Store, StoreError, Tx};
+use super::super::{Backend, Result, Store, Tx};
 use super::{schedule_from_row, SCHEDULE_COLUMNS};
 use crate::model::{from_micros, now_micros, to_micros, Deployment};
 use crate::schedule::Schedule;
@@ -208,77 +208,111 @@ impl Store {
         // (SCHEDULED at `created`), and `Store::state_history` shows it as the first entry. At
         // 600,000 runs per window fill that row was a third of the writes (docs/schedules.md).
         if self.backend() == Backend::Sqlite {
-            // One statement per schedule: what all its slot runs share is bound once, and the
-            // slots (id, time, key and the sealed documents, which are bound to the run id) come
-            // as one JSON array. sqlx binds SQLite parameters by name (quadratic in their count)
-            // and hands every statement to a worker thread, so few, small-parameter statements.
+            // Few statements, each for up to SQLITE_SLOT_CHUNK runs of many schedules: a JSON
+            // array of schedules, each with what its runs share bound once and its slots (id,
+            // time, key and the sealed documents, which are bound to the run id) as an inner
+            // array. sqlx binds SQLite parameters by name (quadratic in their count) and hands
+            // every statement to a worker thread, so one statement per schedule cost more than
+            // the rows it wrote (docs/benchmarks.md).
+            // The schedules' shared values are a second JSON array, read once per statement
+            // into a materialized table that SQLite indexes for the join: reading them from a
+            // value that also held the schedule's slots re-encoded that value for every slot.
             let insert_runs = format!(
-                "INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT \
-                 value ->> 0, $1, $2, $3, $4, $5, $6, $7, value ->> 3, value ->> 4, value ->> 1, \
-                 'SCHEDULED', 'Scheduled', $8, 1, value ->> 2, $8, $8, $9, value ->> 1 \
-                 FROM json_each($10) WHERE 1 ON CONFLICT DO NOTHING"
+                "WITH s AS MATERIALIZED (SELECT key AS idx, value ->> 0 AS ws, \
+                 value ->> 1 AS dep, value ->> 2 AS dname, value ->> 3 AS pool, \
+                 value ->> 4 AS pname, value ->> 5 AS queue, value ->> 6 AS qname, \
+                 value ->> 7 AS sid FROM json_each($2)) \
+                 INSERT INTO flow_runs ({SLOT_RUN_COLUMNS}) SELECT \
+                 slot.value ->> 1, s.ws, s.dep, s.dname, s.pool, s.pname, s.queue, s.qname, \
+                 slot.value ->> 4, slot.value ->> 5, slot.value ->> 2, 'SCHEDULED', 'Scheduled', \
+                 $3, 1, slot.value ->> 3, $3, $3, s.sid, slot.value ->> 2 \
+                 FROM json_each($1) AS slot CROSS JOIN s ON s.idx = slot.value ->> 0 \
+                 WHERE 1 ON CONFLICT DO NOTHING"
             );
-            let tally = "SELECT COUNT(*) AS n, MIN(scheduled_time) AS first, \
-                 MAX(scheduled_time) AS last FROM flow_runs \
-                 WHERE id IN (SELECT value ->> 0 FROM json_each($1))";
-            for plan in &fresh {
-                if plan.slots.is_empty() {
-                    continue;
-                }
-                let d = &plan.batch.deployment;
-                let sid = plan.batch.schedule.id.to_string();
-                let slots: Vec<(String, i64, String, String, String)> = plan
-                    .slots
-                    .iter()
-                    .map(|slot| {
+            let tally = "SELECT schedule_id, COUNT(*) AS n, MIN(scheduled_time) AS first, \
+                 MAX(scheduled_time) AS last FROM flow_runs WHERE id IN \
+                 (SELECT value ->> 1 FROM json_each($1)) GROUP BY schedule_id";
+            let mut chunk: Vec<Value> = vec![];
+            let mut chunk_slots: Vec<Value> = vec![];
+            // Per schedule of the chunk: id, workspace, runs, first and last slot.
+            let mut chunk_tally: Vec<(String, Uuid, u64, i64, i64)> = vec![];
+            let last_index = fresh.len().saturating_sub(1);
+            for (i, plan) in fresh.iter().enumerate() {
+                if !plan.slots.is_empty() {
+                    let d = &plan.batch.deployment;
+                    let sid = plan.batch.schedule.id.to_string();
+                    let index = chunk.len();
+                    for slot in &plan.slots {
                         let (id, parameters, job_variables) = self.slot_documents(plan, templates);
                         let key = slot_key(plan.batch.schedule.id, *slot);
-                        (
+                        chunk_slots.push(json!([
+                            index,
                             id.to_string(),
                             to_micros(*slot),
                             key,
                             parameters,
-                            job_variables,
-                        )
-                    })
-                    .collect();
-                let slots_json =
-                    serde_json::to_string(&slots).map_err(|e| StoreError::Invalid {
-                        field: "schedule".into(),
-                        message: format!("cannot encode the slots: {e}"),
-                    })?;
+                            job_variables
+                        ]));
+                    }
+                    let first = plan.slots.iter().map(|s| to_micros(*s)).min();
+                    let last = plan.slots.iter().map(|s| to_micros(*s)).max();
+                    chunk_tally.push((
+                        sid.clone(),
+                        d.workspace_id,
+                        plan.slots.len() as u64,
+                        first.unwrap_or_default(),
+                        last.unwrap_or_default(),
+                    ));
+                    chunk.push(json!([
+                        d.workspace_id.to_string(),
+                        d.id.to_string(),
+                        d.name,
+                        d.work_pool_id.to_string(),
+                        d.work_pool,
+                        d.work_queue_id.to_string(),
+                        d.work_queue,
+                        sid
+                    ]));
+                }
+                if chunk.is_empty() || (chunk_slots.len() < SQLITE_SLOT_CHUNK && i < last_index) {
+                    continue;
+                }
+                let schedules = Value::Array(std::mem::take(&mut chunk)).to_string();
+                let items = Value::Array(std::mem::take(&mut chunk_slots));
+                let planned = items.as_array().map_or(0, Vec::len) as u64;
+                let items = items.to_string();
                 let made = sqlx::query(&insert_runs)
-                    .bind(d.workspace_id.to_string())
-                    .bind(d.id.to_string())
-                    .bind(d.name.clone())
-                    .bind(d.work_pool_id.to_string())
-                    .bind(d.work_pool.clone())
-                    .bind(d.work_queue_id.to_string())
-                    .bind(d.work_queue.clone())
+                    .bind(items.clone())
+                    .bind(schedules)
                     .bind(now)
-                    .bind(sid.clone())
-                    .bind(slots_json.clone())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                if made == slots.len() as u64 {
-                    let first = slots.iter().map(|s| s.1).min().unwrap_or_default();
-                    let last = slots.iter().map(|s| s.1).max().unwrap_or_default();
-                    count(sid, d.workspace_id, made, first, last);
+                let planned_tally = std::mem::take(&mut chunk_tally);
+                if made == planned {
+                    for (sid, ws, n, first, last) in planned_tally {
+                        count(sid, ws, n, first, last);
+                    }
                 } else if made > 0 {
                     // Some slots had runs already (another scheduler, a backfill): count what
                     // this statement made, by the fresh run ids.
-                    let row = sqlx::query(tally)
-                        .bind(slots_json)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    count(
-                        sid,
-                        d.workspace_id,
-                        row.try_get::<i64, _>("n")? as u64,
-                        row.try_get("first")?,
-                        row.try_get("last")?,
-                    );
+                    let workspaces: HashMap<String, Uuid> = planned_tally
+                        .into_iter()
+                        .map(|(sid, ws, ..)| (sid, ws))
+                        .collect();
+                    for row in sqlx::query(tally).bind(items).fetch_all(&mut *tx).await? {
+                        let sid: String = row.try_get("schedule_id")?;
+                        let Some(ws) = workspaces.get(&sid) else {
+                            continue;
+                        };
+                        count(
+                            sid,
+                            *ws,
+                            row.try_get::<i64, _>("n")? as u64,
+                            row.try_get("first")?,
+                            row.try_get("last")?,
+                        );
+                    }
                 }
             }
         } else {
@@ -408,6 +442,9 @@ impl Store {
         self.seal_variables("flow_runs", id, "job_variables", vars, template)
     }
 }
+
+/// Runs per insert statement on SQLite (the scheduler's window fill; docs/benchmarks.md).
+const SQLITE_SLOT_CHUNK: usize = 4096;
 
 /// The columns a slot run is inserted with.
 const SLOT_RUN_COLUMNS: &str = "id, workspace_id, deployment_id, deployment_name, pool_id, \
